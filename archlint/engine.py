@@ -1,0 +1,176 @@
+"""One file end to end: load, discover, build, trace, check, verify.
+
+``check_file`` never raises for problems in the user's code: those become ARC9xx
+diagnostics at the line that caused them. Only bugs in archlint itself escape (the CLI turns
+them into exit code 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from archlint import rule as rules_api
+from archlint.config import Settings
+from archlint.files import mentions_torch
+from archlint.graph import ArchGraph, Span
+from archlint.rule import Finding
+
+log = logging.getLogger("archlint")
+
+# Example inputs for tracing: small, since only shapes matter there.
+TRACE_BATCH = 4
+
+
+@dataclass
+class ModelResult:
+    name: str
+    graph: ArchGraph | None
+    measured: Any = None
+
+
+@dataclass
+class FileResult:
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    models: list[ModelResult] = field(default_factory=list)
+    skipped: bool = False
+
+
+def check_file(path: str | Path, settings: Settings) -> FileResult:
+    """Analyse one model file. Findings are sorted and filtered by the settings."""
+    from archlint import load, sourcemap
+
+    path = str(Path(path).resolve())
+    result = FileResult(path=path)
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        result.findings.append(rules_api.meta("ARC900", f"cannot read the file: {exc}", Span(path, 1)))
+        return _finish(result, settings)
+    if settings.model is None and not mentions_torch(source):
+        result.skipped = True
+        return result
+
+    with sourcemap.record_constructions() as sites:
+        try:
+            with load.isolated_import(path) as module:
+                _check_module(module, path, settings, sites, result)
+        except load.LoadError as exc:
+            result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))
+    return _finish(result, settings)
+
+
+def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> None:
+    from archlint import load
+
+    if settings.model is not None:
+        try:
+            entries = [load.explicit_entry(module, path, settings.model, settings.inputs)]
+        except load.BuildError as exc:
+            result.findings.append(rules_api.meta("ARC903", str(exc), Span(path, 1)))
+            return
+        discovery = load.Discovery(entries=entries)
+    else:
+        discovery = load.discover(module, path)
+    built, not_built = load.build_all(discovery)
+    for nb in not_built:
+        result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
+    for bm in built:
+        graph = _trace_model(bm, module, path, settings, sites, result)
+        result.models.append(ModelResult(bm.entry.name, graph))
+        if graph is None:
+            continue
+        if graph.traced_with == "eager":
+            result.findings.append(rules_api.meta(
+                "ARC901",
+                f"torch.fx could not trace {graph.name} ({graph.fallback_reason}); "
+                f"captured the graph eagerly on the example inputs instead",
+                graph.span or Span(path, 1),
+                model=graph.name,
+            ))
+        result.findings.extend(_run_rules(graph, settings))
+
+
+def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> ArchGraph | None:
+    from archlint import inputs as inputs_mod
+    from archlint import trace as trace_mod
+
+    entry = bm.entry
+    span = entry.span or Span(path, 1)
+    try:
+        example = _example_inputs(bm.model, entry, module, settings)
+    except (inputs_mod.InputInferenceError, inputs_mod.InputsError) as exc:
+        result.findings.append(rules_api.meta("ARC904", f"{entry.name}: {exc}", span, model=entry.name))
+        return None
+    try:
+        return trace_mod.trace(bm.model, example, name=entry.name, span=span, sites=sites)
+    except trace_mod.ForwardError as exc:
+        where = _user_frame_span(exc.exc, path) or span
+        result.findings.append(rules_api.meta(
+            "ARC904",
+            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}; "
+            f"give them with --inputs or --input-shape",
+            where,
+            model=entry.name,
+        ))
+        return None
+
+
+def _example_inputs(model: torch.nn.Module, entry: Any, module: Any, settings: Settings) -> tuple:
+    from archlint import inputs as inputs_mod
+
+    expr = entry.inputs or settings.inputs
+    if expr:
+        return inputs_mod.eval_inputs(expr, module, model)
+    spec = inputs_mod.parse_input_shape(settings.input_shape) if settings.input_shape else inputs_mod.infer_inputs(model)
+    gen = torch.Generator().manual_seed(settings.seed)
+    return inputs_mod.make_batch(spec, TRACE_BATCH, gen)
+
+
+def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:
+    findings: list[Finding] = []
+    for code, rule in rules_api.registry().items():
+        if rule.is_meta or not settings.is_selected(code):
+            continue
+        options = settings.rule_options.get(rule.name, {})
+        for f in rule.check(graph, options):
+            f.model = f.model or graph.name
+            findings.append(f)
+    return findings
+
+
+def _finish(result: FileResult, settings: Settings) -> FileResult:
+    kept = [f for f in result.findings if settings.is_selected(f.code)]
+    if not settings.show_dismissed:
+        kept = [f for f in kept if f.status != "dismissed"]
+    result.findings = sorted(kept, key=Finding.sort_key)
+    return result
+
+
+def _user_frame_span(exc: BaseException, path: str) -> Span | None:
+    """The deepest frame of ``exc``'s traceback in a user file, preferring ``path``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    in_file = [f for f in frames if f.filename == path]
+    frame = in_file[-1] if in_file else None
+    if frame is None or frame.lineno is None:
+        return None
+    col = getattr(frame, "colno", None) or 0
+    end_col = getattr(frame, "end_colno", None)
+    end_line = getattr(frame, "end_lineno", None) or frame.lineno
+    return Span(path, frame.lineno, col, end_line, end_col)
+
+
+def _describe_inputs(example: tuple) -> str:
+    parts = []
+    for t in example:
+        if isinstance(t, torch.Tensor):
+            parts.append(f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}")
+        else:
+            parts.append(type(t).__name__)
+    return "(" + ", ".join(parts) + ")"

@@ -1,0 +1,46 @@
+"""Which files to lint. Imports nothing heavy: a run over files that never mention torch
+must not pay for importing it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+# A file that never mentions torch or nn.Module cannot define a model.
+_MENTIONS_TORCH = re.compile(r"\btorch\b|\bnn\.Module\b")
+# Directories never worth walking into (virtual environments, caches, build output).
+_SKIP_DIRS = {"__pycache__", "node_modules", "build", "dist", "site-packages", ".archlint_cache"}
+
+
+def mentions_torch(source: str) -> bool:
+    return bool(_MENTIONS_TORCH.search(source))
+
+
+def _is_venv(path: Path) -> bool:
+    return (path / "pyvenv.cfg").exists()
+
+
+def iter_python_files(paths: list[str]) -> Iterator[Path]:
+    """Files named on the command line as given; directories walked for ``*.py``, sorted."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(
+                    d for d in dirs
+                    if not d.startswith(".") and d not in _SKIP_DIRS and not _is_venv(Path(root) / d)
+                )
+                for name in sorted(files):
+                    if name.endswith(".py"):
+                        yield Path(root) / name
+        else:
+            yield path
+
+
+def read_source(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,50 @@
+"""A JSON array with ruff's field names plus archlint's ``status``, ``severity`` and values.
+
+ruff's fields: ``code``, ``message``, ``filename`` (absolute), ``location`` and
+``end_location`` (``row``/``column``, 1-based; the end column exclusive), ``fix``,
+``noqa_row``, ``url``, ``cell``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from archlint.output import Context, rule_url
+from archlint.rule import Finding
+
+
+def _number(value: float | None) -> float | None:
+    # JSON has no inf/nan: a vanished or exploded value is explained in ``reason`` instead.
+    return value if value is not None and math.isfinite(value) else None
+
+
+def finding_dict(f: Finding) -> dict:
+    end_line = f.span.end_line if f.span.end_line is not None else f.span.line
+    end_col = f.span.end_col if f.span.end_col is not None else f.span.col
+    return {
+        "cell": None,
+        "code": f.code,
+        "name": f.name,
+        "message": f.message,
+        "filename": f.span.path,
+        "location": {"row": f.span.line, "column": f.span.col + 1},
+        "end_location": {"row": end_line, "column": end_col + 1},
+        "fix": None,
+        "noqa_row": f.span.line,
+        "url": rule_url(f.name),
+        "severity": f.severity,
+        "status": f.status,
+        "predicted": _number(f.predicted),
+        "measured": _number(f.measured),
+        "threshold": _number(f.threshold),
+        "model": f.model,
+        "node": f.node,
+        "explanation": f.explanation or None,
+        "help": f.fix or None,
+        "reason": f.reason,
+    }
+
+
+def render(findings: list[Finding], ctx: Context) -> str:
+    return json.dumps([finding_dict(f) for f in findings], indent=2, allow_nan=False) + "\n"

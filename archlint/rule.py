@@ -1,0 +1,184 @@
+"""The rule API and the registry.
+
+A rule is one module in ``rules/`` (installed as ``archlint.rules``) with:
+
+- metadata as module constants: ``CODE`` ("ARC103"), ``NAME`` (kebab-case, names the risk),
+  ``SEVERITY`` ("error" | "warning" | "info"), ``SUMMARY`` (one line), and ``OPTIONS`` (a dict
+  of option name to default value, e.g. ``{"threshold": 3.0}``);
+- its documentation as the module docstring, with the sections What it does / Why is this
+  bad? / Example / Use instead / Options / References;
+- ``check(graph, options) -> list[Finding]``: a pure function over the ArchGraph that returns
+  findings with a predicted value (status ``predicted``);
+- ``confirm(finding, measurements, options) -> Verdict``: decides ``confirmed`` or
+  ``dismissed`` from the measured value against the rule's threshold.
+
+Meta rules (ARC9xx) are raised by the engine, not by ``check``: their modules carry the
+metadata and documentation, and ``check`` returns nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass, field, replace
+from types import ModuleType
+from typing import Any, Callable
+
+from archlint.graph import ArchGraph, Node, Span
+
+SEVERITIES = ("error", "warning", "info")
+STATUSES = ("predicted", "confirmed", "dismissed")
+DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "Options", "References")
+CODE_RE = re.compile(r"^ARC\d{3}$")
+NAME_RE = re.compile(r"^[a-z]+(-[a-z0-9]+)*$")
+
+
+@dataclass
+class Finding:
+    """One diagnostic: a rule's finding, or a meta diagnostic (ARC9xx)."""
+
+    code: str
+    message: str
+    span: Span
+    severity: str = "warning"
+    status: str = "predicted"
+    # The rule's kebab-case name, filled from the registry when empty.
+    name: str = ""
+    predicted: float | None = None
+    measured: float | None = None
+    threshold: float | None = None
+    # Why it matters (one sentence of mechanism) and what to do (a concrete fix).
+    explanation: str = ""
+    fix: str = ""
+    # The model it was found in, and the node it is about, if any.
+    model: str | None = None
+    node: str | None = None
+    # Why the finding stayed ``predicted`` (no measurement possible) or was dismissed.
+    reason: str | None = None
+    # Free-form data a rule hands from check() to confirm() (e.g. the segment it measured).
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def with_status(self, status: str, measured: float | None = None, reason: str | None = None) -> "Finding":
+        assert status in STATUSES, status
+        return replace(self, status=status, measured=measured if measured is not None else self.measured, reason=reason or self.reason)
+
+    def sort_key(self) -> tuple:
+        return (self.span.path, self.span.line, self.span.col, self.code, self.message)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of ``confirm``: did the measurement cross the threshold?"""
+
+    confirmed: bool
+    measured: float | None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A loaded rule module with its metadata."""
+
+    code: str
+    name: str
+    severity: str
+    summary: str
+    doc: str
+    options: dict[str, Any]
+    module: ModuleType
+    # False for informational diagnostics (ARC901) that must not fail a pre-commit hook.
+    affects_exit: bool = True
+
+    @property
+    def is_meta(self) -> bool:
+        return self.code.startswith("ARC9")
+
+    def check(self, graph: ArchGraph, options: dict[str, Any] | None = None) -> list[Finding]:
+        findings = self.module.check(graph, {**self.options, **(options or {})})
+        return [_stamp(self, f) for f in findings]
+
+    def confirm(self, finding: Finding, measurements: Any, options: dict[str, Any] | None = None) -> Verdict:
+        confirm: Callable[..., Verdict] | None = getattr(self.module, "confirm", None)
+        if confirm is None:
+            # Static-only rules (a pattern, not a number) are confirmed by construction.
+            return Verdict(True, None)
+        return confirm(finding, measurements, {**self.options, **(options or {})})
+
+
+def _stamp(rule: Rule, finding: Finding) -> Finding:
+    if not finding.name:
+        finding.name = rule.name
+    return finding
+
+
+def _load(module: ModuleType) -> Rule:
+    code = getattr(module, "CODE")
+    name = getattr(module, "NAME")
+    severity = getattr(module, "SEVERITY", "warning")
+    if not CODE_RE.match(code):
+        raise ValueError(f"{module.__name__}: bad rule code {code!r}")
+    if not NAME_RE.match(name):
+        raise ValueError(f"{module.__name__}: rule name {name!r} is not kebab-case")
+    if severity not in SEVERITIES:
+        raise ValueError(f"{module.__name__}: severity {severity!r} not in {SEVERITIES}")
+    return Rule(
+        code=code,
+        name=name,
+        severity=severity,
+        summary=getattr(module, "SUMMARY"),
+        doc=(module.__doc__ or "").strip(),
+        options=dict(getattr(module, "OPTIONS", {})),
+        module=module,
+        affects_exit=bool(getattr(module, "AFFECTS_EXIT", True)),
+    )
+
+
+_REGISTRY: dict[str, Rule] | None = None
+
+
+def registry() -> dict[str, Rule]:
+    """All rules by code, loaded once from the ``archlint.rules`` package."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        import archlint.rules as pkg
+
+        rules: dict[str, Rule] = {}
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+            if info.name.startswith("_"):
+                continue
+            rule = _load(importlib.import_module(f"{pkg.__name__}.{info.name}"))
+            if rule.code in rules:
+                raise ValueError(f"duplicate rule code {rule.code} in {info.name} and {rules[rule.code].module.__name__}")
+            rules[rule.code] = rule
+        _REGISTRY = dict(sorted(rules.items()))
+    return _REGISTRY
+
+
+def get(code: str) -> Rule:
+    return registry()[code]
+
+
+def meta(code: str, message: str, span: Span, *, model: str | None = None, **extra: Any) -> Finding:
+    """A meta diagnostic (ARC9xx) raised by the engine, with the rule's severity and name."""
+    rule = get(code)
+    return Finding(
+        code=code,
+        name=rule.name,
+        message=message,
+        span=span,
+        severity=rule.severity,
+        status="confirmed",
+        model=model,
+        **extra,
+    )
+
+
+def node_span(graph: ArchGraph, node: Node | str | None) -> Span:
+    """Where a finding about ``node`` points: the node's own span, else the model's line."""
+    if isinstance(node, str):
+        node = graph[node]
+    if node is not None and node.span is not None:
+        return node.span
+    assert graph.span is not None, f"model {graph.name} has no source span"
+    return graph.span

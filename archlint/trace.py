@@ -1,0 +1,475 @@
+"""Turn a built model into an ArchGraph, and run it node by node.
+
+``trace`` tries torch.fx first: it gives the whole dataflow graph, functional ops included,
+without guessing. Models fx cannot trace (data-dependent control flow, asserts on shapes, as
+in common GPT implementations) are captured eagerly instead: forward hooks on torch's own
+(leaf) modules plus a ``TorchFunctionMode`` that sees every functional op and tensor method
+called outside them. Either way every node gets a source span: the construction site of its
+module (recorded while the model was built), or the call site in ``forward`` (recorded while
+tracing).
+
+``execute`` runs a traced model on new inputs and hands every node's output tensor to a
+callback, in forward order; the measurement pass builds on it (it works unchanged with
+forward-mode AD dual tensors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from archlint import ops, sourcemap
+from archlint.graph import ArchGraph, Node, OpKind, Span
+from archlint.state import preserved_state
+
+# Called with each node's name and output tensor; a tensor returned replaces the node's
+# output downstream (the measurement pass injects tangents this way), None keeps it.
+OnNode = Callable[[str, torch.Tensor], "torch.Tensor | None"]
+
+
+class ForwardError(Exception):
+    """The model raised on the example inputs (ARC904)."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.exc = exc
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: tuple,
+    *,
+    name: str,
+    span: Span | None = None,
+    sites: Mapping[nn.Module, Any] | None = None,
+) -> ArchGraph:
+    """Trace ``model`` into an ArchGraph; fall back to eager capture when fx fails.
+
+    ``sites`` maps module objects to the positions where they were constructed
+    (``sourcemap.record_constructions``). Raises ForwardError when the model itself fails on
+    ``example_inputs``.
+    """
+    locate = _Locator(sites)
+    fx_error: str | None = None
+    try:
+        tracer = _SiteTracer()
+        fx_graph = tracer.trace(model)
+        gm = fx.GraphModule(model, fx_graph, class_name=type(model).__name__)
+    except Exception as exc:  # fx raises many kinds: TraceError, TypeError, AssertionError...
+        fx_error = _short(exc)
+    else:
+        try:
+            values = _run_recording_values(gm, model, example_inputs)
+        except Exception as exc:
+            # The traced program differs from the eager one (e.g. a Python branch on a
+            # shape that fx baked in); the eager capture decides below whether the model
+            # itself is broken.
+            fx_error = _short(exc)
+        else:
+            nodes, output = _nodes_from_fx(gm, values, tracer.call_sites, locate)
+            return ArchGraph(
+                name=name, nodes=nodes, span=span, traced_with="fx", output=output,
+                model=model, graph_module=gm, example_inputs=example_inputs,
+            )
+    nodes, output = _eager_capture(model, example_inputs, locate)
+    return ArchGraph(
+        name=name, nodes=nodes, span=span, traced_with="eager", fallback_reason=fx_error,
+        output=output, model=model, graph_module=None, example_inputs=example_inputs,
+    )
+
+
+def execute(graph: ArchGraph, args: tuple, on_node: OnNode) -> Any:
+    """Run the traced model on ``args``, calling ``on_node(name, tensor)`` for every node.
+
+    When ``on_node`` returns a tensor, that tensor replaces the node's output for the rest
+    of the pass (input nodes included).
+
+    The caller chooses the model's mode and grad state; nothing here changes them. For an
+    eagerly captured graph, the forward pass must take the same path as during the trace:
+    a mismatch raises RuntimeError rather than reporting numbers for the wrong nodes.
+    """
+    if graph.graph_module is not None:
+        return _CallbackInterpreter(graph.graph_module, set(graph._by_name), on_node).run(*args)
+    names = [n.name for n in graph.nodes if n.kind != OpKind.INPUT]
+    ops_expected = [n.op for n in graph.nodes if n.kind != OpKind.INPUT]
+    inputs = [n.name for n in graph.nodes if n.kind == OpKind.INPUT]
+    position = 0
+
+    def on_event(event: "_Event") -> Any:
+        nonlocal position
+        if position >= len(names) or event.op != ops_expected[position]:
+            raise RuntimeError(
+                f"the forward pass took a different path than when it was traced "
+                f"(at step {position}: {event.op!r} instead of "
+                f"{ops_expected[position] if position < len(ops_expected) else 'the end'!r})"
+            )
+        replacement = on_node(names[position], event.output) if isinstance(event.output, torch.Tensor) else None
+        position += 1
+        return replacement
+
+    if inputs:
+        args = _replace_tensors(args, lambda i, t: _or(on_node(inputs[i], t), t) if i < len(inputs) else t)
+    return _EagerRunner(graph.model, on_event).run(args)
+
+
+def first_float_output(output: Any) -> torch.Tensor | None:
+    """The model's output as archlint measures it: the first floating-point tensor.
+
+    Tuples and lists are searched in order, dicts in insertion order, dataclasses field by
+    field; (logits, loss) -> logits, {"logits": ..., "hidden": ...} -> logits.
+    """
+    for t in _flatten(output):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return t
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# fx
+
+
+class _SiteTracer(fx.Tracer):
+    """An fx tracer that remembers where in forward() each node was created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.call_sites: dict[str, Any] = {}
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):  # type: ignore[override]
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
+        if kind in ("call_function", "call_method", "call_module"):
+            self.call_sites[proxy.node.name] = sourcemap.user_call_site()
+        return proxy
+
+
+class _CallbackInterpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, wanted: set[str], on_node: OnNode):
+        super().__init__(gm)
+        self._wanted = wanted
+        self._on_node = on_node
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if n.name in self._wanted and isinstance(result, torch.Tensor):
+            replacement = self._on_node(n.name, result)
+            if replacement is not None:
+                return replacement
+        return result
+
+
+def _run_recording_values(gm: fx.GraphModule, model: nn.Module, inputs: tuple) -> dict[str, Any]:
+    """Run the GraphModule once; return every node's output (for shapes and dtypes)."""
+    values: dict[str, Any] = {}
+
+    class _Keep(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            result = super().run_node(n)
+            values[n.name] = _describe_value(result)
+            return result
+
+    with preserved_state(model), torch.no_grad():
+        _Keep(gm).run(*inputs)
+    return values
+
+
+@dataclasses.dataclass
+class _ValueInfo:
+    is_tensor: bool
+    has_tensor: bool
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    floating: bool = False
+    first_float_index: int | None = None
+
+
+def _describe_value(value: Any) -> _ValueInfo:
+    if isinstance(value, torch.Tensor):
+        return _ValueInfo(True, True, tuple(value.shape), str(value.dtype).replace("torch.", ""), value.is_floating_point())
+    tensors = [t for t in _flatten(value) if isinstance(t, torch.Tensor)]
+    return _ValueInfo(False, bool(tensors))
+
+
+def _nodes_from_fx(gm: fx.GraphModule, values: dict[str, _ValueInfo], call_sites: dict[str, Any], locate: "_Locator") -> tuple[list[Node], str | None]:
+    kept: dict[str, Node] = {}
+    output: str | None = None
+    modules = dict(gm.named_modules())
+    for n in gm.graph.nodes:
+        info = values.get(n.name)
+        if n.op == "output":
+            output = _first_float_node(n.args[0], values, kept)
+            continue
+        if n.op == "get_attr" or info is None or not info.has_tensor:
+            continue
+        tensor_inputs = [a.name for a in _fx_arg_nodes(n) if a.name in kept]
+        module = None
+        if n.op == "placeholder":
+            kind, op, attrs = OpKind.INPUT, "input", {}
+        elif n.op == "call_module":
+            module = modules[n.target]
+            kind, attrs = ops.classify_module(module)
+            op = type(module).__name__
+        else:
+            op = ops.func_name(n.target)
+            n_tensor = sum(1 for a in _fx_arg_nodes(n) if a.name in kept and values[a.name].is_tensor)
+            plain_args = tuple(None if isinstance(a, fx.Node) else a for a in n.args)
+            kind, attrs = ops.classify_function(op, n_tensor, plain_args, dict(n.kwargs))
+        span = None
+        if module is not None:
+            span = locate.construction(module)
+        if span is None and n.name in call_sites:
+            span = locate.call(call_sites[n.name])
+        kept[n.name] = Node(
+            name=n.name,
+            kind=kind,
+            op=op,
+            inputs=tensor_inputs,
+            module_path=str(n.target) if n.op == "call_module" else None,
+            params=ops.param_infos(module) if module is not None else {},
+            attrs=attrs,
+            shape=info.shape,
+            dtype=info.dtype,
+            span=span,
+            module=module,
+        )
+    return list(kept.values()), output
+
+
+def _fx_arg_nodes(n: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((n.args, n.kwargs), lambda a: found.append(a) or a)
+    # Deduplicate while keeping order (x * x uses x twice but has one input).
+    return list(dict.fromkeys(found))
+
+
+def _first_float_node(out_arg: Any, values: dict[str, _ValueInfo], kept: dict[str, Node]) -> str | None:
+    for item in _flatten(out_arg):
+        if isinstance(item, fx.Node) and item.name in kept:
+            info = values[item.name]
+            if info.is_tensor and info.floating:
+                return item.name
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# eager fallback
+
+
+@dataclasses.dataclass
+class _Event:
+    op: str
+    kind: OpKind
+    attrs: dict[str, Any]
+    inputs: list[int]  # ids of input tensors
+    output: Any
+    module: nn.Module | None = None
+    module_path: str | None = None
+    site: Any = None
+
+
+class _EagerRunner(TorchFunctionMode):
+    """Runs a model, reporting each leaf-module call and each functional op outside them."""
+
+    def __init__(self, model: nn.Module, on_event: Callable[[_Event], Any]):
+        super().__init__()
+        self.model = model
+        self.on_event = on_event
+        self.depth = 0
+        # Call sites are only needed while capturing the graph, not when re-running it.
+        self.want_sites = False
+        self.tracked: set[int] = set()
+        # Keep every tracked tensor alive during the run so that ids are never reused.
+        self._alive: list[torch.Tensor] = []
+
+    def track(self, t: Any) -> None:
+        if isinstance(t, torch.Tensor):
+            self.tracked.add(id(t))
+            self._alive.append(t)
+
+    def run(self, args: tuple) -> Any:
+        for t in _tensor_args(args):
+            self.track(t)
+        handles = []
+        for path, module in self.model.named_modules():
+            if ops.is_leaf_module(module) and module is not self.model:
+                handles.append(module.register_forward_pre_hook(self._pre))
+                handles.append(module.register_forward_hook(self._make_post(path)))
+        try:
+            with self:
+                return self.model(*args)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        self.depth += 1
+
+    def _make_post(self, path: str):
+        def post(module: nn.Module, args: tuple, output: Any) -> None:
+            self.depth -= 1
+            if self.depth == 0:
+                inputs = [id(t) for t in _tensor_args(args) if id(t) in self.tracked]
+                kind, attrs = ops.classify_module(module)
+                return self._emit(_Event(type(module).__name__, kind, attrs, inputs, output, module, path))
+            return None
+
+        return post
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = ops.func_name(func)
+        if self.depth == 0 and name not in ("__get__", "__set__", "__setitem__") and any(
+            isinstance(t, torch.Tensor) for t in _flatten(out)
+        ):
+            arg_tensors = _tensor_args((args, kwargs))
+            inputs = list(dict.fromkeys(id(t) for t in arg_tensors if id(t) in self.tracked))
+            if inputs:
+                plain_args = tuple(None if isinstance(a, torch.Tensor) else a for a in args)
+                kind, attrs = ops.classify_function(name, len(inputs), plain_args, kwargs)
+                site = sourcemap.user_call_site() if self.want_sites else None
+                return _or(self._emit(_Event(name, kind, attrs, inputs, out, site=site)), out)
+        return out
+
+    def _emit(self, event: _Event) -> Any:
+        """Report an event; returns the replacement output, if the listener gave one."""
+        replacement = self.on_event(event)
+        for t in _flatten(event.output if replacement is None else replacement):
+            self.track(t)
+        return replacement
+
+
+def _eager_capture(model: nn.Module, inputs: tuple, locate: "_Locator") -> tuple[list[Node], str | None]:
+    nodes: list[Node] = []
+    owner: dict[int, str] = {}
+    counts: dict[str, int] = {}
+
+    def fresh(base: str) -> str:
+        base = base.replace(".", "_") or "node"
+        counts[base] = counts.get(base, 0) + 1
+        return base if counts[base] == 1 else f"{base}_{counts[base] - 1}"
+
+    for i, t in enumerate(_tensor_args(inputs)):
+        name = fresh(f"input_{i}" if i else "x")
+        owner[id(t)] = name
+        nodes.append(Node(name=name, kind=OpKind.INPUT, op="input", shape=tuple(t.shape), dtype=_dtype(t)))
+
+    def on_event(event: _Event) -> None:
+        name = fresh(event.module_path or event.op)
+        out_tensor = event.output if isinstance(event.output, torch.Tensor) else None
+        span = locate.construction(event.module) if event.module is not None else None
+        if span is None and event.site is not None:
+            span = locate.call(event.site)
+        nodes.append(Node(
+            name=name,
+            kind=event.kind,
+            op=event.op,
+            inputs=list(dict.fromkeys(owner[i] for i in event.inputs if i in owner)),
+            module_path=event.module_path,
+            params=ops.param_infos(event.module) if event.module is not None else {},
+            attrs=event.attrs,
+            shape=tuple(out_tensor.shape) if out_tensor is not None else None,
+            dtype=_dtype(out_tensor) if out_tensor is not None else None,
+            span=span,
+            module=event.module,
+        ))
+        for t in _flatten(event.output):
+            if isinstance(t, torch.Tensor):
+                owner[id(t)] = name
+
+    try:
+        with preserved_state(model), torch.no_grad():
+            runner = _EagerRunner(model, on_event)
+            runner.want_sites = True
+            out = runner.run(inputs)
+            first = first_float_output(out)
+            output = owner.get(id(first)) if first is not None else None
+    except Exception as exc:
+        raise ForwardError(exc) from exc
+    return nodes, output
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+class _Locator:
+    """Turns recorded positions into Spans, parsing each source file once."""
+
+    def __init__(self, sites: Mapping[nn.Module, Any] | None):
+        self.sites = sites
+
+    def construction(self, module: nn.Module | None) -> Span | None:
+        if module is None or self.sites is None:
+            return None
+        pos = self.sites.get(module)
+        return sourcemap.construction_span(pos) if pos is not None else None
+
+    def call(self, pos: Any) -> Span | None:
+        return sourcemap.call_span(pos) if pos is not None else None
+
+
+def _flatten(value: Any) -> Iterable[Any]:
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _flatten(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _flatten(v)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _flatten(getattr(value, f.name))
+    else:
+        yield value
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _replace_tensors(value: Any, fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Any:
+    """Rebuild a (nested) argument structure, passing each tensor through ``fn(index, t)``."""
+    state = {"i": 0}
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            i = state["i"]
+            state["i"] += 1
+            return fn(i, v)
+        if isinstance(v, tuple):
+            return tuple(walk(x) for x in v)
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+
+    return walk(value)
+
+
+def _tensor_args(args: Any) -> list[torch.Tensor]:
+    return [t for t in _flatten(args) if isinstance(t, torch.Tensor)]
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:300]
+
+
+def innermost_frame_in(exc: BaseException, path: str) -> traceback.FrameSummary | None:
+    """The deepest traceback frame of ``exc`` that lies in ``path``."""
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == path:
+            found = frame
+    return found
