@@ -55,7 +55,7 @@ def trace(
     (``sourcemap.record_constructions``). Raises ForwardError when the model itself fails on
     ``example_inputs``.
     """
-    locate = _Locator(sites)
+    locate = _Locator(sites, model)
     fx_error: str | None = None
     try:
         tracer = _SiteTracer()
@@ -401,13 +401,19 @@ def _eager_capture(model: nn.Module, inputs: tuple, locate: "_Locator") -> tuple
 class _Locator:
     """Turns recorded positions into Spans, parsing each source file once."""
 
-    def __init__(self, sites: Mapping[nn.Module, Any] | None):
+    def __init__(self, sites: Any, root: nn.Module):
         self.sites = sites
+        self.root = root
+        self.paths = {id(m): p for p, m in root.named_modules()}
 
     def construction(self, module: nn.Module | None) -> Span | None:
         if module is None or self.sites is None:
             return None
         pos = self.sites.get(module)
+        if pos is None and id(module) in self.paths:
+            # Deep-copied layers (nn.TransformerEncoder's clones) never ran __init__: use
+            # the nearest recorded parent.
+            pos = self.sites.find(self.root, self.paths[id(module)])
         return sourcemap.construction_span(pos) if pos is not None else None
 
     def call(self, pos: Any) -> Span | None:

@@ -1,0 +1,720 @@
+"""Import a model file in isolation and find out what in it to lint.
+
+``isolated_import`` imports a file the way pytest's default "prepend" import mode imports
+test files: under its dotted package name (never ``__main__``), with its package's base
+directory and the project root in front of ``sys.path``. On exit it puts ``sys.path`` and
+``sys.modules`` back, so that files linted one after another in one process (two different
+``models/resnet.py``, say) never see each other's modules.
+
+``discover`` lists the models of the file with zero configuration: ``nn.Module`` classes
+whose constructor needs no arguments, and factory functions recognised *statically* (a
+``main()`` that trains must never be called just because it takes no arguments).
+``build_all`` builds them and keeps only the top-level models.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import dataclasses
+import functools
+import importlib
+import inspect
+import os
+import site
+import sys
+import sysconfig
+import tokenize
+import traceback
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Iterator
+
+import libcst as cst
+import torch
+from libcst.metadata import MetadataWrapper, PositionProvider
+from torch import nn
+
+from archlint.graph import Span
+
+PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+
+
+class LoadError(Exception):
+    """The file could not be imported; ``span`` is the line in the linted file to blame."""
+
+    def __init__(self, message: str, span: Span):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+
+
+class BuildError(Exception):
+    """An explicit ``--model``/``build`` entry is malformed or does not give an nn.Module."""
+
+
+# --------------------------------------------------------------------------------------
+# Import in isolation
+
+
+def _dir_prefix(path: str) -> str:
+    return os.path.join(os.path.realpath(path), "")
+
+
+def _environment_roots() -> tuple[str, ...]:
+    """Where installed code lives: its modules are never ours to delete.
+
+    A virtualenv inside the project root is common, so "under the project root" alone would
+    also catch torch's lazily imported submodules; deleting those would give torch two
+    copies of its own classes.
+    """
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.update(site.getsitepackages())
+    roots.add(site.getusersitepackages())
+    # Longest first, so that _display names site-packages files from site-packages.
+    return tuple(sorted((_dir_prefix(r) for r in roots), key=len, reverse=True))
+
+
+_ENVIRONMENT_ROOTS = _environment_roots()
+
+
+def module_name_for(path: str) -> tuple[str, str]:
+    """The dotted module name of ``path`` and the directory it is importable from.
+
+    Walks up while the directory is a package (has ``__init__.py``), as pytest does:
+    ``pkg/sub/model.py`` is ``pkg.sub.model``, importable from the parent of ``pkg``.
+    """
+    path = os.path.abspath(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    parts = [] if stem == "__init__" else [stem]
+    directory = os.path.dirname(path)
+    while os.path.isfile(os.path.join(directory, "__init__.py")):
+        parts.insert(0, os.path.basename(directory))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return ".".join(parts), directory
+
+
+def project_root(path: str) -> str | None:
+    """The nearest directory at or above ``path``'s folder that looks like a project root."""
+    directory = os.path.dirname(os.path.abspath(path))
+    while True:
+        if any(os.path.exists(os.path.join(directory, m)) for m in PROJECT_MARKERS):
+            return directory
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
+def _locations(module: Any) -> list[str]:
+    """Files and folders a module was loaded from (a namespace package has only folders)."""
+    found = []
+    file = getattr(module, "__file__", None)
+    if isinstance(file, str):
+        found.append(file)
+    try:
+        found.extend(p for p in getattr(module, "__path__", None) or () if isinstance(p, str))
+    except Exception:  # an exotic __path__ that fails to iterate tells us nothing
+        pass
+    return found
+
+
+def _under(location: str, prefixes: tuple[str, ...]) -> bool:
+    real = os.path.realpath(location)
+    return any(os.path.join(real, "").startswith(p) for p in prefixes)
+
+
+def _local_imports(path: str, dirs: tuple[str, ...]) -> set[str]:
+    """Top-level names the file imports absolutely that resolve to a file in ``dirs``.
+
+    If one of those names is already in sys.modules from elsewhere, the import would reuse
+    that module instead of the project's own: it has to be moved aside too.
+    """
+    try:
+        tree = ast.parse(_read_source(path))
+    except (SyntaxError, ValueError, OSError):
+        return set()  # the import itself reports the problem
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {
+        n for n in names
+        if any(os.path.isdir(os.path.join(d, n)) or os.path.isfile(os.path.join(d, n + ".py")) for d in dirs)
+    }
+
+
+@contextlib.contextmanager
+def isolated_import(path: str | os.PathLike) -> Iterator[ModuleType]:
+    """Import the file at ``path`` as a module and undo every trace of it on exit.
+
+    Raises ``LoadError`` (with the line of ``path`` to blame) when the import fails.
+    Exceptions raised inside the ``with`` block pass through unchanged.
+    """
+    span_path = str(path)
+    abspath = os.path.abspath(path)
+    if not os.path.isfile(abspath):
+        raise LoadError(f"no such file: {span_path}", Span(span_path, 1))
+    name, basedir = module_name_for(abspath)
+    root = project_root(abspath)
+    dirs = tuple(dict.fromkeys(d for d in (basedir, root) if d))
+    tree = tuple(_dir_prefix(d) for d in dirs)
+
+    def ours(name: str, module: Any) -> bool:
+        # archlint's own modules (imported lazily while linting a file of archlint's own
+        # repository) are never the user's.
+        if name == "archlint" or name.startswith("archlint."):
+            return False
+        locations = _locations(module)
+        return any(_under(loc, tree) for loc in locations) and not any(
+            _under(loc, _ENVIRONMENT_ROOTS) for loc in locations
+        )
+
+    aside: dict[str, Any] = {}
+    saved_path = list(sys.path)
+    saved_bytecode = sys.dont_write_bytecode
+    before = set(sys.modules)
+    try:
+        # A same-named module from elsewhere (another project's `models`) would be reused
+        # instead of this project's: park it, with its submodules, for the duration.
+        for top in {name.split(".")[0]} | _local_imports(abspath, dirs):
+            existing = sys.modules.get(top)
+            if existing is not None and not ours(top, existing):
+                for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+                    aside[key] = sys.modules.pop(key)
+        sys.path[:0] = dirs
+        # No __pycache__ litter in the user's tree, and no stale .pyc when a file is
+        # rewritten within the same second (tests, editors).
+        sys.dont_write_bytecode = True
+        importlib.invalidate_caches()
+        try:
+            module = importlib.import_module(name)
+        except (Exception, SystemExit) as exc:
+            raise _load_error(exc, abspath, span_path) from exc
+        module_file = getattr(module, "__file__", None)
+        if not module_file or os.path.realpath(module_file) != os.path.realpath(abspath):
+            raise LoadError(
+                f"module name {name!r} resolves to {module_file or 'a namespace package'} "
+                f"instead of this file; rename one of them",
+                Span(span_path, 1),
+            )
+        yield module
+    finally:
+        sys.path[:] = saved_path
+        sys.dont_write_bytecode = saved_bytecode
+        for key in set(sys.modules) - before:
+            if ours(key, sys.modules[key]):
+                del sys.modules[key]
+        sys.modules.update(aside)
+
+
+def _read_source(path: str) -> str:
+    with tokenize.open(path) as f:  # honours a PEP 263 coding line
+        return f.read()
+
+
+def _line_span(span_path: str, source_lines: list[str], line: int) -> Span:
+    """The line from its first non-blank character to its last."""
+    text = source_lines[line - 1] if 0 < line <= len(source_lines) else ""
+    stripped = text.rstrip()
+    return Span(span_path, line, len(stripped) - len(stripped.lstrip()), line, len(stripped))
+
+
+def _display(path: str, start: str | None = None) -> str:
+    """A short name for a file in a message: from site-packages for installed code
+    (``torch/nn/modules/linear.py``), else relative to ``start`` (the cwd) when inside it."""
+    real = os.path.realpath(path)
+    for root in _ENVIRONMENT_ROOTS:
+        if real.startswith(root):
+            return real[len(root):]
+    rel = os.path.relpath(path, start)
+    return path if rel.startswith("..") else rel
+
+
+def _innermost_line_in(exc: BaseException, abspath: str) -> int | None:
+    """The line of the innermost traceback frame that runs code of ``abspath``."""
+    real = os.path.realpath(abspath)
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+             if f.lineno and os.path.realpath(f.filename) == real]
+    return lines[-1] if lines else None
+
+
+def _failure_site(exc: BaseException) -> tuple[str, int] | None:
+    """Where the exception really happened: the offending file for a SyntaxError, else the
+    deepest traceback frame that is a real file (not importlib's frozen bootstrap)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return exc.filename, exc.lineno or 1
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    return (frames[-1].filename, frames[-1].lineno or 1) if frames else None
+
+
+def describe_exception(exc: BaseException, abspath: str) -> str:
+    """``Type: text``, plus the file and line it came from when that is not ``abspath``."""
+    if isinstance(exc, SystemExit):
+        text = f"SystemExit: the code called sys.exit({exc.code!r})"
+    elif isinstance(exc, SyntaxError):
+        text = f"{type(exc).__name__}: {exc.msg}"
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    site_ = _failure_site(exc)
+    if site_ and os.path.realpath(site_[0]) != os.path.realpath(abspath):
+        text += f" (in {_display(site_[0])}:{site_[1]})"
+    return text
+
+
+def _load_error(exc: BaseException, abspath: str, span_path: str) -> LoadError:
+    try:
+        lines = _read_source(abspath).splitlines()
+    except (OSError, SyntaxError, ValueError):
+        lines = []
+    if isinstance(exc, SyntaxError) and exc.filename and os.path.realpath(exc.filename) == os.path.realpath(abspath):
+        line = exc.lineno or 1
+        col = max((exc.offset or 1) - 1, 0)
+        end_col = exc.end_offset - 1 if exc.end_lineno == line and exc.end_offset and exc.end_offset - 1 > col else None
+        return LoadError(f"{type(exc).__name__}: {exc.msg}", Span(span_path, line, col, line, end_col))
+    line = _innermost_line_in(exc, abspath) or 1
+    prefix = "cannot import the file: "
+    return LoadError(prefix + describe_exception(exc, abspath), _line_span(span_path, lines, line))
+
+
+# --------------------------------------------------------------------------------------
+# What to lint
+
+
+@dataclass
+class ModelEntry:
+    """One model of the file: how to build it and where it is defined."""
+
+    name: str
+    kind: str  # "class" | "factory" | "explicit"
+    # The class/def name on its class/def line (explicit: the built model's class, else line 1).
+    span: Span
+    builder: Callable[[], Any] = field(repr=False, compare=False)
+    inputs: str | None = None
+    # The class or factory function it was discovered from (None for explicit entries).
+    target: Any = field(default=None, repr=False, compare=False)
+
+    def build(self) -> nn.Module:
+        model = self.builder()
+        if not isinstance(model, nn.Module):
+            raise BuildError(f"{self.name} gave a {type(model).__name__}, not an nn.Module")
+        return model
+
+
+@dataclass
+class ClassNeedingArgs:
+    """A model class of the file whose constructor has required parameters."""
+
+    cls: type
+    span: Span
+    missing: list[str]
+
+
+@dataclass
+class Discovery:
+    entries: list[ModelEntry]
+    # Candidates for ARC903, already without the classes that are only components of other
+    # classes of the file; ``build_all`` drops the ones a built model contains.
+    needs_args: list[ClassNeedingArgs] = field(default_factory=list)
+    module: ModuleType | None = None
+    path: str | None = None
+    # Factory name -> the names of the factories it calls: a factory that another built
+    # factory calls builds a part, not a top-level model.
+    factory_calls: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass
+class BuiltModel:
+    entry: ModelEntry
+    model: nn.Module
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def span(self) -> Span:
+        return self.entry.span
+
+
+@dataclass
+class NotBuilt:
+    """A top-level model that could not be built (ARC903)."""
+
+    name: str
+    span: Span
+    missing: list[str]
+    message: str
+    # "Type: text" when the constructor or factory raised; None when it just needs arguments.
+    error: str | None = None
+    # The line of the linted file where it raised, if any.
+    error_line: int | None = None
+
+
+class _SourceIndex:
+    """The file's top-level classes and functions by name, with libcst positions."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            source = f.read()
+        try:
+            wrapper = MetadataWrapper(cst.parse_module(source))
+        except cst.ParserSyntaxError as exc:
+            # Python imported it, so this is syntax libcst does not know yet.
+            raise LoadError(f"libcst cannot parse the file: {exc.message}", Span(path, exc.raw_line or 1)) from exc
+        positions = wrapper.resolve(PositionProvider)
+        self.classes: dict[str, cst.ClassDef] = {}
+        self.functions: dict[str, cst.FunctionDef] = {}
+        # The span of each class's / function's name, by name.
+        self.spans: dict[str, Span] = {}
+        for node in _module_level_defs(wrapper.module):
+            name = node.name.value
+            # A later redefinition wins, as at run time.
+            (self.classes if isinstance(node, cst.ClassDef) else self.functions)[name] = node
+            pos = positions[node.name]
+            self.spans[name] = Span(path, pos.start.line, pos.start.column, pos.end.line, pos.end.column)
+
+
+def _module_level_defs(module: cst.Module) -> Iterator[cst.ClassDef | cst.FunctionDef]:
+    """Classes and functions defined at module level, also inside if/try/with blocks."""
+    stack: list[Any] = list(reversed(module.body))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.ClassDef, cst.FunctionDef)):
+            yield node
+        elif isinstance(node, (cst.If, cst.Else, cst.Try, cst.Finally, cst.ExceptHandler, cst.With)):
+            children = [node.body] + [getattr(node, a) for a in ("orelse", "finalbody") if getattr(node, a, None)]
+            children += list(getattr(node, "handlers", ()))
+            for child in reversed(children):
+                stack.extend(reversed(child.body) if isinstance(child, cst.IndentedBlock) else [child])
+
+
+def _required_params(func: Callable[..., Any], skip_first: bool = False) -> list[str] | None:
+    """Names of the parameters that have no default; None when the signature is unknowable."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if skip_first:
+        params = params[1:]
+    return [
+        p.name for p in params
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def _is_model_class(cls: Any) -> bool:
+    # A subclass that does not define forward (a mixin, a base class) is not a model.
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, nn.Module)
+        and cls.forward is not nn.Module.forward
+        and not inspect.isabstract(cls)
+    )
+
+
+def discover(module: ModuleType, path: str) -> Discovery:
+    """The models defined in ``module`` (imported from ``path``), without running any code
+    of the file except attribute look-ups."""
+    index = _SourceIndex(path)
+    entries: list[ModelEntry] = []
+    needs_args: list[ClassNeedingArgs] = []
+    components = _component_classes(index, module)
+    for name, node in index.classes.items():
+        cls = vars(module).get(name)
+        if not _is_model_class(cls) or cls.__module__ != module.__name__ or cls.__qualname__ != name:
+            continue
+        span = index.spans[name]
+        missing = _required_params(cls.__init__, skip_first=True)
+        if missing is None:
+            continue
+        if not missing:
+            entries.append(ModelEntry(name, "class", span, builder=cls, target=cls))
+        elif name not in components:
+            needs_args.append(ClassNeedingArgs(cls, span, missing))
+    factory_calls = _factories(index, module)
+    for name in factory_calls:
+        func = vars(module)[name]
+        entries.append(ModelEntry(name, "factory", index.spans[name], builder=func, target=func))
+    entries.sort(key=lambda e: (e.span.line, e.span.col))
+    return Discovery(entries, needs_args, module, path, factory_calls)
+
+
+def _component_classes(index: _SourceIndex, module: ModuleType) -> set[str]:
+    """Names of this file's classes that another model class of the file refers to in its
+    body: building blocks, not models to configure on their own."""
+    used: set[str] = set()
+    for name, node in index.classes.items():
+        if not _is_model_class(vars(module).get(name)):
+            continue
+        names = {n.value for n in _walk(node.body) if isinstance(n, cst.Name)}
+        used.update(n for n in names & set(index.classes) if n != name)
+    return used
+
+
+def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        yield cur
+        stack.extend(cur.children)
+
+
+# Calling these builds a plain value and runs no user code.
+_SAFE_CALLABLES = (dict, list, tuple, set, frozenset, int, float, bool, str, range, slice, functools.partial)
+
+
+def _factories(index: _SourceIndex, module: ModuleType) -> dict[str, set[str]]:
+    """Top-level functions that are recognisably model factories, by their source alone,
+    each with the names of the factories it calls.
+
+    A factory takes no required arguments and its body is only assignments and a final
+    ``return``, where every call is to a model class, a config class or another factory.
+    That is what makes calling it safe: a ``main()`` that trains or writes files never
+    qualifies, however few arguments it takes.
+    """
+    candidates: dict[str, tuple[Any, list[cst.Call], set[str]]] = {}
+    for name, node in index.functions.items():
+        func = vars(module).get(name)
+        if not inspect.isfunction(func) or func.__qualname__ != name or func.__module__ != module.__name__:
+            continue
+        if node.decorators or node.asynchronous or not _no_required_params(node.params):
+            continue
+        body = _simple_body(node)
+        if body is None:
+            continue
+        local_names = {p.name.value for p in _all_params(node.params)}
+        for stmt in body:
+            if isinstance(stmt, cst.Assign):
+                local_names.update(t.target.value for t in stmt.targets if isinstance(t.target, cst.Name))
+            elif isinstance(stmt, cst.AnnAssign) and isinstance(stmt.target, cst.Name):
+                local_names.add(stmt.target.value)
+        calls = [n for stmt in body for n in _walk(stmt) if isinstance(n, cst.Call)]
+        candidates[name] = (func, calls, local_names)
+
+    # A factory may call another factory, defined above or below it: grow to a fixed point.
+    found: dict[str, Any] = {}
+    changed = True
+    while changed:
+        changed = False
+        for name, (func, calls, local_names) in candidates.items():
+            if name in found:
+                continue
+            factory_funcs = set(map(id, found.values()))
+            if all(_safe_callee(c.func, module, local_names, factory_funcs) for c in calls):
+                found[name] = func
+                changed = True
+    calls_of: dict[str, set[str]] = {}
+    for name in found:
+        callees = (_dotted(c.func) for c in candidates[name][1])
+        calls_of[name] = {p[0] for p in callees if p is not None and len(p) == 1 and p[0] in found}
+    return calls_of
+
+
+def _all_params(params: cst.Parameters) -> list[cst.Param]:
+    out = list(params.posonly_params) + list(params.params) + list(params.kwonly_params)
+    for star in (params.star_arg, params.star_kwarg):
+        if isinstance(star, cst.Param):
+            out.append(star)
+    return out
+
+
+def _no_required_params(params: cst.Parameters) -> bool:
+    # *args and **kwargs are fine: they can be left empty.
+    return all(p.default is not None for p in [*params.posonly_params, *params.params, *params.kwonly_params])
+
+
+def _simple_body(node: cst.FunctionDef) -> list[cst.BaseSmallStatement] | None:
+    """The body's statements if they are [docstring], assignments..., return <expr>."""
+    if isinstance(node.body, cst.SimpleStatementSuite):
+        small = list(node.body.body)
+    else:
+        small = []
+        for stmt in node.body.body:
+            if not isinstance(stmt, cst.SimpleStatementLine):
+                return None
+            small.extend(stmt.body)
+    if small and isinstance(small[0], cst.Expr) and isinstance(small[0].value, (cst.SimpleString, cst.ConcatenatedString)):
+        small = small[1:]
+    if not small or not isinstance(small[-1], cst.Return) or small[-1].value is None:
+        return None
+    for stmt in small[:-1]:
+        if isinstance(stmt, cst.Assign):
+            if not all(isinstance(t.target, (cst.Name, cst.Attribute)) for t in stmt.targets):
+                return None
+        elif isinstance(stmt, cst.AnnAssign):
+            if stmt.value is None or not isinstance(stmt.target, (cst.Name, cst.Attribute)):
+                return None
+        else:
+            return None
+    return small
+
+
+def _dotted(expr: cst.BaseExpression) -> list[str] | None:
+    if isinstance(expr, cst.Name):
+        return [expr.value]
+    if isinstance(expr, cst.Attribute):
+        base = _dotted(expr.value)
+        return base + [expr.attr.value] if base is not None else None
+    return None
+
+
+def _safe_callee(expr: cst.BaseExpression, module: ModuleType, local_names: set[str], factory_ids: set[int]) -> bool:
+    """Whether a call to ``expr`` provably only constructs a model or config object."""
+    parts = _dotted(expr)
+    if parts is None or parts[0] in local_names:
+        return False
+    # getattr_static: resolving the name must not run a property or a module __getattr__.
+    missing = object()
+    obj = vars(module).get(parts[0], getattr(builtins, parts[0], missing))
+    for part in parts[1:]:
+        obj = inspect.getattr_static(obj, part, missing)
+    if obj is missing:
+        return False
+    if id(obj) in factory_ids:
+        return True
+    if not isinstance(obj, type):
+        return False
+    if issubclass(obj, nn.Module) or obj in _SAFE_CALLABLES:
+        return True
+    if type(obj) is not type:  # a metaclass __call__ could run anything
+        return False
+    if dataclasses.is_dataclass(obj) or (issubclass(obj, tuple) and hasattr(obj, "_fields")):
+        return True
+    # A plain attribute-holder config class: nothing of its own runs on construction.
+    return obj.__init__ is object.__init__ and obj.__new__ is object.__new__
+
+
+# --------------------------------------------------------------------------------------
+# Explicit entries (--model / [[tool.archlint.models]] build)
+
+
+def explicit_entry(module: ModuleType, path: str, build: str, inputs: str | None = None) -> ModelEntry:
+    """A model entry from a ``build`` string evaluated in the module's namespace.
+
+    ``build`` is an expression (``ResNet(depth=56)``) or statements that assign ``model``.
+    Its name and span become the built model's class (and that class's line, if the class is
+    defined in this file) once it is built.
+    """
+    text = build.strip()
+    try:
+        code, is_expr = compile(text, "<build>", "eval"), True
+    except SyntaxError:
+        try:
+            code, is_expr = compile(text, "<build>", "exec"), False
+        except SyntaxError as exc:
+            raise BuildError(f"build {text!r} is not valid Python: {exc.msg}") from exc
+        if not _assigns_model(text):
+            raise BuildError(f"build {text!r} is a list of statements that never assigns `model`")
+    index = _SourceIndex(path)
+
+    def builder() -> Any:
+        namespace = dict(vars(module))  # a copy: the statements' variables stay out of the module
+        namespace.setdefault("torch", torch)
+        namespace.setdefault("nn", nn)
+        if is_expr:
+            model = eval(code, namespace)
+        else:
+            namespace.pop("model", None)
+            exec(code, namespace)
+            model = namespace.get("model")
+        if not isinstance(model, nn.Module):
+            raise BuildError(f"build {text!r} gave a {type(model).__name__}, not an nn.Module")
+        cls = type(model)
+        entry.name = cls.__name__
+        if cls.__module__ == module.__name__:
+            entry.span = index.spans.get(cls.__qualname__, entry.span)
+        return model
+
+    entry = ModelEntry(text.splitlines()[0], "explicit", Span(path, 1, 0), builder=builder, inputs=inputs)
+    return entry
+
+
+def _assigns_model(text: str) -> bool:
+    for node in ast.parse(text).body:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and sub.id == "model" and isinstance(sub.ctx, ast.Store):
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# Building
+
+
+def build_all(discovery: Discovery) -> tuple[list[BuiltModel], list[NotBuilt]]:
+    """Build every entry and keep the top-level models.
+
+    A class is dropped when another built model contains an instance of it (it is a
+    block); a class that needs arguments is reported (ARC903) only when no built model
+    contains or is an instance of it, so a class a factory builds is not reported.
+    """
+    built: list[BuiltModel] = []
+    failed: list[tuple[ModelEntry, NotBuilt]] = []
+    for entry in discovery.entries:
+        try:
+            built.append(BuiltModel(entry, entry.build()))
+        except BuildError as exc:
+            if entry.kind == "factory":
+                continue  # a zero-argument function returning something else: not a model
+            failed.append((entry, NotBuilt(entry.name, entry.span, [], str(exc), error=str(exc))))
+        except (Exception, SystemExit) as exc:
+            failed.append((entry, _raised(entry, exc)))
+
+    sub_types = [{type(m) for m in b.model.modules() if m is not b.model} for b in built]
+    every_module = [m for b in built for m in b.model.modules()]
+    called_by_built = {
+        callee for b in built if b.entry.kind == "factory"
+        for callee in discovery.factory_calls.get(b.entry.name, ())
+    }
+
+    top: list[BuiltModel] = []
+    for i, b in enumerate(built):
+        t = type(b.model)
+        if b.entry.kind == "class" and any(t in types for j, types in enumerate(sub_types) if j != i):
+            continue
+        if b.entry.kind == "factory" and b.entry.name in called_by_built:
+            continue
+        top.append(b)
+
+    not_built: list[NotBuilt] = []
+    for entry, nb in failed:
+        if entry.kind == "class" and any(isinstance(m, entry.target) for m in every_module):
+            continue
+        not_built.append(nb)
+    for c in discovery.needs_args:
+        if any(isinstance(m, c.cls) for m in every_module):
+            continue
+        not_built.append(_needs_args(c, discovery.path or c.span.path))
+    not_built.sort(key=lambda n: (n.span.line, n.span.col))
+    return top, not_built
+
+
+def _needs_args(c: ClassNeedingArgs, path: str) -> NotBuilt:
+    name = c.cls.__name__
+    call = f"{name}({', '.join(f'{p}=...' for p in c.missing)})"
+    s = "s" if len(c.missing) > 1 else ""
+    message = (
+        f"{name} was not built: its constructor needs argument{s} {', '.join(c.missing)}; "
+        f'configure it with --model "{call}" or a [[tool.archlint.models]] entry with '
+        f'path = "{_display(path, project_root(path))}" and build = "{call}"'
+    )
+    return NotBuilt(name, c.span, list(c.missing), message)
+
+
+def _raised(entry: ModelEntry, exc: BaseException) -> NotBuilt:
+    path = entry.span.path
+    error = describe_exception(exc, path)
+    line = _innermost_line_in(exc, path)
+    where = f" at line {line}" if line else ""
+    call = f"{entry.name}()" if entry.kind != "explicit" else f"build {entry.name!r}"
+    message = f"{entry.name} was not built: {call} raised{where}: {error}"
+    return NotBuilt(entry.name, entry.span, [], message, error=error, error_line=line)

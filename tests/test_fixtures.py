@@ -1,0 +1,48 @@
+"""Every fixture model yields exactly the findings in its .expected file.
+
+fixtures/<CODE>/bad_*.py must yield <CODE>; fixtures/<CODE>/good_*.py must yield nothing at
+all. The .expected file beside each fixture holds one `line:col CODE status` per finding
+(columns 1-based, as users see them). Regenerate after an intended change with
+`python -m pytest tests/test_fixtures.py --regen-fixtures`, then review the diff.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from archlint.config import Settings
+from archlint.engine import check_file
+from conftest import FIXTURES
+
+CASES = sorted(
+    p for p in FIXTURES.glob("ARC*/*.py") if p.name.startswith(("bad_", "good_"))
+)
+
+
+def render_expected(findings) -> str:
+    return "".join(f"{f.span.line}:{f.span.col + 1} {f.code} {f.status}\n" for f in findings)
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_fixture(path, regen):
+    code = path.parent.name
+    result = check_file(path, Settings(show_dismissed=True))
+    got = render_expected(result.findings)
+    expected_file = path.with_suffix(".expected")
+    if regen:
+        expected_file.write_text(got)
+    assert expected_file.exists(), f"{expected_file} is missing: run with --regen-fixtures and review it"
+    assert got == expected_file.read_text(), f"{path}: findings differ from {expected_file.name}"
+    codes = {f.code for f in result.findings}
+    if path.name.startswith("bad_"):
+        assert code in codes, f"{path.name} must yield {code}"
+    else:
+        assert not [f for f in result.findings if f.status != "dismissed"], f"{path.name} must yield nothing"
+
+
+def test_every_rule_has_fixtures():
+    from archlint.rule import registry
+
+    for code in registry():
+        folder = FIXTURES / code
+        assert list(folder.glob("bad_*.py")), f"{code} has no bad_ fixture"
