@@ -57,6 +57,7 @@ def main() -> None:
 @click.option("--model", "model_expr", metavar="EXPR", help='Build the model with this expression (or statements assigning `model`), evaluated in the file\'s namespace, e.g. "ResNet(depth=56)". Replaces discovery.')
 @click.option("--inputs", "inputs_expr", metavar="EXPR", help='Forward arguments: an expression (or tuple) evaluated with `torch` and `model` in scope, e.g. "torch.randn(8, 3, 32, 32)".')
 @click.option("--input-shape", metavar="C,H,W", help="Per-sample input shape (batch added), e.g. 3,32,32.")
+@click.option("--data", metavar="MODULE:FUNC", help="A function returning a real batch (tensor or tuple of forward arguments) for the verification pass.")
 @click.option("--output-format", type=click.Choice(FORMATS), default="full", show_default=True, help="How findings are printed.")
 @click.option("-o", "--output-file", type=click.Path(dir_okay=False, writable=True), help="Write findings to this file instead of stdout.")
 @click.option("--select", metavar="CODES", help=f"Comma-separated rule codes or prefixes to enable (ALL for every rule). Default: {','.join(DEFAULT_SELECT)}.")
@@ -69,14 +70,14 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs and random directions.")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, output_format, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet) -> None:
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet) -> None:
     """Lint model files and directories (directories are walked for *.py files).
 
     Exit status: 0 no findings, 1 findings, 2 usage error or internal crash.
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="archlint: %(message)s", stream=sys.stderr)
     try:
-        settings = _settings(model_expr, inputs_expr, input_shape, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
+        settings = _settings(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -101,7 +102,7 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, output_f
     sys.exit(EXIT_CLEAN if exit_zero else code)
 
 
-def _settings(model_expr, inputs_expr, input_shape, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed) -> Settings:
+def _settings(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed) -> Settings:
     from archlint import rule as rules_api
 
     known = list(rules_api.registry())
@@ -109,6 +110,7 @@ def _settings(model_expr, inputs_expr, input_shape, select, extend_select, ignor
         model=model_expr,
         inputs=inputs_expr,
         input_shape=input_shape,
+        data=data,
         verify=not no_verify,
         device=device,
         batch_size=batch_size,

@@ -24,7 +24,7 @@ from archlint.rule import Finding
 log = logging.getLogger("archlint")
 
 # Example inputs for tracing: small, since only shapes matter there.
-TRACE_BATCH = 4
+TRACE_BATCH = 2
 
 
 @dataclass
@@ -83,7 +83,8 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
         graph = _trace_model(bm, module, path, settings, sites, result)
-        result.models.append(ModelResult(bm.entry.name, graph))
+        model_result = ModelResult(bm.entry.name, graph)
+        result.models.append(model_result)
         if graph is None:
             continue
         if graph.traced_with == "eager":
@@ -94,7 +95,12 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
                 graph.span or Span(path, 1),
                 model=graph.name,
             ))
-        result.findings.extend(_run_rules(graph, settings))
+        findings = _run_rules(graph, settings)
+        # The verification pass exists to confirm or dismiss findings: a model with none
+        # is not run again (a clean ResNet-18 costs a trace, not a measurement).
+        if settings.verify and any(not f.code.startswith("ARC9") for f in findings):
+            findings = _verify(graph, bm.entry, findings, settings, model_result)
+        result.findings.extend(findings)
 
 
 def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> ArchGraph | None:
@@ -143,6 +149,45 @@ def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:
             f.model = f.model or graph.name
             findings.append(f)
     return findings
+
+
+def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, model_result: ModelResult) -> list[Finding]:
+    """Measure the model once and let each rule confirm or dismiss its own findings."""
+    from archlint import inputs as inputs_mod
+    from archlint import measure as measure_mod
+
+    segments = sorted({tuple(f.data["segment"]) for f in findings if "segment" in f.data})
+    if entry.inputs or settings.inputs:
+        # Explicit inputs are the batch the user wants measured.
+        batch: Any = graph.example_inputs
+    elif settings.data:
+        batch = settings.data
+    elif settings.input_shape:
+        spec = inputs_mod.parse_input_shape(settings.input_shape)
+        batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
+    else:
+        batch = None
+    try:
+        report = measure_mod.measure(
+            graph.model, batch, graph=graph, device=settings.device,
+            batch_size=settings.batch_size, seed=settings.seed, segments=segments,
+        )
+    except Exception as exc:  # the model's code may fail on the measurement batch
+        reason = f"not verified: the measurement failed ({type(exc).__name__}: {exc})"
+        log.warning("%s: %s", graph.name, reason)
+        return [f.with_status("predicted", reason=reason) if not f.code.startswith("ARC9") else f for f in findings]
+    graph.measured = report
+    model_result.measured = report
+    out = []
+    for f in findings:
+        if f.code.startswith("ARC9"):
+            out.append(f)
+            continue
+        rule = rules_api.get(f.code)
+        verdict = rule.confirm(f, report, settings.rule_options.get(rule.name, {}))
+        status = "confirmed" if verdict.confirmed else "dismissed"
+        out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
+    return out
 
 
 def _finish(result: FileResult, settings: Settings) -> FileResult:

@@ -193,8 +193,10 @@ def param_infos(module: nn.Module) -> dict[str, ParamInfo]:
         else:
             data = t.detach()
             if data.is_floating_point():
-                d = data.double()
-                stats = (float(d.mean()), float(d.std(unbiased=False)))
+                # float32 is plenty for init statistics and 3x faster than float64 on
+                # ResNet-sized weights (this runs on every lint).
+                std, mean = torch.std_mean(data.float(), unbiased=False)
+                stats = (float(mean), float(std))
             else:
                 stats = (float(data.double().mean()), 0.0)
         fan_in = None
