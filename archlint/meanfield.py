@@ -1,0 +1,760 @@
+"""Static (no-run) mean-field prediction of the NLC and neuron bias (digest §6).
+
+The recursion runs over the ArchGraph in forward order and reads the model's *actual* initial
+parameters (``ParamInfo`` statistics of its modules), not assumed init schemes. Each node
+carries four scalars, averaged over its units ("neurons": elements of one sample's output):
+
+    M    = mean_i (E_x h_i)^2        squared per-neuron offsets (input-independent part)
+    v    = mean_i Var_x h_i          data-dependent spread
+    mean = mean_i E_x h_i            the common offset; the neuron means are taken to be
+                                     N(mean, M - mean^2) across neurons (digest A2 with a
+                                     non-zero centre, e.g. after a ReLU or a BatchNorm beta)
+    N    = mean_i tr(J_i Cov_x J_i^T) the "linearised variance" (J: d node / d input)
+
+so that NLC = sqrt(N / v), neuron bias NB = sqrt(M / (M + v)) (§4.4), rms = sqrt(M + v).
+
+Propagation (cross terms between independent random weights are 0 in expectation):
+
+- input: M0 = 0, v0 = 1 (standardised), or ``input_moments``; N = v (NLC 1).
+- embedding: the recursion starts there (token ids are not a signal): v = Var(weight),
+  M = mean(weight)^2 + Var(weight)/num_embeddings (the column means of a finite table), NLC 1,
+  assuming uniformly drawn tokens. An embedding looked up with indices that do not come from
+  the model input (positions) is a constant: M = E[weight^2], v = N = 0.
+- Linear / Conv with weights W and bias b of fan-in n: sigma_w^2 = n E[W^2] and
+  sigma_b^2 = E[b^2] = std(b)^2 + mean(b)^2 of the real tensors; v' = sigma_w^2 v and
+  N' = sigma_w^2 N (exact in expectation over zero-mean weights), M' = sigma_w^2 M + sigma_b^2.
+  A weight or bias mean shifts all neurons alike, so it moves the centre of the neuron-mean
+  distribution (mean' = n mu_w mean + mu_b, M' as above with mu_w, mu_b taken out of the
+  spread), but only where it stands out of the sampling noise of a zero-mean init
+  (|mean| > 3 std/sqrt(numel)): a realised mean of pure noise is part of the random spread,
+  and tracking it would add finite-width noise to the prediction.
+- Elementwise functions: any chain of elementwise ops (activations, scalar mul/add, and sums
+  or products of elementwise functions of the *same* node, such as x * sigmoid(1.7 x)) is
+  one function tau of its root node h = m + sqrt(v) z, evaluated on a grid in float64 with
+  tau' from autograd (central differences as a fallback):
+      N' = N E_m E_z tau'^2,   v' = E_m Var_z tau,   M' = E_m (E_z tau)^2,   mean' = E_m E_z tau.
+  No table of activation names is involved: whatever the module or function computes is
+  what gets integrated.
+- BatchNorm (the statistics of the data: train mode, or populated running statistics, as
+  ``archlint.measure`` reports ``nlc_population``): v' = E[g^2] v/(v+eps), N' = E[g^2] N/(v+eps),
+  M' = E[beta^2], mean' = mean(beta).
+- LayerNorm / GroupNorm subtract the per-sample mean over units, i.e. the common offset, not
+  the per-neuron offsets: with s2 = M - mean^2 + v + eps, M' = (M - mean^2)/s2, v' = v/s2,
+  N' = N/s2, mean' = 0, then the affine g, beta. RMSNorm divides by sqrt(M + v + eps) only.
+- Sum of different signals a +- b: v, N add; M = mean'^2 + sum (M_k - mean_k^2). The
+  per-neuron cross terms (between the branches' neuron offsets, and between their
+  fluctuations) are 0 at random init and ignored; only the common offsets' product is kept.
+  For x + alpha r(x) this gives the dilution formula NLC_block^2 = (k^2 + NLC_r^2)/(k^2 + 1),
+  k^2 = v_x/(alpha^2 v_r) (digest §1.6).
+- Multiplication by a constant tensor (layer scale) or addition of one: closed forms with its
+  mean and mean square.
+- Dropout, identity, reshapes, concatenation (a size-weighted average): unchanged.
+- Average pooling: linear, NLC factor 1, and (M, v) are left unchanged. That is exact for M
+  (a channel's neuron mean is the same at every position) but v really shrinks by the
+  spatial correlation of the pooled positions, which a static pass does not know: downstream
+  of average pooling, v is an upper bound and NB a lower bound.
+
+Not predicted (``predicted=False`` with a reason, and everything downstream of it too):
+max/LP pooling, attention, softmax, products of two different signals, recurrent layers,
+instance norm, reductions over features, unknown ops. The NLC is never silently 1.
+
+Known limits (numbers in benchmarks/RESULTS_meanfield.md): it is a wide-layer prediction, so
+one realised network scatters around it, more with depth over width (a depth-20 He-ReLU MLP
+of width 256: 3.4-4.0 measured over three inits, 4.40 predicted) and with narrow layers (a
+CNN's per-channel means with 16 channels); convolutions ignore zero-padding borders, whose
+per-position offsets survive BatchNorm and make BN-ReLU CNNs on small maps less nonlinear
+than predicted; average pooling is taken as NLC factor 1, while it really lowers the NLC by
+an amount that depends on spatial correlations. BatchNorm is predicted with population
+statistics, not the train-mode batch NLC (digest §1.5).
+
+Numerics. E_z uses a midpoint rule on z in [-7, 7]. E_m uses Gauss-Hermite nodes only while
+the spread of neuron means sqrt(M - mean^2) is at most sqrt(v): then the integrand is smooth
+on the scale of the m-distribution. Beyond that (e.g. deep ReLU nets, where M >> v) it has
+features of width sqrt(v) at the activation's kink, and Gauss-Hermite over m is ~30% off
+(digest §6); there a uniform grid with step <= sqrt(v)/2 is used, and in the collapsed
+regime (spread > ~12 sqrt(v)) the two-scale grid of the digest: a coarse grid over the
+m-distribution plus a fine one of step sqrt(v)/2 around 0, where activations have their
+kinks (features elsewhere, like ReLU6's kink at 6, are then only resolved on the coarse
+grid). Neurons with sqrt(v) < 1e-7 |m| are linear (a z-grid cannot resolve them in float64).
+Integrals are cached per (function, M, v, mean), rounded to 9 significant digits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from archlint.graph import ArchGraph, Node, OpKind
+
+__all__ = ["NodePrediction", "Prediction", "predict", "segment_nlc", "activation_nlc"]
+
+
+@dataclass
+class NodePrediction:
+    """The predicted statistics of one node (None where not predicted)."""
+
+    M: float | None
+    v: float | None
+    # NLC from the model input (or the embedding outputs) to this node; also None when the
+    # node does not vary with the input (v == 0), where the NLC is undefined.
+    nlc: float | None
+    neuron_bias: float | None
+    rms: float | None
+    predicted: bool
+    reason: str | None = None
+    # The common offset mean_i E_x h_i and the linearised variance N = v NLC^2.
+    mean: float | None = None
+    N: float | None = None
+
+
+@dataclass
+class Prediction:
+    nodes: dict[str, NodePrediction]
+    # The model's output node (ArchGraph.output).
+    output: str | None
+    # (M0, v0) or (M0, v0, mean0) of the floating-point inputs, as used.
+    input_moments: tuple[float, ...]
+    graph: ArchGraph = field(repr=False, compare=False)
+
+    @property
+    def output_nlc(self) -> float | None:
+        node = self.nodes.get(self.output) if self.output is not None else None
+        return node.nlc if node is not None else None
+
+
+def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None) -> Prediction:
+    """Run the mean-field recursion over ``graph``; also stored in ``graph.predicted``.
+
+    ``input_moments``: (M0, v0) of the floating-point inputs: mean over features of the
+    squared feature mean and of the feature variance; optionally a third value, the mean
+    over features of the feature mean (default 0). Default (0, 1): standardised inputs.
+    """
+    moments = tuple(float(x) for x in input_moments) if input_moments is not None else (0.0, 1.0)
+    if len(moments) not in (2, 3) or moments[0] < 0 or moments[1] < 0:
+        raise ValueError("input_moments must be (M0, v0) or (M0, v0, mean0) with M0, v0 >= 0")
+    m0, v0 = moments[:2]
+    mean0 = moments[2] if len(moments) == 3 else 0.0
+    given: dict[str, _State | _Missing] = {}
+    for node in graph.of_kind(OpKind.INPUT):
+        if _is_float(node.dtype):
+            given[node.name] = _State(M=m0, v=v0, mean=mean0, N=v0)
+        else:
+            given[node.name] = _Missing(f"{node.dtype} input: not a signal (the NLC starts at the embedding)")
+    results = _Recursion(graph, given).run(graph.nodes)
+    nodes = {n.name: _node_prediction(results[n.name]) for n in graph.nodes}
+    graph.predicted = dict(nodes)
+    return Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph)
+
+
+def segment_nlc(prediction_or_graph: Prediction | ArchGraph, start: str, end: str) -> float | None:
+    """Predicted NLC of the sub-network from node ``start``'s output to node ``end``'s.
+
+    The recursion reruns from ``start`` with its predicted (M, v) and NLC 1. Other inputs of
+    the segment (a skip from before ``start``) keep their predicted statistics but do not vary
+    with ``start`` (N = 0): the same definition as ``archlint.measure`` segments, where the
+    tangent enters at ``start`` only. None when the segment is not predicted.
+    """
+    pred = prediction_or_graph if isinstance(prediction_or_graph, Prediction) else predict(prediction_or_graph)
+    graph = pred.graph
+    for name in (start, end):
+        if name not in graph:
+            raise ValueError(f"segment node {name!r} is not in the graph")
+    if start == end:
+        return 1.0 if pred.nodes[start].predicted and pred.nodes[start].v else None
+    if start not in graph.ancestors(end):
+        raise ValueError(f"segment {start!r} -> {end!r}: {end!r} does not depend on {start!r}")
+    upstream = graph.ancestors(end) | {end}
+    inside: list[Node] = []
+    downstream = {start}
+    for node in graph.nodes:
+        if any(i in downstream for i in node.inputs):
+            downstream.add(node.name)
+            if node.name in upstream:
+                inside.append(node)
+    given: dict[str, _State | _Missing] = {start: _state_of(pred.nodes[start], fresh_nlc=True)}
+    inside_names = {n.name for n in inside}
+    for node in inside:
+        for i in node.inputs:
+            if i not in inside_names and i not in given:
+                given[i] = _state_of(pred.nodes[i], fresh_nlc=False)
+    result = _Recursion(graph, given).run(inside)[end]
+    return _node_prediction(result).nlc
+
+
+def activation_nlc(module_or_fn: nn.Module | Callable[[torch.Tensor], torch.Tensor], mean: float, std: float) -> float:
+    """NLC of one elementwise activation whose input is N(mean, std^2) (digest §1.3 item 4).
+
+    ``module_or_fn``: an activation module (evaluated in float64, eval mode) or any
+    elementwise function of a tensor, e.g. ``torch.tanh`` or ``lambda x: x * torch.sigmoid(x)``.
+    """
+    if not std > 0:
+        raise ValueError("std must be positive")
+    fn = _float64_module(module_or_fn) if isinstance(module_or_fn, nn.Module) else module_or_fn
+    out = _gaussian_map(fn, _State(M=mean * mean, v=std * std, mean=mean, N=std * std), key=None)
+    if isinstance(out, _Missing):
+        raise ValueError(out.reason)
+    return math.sqrt(out.N / out.v)
+
+
+# --------------------------------------------------------------------------------------
+# Recursion state
+
+
+@dataclass(frozen=True)
+class _State:
+    M: float
+    v: float
+    mean: float
+    N: float
+
+
+@dataclass(frozen=True)
+class _Missing:
+    reason: str
+    # The node where the prediction stopped; None at that node itself.
+    cause: str | None = None
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """A node's value as an elementwise function of one root node's value."""
+
+    root: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    # Identifies fn for the integral cache: the ops and their constants, root to node.
+    key: Any
+
+
+def _identity_chain(root: str) -> _Chain:
+    # A copy, so that in-place activations (ReLU(inplace=True)) never touch the grid itself.
+    return _Chain(root, torch.Tensor.clone, ("identity",))
+
+
+def _node_prediction(result: _State | _Missing) -> NodePrediction:
+    if isinstance(result, _Missing):
+        reason = result.reason if result.cause is None else f"downstream of {result.cause}: {result.reason}"
+        return NodePrediction(None, None, None, None, None, predicted=False, reason=reason)
+    total = result.M + result.v
+    return NodePrediction(
+        M=result.M,
+        v=result.v,
+        nlc=math.sqrt(result.N / result.v) if result.v > 0 else None,
+        neuron_bias=math.sqrt(result.M / total) if total > 0 else None,
+        rms=math.sqrt(total),
+        predicted=True,
+        mean=result.mean,
+        N=result.N,
+    )
+
+
+def _state_of(p: NodePrediction, *, fresh_nlc: bool) -> _State | _Missing:
+    if not p.predicted:
+        return _Missing(p.reason or "not predicted")
+    return _State(M=p.M, v=p.v, mean=p.mean, N=p.v if fresh_nlc else 0.0)
+
+
+def _is_float(dtype: str | None) -> bool:
+    t = getattr(torch, dtype, None) if dtype else None
+    return isinstance(t, torch.dtype) and t.is_floating_point
+
+
+# --------------------------------------------------------------------------------------
+# The recursion
+
+_SUB_OPS = {"sub", "sub_", "__sub__", "__isub__"}
+_RSUB_OPS = {"__rsub__", "rsub"}
+_DIV_OPS = {"div", "div_", "__truediv__", "__itruediv__"}
+_CONCAT_OPS = {"cat", "concat", "stack"}
+# Reshapes that take a second tensor only for its shape or dtype.
+_SHAPE_LIKE_OPS = {"view_as", "type_as", "expand_as", "reshape_as"}
+# Functional activations of an eagerly captured graph that take no parameter the capture
+# could have missed (leaky_relu's slope is recorded in attrs; gelu's ``approximate`` is not,
+# and the exact and tanh forms differ by < 1e-3).
+_EAGER_FUNCTIONS = {
+    "relu", "relu6", "selu", "silu", "mish", "tanh", "sigmoid", "hardswish", "hardsigmoid",
+    "softsign", "tanhshrink", "logsigmoid", "abs", "sin", "cos", "exp", "square", "gelu", "leaky_relu",
+}
+
+
+class _Recursion:
+    def __init__(self, graph: ArchGraph, given: dict[str, _State | _Missing]):
+        self.graph = graph
+        self.results: dict[str, _State | _Missing] = dict(given)
+        self.chains: dict[str, _Chain] = {}
+        gm = graph.graph_module
+        self.gm = gm
+        self.fx_nodes = {n.name: n for n in gm.graph.nodes} if gm is not None else {}
+
+    def run(self, nodes: list[Node]) -> dict[str, _State | _Missing]:
+        for node in nodes:
+            if node.name not in self.results:
+                self.results[node.name] = self._node(node)
+        return self.results
+
+    def _node(self, node: Node) -> _State | _Missing:
+        if node.kind is OpKind.EMBEDDING:
+            # Token ids are not a signal: the recursion (and the NLC) starts here.
+            return self._embedding(node)
+        if not node.inputs:
+            return _Missing(f"{node.op}: no input signal")
+        ins = [self.results.get(i, _Missing(f"{i} was not computed")) for i in node.inputs]
+        for name, r in zip(node.inputs, ins):
+            if isinstance(r, _Missing):
+                return _Missing(r.reason, r.cause or name)
+        if node.kind in (OpKind.IDENTITY, OpKind.OUTPUT) and "op" not in node.attrs:
+            # Dropout (off when measuring), nn.Identity, detach: the same values.
+            self.chains[node.name] = self.chains.get(node.inputs[0]) or _identity_chain(node.inputs[0])
+            return ins[0]
+        chain = self._chain(node)
+        if chain is not None:
+            self.chains[node.name] = chain
+            root = self.results[chain.root]
+            assert isinstance(root, _State)
+            return _gaussian_map(chain.fn, root, chain.key)
+        handler = {
+            OpKind.LINEAR: self._linear,
+            OpKind.CONV: self._linear,
+            OpKind.NORM: self._norm,
+            OpKind.ADD: self._add,
+            OpKind.IDENTITY: self._constant_op,
+            OpKind.MUL: self._constant_op,
+            OpKind.POOL: self._pool,
+            OpKind.RESHAPE: self._reshape,
+        }.get(node.kind)
+        if handler is None:
+            return _Missing(_unsupported(node))
+        return handler(node, ins)
+
+    # -- elementwise chains ---------------------------------------------------------------
+
+    def _chain(self, node: Node) -> _Chain | None:
+        """``node`` as an elementwise function of one root node, if it is one."""
+        elementwise = (
+            (node.kind is OpKind.ACTIVATION and node.attrs.get("elementwise"))
+            or (node.kind is OpKind.MUL and not node.attrs.get("product"))
+            or node.kind in (OpKind.ADD, OpKind.IDENTITY)
+        )
+        if not elementwise:
+            return None
+        inputs = [self.chains.get(i) or _identity_chain(i) for i in node.inputs]
+        if len({c.root for c in inputs}) != 1:
+            # Mixes different signals (a residual add, a gate): not one elementwise function.
+            return None
+        op = self._fx_op(node) if self.fx_nodes else self._eager_op(node)
+        if op is None:
+            return None
+        fn_op, key = op
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            return fn_op(*(c.fn(t) for c in inputs))
+
+        # It must map a 1-D grid to the same grid: a per-channel constant (a bias vector, a
+        # layer scale) broadcasts to another shape and is handled in closed form instead.
+        probe = torch.linspace(-3.0, 3.0, 7, dtype=torch.float64)
+        try:
+            out = fn(probe)
+        except Exception:
+            return None
+        if not isinstance(out, torch.Tensor) or out.shape != probe.shape or not out.is_floating_point():
+            return None
+        return _Chain(inputs[0].root, fn, (key, tuple(c.key for c in inputs)))
+
+    def _fx_op(self, node: Node) -> tuple[Callable[..., torch.Tensor], Any] | None:
+        """Replay the fx node itself, with its real constants (slopes, scalars...)."""
+        fxn = self.fx_nodes.get(node.name)
+        if fxn is None or fxn.op not in ("call_function", "call_method", "call_module"):
+            return None
+        constants: dict[str, Any] = {}
+        for a in fxn.all_input_nodes:
+            if a.name in node.inputs:
+                continue
+            if a.op != "get_attr":
+                return None  # computed from something else (a size, a mask): not a constant
+            value = _fetch_attr(self.gm, a.target)
+            constants[a.name] = value.detach().to(torch.float64) if isinstance(value, torch.Tensor) else value
+        if fxn.op == "call_module":
+            target: Any = self._module64(self.gm.get_submodule(fxn.target))
+            target_key: Any = _module_key(target)
+        else:
+            target = target_key = fxn.target
+        key = (
+            fxn.op,
+            target_key,
+            repr(fx.node.map_arg((fxn.args, fxn.kwargs), lambda a: a.name if a.name in node.inputs else None)),
+            tuple(tuple(v.flatten().tolist()) if isinstance(v, torch.Tensor) else v for v in constants.values()),
+        )
+
+        def op(*values: torch.Tensor) -> torch.Tensor:
+            env = {**constants, **dict(zip(node.inputs, values))}
+            args, kwargs = fx.node.map_arg((fxn.args, fxn.kwargs), lambda a: env[a.name])
+            if fxn.op == "call_method":
+                return getattr(args[0], fxn.target)(*args[1:], **kwargs)
+            return target(*args, **kwargs)
+
+        return op, key
+
+    def _eager_op(self, node: Node) -> tuple[Callable[..., torch.Tensor], Any] | None:
+        """Rebuild the op from what the eager capture recorded (no constants but a scalar)."""
+        name = node.attrs.get("op", node.op)
+        if node.kind is OpKind.ACTIVATION:
+            if node.module is not None:
+                module = self._module64(node.module)
+                return module, _module_key(module)
+            base = node.op.rstrip("_")
+            if base not in _EAGER_FUNCTIONS:
+                return None
+            fn = getattr(F, base, None) or getattr(torch, base)
+            if base == "leaky_relu":
+                slope = node.attrs.get("negative_slope", 0.01)
+                return (lambda x: F.leaky_relu(x, slope)), ("leaky_relu", slope)
+            return fn, (base,)
+        if node.kind is OpKind.MUL and len(node.inputs) == 1:
+            scalar = node.attrs.get("scalar")
+            return ((lambda x: x * scalar), ("scale", scalar)) if scalar is not None else None
+        if node.kind is OpKind.MUL and len(node.inputs) == 2:
+            return (torch.div, ("div",)) if name in _DIV_OPS else (torch.mul, ("mul",))
+        if node.kind is OpKind.ADD and len(node.inputs) == 2:
+            if name in _SUB_OPS:
+                return torch.sub, ("sub",)
+            if name in _RSUB_OPS:
+                return (lambda a, b: b - a), ("rsub",)
+            return torch.add, ("add",)
+        return None  # e.g. x + constant: the eager capture does not record the constant
+
+    def _module64(self, module: nn.Module) -> nn.Module:
+        # Shared between equal modules (the 20 ReLUs of a deep net): a deep copy per module
+        # would cost as much as the integrals.
+        key = _module_key(module)
+        if key not in _MODULES64:
+            if len(_MODULES64) >= _CACHE_SIZE:
+                _MODULES64.clear()
+            _MODULES64[key] = _float64_module(module)
+        return _MODULES64[key]
+
+    # -- closed-form rules -----------------------------------------------------------------
+
+    def _embedding(self, node: Node) -> _State | _Missing:
+        w = node.params.get("weight")
+        if node.op == "EmbeddingBag" or w is None or not math.isfinite(w.std):
+            return _Missing(f"{node.op}: embedding weights not readable as one table")
+        var = w.std**2
+        if not self._depends_on_input(node):
+            # Looked up with indices that are the same for every sample (positions).
+            return _State(M=var + w.mean**2, v=0.0, mean=_systematic_mean(w), N=0.0)
+        rows = w.shape[0]
+        return _State(M=w.mean**2 + var / rows, v=var * (1 - 1 / rows), mean=_systematic_mean(w), N=var * (1 - 1 / rows))
+
+    def _depends_on_input(self, node: Node) -> bool:
+        return any(self.graph[a].kind is OpKind.INPUT for a in self.graph.ancestors(node.name))
+
+    def _linear(self, node: Node, ins: list[_State]) -> _State | _Missing:
+        if len(ins) != 1:
+            return _Missing(f"{node.op} of {len(ins)} signals (a bilinear product)")
+        w = node.params.get("weight")
+        if w is None or w.fan_in is None:
+            return _Missing(f"functional {node.op}: its weight is not a module parameter archlint can read")
+        if not (math.isfinite(w.mean) and math.isfinite(w.std)):
+            return _Missing(f"{node.op}: weight statistics unavailable (meta device?)")
+        fan_in = float(w.fan_in)
+        if node.attrs.get("transposed"):
+            # A transposed conv's output sums in_channels/groups x kernel/stride inputs
+            # (torch's fan_in of its weight counts the output channels instead).
+            kernel, stride = node.attrs.get("kernel_size", [1]), node.attrs.get("stride", [1])
+            fan_in = w.shape[0] / node.attrs.get("groups", 1) * math.prod(kernel) / math.prod(stride)
+        b = node.params.get("bias")
+        w_sq = w.std**2 + w.mean**2
+        b_sq = b.std**2 + b.mean**2 if b is not None else 0.0
+        w_mean, b_mean = _systematic_mean(w), _systematic_mean(b) if b is not None else 0.0
+        s = ins[0]
+        gain = fan_in * w_sq  # sigma_w^2 of the real weights
+        mean = fan_in * w_mean * s.mean + b_mean
+        # E_i (sum_j W_ij m_j + b_i)^2 with the systematic means taken out of the spreads.
+        M = mean**2 + fan_in * (w_sq - w_mean**2) * s.M + b_sq - b_mean**2
+        return _State(M=M, v=gain * s.v, mean=mean, N=gain * s.N)
+
+    def _norm(self, node: Node, ins: list[_State]) -> _State | _Missing:
+        norm = node.attrs.get("norm_type")
+        if norm not in ("batch", "layer", "group", "rms"):
+            what = {"instance": "instance norm (depends on spatial correlation)"}.get(norm, f"{norm} normalisation")
+            return _Missing(f"{what}: not covered by the mean-field recursion")
+        affine = self._affine(node)
+        if affine is None:
+            return _Missing(f"functional {node.op}: affine parameters not readable")
+        g_mean, g_sq, b_mean, b_sq = affine
+        eps = float(node.attrs.get("eps", 1e-5))
+        s = ins[0]
+        if norm == "batch":
+            # Per-neuron statistics of the data: offsets removed, spread normalised.
+            scale = g_sq / (s.v + eps)
+            return _State(M=b_sq, v=scale * s.v, mean=b_mean, N=scale * s.N)
+        if norm == "rms":
+            r2 = s.M + s.v + eps
+            mean = g_mean * s.mean / math.sqrt(r2)
+            return _State(M=g_sq * s.M / r2 + 2 * mean * b_mean + b_sq, v=g_sq * s.v / r2, mean=mean + b_mean, N=g_sq * s.N / r2)
+        # layer / group: the per-sample mean over units is the common offset `mean`.
+        s2 = max(s.M - s.mean**2, 0.0) + s.v + eps
+        return _State(M=g_sq * max(s.M - s.mean**2, 0.0) / s2 + b_sq, v=g_sq * s.v / s2, mean=b_mean, N=g_sq * s.N / s2)
+
+    def _affine(self, node: Node) -> tuple[float, float, float, float] | None:
+        """(mean g, mean g^2, mean beta, mean beta^2) of a norm's affine parameters."""
+        if node.module is None:
+            fxn = self.fx_nodes.get(node.name)
+            if fxn is None or any(a.op == "get_attr" for a in fxn.all_input_nodes):
+                return None
+            return 1.0, 1.0, 0.0, 0.0
+        g, b = node.params.get("weight"), node.params.get("bias")
+        g_stats = (_systematic_mean(g), g.std**2 + g.mean**2) if g is not None else (1.0, 1.0)
+        b_stats = (_systematic_mean(b), b.std**2 + b.mean**2) if b is not None else (0.0, 0.0)
+        return g_stats + b_stats
+
+    def _add(self, node: Node, ins: list[_State]) -> _State | _Missing:
+        fxn = self.fx_nodes.get(node.name)
+        if fxn is not None and fxn.kwargs.get("alpha", 1) != 1:
+            return _Missing("torch.add with alpha: not read")
+        name = node.attrs.get("op", node.op)
+        signs = [1.0] * len(ins)
+        if name in _SUB_OPS and len(ins) == 2:
+            signs = [1.0, -1.0]
+        elif name in _RSUB_OPS and len(ins) == 2:
+            signs = [-1.0, 1.0]
+        mean = sum(sg * s.mean for sg, s in zip(signs, ins))
+        # Independent branches: the per-neuron offsets around the common offset add in
+        # square, and so do the fluctuations and the linearised variances.
+        spread = sum(max(s.M - s.mean**2, 0.0) for s in ins)
+        return _State(M=mean**2 + spread, v=sum(s.v for s in ins), mean=mean, N=sum(s.N for s in ins))
+
+    def _constant_op(self, node: Node, ins: list[_State]) -> _State | _Missing:
+        """One signal times or plus a constant tensor (layer scale, a bias vector)."""
+        if len(ins) != 1:
+            what = "matrix product" if node.attrs.get("product") else "product"
+            return _Missing(f"{node.op}: {what} of two different signals: not covered by the mean-field recursion")
+        fxn = self.fx_nodes.get(node.name)
+        consts = [a for a in fxn.all_input_nodes if a.op == "get_attr"] if fxn is not None else []
+        others = [a for a in fxn.all_input_nodes if a.op != "get_attr" and a.name not in node.inputs] if fxn is not None else []
+        if len(consts) != 1 or others:
+            return _Missing(f"{node.op} of a signal with a constant archlint could not read")
+        c = _fetch_attr(self.gm, consts[0].target)
+        if not isinstance(c, torch.Tensor):
+            return _Missing(f"{node.op} of a signal with a non-tensor constant")
+        c = c.detach().double()
+        c_mean, c_sq = _systematic(float(c.mean()), float(c.std(unbiased=False)), c.numel()), float((c * c).mean())
+        s = ins[0]
+        if node.kind is OpKind.MUL:
+            if node.attrs.get("op", node.op) in _DIV_OPS:
+                return _Missing(f"{node.op} of a signal by a constant tensor: not read")
+            # Independent of which neuron it scales: means scale by E[c], squares by E[c^2].
+            return _State(M=c_sq * s.M, v=c_sq * s.v, mean=c_mean * s.mean, N=c_sq * s.N)
+        name = node.attrs.get("op", node.op)
+        signal_first = fxn.args and isinstance(fxn.args[0], fx.Node) and fxn.args[0].name == node.inputs[0]
+        sign_x = -1.0 if (name in _SUB_OPS and not signal_first) or name in _RSUB_OPS else 1.0
+        sign_c = -1.0 if name in _SUB_OPS and signal_first else 1.0
+        mean = sign_x * s.mean + sign_c * c_mean
+        return _State(M=s.M + 2 * sign_x * sign_c * s.mean * c_mean + c_sq, v=s.v, mean=mean, N=s.N)
+
+    def _pool(self, node: Node, ins: list[_State]) -> _State | _Missing:
+        kind = node.attrs.get("pool")
+        if kind != "avg":
+            return _Missing(f"{kind} pooling: not covered by the mean-field recursion")
+        if node.op == "sum":
+            return _Missing("sum reduction: its scale depends on the correlation of the summed units")
+        if node.op == "mean" and not self._spatial_mean(node):
+            return _Missing("mean over features or unknown dimensions: not covered")
+        # Linear, NLC factor 1; M is exact, v an upper bound (spatial correlation unknown).
+        return ins[0]
+
+    def _spatial_mean(self, node: Node) -> bool:
+        """x.mean(dims) over spatial dims only (dims >= 2 of an N, C, ... tensor)."""
+        fxn = self.fx_nodes.get(node.name)
+        shape = self.graph[node.inputs[0]].shape
+        if fxn is None or shape is None or len(shape) < 3:
+            return False
+        dims = fxn.kwargs.get("dim", fxn.args[1] if len(fxn.args) > 1 else None)
+        dims = [dims] if isinstance(dims, int) else dims
+        return bool(dims) and all(isinstance(d, int) and d % len(shape) >= 2 for d in dims)
+
+    def _reshape(self, node: Node, ins: list[_State]) -> _State | _Missing:
+        if len(ins) == 1 or node.op in _SHAPE_LIKE_OPS:
+            return ins[0]
+        if node.op in _CONCAT_OPS:
+            sizes = [math.prod(self.graph[i].shape or (0,)) for i in node.inputs]
+            if not all(sizes):
+                return _Missing(f"{node.op}: input sizes unknown")
+            w = [n / sum(sizes) for n in sizes]
+            return _State(
+                M=sum(a * s.M for a, s in zip(w, ins)),
+                v=sum(a * s.v for a, s in zip(w, ins)),
+                mean=sum(a * s.mean for a, s in zip(w, ins)),
+                N=sum(a * s.N for a, s in zip(w, ins)),
+            )
+        return _Missing(f"{node.op} of {len(ins)} signals: not covered")
+
+
+def _systematic(mean: float, std: float, numel: int) -> float:
+    """``mean`` where it stands out of the sampling noise of a zero-mean tensor, else 0."""
+    return mean if abs(mean) > 3 * std / math.sqrt(max(numel, 1)) else 0.0
+
+
+def _systematic_mean(p: Any) -> float:
+    return _systematic(p.mean, p.std, math.prod(p.shape))
+
+
+def _unsupported(node: Node) -> str:
+    if node.kind is OpKind.ATTENTION:
+        return f"attention ({node.op}): not covered by the mean-field recursion"
+    if node.kind is OpKind.ACTIVATION and node.attrs.get("elementwise"):
+        return (f"{node.op}: not evaluable as one elementwise function on a grid (per-channel "
+                f"parameters, or arguments the eager capture did not record)")
+    if node.kind is OpKind.ACTIVATION:
+        return f"{node.op} is not elementwise (it mixes units): not covered by the mean-field recursion"
+    if node.attrs.get("recurrent"):
+        return f"recurrent layer ({node.op}): not covered by the mean-field recursion"
+    return f"unsupported op {node.op} ({node.kind.value})"
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    value: Any = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _float64_module(module: nn.Module) -> nn.Module:
+    # A copy: the user's module keeps its dtype and mode. Eval mode as when measuring (RReLU
+    # uses its mean slope).
+    return copy.deepcopy(module).to(torch.float64).eval()
+
+
+def _module_key(module: nn.Module) -> Any:
+    """What an (activation) module computes in eval mode: its class, settings and tensors."""
+    params = tuple(tuple(t.detach().flatten().tolist()) for t in module.state_dict().values())
+    return (type(module).__module__, type(module).__qualname__, module.extra_repr(), params)
+
+
+# --------------------------------------------------------------------------------------
+# The Gaussian integrals
+
+_Z_RANGE = 7.0           # z in [-7, 7]: the tails beyond weigh < 1e-11
+_EVALS = 20000           # function evaluations per integral (about 0.1-0.3 ms)
+_SINGLE_MEAN_EVALS = 32768  # z-nodes when all neurons share one mean (after BatchNorm)
+_GH_NODES = 24           # Gauss-Hermite nodes over m while the m-spread is <= sqrt(v)
+_M_RANGE = 8.5           # the m-grid covers mean +- 8.5 spreads
+_MAX_UNIFORM = 200       # half-width, in steps, of a uniform m-grid; beyond it: two scales
+_LINEAR_BELOW = 1e-7     # sqrt(v) / |m| below which a neuron is linear
+_CACHE: dict[Any, _State | _Missing] = {}
+_MODULES64: dict[Any, nn.Module] = {}
+_CACHE_SIZE = 20000
+_HERMITE = np.polynomial.hermite_e.hermegauss(_GH_NODES)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.9g}")
+
+
+def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: Any) -> _State | _Missing:
+    """The state after an elementwise function, N' = N E tau'^2 (cached per key and state).
+
+    The integral runs at (M, v, mean) rounded to 9 significant digits, so that a cached value
+    does not depend on which call computed it.
+    """
+    M, v, mean = _round(s.M), _round(s.v), _round(s.mean)
+    cache_key = (key, M, v, mean) if key is not None else None
+    if cache_key in _CACHE:
+        unit = _CACHE[cache_key]
+    else:
+        unit = _moments(fn, M, v, mean)
+        if cache_key is not None:
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.clear()
+            _CACHE[cache_key] = unit
+    if isinstance(unit, _Missing):
+        return unit
+    # _moments returns the gain E tau'^2 in the N slot.
+    return _State(M=unit.M, v=unit.v, mean=unit.mean, N=s.N * unit.N)
+
+
+def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float) -> _State | _Missing:
+    """E_m over neuron means m ~ N(mean, M - mean^2) of the per-neuron statistics of
+    tau(m + sqrt(v) z), z ~ N(0, 1). Returns (M', v', mean', E tau'^2) as a _State."""
+    sv, sm = math.sqrt(v), math.sqrt(max(M - mean * mean, 0.0))
+    ms, wm = _m_grid(mean, sm, sv)
+    # Even, so that z = 0 is a cell edge. A step in tau' inside a cell (a kink of tau) costs
+    # O(dz): averaging over many neuron means smooths that out, a single one does not.
+    n_z = _SINGLE_MEAN_EVALS if len(ms) == 1 else int(np.clip(_EVALS // len(ms) // 2 * 2, 64, 4096))
+    dz = 2 * _Z_RANGE / n_z
+    z = -_Z_RANGE + dz * (np.arange(n_z) + 0.5)
+    wz = np.exp(-0.5 * z * z)
+    wz /= wz.sum()
+    # Unit variance on the grid too, so that affine maps (a scalar mul, a shift) come out
+    # with NLC 1 and variance a^2 v to rounding precision.
+    z /= math.sqrt(np.einsum("z,z->", wz, z * z))
+    # Row k: neuron mean ms[k], inputs ms[k] + sqrt(v) z; the last column is z = 0 itself,
+    # used for neurons too narrow for the z-grid to resolve in float64 (linear limit).
+    h = np.concatenate([ms[:, None] + sv * z[None, :], ms[:, None]], axis=1)
+    try:
+        y, dy = _values_and_slopes(fn, torch.from_numpy(h))
+    except Exception as exc:
+        return _Missing(f"cannot evaluate the elementwise function on a grid ({type(exc).__name__}: {exc})")
+    # einsum, not matmul: a long 1-row matmul goes to multithreaded BLAS, which stalls for
+    # milliseconds on a busy machine.
+    e_tau = np.einsum("kz,z->k", y[:, :-1], wz)
+    var_tau = np.einsum("kz,z->k", (y[:, :-1] - e_tau[:, None]) ** 2, wz)
+    gain = np.einsum("kz,z->k", dy[:, :-1] ** 2, wz)
+    linear = sv <= _LINEAR_BELOW * np.abs(ms)
+    e_tau = np.where(linear, y[:, -1], e_tau)
+    var_tau = np.where(linear, v * dy[:, -1] ** 2, var_tau)
+    gain = np.where(linear, dy[:, -1] ** 2, gain)
+    out = _State(M=float(wm @ (e_tau * e_tau)), v=float(wm @ var_tau), mean=float(wm @ e_tau), N=float(wm @ gain))
+    if not all(math.isfinite(x) for x in (out.M, out.v, out.mean, out.N)):
+        return _Missing("the elementwise function overflows at this operating point")
+    return out
+
+
+def _m_grid(mean: float, sm: float, sv: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of E_m over m ~ N(mean, sm^2) (see the module docstring)."""
+    if sm <= 1e-12 * (abs(mean) + sv):
+        return np.array([mean]), np.ones(1)
+    if sm <= sv:
+        x, w = _HERMITE
+        return mean + sm * x, w / w.sum()
+    # Steps of sqrt(v)/2 resolve what the z-smoothing leaves of a kink; 0.1 sm the density.
+    step = min(0.1 * sm, 0.5 * sv) if sv > 0 else 0.1 * sm
+    n = math.ceil(_M_RANGE * sm / step)
+    if n <= _MAX_UNIFORM:
+        ms = mean + step * np.arange(-n, n + 1)
+    else:
+        # Two scales: steps of 0.05 sm over the density, steps of sqrt(v)/2 within 20 sqrt(v)
+        # of 0, beyond which a kink at 0 is outside every row's z-range.
+        coarse = mean + sm * np.linspace(-_M_RANGE, _M_RANGE, 341)
+        fine = 0.5 * sv * np.arange(-40, 41)
+        ms = np.union1d(coarse, np.clip(fine, mean - _M_RANGE * sm, mean + _M_RANGE * sm))
+    # Trapezoid weights times the density.
+    w = np.zeros_like(ms)
+    w[:-1] += np.diff(ms) / 2
+    w[1:] += np.diff(ms) / 2
+    w *= np.exp(-0.5 * ((ms - mean) / sm) ** 2)
+    return ms, w / w.sum()
+
+
+def _values_and_slopes(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """tau(h) and tau'(h) elementwise, in float64: autograd, else central differences."""
+    flat = h.flatten()  # 1-D, as the function was checked on
+    x = flat.clone().requires_grad_(True)
+    try:
+        y = fn(x)
+        if y.requires_grad:
+            (dy,) = torch.autograd.grad(y.sum(), x)
+            return y.detach().view_as(h).numpy(), dy.view_as(h).numpy()
+    except RuntimeError:
+        pass  # e.g. an op without a derivative formula
+    with torch.no_grad():
+        step = 1e-5 * (1.0 + flat.abs())
+        y = fn(flat.clone())
+        dy = (fn(flat + step) - fn(flat - step)) / (2 * step)
+    return y.view_as(h).numpy(), dy.view_as(h).numpy()

@@ -1,0 +1,444 @@
+"""The mean-field predictor (archlint.meanfield) against closed forms and the digest's numbers.
+
+Reference values: digest §2.2 (activation tables), §6 (closed forms, validation table),
+§1.6 (residual dilution) and reference/nlc_checks/results.txt (mf_examples, exp2).
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import archlint.meanfield as mf
+from archlint.meanfield import activation_nlc, predict, segment_nlc
+from archlint.trace import trace
+
+RELU0 = math.sqrt(math.pi / (math.pi - 1))  # 1.2112
+
+
+def _graph(model, x):
+    return trace(model, (x,), name=type(model).__name__)
+
+
+def _set_std(linear: nn.Linear, sw2: float) -> nn.Linear:
+    """Weights with exactly sigma_w^2 = std^2 fan_in = sw2 and mean 0, no bias."""
+    with torch.no_grad():
+        w = torch.randn_like(linear.weight)
+        w -= w.mean()
+        linear.weight.copy_(w / w.std(unbiased=False) * math.sqrt(sw2 / linear.in_features))
+    return linear
+
+
+def _mlp(act, depth, sw2, norm=None, width=256, d_in=64):
+    layers, n_in = [], d_in
+    for _ in range(depth):
+        layers.append(_set_std(nn.Linear(n_in, width, bias=False), sw2))
+        if norm == "bn":
+            layers.append(nn.BatchNorm1d(width))
+        elif norm == "ln":
+            layers.append(nn.LayerNorm(width))
+        layers.append(act())
+        n_in = width
+    layers.append(_set_std(nn.Linear(n_in, 10, bias=False), 1.0))
+    return nn.Sequential(*layers)
+
+
+# -- single activations (digest §2.2, §6 closed forms) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "act, mean, std, expected, tol",
+    [
+        (nn.ReLU(), 0.0, 1.0, RELU0, 1e-5),
+        (torch.abs, 0.0, 1.0, 1 / math.sqrt(1 - 2 / math.pi), 1e-5),  # 1.659
+        (nn.LeakyReLU(0.2), 0.0, 2.0, 1.115, 1e-3),
+        (nn.LeakyReLU(0.01), 0.0, 1.0, 1.206, 1e-3),
+        (nn.ReLU(), -1.0, 1.0, 1.523, 1e-3),  # Table B / D
+        (torch.tanh, 0.0, 8.0, 2.171, 1e-3),  # Table A
+        (nn.GELU(), -1.0, 0.5, 1.498, 1e-3),  # Table C: the non-monotone GELU peak
+        (nn.SELU(), 0.0, 2.0, 1.071, 1e-3),
+        (torch.sigmoid, 3.0, 1.0, 1.124, 1e-3),
+    ],
+)
+def test_activation_nlc_matches_tables(act, mean, std, expected, tol):
+    assert activation_nlc(act, mean, std) == pytest.approx(expected, rel=tol)
+
+
+def test_leaky_relu_closed_form():
+    for a in (0.01, 0.2, 0.5):
+        half = (1 + a * a) / 2
+        exact = math.sqrt(half / (half - (1 - a) ** 2 / (2 * math.pi)))
+        assert activation_nlc(nn.LeakyReLU(a), 0.0, 1.0) == pytest.approx(exact, rel=1e-5)
+
+
+def test_relu_depends_on_mean_over_std_only_and_identity_is_linear():
+    assert activation_nlc(nn.ReLU(), -0.05, 0.1) == pytest.approx(activation_nlc(nn.ReLU(), -5.0, 10.0), rel=1e-5)
+    assert activation_nlc(lambda x: 3 * x - 1, 0.7, 2.0) == pytest.approx(1.0, abs=1e-9)
+
+
+# -- chains of layers ------------------------------------------------------------------------
+
+
+def test_bn_relu_chain_is_relu_nlc_to_the_depth():
+    torch.manual_seed(0)
+    model = _mlp(nn.ReLU, 10, 1.0, norm="bn")
+    graph = _graph(model, torch.randn(8, 64))
+    pred = predict(graph)
+    assert pred.output_nlc == pytest.approx(RELU0**10, rel=1e-4)
+    relus = [n.name for n in graph if n.op == "ReLU"]
+    assert [pred.nodes[r].nlc for r in relus] == pytest.approx([RELU0 ** (k + 1) for k in range(10)], rel=1e-4)
+    # BatchNorm removes all offsets (beta = 0) and the graph carries the prediction.
+    assert pred.nodes[graph.nodes[2].name].neuron_bias == pytest.approx(0.0, abs=1e-12)
+    assert graph.predicted[graph.output].nlc == pred.output_nlc
+
+
+def test_tanh_sw2_4_depth_10_matches_digest():
+    torch.manual_seed(0)
+    pred = predict(_graph(_mlp(nn.Tanh, 10, 4.0), torch.randn(8, 64)))
+    assert pred.output_nlc == pytest.approx(5.27, rel=0.01)  # digest §6: measured 5.24, mean-field 5.27
+
+
+def test_he_relu_and_selu_depth_20_match_digest():
+    torch.manual_seed(0)
+    assert predict(_graph(_mlp(nn.ReLU, 20, 2.0), torch.randn(8, 64))).output_nlc == pytest.approx(4.40, rel=0.01)
+    assert predict(_graph(_mlp(nn.SELU, 20, 1.0), torch.randn(8, 64))).output_nlc == pytest.approx(2.00, rel=0.01)
+
+
+def test_default_init_relu_collapses():
+    # PyTorch's default init (sigma_w^2 = 1/3 plus a bias): the signal variance shrinks about
+    # sixfold per layer until the biases dominate (digest §2.3: NB 0.9957 at depth 5, 1.0 at 10).
+    torch.manual_seed(0)
+    layers = [nn.Linear(64, 256), nn.ReLU()]
+    for _ in range(9):
+        layers += [nn.Linear(256, 256), nn.ReLU()]
+    pred = predict(_graph(nn.Sequential(*layers, nn.Linear(256, 10)), torch.randn(8, 64)))
+    out = pred.nodes[pred.output]
+    assert out.neuron_bias > 0.999
+    assert out.nlc == pytest.approx(1.785, rel=0.05)  # digest exp2: mean-field 1.785, measured 1.74
+
+
+def test_real_weight_statistics_are_used():
+    torch.manual_seed(0)
+    model = _mlp(nn.Tanh, 3, 1.0)
+    before = predict(_graph(model, torch.randn(8, 64))).output_nlc
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(2.0)  # sigma_w^2 1 -> 4: tanh runs hotter
+    after = predict(_graph(model, torch.randn(8, 64))).output_nlc
+    assert after > before * 1.2
+
+
+def test_input_moments():
+    torch.manual_seed(0)
+    relu = _graph(_mlp(nn.ReLU, 5, 2.0), torch.randn(8, 64))
+    tanh = _graph(_mlp(nn.Tanh, 5, 1.0), torch.randn(8, 64))
+    # ReLU without biases is scale invariant; tanh is not.
+    assert predict(relu, input_moments=(0.0, 9.0)).output_nlc == pytest.approx(predict(relu).output_nlc, rel=1e-6)
+    assert predict(tanh, input_moments=(0.0, 9.0)).output_nlc > predict(tanh).output_nlc * 1.1
+    first = relu.nodes[1].name
+    assert predict(relu, input_moments=(0.5, 3.0)).nodes[first].v == pytest.approx(2.0 * 3.0, rel=1e-6)
+    with pytest.raises(ValueError):
+        predict(relu, input_moments=(0.0, -1.0))
+
+
+def test_linear_bias_and_layernorm_rules():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 128)
+    graph = _graph(nn.Sequential(lin, nn.LayerNorm(128)), torch.randn(8, 64))
+    pred = predict(graph, input_moments=(0.25, 2.0))
+    w, b = lin.weight.detach().double(), lin.bias.detach().double()
+    sw2 = float((w * w).mean()) * 64  # sigma_w^2 = fan_in E[W^2] of the real weights
+    sb2 = float((b * b).mean())
+    h, ln = (pred.nodes[n.name] for n in graph.nodes[1:3])
+    # (ParamInfo keeps float32 statistics: agreement to ~1e-7.)
+    assert h.v == pytest.approx(sw2 * 2.0, rel=1e-5)
+    assert h.M == pytest.approx(sw2 * 0.25 + sb2, rel=1e-5)
+    # LayerNorm removes the common offset only: M/(M+v), v/(M+v) (digest §6), eps aside.
+    assert ln.M == pytest.approx(h.M / (h.M + h.v), rel=1e-4)
+    assert ln.v == pytest.approx(h.v / (h.M + h.v), rel=1e-4)
+    assert ln.nlc == pytest.approx(1.0)
+
+
+def test_scalar_mul_scales_moments_and_keeps_nlc():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 64)
+
+        def forward(self, x):
+            h = torch.tanh(self.fc(x))
+            return h * 0.3, h + h
+
+    torch.manual_seed(0)
+    graph = _graph(Scaled(), torch.randn(8, 64))
+    pred = predict(graph)
+    h, scaled, doubled = (pred.nodes[n] for n in ("tanh", "mul", "add"))
+    assert scaled.v == pytest.approx(0.09 * h.v, rel=1e-6)
+    assert scaled.M == pytest.approx(0.09 * h.M, rel=1e-6)
+    assert scaled.nlc == pytest.approx(h.nlc, rel=1e-6)
+    # x + x is 2x, not the sum of two independent signals.
+    assert doubled.v == pytest.approx(4 * h.v, rel=1e-6)
+    assert doubled.nlc == pytest.approx(h.nlc, rel=1e-6)
+
+
+# -- residual dilution (digest §1.6) ---------------------------------------------------------
+
+
+class _Block(nn.Module):
+    def __init__(self, width, alpha):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(width)
+        self.fc = _set_std(nn.Linear(width, width, bias=False), 1.0)
+        self.alpha = alpha
+
+    def forward(self, x):
+        return x + self.alpha * self.fc(torch.relu(self.bn(x)))
+
+
+def _resnet(blocks, alpha, width=256):
+    return nn.Sequential(_set_std(nn.Linear(64, width, bias=False), 1.0), *[_Block(width, alpha) for _ in range(blocks)],
+                         _set_std(nn.Linear(width, 10, bias=False), 1.0))
+
+
+def test_residual_dilution_formula():
+    torch.manual_seed(0)
+    graph = _graph(_resnet(3, 0.5), torch.randn(8, 64))
+    pred = predict(graph)
+    adds = [n for n in graph if n.op == "add"]
+    block = adds[1]
+    skip, branch = block.inputs  # x and alpha * r(x)
+    assert graph[skip].op == "add"
+    nlc_r = segment_nlc(pred, skip, branch)
+    k2 = pred.nodes[skip].v / pred.nodes[branch].v
+    assert nlc_r == pytest.approx(RELU0, rel=1e-4)  # a BN-ReLU-Linear branch
+    expected = math.sqrt((k2 + nlc_r**2) / (k2 + 1))
+    assert segment_nlc(pred, skip, block.name) == pytest.approx(expected, rel=1e-6)
+    # The whole network: the product of its blocks' factors (N and v add at each sum).
+    assert pred.output_nlc == pytest.approx(math.prod(
+        segment_nlc(pred, a.inputs[0], a.name) for a in adds), rel=1e-6)
+
+
+@pytest.mark.parametrize("blocks, expected", [(5, 1.22), (10, 1.36), (20, 1.54)])
+def test_residual_bn_relu_matches_digest(blocks, expected):
+    torch.manual_seed(0)
+    pred = predict(_graph(_resnet(blocks, 1.0), torch.randn(8, 64)))
+    assert pred.output_nlc == pytest.approx(expected, rel=0.015)  # digest exp2 mean-field
+
+
+def test_segment_with_outside_input_and_errors():
+    torch.manual_seed(0)
+    graph = _graph(_resnet(2, 1.0), torch.randn(8, 64))
+    pred = predict(graph)
+    add = [n for n in graph if n.op == "add"][0]
+    relu = next(n.name for n in graph if n.op == "relu")
+    # From inside the branch to after the sum: the skip does not vary with the start (N = 0)
+    # but adds its variance, so the segment looks more linear than its branch.
+    inside = segment_nlc(pred, relu, add.name)
+    assert 0 < inside < segment_nlc(pred, relu, add.inputs[1])
+    assert segment_nlc(graph, add.name, add.name) == 1.0
+    with pytest.raises(ValueError):
+        segment_nlc(pred, add.name, relu)
+    with pytest.raises(ValueError):
+        segment_nlc(pred, "nope", add.name)
+
+
+# -- any elementwise function ----------------------------------------------------------------
+
+
+class _Swish17(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.7 * x)
+
+
+class _Net(nn.Module):
+    def __init__(self, act=None):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 256)
+        self.bn = nn.BatchNorm1d(256)
+        self.act = act
+        self.fc2 = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc2(self.activation(self.bn(self.fc1(x))))
+
+    def activation(self, h):
+        return self.act(h)
+
+
+class _FunctionalLeaky(_Net):
+    def activation(self, h):
+        return F.leaky_relu(h, 0.2)
+
+
+class _Untraceable(_Net):
+    def forward(self, x):
+        if x.sum() > 1e9:  # data-dependent control flow: fx fails, the eager capture runs
+            x = x * 0
+        return super().forward(x)
+
+
+def test_custom_elementwise_module_is_integrated_on_a_grid():
+    torch.manual_seed(0)
+    graph = _graph(_Net(_Swish17()), torch.randn(8, 64))
+    assert graph.traced_with == "fx"
+    assert any(n.op == "mul" and n.attrs.get("elementwise_product") for n in graph)  # traced through
+    pred = predict(graph)
+    std = math.sqrt(pred.nodes["bn"].v)  # 1 up to BatchNorm's eps
+    expected = activation_nlc(lambda x: x * torch.sigmoid(1.7 * x), 0.0, std)
+    assert expected == pytest.approx(1.146, abs=2e-3)  # not a silent 1
+    assert pred.output_nlc == pytest.approx(expected, rel=1e-6)
+    # The same model captured eagerly (fx fails on the branch) gives the same number.
+    eager = _graph(_Untraceable(_Swish17()), torch.randn(8, 64))
+    assert eager.traced_with == "eager"
+    assert predict(eager).output_nlc == pytest.approx(expected, rel=1e-6)
+
+
+def test_functional_activation_uses_its_real_arguments():
+    torch.manual_seed(0)
+    pred = predict(_graph(_FunctionalLeaky(), torch.randn(8, 64)))
+    assert pred.output_nlc == pytest.approx(activation_nlc(nn.LeakyReLU(0.2), 0.0, 1.0), rel=1e-5)
+    assert pred.output_nlc < 1.12  # slope 0.2, not leaky_relu's default 0.01 (1.206)
+
+
+def test_activation_modules_in_the_table_and_out_of_it():
+    torch.manual_seed(0)
+    for act in (nn.Mish(), nn.Hardswish(), nn.Softplus(beta=2.0), nn.CELU(0.5), nn.RReLU()):
+        net = _Net(act)
+        pred = predict(_graph(net, torch.randn(8, 64)))
+        assert pred.output_nlc == pytest.approx(activation_nlc(act, 0.0, math.sqrt(pred.nodes["bn"].v)), rel=1e-6)
+        assert pred.output_nlc > 1.01
+        # Evaluated on a float64 eval-mode copy: the user's module is left as it was.
+        assert act.training and all(p.dtype == torch.float32 for p in net.parameters())
+    # RReLU in eval mode is a leaky ReLU with the mean slope.
+    assert activation_nlc(nn.RReLU(0.1, 0.3), 0.0, 1.0) == pytest.approx(activation_nlc(nn.LeakyReLU(0.2), 0.0, 1.0))
+
+
+def test_central_differences_when_autograd_cannot():
+    # No graph through the function: tau' comes from central differences instead.
+    detached = activation_nlc(lambda x: torch.tanh(x.detach()), 0.5, 2.0)
+    assert detached == pytest.approx(activation_nlc(torch.tanh, 0.5, 2.0), rel=1e-6)
+
+
+def test_constant_bias_shifts_all_neurons_alike():
+    # A bias of 0.5 everywhere is an offset shared by all neurons (ReLU at mean/std = 0.5/1.4,
+    # more linear), not a random spread of offsets (mean 0, M = 0.25), which would give more.
+    torch.manual_seed(0)
+    first = _set_std(nn.Linear(64, 256), 2.0)
+    nn.init.constant_(first.bias, 0.5)
+    graph = _graph(nn.Sequential(first, nn.ReLU(), nn.Linear(256, 10)), torch.randn(8, 64))
+    pred = predict(graph)
+    h = pred.nodes[graph.nodes[1].name]
+    assert h.mean == pytest.approx(0.5) and h.M == pytest.approx(0.25) and h.v == pytest.approx(2.0, rel=1e-5)
+    assert pred.output_nlc == pytest.approx(activation_nlc(nn.ReLU(), 0.5, math.sqrt(h.v)), rel=1e-5)
+    # A zero-mean random bias of the same mean square is a spread: neurons on both sides.
+    with torch.no_grad():
+        first.bias.copy_(0.5 * torch.randn(256).sign())
+    spread = predict(_graph(nn.Sequential(first, nn.ReLU(), nn.Linear(256, 10)), torch.randn(8, 64)))
+    assert spread.nodes[graph.nodes[1].name].mean == 0.0
+    assert spread.output_nlc > pred.output_nlc * 1.02
+
+
+def test_integral_cache():
+    torch.manual_seed(0)
+    graph = _graph(_mlp(nn.GELU, 20, 2.0), torch.randn(8, 64))
+    mf._CACHE.clear()
+    first = predict(graph).output_nlc
+    cached = len(mf._CACHE)
+    assert cached >= 20
+    calls = []
+    real = mf._moments
+    mf._moments = lambda *a: calls.append(a) or real(*a)
+    try:
+        assert predict(graph).output_nlc == first
+    finally:
+        mf._moments = real
+    assert calls == []
+
+
+# -- what is not predicted -------------------------------------------------------------------
+
+
+def test_max_pool_is_not_predicted_downstream():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+    graph = _graph(model, torch.randn(2, 3, 8, 8))
+    pred = predict(graph)
+    names = [n.name for n in graph]
+    assert pred.nodes[names[2]].predicted and pred.nodes[names[2]].nlc > 1.1
+    assert not pred.nodes[names[3]].predicted and "max pooling" in pred.nodes[names[3]].reason
+    for name in names[4:]:
+        assert not pred.nodes[name].predicted and pred.nodes[name].nlc is None
+        assert f"downstream of {names[3]}" in pred.nodes[name].reason
+    assert pred.output_nlc is None
+
+
+def test_average_pooling_keeps_the_nlc():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    graph = _graph(model, torch.randn(2, 3, 8, 8))
+    pred = predict(graph)
+    relu, pool = graph.nodes[2].name, graph.nodes[3].name
+    assert pred.nodes[pool].nlc == pred.nodes[relu].nlc == pytest.approx(pred.output_nlc)
+
+
+class _TokenModel(nn.Module):
+    def __init__(self, attention=True):
+        super().__init__()
+        self.tok = nn.Embedding(1000, 64)
+        self.pos = nn.Embedding(16, 64)
+        self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
+        self.fc = nn.Linear(64, 64)
+        self.out = nn.Linear(64, 10)
+        self.attention = attention
+
+    def forward(self, ids):
+        h = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+        h = torch.tanh(self.fc(h))
+        if self.attention:
+            h = h + self.attn(h, h, h)[0]
+        return self.out(h)
+
+
+def test_attention_is_not_predicted_and_embeddings_start_the_recursion():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 16))
+    graph = _graph(_TokenModel(), ids)
+    pred = predict(graph)
+    attn = next(n.name for n in graph if n.kind.value == "attention")
+    assert not pred.nodes[attn].predicted and "attention" in pred.nodes[attn].reason
+    assert pred.output_nlc is None and not pred.nodes[graph.output].predicted
+    # Before the attention: the token embedding is the source (NLC 1, its weight variance);
+    # the position embedding is the same for every sample (v = 0, no NLC).
+    tok, pos = pred.nodes["tok"], pred.nodes["pos"]
+    assert tok.nlc == 1.0 and tok.v == pytest.approx(graph["tok"].params["weight"].std ** 2, rel=1e-2)
+    assert pos.v == 0.0 and pos.nlc is None and pos.M > 0.5
+    assert pred.nodes["tanh"].predicted and pred.nodes["tanh"].nlc > 1.0
+    without = _TokenModel(attention=False)
+    without.load_state_dict(graph.model.state_dict())
+    plain = predict(_graph(without, ids))
+    assert plain.output_nlc == pytest.approx(pred.nodes["tanh"].nlc, rel=1e-9)
+
+
+def test_product_of_two_signals_is_not_predicted():
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.out(self.a(x) * torch.sigmoid(self.b(x)))
+
+    pred = predict(_graph(Gated(), torch.randn(8, 64)))
+    assert pred.nodes["mul"].predicted is False and "product of two different signals" in pred.nodes["mul"].reason
+    assert pred.output_nlc is None
+
+
+def test_zero_output_layer_is_predicted_without_an_nlc():
+    model = _mlp(nn.ReLU, 2, 2.0)
+    nn.init.zeros_(model[-1].weight)
+    pred = predict(_graph(model, torch.randn(8, 64)))
+    out = pred.nodes[pred.output]
+    assert out.predicted and out.v == 0.0 and out.nlc is None and pred.output_nlc is None
