@@ -16,7 +16,6 @@ forward-mode AD dual tensors).
 from __future__ import annotations
 
 import dataclasses
-import traceback
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -471,11 +470,3 @@ def _short(exc: BaseException) -> str:
     first = text.splitlines()[0] if text else type(exc).__name__
     return first[:300]
 
-
-def innermost_frame_in(exc: BaseException, path: str) -> traceback.FrameSummary | None:
-    """The deepest traceback frame of ``exc`` that lies in ``path``."""
-    found = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == path:
-            found = frame
-    return found
