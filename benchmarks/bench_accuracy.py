@@ -1,0 +1,107 @@
+"""Accuracy of archlint.measure against exact NLCs on the same sample.
+
+For each model: measure() at its default settings, then the exact float64 NLC of the same
+sample (benchmarks/exact.py: per-sample Jacobians with vmap(jacrev), or vmap(jvp) along all
+centred sample directions for wide nodes) at the output and at 4 intermediate nodes (the
+sub-network from the input, or from the embedding for token inputs, to that node).
+Models without batch dependence: BatchNorm models are in eval mode with populated statistics.
+
+    python benchmarks/bench_accuracy.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exact import exact_nlc, populate_bn  # noqa: E402
+from models import SmallCNN, TinyTransformer, mlp, small_resnet  # noqa: E402
+
+from archlint.inputs import pink_noise  # noqa: E402
+from archlint.measure import measure  # noqa: E402
+
+torch.set_num_threads(1)
+TOLERANCE = 0.05
+N = 128
+
+
+def models():
+    """(name, model, inputs); each model seeded on its own."""
+    g = torch.Generator().manual_seed(1234)
+    vectors = (torch.randn(N, 32, generator=g),)
+    images = (pink_noise(N, 3, (32, 32), g).float(),)
+    tokens = (torch.randint(0, 100, (N, 16), generator=g),)
+
+    def seeded(seed, build):
+        torch.manual_seed(seed)
+        return build()
+
+    yield "ReLU MLP, depth 2 (He)", seeded(1, lambda: mlp(2, 256, nn.ReLU, 2.0)), vectors
+    yield "ReLU MLP, depth 20 (He)", seeded(2, lambda: mlp(20, 256, nn.ReLU, 2.0)), vectors
+    yield "tanh MLP, depth 10, σw²=4 (hot)", seeded(3, lambda: mlp(10, 256, nn.Tanh, 4.0)), vectors
+    yield "tanh MLP, depth 10, σw²=1 (cold)", seeded(4, lambda: mlp(10, 256, nn.Tanh, 1.0)), vectors
+    yield "GELU MLP, depth 10, σw²=2", seeded(5, lambda: mlp(10, 256, nn.GELU, 2.0)), vectors
+    yield "SELU MLP, depth 20, σw²=1", seeded(6, lambda: mlp(20, 256, nn.SELU, 1.0)), vectors
+    bn = seeded(7, lambda: mlp(10, 256, nn.ReLU, 1.0, batchnorm=True))
+    populate_bn(bn, vectors, N)
+    yield "BN-ReLU MLP, depth 10, eval (populated)", bn, vectors
+    yield "CNN (3 conv-ReLU-maxpool)", seeded(8, SmallCNN), images
+    resnet = seeded(9, small_resnet)
+    populate_bn(resnet, images, N)
+    yield "residual CNN (3 BasicBlocks, eval)", resnet, images
+    yield "pre-LN transformer block (token ids)", seeded(10, TinyTransformer), tokens
+
+
+def intermediate(report, count=4):
+    """``count`` nodes spread over the depth: nonlinear ones (activations, attention
+    outputs, residual adds, pools), neither the source nor the output."""
+    kinds = {"activation", "add", "pool", "reshape", "norm"}
+    candidates = [s.name for s in report.nodes.values()
+                  if s.status == "ok" and s.kind in kinds and s.name != report.output and s.name not in report.sources
+                  and s.nlc is not None and abs(s.nlc - 1) > 1e-3]
+    if len(candidates) <= count:
+        return candidates
+    return [candidates[round(i * (len(candidates) - 1) / (count - 1))] for i in range(count)]
+
+
+def main() -> int:
+    rows = []
+    worst = 0.0
+    for name, model, inputs in models():
+        started = time.perf_counter()
+        report = measure(model, inputs, device="cpu")
+        seconds = time.perf_counter() - started
+        targets = intermediate(report) + [report.output]
+        exact = exact_nlc(model, inputs, report.sources[0], targets)
+        for target in targets:
+            s = report.nodes[target]
+            error = s.nlc / exact[target] - 1
+            worst = max(worst, abs(error))
+            label = "output" if target == report.output else target
+            rows.append((name, label, exact[target], s.nlc, s.nlc_se, report.probes, error, seconds if target == report.output else None))
+        print(f"{name}: output exact {exact[report.output]:.4f}, measured {report.output_nlc:.4f}"
+              f" ± {report.output_nlc_se:.4f} ({report.probes} probes, {seconds:.2f}s)", file=sys.stderr)
+
+    print("| model | node | exact NLC | measured ± se | probes | rel. error |")
+    print("|---|---|---|---|---|---|")
+    for name, label, ex, nlc, se, probes, error, seconds in rows:
+        flag = "" if abs(error) <= TOLERANCE else " **over 5%**"
+        print(f"| {name} | {label} | {ex:.4f} | {nlc:.4f} ± {se:.4f} | {probes} | {100 * error:+.2f}%{flag} |")
+    outputs = [r for r in rows if r[1] == "output"]
+    inner = [r for r in rows if r[1] != "output"]
+    print()
+    print(f"{len(outputs)} models, {len(inner)} intermediate nodes; largest |rel. error|: "
+          f"outputs {100 * max(abs(r[6]) for r in outputs):.2f}%, intermediate {100 * max(abs(r[6]) for r in inner):.2f}% "
+          f"(tolerance {100 * TOLERANCE:.0f}%)")
+    return 0 if worst <= TOLERANCE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Cost of archlint.measure on a CIFAR ResNet-18 (BasicBlock, 32x32 inputs), CPU, 1 thread.
+
+1. All per-node statistics of the freshly built model (train mode: the train-mode BatchNorm
+   NLC of every node, plus the eval value with populated statistics) against one plain
+   forward pass of the same batch: ``torch.no_grad()``, eval mode. With the graph traced
+   beforehand (archlint's engine traces every model once, for its static rules) and with the
+   trace included. Times are medians of REPEATS runs, interleaved so that machine noise hits
+   all of them alike.
+2. The output NLC of the eval-mode model (populated statistics, no batch dependence), as
+   measure() gives it (with all per-node statistics), against the exact method: per-sample
+   Jacobians with vmap(jacrev), then mean_n tr(J_n Ĉ J_n^T) / tr Cov(out), for 10 and 1000
+   outputs. The 10-output exact run is timed on all 128 samples; the 1000-output one (about
+   an hour) on SUBSET samples and scaled by 128 / SUBSET (its cost is linear in the number of
+   samples: independent per-sample Jacobians), which the 10-output case checks.
+
+    python benchmarks/bench_cost.py
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.func import jacrev, vmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exact import jacrev_output_nlc, populate_bn  # noqa: E402
+from models import resnet18  # noqa: E402
+
+from archlint.inputs import pink_noise  # noqa: E402
+from archlint.measure import measure  # noqa: E402
+from archlint.trace import trace  # noqa: E402
+
+torch.set_num_threads(1)
+REPEATS = 7
+SUBSET = 4
+N = 128
+
+
+def timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def timed_both(fn):
+    """(wall-clock seconds, CPU seconds of this process, result). On a shared machine the
+    CPU time is the steadier of the two: time the process waits for the CPU is not in it."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def plain_forward(model, x):
+    """The reference: one no-grad eval-mode forward pass of the batch."""
+    model = copy.deepcopy(model).eval()
+
+    def run():
+        with torch.no_grad():
+            model(x)
+
+    return run
+
+
+def part1(x) -> None:
+    torch.manual_seed(0)
+    model = resnet18(10)  # as built: train mode, fresh BatchNorm statistics
+    graph = trace(model, (x[:4],), name="ResNet18")  # as archlint's engine does, once
+    forward = plain_forward(model, x)
+    runs = {
+        "with_trace": lambda: measure(model, x),
+        "all": lambda: measure(model, x, graph=graph),
+        "no_population": lambda: measure(model, x, graph=graph, population=False),
+    }
+    forward()
+    runs["all"]()  # warm-up (allocator, kernels)
+    times: dict[str, list[float]] = {"forward": []} | {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    reports = {}
+    for _ in range(REPEATS):
+        wall, c, _ = timed_both(forward)
+        times["forward"].append(wall)
+        cpu["forward"].append(c)
+        for key, run in runs.items():
+            wall, c, reports[key] = timed_both(run)
+            times[key].append(wall)
+            cpu[key].append(c)
+    f = statistics.median(times["forward"])
+    fc = statistics.median(cpu["forward"])
+    r, r2 = reports["all"], reports["no_population"]
+    print("## Part 1: all per-node statistics, ResNet-18 (10 classes), train mode, batch 128 x 3x32x32\n")
+    print(f"plain forward (torch.no_grad(), eval mode): median {f:.3f}s wall-clock, {fc:.3f}s CPU, of {REPEATS} "
+          f"(wall-clock {', '.join(f'{v:.2f}' for v in times['forward'])})\n")
+    print(f"Every row computes, for all {len(r.nodes)} nodes: NLC ± se from the input (train-mode BatchNorm: "
+          "batch statistics, the batch as one input), mean, std, RMS, neuron bias, spread, and sign diversity "
+          "and dead units of pre-activations.\n")
+    print("| call | also | probes | median wall-clock | x forward | median CPU time | x forward |")
+    print("|---|---|---|---|---|---|---|")
+    rows = [
+        ("`measure(model, x, graph=graph)`", "eval-mode NLC with populated statistics (population pass)",
+         f"{r.probes} + {r.population_probes} eval", "all"),
+        ("`measure(model, x, graph=graph, population=False)`", "-", f"{r2.probes}", "no_population"),
+        ("`measure(model, x)`", "population pass, and tracing the model (4 samples)", f"{r.probes} + {r.population_probes} eval", "with_trace"),
+    ]
+    for call, also, probes, key in rows:
+        median, median_cpu = statistics.median(times[key]), statistics.median(cpu[key])
+        print(f"| {call} | {also} | {probes} | {median:.2f}s | **{median / f:.2f}x** | {median_cpu:.2f}s | **{median_cpu / fc:.2f}x** |")
+    print("\nper-run wall-clock (s): " + "; ".join(f"{k} {[round(v, 2) for v in times[k]]}" for k in times))
+    print("per-run CPU (s): " + "; ".join(f"{k} {[round(v, 2) for v in cpu[k]]}" for k in cpu))
+    print(f"output NLC: train-mode BN {r.output_nlc:.3f} ± {r.output_nlc_se:.3f}, "
+          f"eval (populated) {r.output_nlc_population:.3f} ± {r.output_nlc_population_se:.3f}\n")
+
+
+def exact_time_on_subset(model, x, chunk):
+    """vmap(jacrev) per-sample Jacobians of SUBSET samples (jacrev over output chunks to
+    bound memory), scaled to N samples: (wall-clock, CPU) seconds."""
+    xs = x[:SUBSET]
+
+    def run():
+        with torch.no_grad():
+            vmap(jacrev(lambda xi: model(xi.unsqueeze(0)).squeeze(0), chunk_size=chunk))(xs)
+
+    run()  # warm-up
+    wall, cpu, _ = timed_both(run)
+    return wall * N / SUBSET, cpu * N / SUBSET
+
+
+def part2(x) -> None:
+    print("## Part 2: output NLC against the exact vmap(jacrev) method, ResNet-18 eval (populated statistics)\n")
+    print("measure() computes all per-node statistics here too (there is no output-only mode).\n")
+    print("| outputs | exact NLC | measured NLC ± se | probes | exact: wall / CPU | measure(): wall / CPU | speed-up wall / CPU |")
+    print("|---|---|---|---|---|---|---|")
+    notes = []
+    for classes in (10, 1000):
+        torch.manual_seed(0)
+        model = resnet18(classes)
+        populate_bn(model, (x,), N)
+        measure(model, x)  # warm-up
+        ours = [timed_both(lambda: measure(model, x)) for _ in range(3)]
+        ours_wall = statistics.median(t[0] for t in ours)
+        ours_cpu = statistics.median(t[1] for t in ours)
+        report = ours[-1][2]
+        if classes == 10:
+            exact_runs = [timed_both(lambda: jacrev_output_nlc(model, x)) for _ in range(2)]
+            exact_wall = statistics.median(t[0] for t in exact_runs)
+            exact_cpu = statistics.median(t[1] for t in exact_runs)
+            exact_text = f"{exact_runs[0][2]:.4f}"
+            scaled_wall, scaled_cpu = exact_time_on_subset(model, x, chunk=None)
+            notes.append(f"10 outputs: exact on all {N} samples (median of 2) {exact_wall:.1f}s wall / {exact_cpu:.1f}s CPU; "
+                         f"timed on {SUBSET} samples and scaled x{N // SUBSET}: {scaled_wall:.1f}s / {scaled_cpu:.1f}s "
+                         "(the scaling used for 1000 outputs, which it underestimates)")
+        else:
+            exact_wall, exact_cpu = exact_time_on_subset(model, x, chunk=100)
+            exact_text = "not run (about 1 h)"
+            notes.append(f"1000 outputs: exact timed on {SUBSET} samples (jacrev in chunks of 100 outputs), scaled x{N // SUBSET}")
+        print(f"| {classes} | {exact_text} | {report.output_nlc:.4f} ± {report.output_nlc_se:.4f} | {report.probes} | "
+              f"{exact_wall:.1f}s / {exact_cpu:.1f}s | {ours_wall:.2f}s / {ours_cpu:.2f}s | "
+              f"**{exact_wall / ours_wall:.1f}x / {exact_cpu / ours_cpu:.1f}x** |")
+    print()
+    for n in notes:
+        print(f"- {n}")
+
+
+def main() -> int:
+    g = torch.Generator().manual_seed(0)
+    x = pink_noise(N, 3, (32, 32), g).float()
+    part1(x)
+    part2(x)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""archlint.measure: the measured NLC against exact references, batch-dependent BatchNorm,
+statuses, state preservation and determinism."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import jacrev, vmap
+
+from archlint.measure import NodeStats, Report, load_data, measure
+from archlint.trace import trace
+
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+
+
+def mlp(depth, width, act=nn.ReLU, sigma_w2=2.0, batchnorm=False, d_in=16, d_out=10, bias=True, seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    fan_in = d_in
+    for _ in range(depth):
+        lin = nn.Linear(fan_in, width, bias=bias)
+        nn.init.normal_(lin.weight, 0.0, (sigma_w2 / fan_in) ** 0.5)
+        if bias:
+            nn.init.zeros_(lin.bias)
+        layers += [lin] + ([nn.BatchNorm1d(width)] if batchnorm else []) + [act()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(fan_in, d_out, bias=bias))
+
+
+def gaussian(n, *shape, seed=1):
+    return torch.randn((n,) + shape, generator=torch.Generator().manual_seed(seed))
+
+
+def exact_nlc(f, x, batched=True):
+    """sqrt(mean_n tr(J_n Ĉ J_n^T) / tr Cov f): per-sample Jacobians in float64, Ĉ the
+    (biased) sample covariance of x. f maps one sample to its output. batched=False: one
+    sample at a time, for models that vmap cannot run (control flow on values, mutation)."""
+    x = x.double()
+    n = x.shape[0]
+    with torch.no_grad():
+        if batched:
+            J = vmap(jacrev(f))(x)
+            out = vmap(f)(x)
+        else:
+            J = torch.stack([torch.autograd.functional.jacobian(f, xi) for xi in x])
+            out = torch.stack([f(xi) for xi in x])
+        J = J.reshape(n, -1, x[0].numel())
+        U = (x - x.mean(0)).reshape(n, -1)
+        numerator = (J @ U.T).square().sum() / n**2
+    return math.sqrt(float(numerator / out.reshape(n, -1).var(0, correction=0).sum()))
+
+
+def per_sample(model):
+    """One sample through a float64 copy of ``model`` in eval mode."""
+    model = copy.deepcopy(model).double().eval()
+    return lambda xi: model(xi.unsqueeze(0)).squeeze(0)
+
+
+def populate(model, x, batch_size):
+    """Running statistics as momentum=None leaves them after one train pass per batch."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for lo in range(0, x.shape[0] - batch_size + 1, batch_size):
+            model(x[lo:lo + batch_size])
+    return model.eval()
+
+
+def snapshot(model):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [(getattr(m, "momentum", None), getattr(m, "track_running_stats", None)) for m in model.modules()],
+        [(p.device, p.dtype) for p in model.parameters()],
+    )
+
+
+def assert_unchanged(model, before):
+    state, training, grads, attrs, placement = snapshot(model)
+    assert state.keys() == before[0].keys()
+    for k in state:
+        assert state[k].dtype == before[0][k].dtype and torch.equal(state[k], before[0][k]), k
+    assert training == before[1]
+    assert grads == before[2]
+    assert attrs == before[3]
+    assert placement == before[4]
+
+
+# --------------------------------------------------------------------------------------
+# Accuracy against exact references
+
+
+@pytest.mark.parametrize(
+    "name, model",
+    [
+        ("tanh-hot", mlp(6, 64, nn.Tanh, sigma_w2=4.0)),
+        ("relu", mlp(8, 64, nn.ReLU)),
+        ("gelu", mlp(4, 64, nn.GELU)),
+    ],
+)
+def test_output_nlc_matches_exact_reference(name, model):
+    x = gaussian(128, 16)
+    report = measure(model, x)
+    exact = exact_nlc(per_sample(model), x)
+    assert report.mode == "eval" and report.status == "ok"
+    assert report.output_nlc == pytest.approx(exact, rel=0.05), name
+
+
+def test_cnn_output_and_intermediate_nlc_match_exact_reference():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.Tanh(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    x = gaussian(128, 3, 8, 8)
+    report = measure(net, x)
+    assert report.output_nlc == pytest.approx(exact_nlc(per_sample(net), x), rel=0.05)
+    # The NLC from the input to the tanh (an intermediate node) is that of the prefix net[:5].
+    assert report.nodes["_4"].nlc == pytest.approx(exact_nlc(per_sample(net[:5]), x), rel=0.05)
+
+
+def test_affine_prefix_has_nlc_exactly_one():
+    # With permuted-sample directions every probe has exactly the sample covariance, so an
+    # affine map comes out at 1 up to rounding, not just on average.
+    report = measure(mlp(2, 32, nn.Tanh), gaussian(64, 16))
+    assert report.nodes["_0"].nlc == pytest.approx(1.0, abs=1e-5)
+    assert report.nodes["_1"].nlc > 1.0
+
+
+def test_standard_error_matches_spread_over_independent_samples():
+    model = mlp(4, 64, nn.Tanh, sigma_w2=3.0)
+    values, ses = [], []
+    for seed in range(12):
+        report = measure(model, gaussian(128, 16, seed=100 + seed), seed=seed)
+        values.append(report.output_nlc)
+        ses.append(report.output_nlc_se)
+    spread = torch.tensor(values).std().item()
+    mean_se = sum(ses) / len(ses)
+    # 12 repeats estimate the spread within about ±25%; the delta-method SE is an
+    # approximation, so allow a factor 2 either way.
+    assert 0.5 < spread / mean_se < 2.0, (spread, mean_se)
+
+
+def test_segment_nlc_matches_exact_reference_of_the_sub_network():
+    model = mlp(6, 64, nn.Tanh, sigma_w2=4.0)
+    x = gaussian(128, 16)
+    report = measure(model, x, segments=[("_3", "_9")])
+    seg = report.segments[("_3", "_9")]
+    # The sub-network model[4:10] on the values the model produces at node _3 (= model[:4]).
+    with torch.no_grad():
+        h = model[:4](x)
+    assert seg.status == "ok"
+    assert seg.nlc == pytest.approx(exact_nlc(per_sample(model[4:10]), h), rel=0.05)
+    # A block's own NLC is smaller than the NLC from the input through it.
+    assert seg.nlc < report.nodes["_9"].nlc
+
+
+def test_segment_validation():
+    model = mlp(2, 8)
+    with pytest.raises(ValueError, match="not in the graph"):
+        measure(model, gaussian(16, 16), segments=[("_0", "nope")])
+    with pytest.raises(ValueError, match="does not depend"):
+        measure(model, gaussian(16, 16), segments=[("_3", "_0")])
+
+
+# --------------------------------------------------------------------------------------
+# BatchNorm
+
+
+def test_train_mode_batchnorm_nlc_rises_as_the_batch_shrinks_and_population_is_exact():
+    model = mlp(10, 128, nn.ReLU, sigma_w2=1.0, batchnorm=True)
+    x = gaussian(256, 16)
+    small = measure(model, x, batch_size=8)
+    large = measure(model, x, batch_size=128, population_probes=4)
+    assert small.mode == large.mode == "train-bn"
+    assert small.samples == 256 and small.batch_size == 8
+    # Digest §1.5 (width 256): 18.6 at B=8 against 7.3 at B=128.
+    assert small.output_nlc > 2 * large.output_nlc
+    assert large.output_nlc > large.output_nlc_population
+    # The population value is the NLC of the eval-mode model whose statistics were
+    # populated from the same two batches of 128 (momentum=None).
+    exact = exact_nlc(per_sample(populate(model, x, 128)), x)
+    pop, se = large.output_nlc_population, large.output_nlc_population_se
+    # se covers sampling and probes; against an exact value on the same sample only the
+    # probe noise remains (about 1% with four probes), so both bounds are generous.
+    assert abs(pop - exact) < min(3 * se, 0.05 * exact), (pop, se, exact)
+
+
+def test_eval_mode_batchnorm_with_fresh_statistics_is_populated_first():
+    model = mlp(6, 64, nn.ReLU, sigma_w2=1.0, batchnorm=True).eval()
+    x = gaussian(128, 16)
+    report = measure(model, x)
+    assert report.mode == "eval"
+    assert any("fresh running statistics" in n for n in report.notes)
+    exact_populated = exact_nlc(per_sample(populate(model, x, 128)), x)
+    exact_fresh = exact_nlc(per_sample(model), x)
+    assert report.output_nlc == pytest.approx(exact_populated, rel=0.05)
+    assert abs(exact_fresh / exact_populated - 1) > 0.1  # the check would notice the difference
+
+
+def test_population_is_absent_without_train_mode_batchnorm():
+    report = measure(mlp(3, 32), gaussian(64, 16))
+    assert report.output_stats.nlc_population is None
+    assert report.population_probes is None
+
+
+# --------------------------------------------------------------------------------------
+# The user's model is left exactly as it was
+
+
+class WithDropout(nn.Module):
+    """Train-mode BatchNorm, dropout as a module and as a function, a frozen layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.bn = nn.BatchNorm1d(32)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(32, 4)
+        self.out.weight.requires_grad_(False)
+
+    def forward(self, x):
+        h = self.drop(torch.relu(self.bn(self.inp(x))))
+        return self.out(F.dropout(h, 0.5, self.training))
+
+
+def test_model_state_is_left_exactly_as_it_was():
+    torch.manual_seed(0)
+    model = WithDropout()
+    model.bn.momentum = 0.3
+    x = gaussian(64, 16)
+    with torch.no_grad():
+        model(x)  # non-trivial running statistics and num_batches_tracked = 1
+    before = snapshot(model)
+    rng = torch.get_rng_state()
+    report = measure(model, x, batch_size=32, segments=[("inp", "out")])
+    assert report.mode == "train-bn" and report.output_nlc_population is not None
+    assert_unchanged(model, before)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_model_state_is_unchanged_after_a_float64_recheck():
+    model = mlp(3, 16, bias=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e-30)
+    before = snapshot(model)
+    report = measure(model, gaussian(64, 16))
+    assert report.dtype == "float64"
+    assert_unchanged(model, before)
+
+
+def test_dropout_is_off():
+    torch.manual_seed(0)
+    model = WithDropout()
+    plain = nn.Sequential(model.inp, model.bn, nn.ReLU(), model.out)
+    x = gaussian(64, 16)
+    a = measure(model, x, batch_size=64)
+    b = measure(plain, x, batch_size=64)
+    assert a.output_nlc == pytest.approx(b.output_nlc, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Determinism
+
+
+def test_same_seed_same_numbers_and_different_seed_different_probes():
+    model = mlp(4, 32, nn.Tanh, sigma_w2=3.0, batchnorm=True)
+    x = gaussian(64, 16)
+    a, b = measure(model, x, seed=3, batch_size=32), measure(model, x, seed=3, batch_size=32)
+    c = measure(model, x, seed=4, batch_size=32)
+    for name in a.nodes:
+        assert a.nodes[name] == b.nodes[name]
+    assert a.output_nlc != c.output_nlc
+
+
+def test_synthetic_inputs_are_deterministic():
+    model = mlp(3, 32, nn.Tanh)
+    a, b = measure(model, seed=5), measure(model, seed=5)
+    assert a.samples == 128
+    assert a.output_nlc == b.output_nlc
+
+
+# --------------------------------------------------------------------------------------
+# Statuses
+
+
+def test_all_zero_last_layer_is_reported_as_vanished_not_zero():
+    model = mlp(3, 32)
+    nn.init.zeros_(model[-1].weight)
+    nn.init.constant_(model[-1].bias, 0.3)
+    report = measure(model, gaussian(64, 16))
+    assert report.status == "vanished" and report.output_nlc is None
+    # Zero weights are an exact zero, not a rounding artefact: no float64 re-check.
+    assert report.dtype == "float32"
+    assert report.nodes["_4"].status == "ok"
+
+
+def test_signal_drowned_by_biases_is_vanished_in_float64_too():
+    model = mlp(3, 32)
+    with torch.no_grad():
+        for lin in model[::2]:
+            lin.weight.mul_(1e-30)
+            nn.init.constant_(lin.bias, 0.1)
+    report = measure(model, gaussian(64, 16))
+    assert report.dtype == "float64"
+    assert report.status == "vanished" and report.output_nlc is None
+    assert report.nodes["_0"].status == "vanished"
+
+
+def test_tiny_weights_without_bias_are_measured_in_float64():
+    # A bias-free ReLU net scaled by 1e-30 per layer underflows in float32 but is the same
+    # function up to a factor, so its NLC is that of the unscaled net.
+    model = mlp(3, 32, bias=False)
+    x = gaussian(64, 16)
+    reference = measure(model, x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e-30)
+    report = measure(model, x)
+    assert report.dtype == "float64" and report.status == "ok"
+    assert report.output_nlc == pytest.approx(reference.output_nlc, rel=1e-4)
+    assert report.output_nlc_float32 is None  # float32 had no NLC to give
+
+
+class Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(1000 * x)
+
+
+def test_exploded_signal_is_reported_also_after_the_float64_recheck():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), Exp())
+    report = measure(model, gaussian(64, 16))
+    assert report.dtype == "float64"
+    assert report.status == "exploded" and report.output_nlc is None
+    assert report.nodes["_0"].status == "ok"
+
+
+def test_signal_that_overflows_only_in_float32_is_measured_in_float64():
+    model = mlp(4, 16, nn.Identity)
+    with torch.no_grad():
+        for lin in model[::2]:
+            lin.weight.mul_(1e12)
+    report = measure(model, gaussian(64, 16))
+    assert report.dtype == "float64" and report.status == "ok"
+    assert report.output_nlc == pytest.approx(1.0, abs=1e-6)  # a linear network
+
+
+class Gate(nn.Module):
+    """An output made of a parameter alone, and a piecewise-constant one."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 4)
+        self.bias = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h, torch.sign(h) + 0.0, self.bias * torch.ones_like(h)
+
+
+def test_independent_and_gradient_free_nodes_get_a_status():
+    report = measure(Gate(), gaussian(64, 16))
+    assert report.output == "lin"
+    by_op = {s.op: s for s in report.nodes.values()}
+    assert by_op["sign"].status == "no-gradient" and by_op["sign"].nlc == 0.0
+    assert by_op["ones_like"].status == "constant" and by_op["ones_like"].nlc is None
+
+
+# --------------------------------------------------------------------------------------
+# Inputs and outputs
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=50, seq=64, d=16):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(seq, d)
+        self.ln = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.head = nn.Linear(d, 5)
+
+    def body(self, e):
+        x = e + self.pos(torch.arange(e.shape[1]))
+        h = self.ln(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(torch.tanh(x).mean(1))
+
+    def forward(self, ids):
+        return self.body(self.tok(ids))
+
+
+def test_token_inputs_are_measured_from_the_embedding():
+    torch.manual_seed(0)
+    model = TinyLM(seq=8)
+    ids = torch.randint(0, 50, (128, 8), generator=torch.Generator().manual_seed(1))
+    report = measure(model, ids)
+    assert report.sources == ["tok"]
+    assert report.nodes["ids"].status == "not-float"
+    assert report.nodes["pos"].status == "not-per-sample"
+    with torch.no_grad():
+        e = model.tok(ids)
+    body = copy.deepcopy(model).double().eval()
+    exact = exact_nlc(lambda ei: body.body(ei.unsqueeze(0)).squeeze(0), e)
+    assert report.output_nlc == pytest.approx(exact, rel=0.05)
+
+
+def test_synthetic_token_inputs():
+    torch.manual_seed(0)
+    report = measure(TinyLM(seq=64))
+    assert report.sources == ["tok"] and report.status == "ok"
+
+
+class TupleOut(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        logits = self.net(x)
+        return {"logits": logits, "loss": logits.square().mean(), "ids": logits.argmax(1)}
+
+
+def test_tuple_or_dict_output_uses_the_first_floating_output():
+    net = mlp(3, 32, nn.Tanh)
+    x = gaussian(64, 16)
+    wrapped = measure(TupleOut(net), x)
+    plain = measure(net, x)
+    assert wrapped.output == "net_6"
+    assert wrapped.output_nlc == pytest.approx(plain.output_nlc, rel=1e-6)
+
+
+def test_data_string_loads_module_function(tmp_path, monkeypatch):
+    (tmp_path / "my_batches.py").write_text("import torch\n\ndef batch():\n    return torch.randn(32, 16)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_data("my_batches:batch").shape == (32, 16)
+    report = measure(mlp(2, 8), "my_batches:batch")
+    assert report.samples == 32
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 16)  # time-major: (time, batch, features)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[-1])
+
+
+def test_time_major_recurrent_model():
+    torch.manual_seed(0)
+    model = Recurrent()
+    x = gaussian(64, 12, 4).transpose(0, 1)  # (time 12, batch 64, 4)
+    report = measure(model, x)
+    assert report.samples == 64
+    body = copy.deepcopy(model).double().eval()
+    exact = exact_nlc(lambda xi: body(xi.unsqueeze(1)).squeeze(0), x.transpose(0, 1), batched=False)
+    assert report.output_nlc == pytest.approx(exact, rel=0.05)
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: fx cannot trace it, the eager capture can."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = torch.tanh(3 * self.a(x))
+        if h.mean() > -10:
+            h = h * 2
+        return self.b(h)
+
+
+def test_eager_traced_model():
+    torch.manual_seed(0)
+    model = Branchy()
+    x = gaussian(128, 16)
+    report = measure(model, x)
+    assert model.__class__.__name__ == report.model and report.status == "ok"
+    assert report.output_nlc == pytest.approx(exact_nlc(per_sample(model), x, batched=False), rel=0.05)
+
+
+class RunningMean(nn.Module):
+    """Updates a buffer in forward: functorch cannot batch that, plain forward AD can."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 4)
+        self.register_buffer("seen", torch.zeros(32))
+
+    def forward(self, x):
+        h = torch.tanh(3 * self.a(x))
+        self.seen.mul_(0.9).add_(0.1 * h.mean(0))
+        return self.b(h)
+
+
+def test_model_vmap_cannot_batch_falls_back_to_one_probe_at_a_time():
+    torch.manual_seed(0)
+    model = RunningMean()
+    x = gaussian(128, 16)
+    before = snapshot(model)
+    report = measure(model, x)
+    assert any("one by one" in n for n in report.notes)
+    assert report.output_nlc == pytest.approx(exact_nlc(per_sample(model), x, batched=False), rel=0.05)
+    assert_unchanged(model, before)
+
+
+def test_given_graph_and_report_rendering():
+    model = mlp(2, 16, batchnorm=True)
+    x = gaussian(32, 16)
+    graph = trace(model, (x[:4],), name="mlp")
+    report = measure(model, x, graph=graph, device="cpu", batch_size=16)
+    assert graph.measured is report
+    assert isinstance(report, Report) and isinstance(report.nodes["_2"], NodeStats)
+    text = str(report)
+    assert "output NLC" in text and "train-bn" in text and "NLC eval" in text
+    assert len(report.table().splitlines()) == len(graph.nodes) + 1
+    # Pre-activations get sign statistics, other nodes do not.
+    assert report.nodes["_1"].sign_diversity is not None and report.nodes["_1"].dead_fraction is not None
+    assert report.nodes["_2"].sign_diversity is None
