@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from archlint import __version__
-from archlint.config import DEFAULT_SELECT, Settings, UsageError, validate_codes
+from archlint.config import DEFAULT_SELECT, Settings, UsageError, find_config, model_entries, validate_codes
 from archlint.files import iter_python_files, mentions_torch, read_source
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -87,6 +87,10 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         # Unreadable files go to the engine, which reports them as ARC900.
         if source is None or settings.model is not None or mentions_torch(source):
             files.append(path)
+    try:
+        settings.models = _configured_models(files)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
     if not files:
         if not quiet:
             click.echo("archlint: no model files to check", err=True)
@@ -130,6 +134,16 @@ def _settings(model_expr, inputs_expr, input_shape, data, select, extend_select,
         if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
             raise UsageError(f"--input-shape: {input_shape!r} must be positive integers separated by commas, e.g. 3,32,32")
     return settings
+
+
+def _configured_models(files: list[Path]) -> tuple:
+    """[[tool.archlint.models]] entries from the nearest config of each file."""
+    seen: dict[Path, list] = {}
+    for path in files:
+        found = find_config(path)
+        if found is not None and found[0] not in seen:
+            seen[found[0]] = model_entries(*found)
+    return tuple(entry for entries in seen.values() for entry in entries)
 
 
 def _run(files: list[Path], settings: Settings, output_format: str, output_file: str | None, quiet: bool) -> int:

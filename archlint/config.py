@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 # ARC4xx rules are off unless selected explicitly (by code, by prefix, or by ALL).
@@ -31,6 +32,8 @@ class Settings:
     show_dismissed: bool = False
     # Per-rule options by rule name: {"deep-plain-stack": {"threshold": 3.0}}.
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # [[tool.archlint.models]] entries, for the files they name.
+    models: tuple["ModelEntryConfig", ...] = ()
 
     def is_selected(self, code: str) -> bool:
         return is_selected(code, self.select + self.extend_select, self.ignore)
@@ -68,3 +71,67 @@ def validate_codes(values: Iterable[str], known: Iterable[str], what: str) -> tu
             raise UsageError(f"{what}: {raw!r} matches no rule code (known codes: {', '.join(known)}; prefixes like ARC1 and ALL work too)")
         out.append(value)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelEntryConfig:
+    """One ``[[tool.archlint.models]]`` entry: how to build (and feed) a model of a file."""
+
+    path: str  # absolute
+    build: str
+    inputs: str | None = None
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the configuration: {exc}") from exc
+
+
+def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The nearest ``archlint.toml`` or ``pyproject.toml`` with a ``[tool.archlint]`` table,
+    searching upward from ``start``; pyproject files without the table are skipped."""
+    start = start.resolve()
+    for folder in [start, *start.parents] if start.is_dir() else list(start.parents):
+        own = folder / "archlint.toml"
+        if own.is_file():
+            data = _load_toml(own)
+            return own, data.get("tool", {}).get("archlint", data)
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            table = _load_toml(pyproject).get("tool", {}).get("archlint")
+            if table is not None:
+                return pyproject, table
+    return None
+
+
+_MODEL_KEYS = {"path", "build", "inputs"}
+
+
+def model_entries(config_file: Path, table: dict[str, Any]) -> list[ModelEntryConfig]:
+    """The validated ``models`` entries of a config table, paths made absolute."""
+    raw = table.get("models", [])
+    if not isinstance(raw, list):
+        raise UsageError(f"{config_file}: tool.archlint.models must be an array of tables ([[tool.archlint.models]])")
+    entries = []
+    for i, item in enumerate(raw):
+        where = f"{config_file}: tool.archlint.models[{i}]"
+        if not isinstance(item, dict):
+            raise UsageError(f"{where} must be a table with path, build and optionally inputs")
+        unknown = set(item) - _MODEL_KEYS
+        if unknown:
+            raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: path, build, inputs)")
+        for key in ("path", "build"):
+            if not isinstance(item.get(key), str) or not item[key].strip():
+                raise UsageError(f"{where}: {key!r} must be a non-empty string")
+        if "inputs" in item and not isinstance(item["inputs"], str):
+            raise UsageError(f"{where}: 'inputs' must be a string (a Python expression)")
+        path = (config_file.parent / item["path"]).resolve()
+        entries.append(ModelEntryConfig(str(path), item["build"], item.get("inputs")))
+    return entries

@@ -69,12 +69,17 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
 def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> None:
     from archlint import load
 
-    if settings.model is not None:
-        try:
-            entries = [load.explicit_entry(module, path, settings.model, settings.inputs)]
-        except load.BuildError as exc:
-            result.findings.append(rules_api.meta("ARC903", str(exc), Span(path, 1)))
-            return
+    configured = [(settings.model, settings.inputs)] if settings.model is not None else [
+        (m.build, m.inputs) for m in settings.models if m.path == path
+    ]
+    if configured:
+        # Explicit entries replace discovery for this file.
+        entries = []
+        for build, inputs in configured:
+            try:
+                entries.append(load.explicit_entry(module, path, build, inputs))
+            except load.BuildError as exc:
+                result.findings.append(rules_api.meta("ARC903", str(exc), Span(path, 1)))
         discovery = load.Discovery(entries=entries)
     else:
         discovery = load.discover(module, path)

@@ -193,3 +193,53 @@ def test_rule_command_prints_the_doc():
 def test_console_script_is_installed():
     proc = subprocess.run([sys.executable, "-m", "archlint.cli", "--version"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and "archlint" in proc.stdout
+
+
+NEEDS_ARGS = '''
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.fc(x)
+'''
+
+
+def test_models_from_config_replace_discovery(tmp_path, monkeypatch):
+    write(tmp_path, "pyproject.toml", """
+        [tool.archlint]
+
+        [[tool.archlint.models]]
+        path = "models/net.py"
+        build = '''
+        cfg = dict(width=6)
+        model = Net(**cfg)
+        '''
+        inputs = "torch.randn(3, 6)"
+    """)
+    path = write(tmp_path, "models/net.py", NEEDS_ARGS)
+    monkeypatch.chdir(tmp_path)
+    result = run("check", str(path), "--no-verify", "--output-format", "json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout) == []
+    # Without the entry the class needs arguments: ARC903.
+    (tmp_path / "pyproject.toml").write_text("[tool.other]\n")
+    result = run("check", str(path), "--no-verify", "--output-format", "json")
+    assert [f["code"] for f in json.loads(result.stdout)] == ["ARC903"]
+
+
+def test_bad_config_is_a_usage_error_naming_file_and_key(tmp_path):
+    write(tmp_path, "pyproject.toml", """
+        [tool.archlint]
+        [[tool.archlint.models]]
+        path = "net.py"
+        buld = "Net(4)"
+    """)
+    path = write(tmp_path, "net.py", NEEDS_ARGS)
+    result = run("check", str(path), "--no-verify")
+    assert result.exit_code == 2
+    assert "pyproject.toml" in result.stderr and "buld" in result.stderr
