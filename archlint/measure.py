@@ -912,7 +912,10 @@ def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, 
     distance = torch.cdist(flat[None], m[None, None], compute_mode="donot_use_mm_for_euclid_dist")
     stats = {"m": m, "b": distance.view(n).square()}
     if tangent is not None:
-        stats["a"] = torch.linalg.vector_norm(tangent.movedim(bd, 0).reshape(n, -1), dim=1).square()
+        # Reduced over all other dims in place: a reshape would copy a tangent whose probe
+        # dimension vmap keeps in another position.
+        others = [d for d in range(tangent.dim()) if d != bd]
+        stats["a"] = torch.linalg.vector_norm(tangent, dim=others).square() if others else tangent.square()
     if signs:
         stats["pos"] = (flat > 0).sum(0, dtype=torch.int32)
     if bn_input and bd == 0 and p.dim() >= 2:
@@ -1160,23 +1163,30 @@ def _has_tangent(t: Any) -> bool:
 
 
 class _AffineInInput(torch.autograd.Function):
-    """y = func(x, *args) for a func that is affine in x: its tangent is func(t, *tangent_args)
-    (the same call without the bias or shift). PyTorch's own forward-mode rules for convolution
-    and linear also convolve the input with a zero weight tangent, a third convolution."""
+    """y = func(x, *args) for a func that is affine in x: its tangent is the linear part,
+    tangent_func(t, *tangent_args) (for convolution and linear: the same call without the
+    bias). PyTorch's own forward-mode rules for convolution and linear also convolve the input
+    with a zero weight tangent, a third convolution."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, func, args, kwargs, tangent_args, tangent_kwargs):
+    def forward(x, func, args, kwargs, tangent_func, tangent_args, tangent_kwargs):
         return func(x, *args, **kwargs)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, ctx.func, _, _, ctx.tangent_args, ctx.tangent_kwargs = inputs
+        _, _, _, _, ctx.tangent_func, ctx.tangent_args, ctx.tangent_kwargs = inputs
 
     @staticmethod
     def jvp(ctx, x_t, *_):
-        return ctx.func(x_t, *ctx.tangent_args, **ctx.tangent_kwargs)
+        return ctx.tangent_func(x_t, *ctx.tangent_args, **ctx.tangent_kwargs)
+
+
+def _scale_channels(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The tangent of eval-mode batch norm: a per-channel (dim 1) scale. A plain broadcast
+    product: under vmap, F.batch_norm would fold the probes into the channels (a copy)."""
+    return t * scale.view([1, -1] + [1] * (t.dim() - 2))
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -1264,15 +1274,16 @@ class _MeasureMode(TorchFunctionMode):
                     tangent_rest[1] = None  # the bias: linear(x, w, b), conv*(x, w, b, ...)
                 if "bias" in tangent_kwargs:
                     tangent_kwargs["bias"] = None
-                return _AffineInInput.apply(args[0], func, rest, kwargs, tuple(tangent_rest), tangent_kwargs)
+                return _AffineInInput.apply(args[0], func, rest, kwargs, func, tuple(tangent_rest), tangent_kwargs)
             if func is F.batch_norm:
                 bn = dict(zip(_BN_ARGS, args[1:]), **kwargs)
                 weight, bias, eps = bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5)
                 if not (_has_tangent(weight) or _has_tangent(bias)):
                     if bn.get("training", False):
                         return _BatchNormTrain.apply(args[0], weight, bias, eps)[0]
-                    mean = bn["running_mean"]
-                    rest = (mean, bn["running_var"], weight, bias, False, 0.0, eps)
-                    tangent_rest = (torch.zeros_like(mean), bn["running_var"], weight, None, False, 0.0, eps)
-                    return _AffineInInput.apply(args[0], F.batch_norm, rest, {}, tangent_rest, {})
+                    rest = (bn["running_mean"], bn["running_var"], weight, bias, False, 0.0, eps)
+                    scale = torch.rsqrt(bn["running_var"] + eps)
+                    if weight is not None:
+                        scale = scale * weight
+                    return _AffineInInput.apply(args[0], F.batch_norm, rest, {}, _scale_channels, (scale,), {})
         return func(*args, **kwargs)
