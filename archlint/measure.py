@@ -1246,6 +1246,7 @@ _AFFINE_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.c
 _DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout}
 _BN_ARGS = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 # The oneDNN (mkldnn) recurrent kernels have no forward-mode derivative; PyTorch's own have.
+# cuDNN's are turned off too, assuming they lack one as well (unchecked: no GPU was at hand).
 _RNN_FUNCS = {torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu}
 
 
@@ -1259,7 +1260,7 @@ class _MeasureMode(TorchFunctionMode):
         if func in _DROPOUT_FUNCS:
             return args[0] if args else kwargs["input"]
         if func in _RNN_FUNCS:
-            with torch.backends.mkldnn.flags(enabled=False):
+            with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
                 return func(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
             if "dropout_p" in kwargs:
