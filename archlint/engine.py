@@ -83,7 +83,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         discovery = load.Discovery(entries=entries)
     else:
         discovery = load.discover(module, path)
-    built, not_built = load.build_all(discovery)
+    built, not_built = load.build_all(discovery, seed=settings.seed)
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
@@ -100,12 +100,13 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
                 graph.span or Span(path, 1),
                 model=graph.name,
             ))
+        _predict(graph)
         findings = _run_rules(graph, settings)
         # The verification pass exists to confirm or dismiss findings: a model with none
         # is not run again (a clean ResNet-18 costs a trace, not a measurement).
         if settings.verify and any(not f.code.startswith("ARC9") for f in findings):
             findings = _verify(graph, bm.entry, findings, settings, model_result)
-        result.findings.extend(findings)
+        result.findings.extend(_settle(findings))
 
 
 def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> ArchGraph | None:
@@ -142,6 +143,59 @@ def _example_inputs(model: torch.nn.Module, entry: Any, module: Any, settings: S
     spec = inputs_mod.parse_input_shape(settings.input_shape) if settings.input_shape else inputs_mod.infer_inputs(model)
     gen = torch.Generator().manual_seed(settings.seed)
     return inputs_mod.make_batch(spec, TRACE_BATCH, gen)
+
+
+def _predict(graph: ArchGraph) -> None:
+    """The static mean-field prediction every rule reads (graph.prediction)."""
+    from archlint import meanfield
+
+    try:
+        meanfield.predict(graph)
+    except Exception as exc:  # a bug or an op the predictor chokes on: rules fall back to measuring
+        log.warning("%s: mean-field prediction failed (%s: %s); rules rely on measurement", graph.name, type(exc).__name__, exc)
+        graph.prediction = None
+
+
+def _settle(findings: list[Finding]) -> list[Finding]:
+    """Drop what the static pass could not decide and what a more specific finding explains.
+
+    - A finding with ``data["needs_measurement"]`` was raised because the prediction was
+      unavailable (an op the mean-field predictor does not model): it is a question for the
+      measurement, not a finding, and is dropped when no measurement answered it.
+    - A rule's ``SUBSUMED_BY`` codes name more specific rules: when one of them stands for the
+      same model (not dismissed), the general finding is redundant (ARC101 "the NLC is too
+      high" beside ARC103 "this plain stack makes it so").
+    """
+    kept = [f for f in findings if not (f.data.get("needs_measurement") and f.status == "predicted")]
+    standing = {(f.model, f.code) for f in kept if f.status != "dismissed"}
+    out = []
+    for f in kept:
+        subsumed_by = () if f.code.startswith("ARC9") else getattr(rules_api.get(f.code).module, "SUBSUMED_BY", ())
+        if f.status != "dismissed" and any((f.model, code) in standing for code in subsumed_by):
+            continue
+        out.append(_compose(f))
+    return out
+
+
+def _compose(f: Finding) -> Finding:
+    """Fill a rule's ``{value}`` with the measured value (else the predicted one) and append
+    the predicted value and the threshold: "... compound to NLC 47.7 (predicted 46.1;
+    threshold 3)"."""
+    from archlint.evidence import fmt
+
+    if f.code.startswith("ARC9"):
+        return f
+    best = f.measured if f.measured is not None else f.predicted
+    message = f.message.replace("{value}", fmt(best) if best is not None else "(not predicted)")
+    extras = []
+    if f.measured is not None and f.predicted is not None:
+        extras.append(f"predicted {fmt(f.predicted)}")
+    if f.threshold is not None:
+        extras.append(f"threshold {fmt(f.threshold)}")
+    if extras:
+        message += f" ({'; '.join(extras)})"
+    f.message = message
+    return f
 
 
 def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:

@@ -650,8 +650,12 @@ def _assigns_model(text: str) -> bool:
 # Building
 
 
-def build_all(discovery: Discovery) -> tuple[list[BuiltModel], list[NotBuilt]]:
+def build_all(discovery: Discovery, seed: int | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
     """Build every entry and keep the top-level models.
+
+    With ``seed``, each entry is built right after seeding torch's global RNG with it, so its
+    random init is the same on every run whatever else the file builds; the caller's RNG
+    state is restored afterwards.
 
     A class is dropped when another built model contains an instance of it (it is a
     block); a class that needs arguments is reported (ARC903) only when no built model
@@ -661,7 +665,10 @@ def build_all(discovery: Discovery) -> tuple[list[BuiltModel], list[NotBuilt]]:
     failed: list[tuple[ModelEntry, NotBuilt]] = []
     for entry in discovery.entries:
         try:
-            built.append(BuiltModel(entry, entry.build()))
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                built.append(BuiltModel(entry, entry.build()))
         except BuildError as exc:
             if entry.kind == "factory":
                 continue  # a zero-argument function returning something else: not a model
