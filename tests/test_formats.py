@@ -317,3 +317,25 @@ def test_statistics_counts_per_code_match_the_findings(monkeypatch):
     assert counts == sorted(counts, reverse=True)
     codes = [code.strip() for _, code, _ in rows]
     assert codes != sorted(codes), "pick files whose counts are not already in code order"
+
+
+# --- README -------------------------------------------------------------------------------
+
+
+def test_readme_problem_matcher_reads_concise_output(monkeypatch):
+    blocks = re.findall(r"```json\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    (tasks,) = [json.loads(b) for b in blocks if "problemMatcher" in b]
+    pattern = tasks["tasks"][0]["problemMatcher"]["pattern"]
+    monkeypatch.chdir(REPO)
+    result = run_cli("check", "fixtures/ARC904", "fixtures/ARC900/bad_syntax_error.py", "--no-verify", "-q", "--output-format", "concise")
+    listed = json.loads(run_cli("check", "fixtures/ARC904", "fixtures/ARC900/bad_syntax_error.py", "--no-verify", "-q", "--output-format", "json").stdout)
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(listed) >= 2
+    for line, item in zip(lines, listed):
+        match = re.match(pattern["regexp"], line)
+        assert match, line
+        group = lambda name: match.group(pattern[name])  # noqa: E731
+        assert Path(group("file")).resolve() == Path(item["filename"])
+        assert (int(group("line")), int(group("column"))) == (item["location"]["row"], item["location"]["column"])
+        assert group("code") == item["code"]
+        assert group("message").startswith(item["message"])
