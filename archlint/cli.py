@@ -17,9 +17,9 @@ import click
 from archlint import __version__
 from archlint.config import DEFAULT_SELECT, Settings, UsageError, find_config, model_entries, validate_codes
 from archlint.files import iter_python_files, mentions_torch, read_source
+from archlint.output import FORMATS
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-FORMATS = ("full", "concise", "json")
 
 
 class _DefaultToCheck(click.Group):
@@ -59,6 +59,7 @@ def main() -> None:
 @click.option("--input-shape", metavar="C,H,W", help="Per-sample input shape (batch added), e.g. 3,32,32.")
 @click.option("--data", metavar="MODULE:FUNC", help="A function returning a real batch (tensor or tuple of forward arguments) for the verification pass.")
 @click.option("--output-format", type=click.Choice(FORMATS), default="full", show_default=True, help="How findings are printed.")
+@click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of the findings.")
 @click.option("-o", "--output-file", type=click.Path(dir_okay=False, writable=True), help="Write findings to this file instead of stdout.")
 @click.option("--select", metavar="CODES", help=f"Comma-separated rule codes or prefixes to enable (ALL for every rule). Default: {','.join(DEFAULT_SELECT)}.")
 @click.option("--extend-select", metavar="CODES", help="Codes or prefixes to enable on top of the selection.")
@@ -70,7 +71,7 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs and random directions.")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet) -> None:
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet) -> None:
     """Lint model files and directories (directories are walked for *.py files).
 
     Exit status: 0 no findings, 1 findings, 2 usage error or internal crash.
@@ -94,11 +95,12 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     if not files:
         if not quiet:
             click.echo("archlint: no model files to check", err=True)
-        _write("" if output_format != "json" else "[]\n", output_file)
+        # Still a valid document in the chosen format (SARIF and JUnit readers need one).
+        _write(_render(output_format, statistics, [], os.getcwd(), {}), output_file)
         sys.exit(EXIT_CLEAN)
 
     try:
-        code = _run(files, settings, output_format, output_file, quiet)
+        code = _run(files, settings, output_format, statistics, output_file, quiet)
     except Exception:  # a bug in archlint itself, never in the user's code
         click.echo("archlint: internal error, please report it with this traceback:", err=True)
         click.echo(traceback.format_exc(), err=True)
@@ -146,12 +148,11 @@ def _configured_models(files: list[Path]) -> tuple:
     return tuple(entry for entries in seen.values() for entry in entries)
 
 
-def _run(files: list[Path], settings: Settings, output_format: str, output_file: str | None, quiet: bool) -> int:
+def _run(files: list[Path], settings: Settings, output_format: str, statistics: bool, output_file: str | None, quiet: bool) -> int:
     # Imported here so that runs over files without models never import torch.
     import torch
 
     from archlint import engine, output
-    from archlint import rule as rules_api
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     findings = []
@@ -168,9 +169,8 @@ def _run(files: list[Path], settings: Settings, output_format: str, output_file:
         for f in result.findings:
             if f.span.path not in sources:
                 sources[f.span.path] = read_source(Path(f.span.path)) or ""
-    ctx = output.Context(root=os.getcwd(), sources=sources)
-    _write(output.render(output_format, findings, ctx), output_file)
-    failing = [f for f in findings if f.status != "dismissed" and rules_api.get(f.code).affects_exit]
+    _write(_render(output_format, statistics, findings, os.getcwd(), sources), output_file)
+    failing = [f for f in findings if output.fails(f)]
     if not quiet:
         by_status: dict[str, int] = {}
         for f in findings:
@@ -183,6 +183,14 @@ def _run(files: list[Path], settings: Settings, output_format: str, output_file:
             err=True,
         )
     return EXIT_FINDINGS if failing else EXIT_CLEAN
+
+
+def _render(output_format: str, statistics: bool, findings: list, root: str, sources: dict[str, str]) -> str:
+    from archlint import output
+    from archlint.output import statistics as statistics_format
+
+    ctx = output.Context(root=root, sources=sources)
+    return statistics_format.render(findings, ctx) if statistics else output.render(output_format, findings, ctx)
 
 
 def _write(text: str, output_file: str | None) -> None:
