@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from archlint import __version__
-from archlint.config import DEFAULT_SELECT, Settings, UsageError, find_config, model_entries, validate_codes
+from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, resolve_settings, validate_codes, validate_device
 from archlint.files import iter_python_files, mentions_torch, read_source
 from archlint.output import FORMATS
 
@@ -66,9 +66,10 @@ def main() -> None:
 @click.option("--ignore", metavar="CODES", help="Comma-separated rule codes or prefixes to disable.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when there are findings.")
 @click.option("--no-verify", is_flag=True, help="Static pass only: skip measuring the model (findings stay `predicted`).")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Batch size of the verification pass.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs and random directions.")
+# No click defaults for options a config file may set: only values given here override it.
+@click.option("--device", metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.  [default: auto]")
+@click.option("--batch-size", type=click.IntRange(min=2), help="Batch size of the verification pass.  [default: 128]")
+@click.option("--seed", type=int, help="Seed of the synthetic inputs and random directions.  [default: 0]")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
 def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet) -> None:
@@ -78,7 +79,7 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="archlint: %(message)s", stream=sys.stderr)
     try:
-        settings = _settings(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
+        cli_options = _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -86,10 +87,10 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     for path in iter_python_files(list(paths)):
         source = read_source(path)
         # Unreadable files go to the engine, which reports them as ARC900.
-        if source is None or settings.model is not None or mentions_torch(source):
+        if source is None or model_expr is not None or mentions_torch(source):
             files.append(path)
     try:
-        settings.models = _configured_models(files)
+        settings = _file_settings(files, cli_options)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     if not files:
@@ -108,47 +109,39 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     sys.exit(EXIT_CLEAN if exit_zero else code)
 
 
-def _settings(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed) -> Settings:
+def _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed) -> dict:
+    """The options given on the command line, validated: they override the config file."""
     from archlint import rule as rules_api
 
     known = list(rules_api.registry())
-    settings = Settings(
-        model=model_expr,
-        inputs=inputs_expr,
-        input_shape=input_shape,
-        data=data,
-        verify=not no_verify,
-        device=device,
-        batch_size=batch_size,
-        seed=seed,
-        show_dismissed=show_dismissed,
-    )
-    if select:
-        settings.select = validate_codes(select.split(","), known, "--select")
-    if extend_select:
-        settings.extend_select = validate_codes(extend_select.split(","), known, "--extend-select")
-    if ignore:
-        settings.ignore = validate_codes(ignore.split(","), known, "--ignore")
-    if device != "auto" and not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise UsageError(f"--device: {device!r} is not one of auto, cpu, cuda, cuda:N")
+    given = {
+        "model": model_expr, "inputs": inputs_expr, "input_shape": input_shape, "data": data,
+        "device": device, "batch_size": batch_size, "seed": seed,
+        "select": validate_codes(select.split(","), known, "--select") if select else None,
+        "extend_select": validate_codes(extend_select.split(","), known, "--extend-select") if extend_select else None,
+        "ignore": validate_codes(ignore.split(","), known, "--ignore") if ignore else None,
+    }
+    options = {key: value for key, value in given.items() if value is not None}
+    options.update(verify=not no_verify, show_dismissed=show_dismissed)
+    if device is not None:
+        validate_device(device, "--device")
     if input_shape:
         parts = input_shape.split(",")
         if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
             raise UsageError(f"--input-shape: {input_shape!r} must be positive integers separated by commas, e.g. 3,32,32")
-    return settings
+    return options
 
 
-def _configured_models(files: list[Path]) -> tuple:
-    """[[tool.archlint.models]] entries from the nearest config of each file."""
-    seen: dict[Path, list] = {}
-    for path in files:
-        found = find_config(path)
-        if found is not None and found[0] not in seen:
-            seen[found[0]] = model_entries(*found)
-    return tuple(entry for entries in seen.values() for entry in entries)
+def _file_settings(files: list[Path], cli_options: dict) -> dict[Path, Settings]:
+    """Each file's settings from its nearest config file and the command line. Every
+    config file is validated here, before anything runs, so a bad one is exit 2."""
+    from archlint import rule as rules_api
+
+    finder = ConfigFinder(rules_api.registry())
+    return {path: resolve_settings(path, cli_options, finder.config_for(path)) for path in files}
 
 
-def _run(files: list[Path], settings: Settings, output_format: str, statistics: bool, output_file: str | None, quiet: bool) -> int:
+def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool) -> int:
     # Imported here so that runs over files without models never import torch.
     import torch
 
@@ -161,7 +154,7 @@ def _run(files: list[Path], settings: Settings, output_format: str, statistics: 
     for path in files:
         if not quiet:
             click.echo(f"archlint: checking {path}", err=True)
-        result = engine.check_file(path, settings)
+        result = engine.check_file(path, settings[path])
         if result.skipped:
             continue
         n_models += sum(1 for m in result.models if m.graph is not None)

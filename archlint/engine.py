@@ -52,7 +52,7 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
         source = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         result.findings.append(rules_api.meta("ARC900", f"cannot read the file: {exc}", Span(path, 1)))
-        return _finish(result, settings)
+        return _finish(result, settings, None)
     if settings.model is None and not mentions_torch(source):
         result.skipped = True
         return result
@@ -63,7 +63,7 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
                 _check_module(module, path, settings, sites, result)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))
-    return _finish(result, settings)
+    return _finish(result, settings, source)
 
 
 def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> None:
@@ -249,8 +249,26 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     return out
 
 
-def _finish(result: FileResult, settings: Settings) -> FileResult:
+# Meta diagnostics that mean a model of the file was not analysed, so its rules never ran.
+NOT_ANALYSED = ("ARC900", "ARC903", "ARC904")
+
+
+def _finish(result: FileResult, settings: Settings, source: str | None) -> FileResult:
+    from archlint import suppress
+
     kept = [f for f in result.findings if settings.is_selected(f.code)]
+    if source is not None:
+        # Only a rule that ran can show that a suppression of its code is unused: the code
+        # must be selected for this file, and every model of it analysed (the import,
+        # ARC900, always is).
+        complete = not any(f.code in NOT_ANALYSED for f in result.findings)
+
+        def judged(code: str) -> bool:
+            return settings.is_selected(code) and (complete or code == "ARC900")
+
+        # Dismissed findings are matched too: a suppression must not turn "unused" when a
+        # different seed or batch dismisses the finding it is there for.
+        kept = suppress.suppress(kept, source, result.path, report_unused=settings.is_selected(suppress.UNUSED_CODE), judged=judged)
     if not settings.show_dismissed:
         kept = [f for f in kept if f.status != "dismissed"]
     result.findings = sorted(kept, key=Finding.sort_key)
