@@ -135,3 +135,14 @@ def model_entries(config_file: Path, table: dict[str, Any]) -> list[ModelEntryCo
         path = (config_file.parent / item["path"]).resolve()
         entries.append(ModelEntryConfig(str(path), item["build"], item.get("inputs")))
     return entries
+
+
+def exclude_patterns(config_file: Path, table: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The validated ``exclude`` and ``extend-exclude`` glob lists of a config table."""
+    out = []
+    for key in ("exclude", "extend-exclude"):
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise UsageError(f"{config_file}: tool.archlint.{key} must be a list of glob patterns (strings), e.g. [\"generated\", \"legacy/*.py\"]")
+        out.append(tuple(value))
+    return out[0], out[1]
