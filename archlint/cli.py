@@ -15,8 +15,9 @@ from pathlib import Path
 import click
 
 from archlint import __version__
-from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, resolve_settings, validate_codes, validate_device
-from archlint.files import iter_python_files, mentions_torch, read_source
+from archlint.cache import CACHE_DIR_NAME
+from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, exclude_patterns, find_config, resolve_settings, validate_codes, validate_device
+from archlint.files import is_excluded, iter_python_files, mentions_torch, read_source
 from archlint.output import FORMATS
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -72,8 +73,17 @@ def main() -> None:
 @click.option("--seed", type=int, help="Seed of the synthetic inputs and random directions.  [default: 0]")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet) -> None:
+@click.option("--exclude", metavar="PATTERNS", help="Comma-separated globs of files and folders to skip (replaces the config's `exclude`), e.g. generated,legacy/*.py.")
+@click.option("--extend-exclude", metavar="PATTERNS", help="Globs to skip on top of `exclude`.")
+@click.option("--force-exclude", is_flag=True, help="Apply the exclusions to files named on the command line too (pre-commit names every file it checks).")
+@click.option("-n", "--no-cache", is_flag=True, envvar="ARCHLINT_NO_CACHE", help="Neither read nor write the cache. [env: ARCHLINT_NO_CACHE]")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="ARCHLINT_CACHE_DIR", help=f"Where to keep the cache (default: {CACHE_DIR_NAME} next to the nearest config, else in the current directory). [env: ARCHLINT_CACHE_DIR]")
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir) -> None:
     """Lint model files and directories (directories are walked for *.py files).
+
+    Files found by walking a directory are skipped when they match `exclude` or
+    `extend-exclude`; files named explicitly only with --force-exclude. Without PATHS there
+    is nothing to check: archlint says so and exits 0.
 
     Exit status: 0 no findings, 1 findings, 2 usage error or internal crash.
     """
@@ -83,13 +93,8 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
 
-    files = []
-    for path in iter_python_files(list(paths)):
-        source = read_source(path)
-        # Unreadable files go to the engine, which reports them as ARC900.
-        if source is None or model_expr is not None or mentions_torch(source):
-            files.append(path)
     try:
+        files = _collect(paths, model_expr is not None, _patterns(exclude), _patterns(extend_exclude) or (), force_exclude)
         settings = _file_settings(files, cli_options)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -100,8 +105,11 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         _write(_render(output_format, statistics, [], os.getcwd(), {}), output_file)
         sys.exit(EXIT_CLEAN)
 
+    from archlint.cache import Cache
+
+    store = None if no_cache else Cache(settings, cache_dir)
     try:
-        code = _run(files, settings, output_format, statistics, output_file, quiet)
+        code = _run(files, settings, output_format, statistics, output_file, quiet, store)
     except Exception:  # a bug in archlint itself, never in the user's code
         click.echo("archlint: internal error, please report it with this traceback:", err=True)
         click.echo(traceback.format_exc(), err=True)
@@ -132,6 +140,41 @@ def _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_sele
     return options
 
 
+def _patterns(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _collect(paths: tuple[str, ...], any_file: bool, exclude: tuple[str, ...] | None, extend_exclude: tuple[str, ...], force_exclude: bool) -> list[Path]:
+    """The files to check: walked or named, minus exclusions, minus files without models
+    (all files when ``any_file``: --model says which model to build)."""
+    files = []
+    for raw in paths:
+        walked = Path(raw).is_dir()
+        for path in iter_python_files([raw]):
+            # As in ruff, a file named explicitly is checked even when excluded, unless
+            # --force-exclude says otherwise.
+            if (walked or force_exclude) and _excluded(path, exclude, extend_exclude):
+                continue
+            source = read_source(path)
+            # Unreadable files go to the engine, which reports them as ARC900.
+            if source is None or any_file or mentions_torch(source):
+                files.append(path)
+    return files
+
+
+def _excluded(path: Path, exclude: tuple[str, ...] | None, extend_exclude: tuple[str, ...]) -> bool:
+    """``exclude`` from the command line replaces the nearest config's list; ``extend-exclude``
+    from both apply. Config patterns are relative to the config's folder, command-line ones
+    to the current directory."""
+    cwd = Path.cwd()
+    found = find_config(path)
+    config_exclude, config_extend = exclude_patterns(*found) if found else ((), ())
+    base = found[0].parent if found else cwd
+    return (
+        is_excluded(path, exclude, cwd) if exclude is not None else is_excluded(path, config_exclude, base)
+    ) or is_excluded(path, config_extend, base) or is_excluded(path, extend_exclude, cwd)
+
+
 def _file_settings(files: list[Path], cli_options: dict) -> dict[Path, Settings]:
     """Each file's settings from its nearest config file and the command line. Every
     config file is validated here, before anything runs, so a bad one is exit 2."""
@@ -141,23 +184,22 @@ def _file_settings(files: list[Path], cli_options: dict) -> dict[Path, Settings]
     return {path: resolve_settings(path, cli_options, finder.config_for(path)) for path in files}
 
 
-def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool) -> int:
-    # Imported here so that runs over files without models never import torch.
-    import torch
+def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, store=None) -> int:
+    from archlint import output
 
-    from archlint import engine, output
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     findings = []
     sources: dict[str, str] = {}
-    n_models = 0
+    n_models = n_cached = 0
     for path in files:
         if not quiet:
             click.echo(f"archlint: checking {path}", err=True)
-        result = engine.check_file(path, settings[path])
+        result = store.get(path) if store is not None else None
+        if result is None:
+            result = _check_fresh(path, settings[path], store)
+        n_cached += result.from_cache
         if result.skipped:
             continue
-        n_models += sum(1 for m in result.models if m.graph is not None)
+        n_models += result.n_models
         findings.extend(result.findings)
         for f in result.findings:
             if f.span.path not in sources:
@@ -172,10 +214,27 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
         click.echo(
             f"archlint: {len(findings)} finding{'s' if len(findings) != 1 else ''}"
             f"{f' ({detail})' if detail else ''} in {n_models} model{'s' if n_models != 1 else ''} "
-            f"across {len(files)} file{'s' if len(files) != 1 else ''}",
+            f"across {len(files)} file{'s' if len(files) != 1 else ''}"
+            f"{f' ({n_cached} from the cache)' if n_cached else ''}",
             err=True,
         )
     return EXIT_FINDINGS if failing else EXIT_CLEAN
+
+
+def _check_fresh(path: Path, settings: Settings, store):
+    """Check a file for real (and store the outcome). Imported here, so that runs over files
+    without models, or answered from the cache, never import torch."""
+    import torch
+
+    from archlint import engine
+    from archlint.cache import Outcome
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    result = engine.check_file(path, settings)
+    outcome = Outcome.of(result)
+    if store is not None:
+        store.put(path, outcome, result.local_modules)
+    return outcome
 
 
 def _render(output_format: str, statistics: bool, findings: list, root: str, sources: dict[str, str]) -> str:
@@ -192,6 +251,21 @@ def _write(text: str, output_file: str | None) -> None:
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
+
+
+@main.command()
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="ARCHLINT_CACHE_DIR", help="Remove this cache folder instead. [env: ARCHLINT_CACHE_DIR]")
+def clean(cache_dir: str | None) -> None:
+    """Remove the cache: the .archlint_cache folder next to the nearest config and any in or
+    below the current directory (only folders archlint created, recognised by their
+    CACHEDIR.TAG)."""
+    from archlint import cache
+
+    removed = cache.clean(cache_dir)
+    for folder in removed:
+        click.echo(f"archlint: removed {folder}", err=True)
+    if not removed:
+        click.echo("archlint: no cache to remove", err=True)
 
 
 @main.command("rule")

@@ -193,7 +193,7 @@ def model_entries(config_file: Path, table: dict[str, Any]) -> list[ModelEntryCo
 
 CONFIG_KEYS = (
     "select", "extend-select", "ignore", "per-file-ignores",
-    "device", "batch-size", "seed", "rules", "models",
+    "device", "batch-size", "seed", "rules", "models", "exclude", "extend-exclude",
 )
 
 
@@ -277,6 +277,7 @@ def load_config(config_file: Path, table: dict[str, Any], rules: Mapping[str, An
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UsageError(f"{config_file}: {section}{key} must be an integer >= {low}; got {value!r}")
             values[attr] = value
+    exclude_patterns(config_file, table)  # validated here; applied when files are collected
     values["rule_options"] = _rule_options(config_file, section, table.get("rules", {}), rules)
     values["models"] = tuple(model_entries(config_file, table))
     return FileConfig(config_file, selection, tuple(per_file), values)
@@ -339,3 +340,14 @@ def resolve_settings(path: Path, cli: Mapping[str, Any], config: FileConfig | No
         values["per_file_ignores"] = config.ignores_for(path)
     values.update(cli)
     return Settings(**values)
+
+
+def exclude_patterns(config_file: Path, table: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The validated ``exclude`` and ``extend-exclude`` glob lists of a config table."""
+    out = []
+    for key in ("exclude", "extend-exclude"):
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise UsageError(f"{config_file}: tool.archlint.{key} must be a list of glob patterns (strings), e.g. [\"generated\", \"legacy/*.py\"]")
+        out.append(tuple(value))
+    return out[0], out[1]

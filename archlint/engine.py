@@ -40,6 +40,9 @@ class FileResult:
     findings: list[Finding] = field(default_factory=list)
     models: list[ModelResult] = field(default_factory=list)
     skipped: bool = False
+    # Files of the project's own modules the file imported (itself included): the cache
+    # keys on their content.
+    local_modules: list[str] = field(default_factory=list)
 
 
 def check_file(path: str | Path, settings: Settings) -> FileResult:
@@ -59,7 +62,7 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
 
     with sourcemap.record_constructions() as sites:
         try:
-            with load.isolated_import(path) as module:
+            with load.isolated_import(path, imported=result.local_modules) as module:
                 _check_module(module, path, settings, sites, result)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))

@@ -152,11 +152,13 @@ def _local_imports(path: str, dirs: tuple[str, ...]) -> set[str]:
 
 
 @contextlib.contextmanager
-def isolated_import(path: str | os.PathLike) -> Iterator[ModuleType]:
+def isolated_import(path: str | os.PathLike, imported: list[str] | None = None) -> Iterator[ModuleType]:
     """Import the file at ``path`` as a module and undo every trace of it on exit.
 
     Raises ``LoadError`` (with the line of ``path`` to blame) when the import fails.
-    Exceptions raised inside the ``with`` block pass through unchanged.
+    Exceptions raised inside the ``with`` block pass through unchanged. On exit, ``imported``
+    (if given) receives the files of the project's own modules that were imported meanwhile,
+    the file itself included: what the results depend on besides installed packages.
     """
     span_path = str(path)
     abspath = os.path.abspath(path)
@@ -211,6 +213,9 @@ def isolated_import(path: str | os.PathLike) -> Iterator[ModuleType]:
         sys.dont_write_bytecode = saved_bytecode
         for key in set(sys.modules) - before:
             if ours(key, sys.modules[key]):
+                file = getattr(sys.modules[key], "__file__", None)
+                if imported is not None and isinstance(file, str):
+                    imported.append(os.path.realpath(file))
                 del sys.modules[key]
         sys.modules.update(aside)
 
