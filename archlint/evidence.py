@@ -18,6 +18,9 @@ def fmt(value: float | None, digits: int = 3) -> str:
     """A number for a message: 3 significant digits, or "-" when there is none."""
     if value is None:
         return "-"
+    if 0.99 < abs(value) < 1:
+        # Neuron biases and fractions near 1: 0.9996 must not read as 1.
+        return f"{value:.4f}"
     if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}g}"
