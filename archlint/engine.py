@@ -188,13 +188,15 @@ def _compose(f: Finding) -> Finding:
 
     if f.code.startswith("ARC9"):
         return f
+    # Fractions (dead units) read better as percentages.
+    show = (lambda v: f"{100 * v:.0f}%") if f.data.get("percent") else fmt
     best = f.measured if f.measured is not None else f.predicted
-    message = f.message.replace("{value}", fmt(best) if best is not None else "(not predicted)")
+    message = f.message.replace("{value}", show(best) if best is not None else "(not predicted)")
     extras = []
     if f.measured is not None and f.predicted is not None:
-        extras.append(f"predicted {fmt(f.predicted)}")
+        extras.append(f"predicted {show(f.predicted)}")
     if f.threshold is not None:
-        extras.append(f"threshold {fmt(f.threshold)}")
+        extras.append(f"threshold {show(f.threshold)}")
     if extras:
         message += f" ({'; '.join(extras)})"
     f.message = message
@@ -247,7 +249,7 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
             continue
         rule = rules_api.get(f.code)
         verdict = rule.confirm(f, report, settings.rule_options.get(rule.name, {}))
-        status = "confirmed" if verdict.confirmed else "dismissed"
+        status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
     return out
 

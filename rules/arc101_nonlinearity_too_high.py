@@ -94,5 +94,5 @@ def confirm(finding, report, options):
     threshold = finding.threshold
     value = evidence.measured_nlc(report, report.output)
     if value is None:
-        return Verdict(False, None, f"the output NLC could not be measured (signal {report.status})")
+        return Verdict(None, None, f"the output NLC could not be measured (signal {report.status})")
     return Verdict(value > threshold, value)

@@ -81,5 +81,5 @@ def check(graph, options):
 def confirm(finding, report, options):
     value = evidence.measured_nlc(report, report.output)
     if value is None:
-        return Verdict(False, None, f"the output NLC could not be measured (signal {report.status})")
+        return Verdict(None, None, f"the output NLC could not be measured (signal {report.status})")
     return Verdict(value < finding.threshold, value)

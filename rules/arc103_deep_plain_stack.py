@@ -109,5 +109,5 @@ def confirm(finding, report, options):
     value = evidence.measured_segment_nlc(report, finding.data["start"], finding.data["end"])
     if value is None:
         status = evidence.measured_status(report, finding.data["end"])
-        return Verdict(False, None, f"the stack's NLC could not be measured (signal {status})")
+        return Verdict(None, None, f"the stack's NLC could not be measured (signal {status})")
     return Verdict(value > threshold, value, None if value > threshold else f"measured NLC {evidence.fmt(value)} is within the threshold {evidence.fmt(threshold)}")

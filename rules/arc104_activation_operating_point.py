@@ -127,7 +127,7 @@ def check(graph, options):
 def confirm(finding, report, options):
     value = evidence.measured_segment_nlc(report, finding.data["start"], finding.data["end"])
     if value is None:
-        return Verdict(False, None, "the layer's NLC could not be measured")
+        return Verdict(None, None, "the layer's NLC could not be measured")
     stats = evidence.measured(report, finding.data["start"])
     note = None
     if stats is not None and stats.mean is not None and stats.std is not None:

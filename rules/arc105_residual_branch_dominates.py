@@ -76,6 +76,19 @@ def _branch_and_skip(graph, region):
     return None
 
 
+def _block_name(graph, region) -> str:
+    """The module the branch lives in: the common prefix of its nodes' module paths."""
+    paths = [graph[n].module_path.split(".") for n in region.nodes if graph[n].module_path]
+    if not paths:
+        return f"from {region.start} to {region.end}"
+    common = []
+    for parts in zip(*paths):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common) or "the model"
+
+
 def check(graph, options):
     threshold = float(options["threshold"])
     blocks = []
@@ -95,14 +108,14 @@ def check(graph, options):
     vb, vs = evidence.predicted(graph, branch), evidence.predicted(graph, skip)
     ratio = math.sqrt(vb.v / vs.v) if vb and vs and vb.v and vs.v else None
     where = patterns.producer(graph, region.end) if graph[branch].kind in (OpKind.IDENTITY, OpKind.RESHAPE) else graph[branch]
-    ratio_text = f"the branch's std is {evidence.fmt(ratio)}x the skip's, so " if ratio is not None else ""
+    ratio_text = f"its std is {ratio:.2f}x the skip's, so " if ratio is not None else ""
     more = f"; {len(blocks)} residual blocks are above the threshold" if len(blocks) > 1 else ""
     data = {"start": region.start, "end": region.end, "branch_skip_ratio": ratio}
     if region.start not in patterns.sources(graph):
         data["segment"] = (region.start, region.end)
     return [Finding(
         code=CODE,
-        message=f"residual block {region.start} -> {region.end}: {ratio_text}the block's NLC is {{value}}{more}",
+        message=f"residual branch {_block_name(graph, region)}: {ratio_text}its block's NLC is {{value}}{more}",
         span=node_span(graph, where),
         predicted=block_nlc,
         threshold=threshold,
@@ -123,5 +136,5 @@ def check(graph, options):
 def confirm(finding, report, options):
     value = evidence.measured_segment_nlc(report, finding.data["start"], finding.data["end"])
     if value is None:
-        return Verdict(False, None, "the block's NLC could not be measured")
+        return Verdict(None, None, "the block's NLC could not be measured")
     return Verdict(value > float(options["threshold"]), value)

@@ -103,5 +103,5 @@ def check(graph, options):
 def confirm(finding, report, options):
     stats = evidence.measured(report, finding.data["pre"])
     if stats is None or stats.neuron_bias is None:
-        return Verdict(False, None, "the pre-activations could not be measured")
+        return Verdict(None, None, "the pre-activations could not be measured")
     return Verdict(stats.neuron_bias > float(options["threshold"]), stats.neuron_bias)

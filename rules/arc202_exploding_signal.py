@@ -91,5 +91,5 @@ def confirm(finding, report, options):
         return Verdict(True, None, f"the measured signal {report.status}")
     growth = _rms_ratio(_measured_rms, report, report.output, finding.data["sources"])
     if growth is None:
-        return Verdict(False, None, "the RMS could not be measured")
+        return Verdict(None, None, "the RMS could not be measured")
     return Verdict(growth > float(options["threshold"]), growth)

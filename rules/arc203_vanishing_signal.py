@@ -105,6 +105,6 @@ def confirm(finding, report, options):
     out = evidence.data_std(report, features)
     ins = [s for s in (evidence.data_std(report, s) for s in finding.data["sources"]) if s]
     if out is None or not ins:
-        return Verdict(False, None, f"the signal could not be measured ({status})")
+        return Verdict(None, None, f"the signal could not be measured ({status})")
     decay = out / max(ins)
     return Verdict(decay < float(options["threshold"]), decay)

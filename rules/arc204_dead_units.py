@@ -106,12 +106,12 @@ def check(graph, options):
             "He init, or an activation without a dead region (LeakyReLU, ELU, GELU)"
         ),
         node=node.name,
-        data={"pre": node.inputs[0]},
+        data={"pre": node.inputs[0], "percent": True},
     )]
 
 
 def confirm(finding, report, options):
     stats = evidence.measured(report, finding.data["pre"])
     if stats is None or stats.dead_fraction is None:
-        return Verdict(False, None, "the layer's units could not be measured")
+        return Verdict(None, None, "the layer's units could not be measured")
     return Verdict(stats.dead_fraction > float(options["threshold"]), stats.dead_fraction)

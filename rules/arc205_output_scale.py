@@ -93,7 +93,7 @@ def check(graph, options):
 def confirm(finding, report, options):
     stats = evidence.measured(report, report.output)
     if stats is None or stats.std is None:
-        return Verdict(False, None, f"the output could not be measured (signal {report.status})")
+        return Verdict(None, None, f"the output could not be measured (signal {report.status})")
     if finding.data["kind"] == "std":
         return Verdict(stats.std > float(options["max-std"]), stats.std)
     return Verdict(stats.neuron_bias is not None and stats.neuron_bias > float(options["max-neuron-bias"]), stats.neuron_bias)

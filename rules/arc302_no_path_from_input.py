@@ -43,6 +43,10 @@ SUMMARY = "The model's output does not depend on its input"
 OPTIONS: dict = {}
 
 
+def _computed_by(node) -> str:
+    return f" (computed by {node.module_path})" if node.module_path else ""
+
+
 def check(graph, options):
     if graph.output is None or not patterns.sources(graph):
         return []
@@ -50,7 +54,7 @@ def check(graph, options):
         return []
     return [Finding(
         code=CODE,
-        message=f"{graph.name}'s output {graph.output} does not depend on its input",
+        message=f"{graph.name}'s output{_computed_by(graph[graph.output])} does not depend on its input",
         span=graph.span,
         explanation="an output that is not a function of the input cannot be learned from it: no gradient flows through the input path",
         fix="make the output a function of the input: remove the detach/zeros_like, or use the argument you meant to use",
