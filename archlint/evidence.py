@@ -61,14 +61,6 @@ def predicted_std(graph: ArchGraph, name: str) -> float | None:
     return math.sqrt(max(node.v + node.M - mean * mean, 0.0))
 
 
-def predicted_spread(graph: ArchGraph, name: str) -> float | None:
-    """The input-dependent share of the RMS: sqrt(v / (M + v))."""
-    node = predicted(graph, name)
-    if node is None or node.v is None or node.M is None or node.M + node.v <= 0:
-        return None
-    return math.sqrt(node.v / (node.M + node.v))
-
-
 def measured(report: Any, name: str | None) -> Any:
     """The NodeStats of ``name``, or None."""
     if report is None or name is None:

@@ -189,7 +189,7 @@ def plain_runs(graph: ArchGraph) -> list[PlainRun]:
     for name in path:
         node = graph[name]
         if name != current.start and node.kind not in _TRANSPARENT and node.kind != OpKind.POOL:
-            ops.append(display_op(node))
+            ops.append(node.op)
         if node.is_nonlinear and name != current.start:
             current.layers.append(Layer(name, "-".join(ops)))
             ops = []
@@ -203,7 +203,7 @@ def plain_runs(graph: ArchGraph) -> list[PlainRun]:
             ops = []
         elif region.nonlinear:
             # All parallel paths are nonlinear (attention, an inception block): one layer.
-            current.layers.append(Layer(region.end, "-".join(ops + [display_op(graph[region.nonlinear[0]])])))
+            current.layers.append(Layer(region.end, "-".join(ops + [graph[region.nonlinear[0]].op])))
             ops = []
     if current is not None and current.layers:
         runs.append(current)
@@ -212,11 +212,6 @@ def plain_runs(graph: ArchGraph) -> list[PlainRun]:
 
 def has_skip_connections(graph: ArchGraph) -> bool:
     return any(r.skip for r in regions(graph))
-
-
-def display_op(node: Node) -> str:
-    """A readable op name: the module class ("Conv2d"), else the function ("relu")."""
-    return node.op
 
 
 def describe_layers(layers: list[Layer]) -> str:
