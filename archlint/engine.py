@@ -183,17 +183,22 @@ def _settle(findings: list[Finding]) -> list[Finding]:
 def _compose(f: Finding) -> Finding:
     """Fill a rule's ``{value}`` with the measured value (else the predicted one) and append
     the predicted value and the threshold: "... compound to NLC 47.7 (predicted 46.1;
-    threshold 3)"."""
+    threshold 3)". A dismissed finding keeps the predicted value and names the measured one
+    beside it: "... NLC 3.5 (measured 2.4; threshold 3)"."""
     from archlint.evidence import fmt
 
     if f.code.startswith("ARC9"):
         return f
     # Fractions (dead units) read better as percentages.
     show = (lambda v: f"{100 * v:.0f}%") if f.data.get("percent") else fmt
-    best = f.measured if f.measured is not None else f.predicted
+    # The sentence states the standing value: the measured one when it confirms, the
+    # predicted one otherwise; a dismissing measurement is then named beside it.
+    best = f.measured if f.measured is not None and f.status != "dismissed" else f.predicted
     message = f.message.replace("{value}", show(best) if best is not None else "(not predicted)")
     extras = []
-    if f.measured is not None and f.predicted is not None:
+    if f.status == "dismissed" and f.measured is not None:
+        extras.append(f"measured {show(f.measured)}")
+    elif f.measured is not None and f.predicted is not None:
         extras.append(f"predicted {show(f.predicted)}")
     if f.threshold is not None:
         extras.append(f"threshold {show(f.threshold)}")
