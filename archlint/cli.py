@@ -68,9 +68,10 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Batch size of the verification pass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs and random directions.")
+@click.option("--memory-budget", metavar="SIZE", help="Largest model (parameters and buffers, e.g. 8GiB) to build for real and measure; larger ones are analysed on the meta device only. Default: a quarter of the available memory.")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet) -> None:
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, memory_budget, show_dismissed, quiet) -> None:
     """Lint model files and directories (directories are walked for *.py files).
 
     Exit status: 0 no findings, 1 findings, 2 usage error or internal crash.
@@ -80,6 +81,13 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         settings = _settings(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    if memory_budget is not None:
+        from archlint.load import parse_bytes
+
+        try:
+            settings.memory_budget = parse_bytes(memory_budget)
+        except ValueError as exc:
+            raise click.UsageError(f"--memory-budget: {exc}") from exc
 
     files = []
     for path in iter_python_files(list(paths)):

@@ -83,7 +83,10 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         discovery = load.Discovery(entries=entries)
     else:
         discovery = load.discover(module, path)
-    built, not_built = load.build_all(discovery)
+    budget = settings.memory_budget
+    if budget is None:
+        budget = load.default_memory_budget(settings.device if settings.verify else "cpu")
+    built, not_built = load.build_all(discovery, budget)
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
@@ -92,6 +95,8 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         result.models.append(model_result)
         if graph is None:
             continue
+        if bm.meta_reason:
+            log.warning("%s: %s", graph.name, bm.meta_reason)
         if graph.traced_with == "eager":
             result.findings.append(rules_api.meta(
                 "ARC901",
@@ -104,7 +109,11 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         # The verification pass exists to confirm or dismiss findings: a model with none
         # is not run again (a clean ResNet-18 costs a trace, not a measurement).
         if settings.verify and any(not f.code.startswith("ARC9") for f in findings):
-            findings = _verify(graph, bm.entry, findings, settings, model_result)
+            if bm.meta_reason:
+                reason = f"not verified: {bm.meta_reason}"
+                findings = [f if f.code.startswith("ARC9") else f.with_status("predicted", reason=reason) for f in findings]
+            else:
+                findings = _verify(graph, bm.entry, findings, settings, model_result)
         result.findings.extend(findings)
 
 
@@ -119,13 +128,17 @@ def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any
     except (inputs_mod.InputInferenceError, inputs_mod.InputsError) as exc:
         result.findings.append(rules_api.meta("ARC904", f"{entry.name}: {exc}", span, model=entry.name))
         return None
+    if bm.meta_reason:
+        # A model on the meta device runs on meta inputs: shapes only, no values.
+        example = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in example)
     try:
         return trace_mod.trace(bm.model, example, name=entry.name, span=span, sites=sites)
     except trace_mod.ForwardError as exc:
         where = _user_frame_span(exc.exc, path) or span
+        on_meta = f" on the meta device ({bm.meta_reason})" if bm.meta_reason else ""
         result.findings.append(rules_api.meta(
             "ARC904",
-            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}; "
+            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}{on_meta}; "
             f"give them with --inputs or --input-shape",
             where,
             model=entry.name,
