@@ -86,7 +86,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     budget = settings.memory_budget
     if budget is None:
         budget = load.default_memory_budget(settings.device if settings.verify else "cpu")
-    built, not_built = load.build_all(discovery, budget)
+    built, not_built = load.build_all(discovery, budget, settings.seed)
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
@@ -162,11 +162,19 @@ def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:
     for code, rule in rules_api.registry().items():
         if rule.is_meta or not settings.is_selected(code):
             continue
-        options = settings.rule_options.get(rule.name, {})
-        for f in rule.check(graph, options):
+        for f in rule.check(graph, _rule_options(rule, settings)):
             f.model = f.model or graph.name
             findings.append(f)
     return findings
+
+
+def _rule_options(rule: Any, settings: Settings) -> dict[str, Any]:
+    """A rule's configured options. A rule that declares a ``batch_size`` option (ARC303)
+    gets the run's ``--batch-size``: the batch the model is trained with, and measured with."""
+    options = dict(settings.rule_options.get(rule.name, {}))
+    if "batch_size" in rule.options:
+        options["batch_size"] = settings.batch_size
+    return options
 
 
 def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, model_result: ModelResult) -> list[Finding]:
@@ -202,7 +210,7 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
             out.append(f)
             continue
         rule = rules_api.get(f.code)
-        verdict = rule.confirm(f, report, settings.rule_options.get(rule.name, {}))
+        verdict = rule.confirm(f, report, _rule_options(rule, settings))
         status = "confirmed" if verdict.confirmed else "dismissed"
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
     return out

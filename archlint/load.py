@@ -658,13 +658,17 @@ def _assigns_model(text: str) -> bool:
 # Building
 
 
-def build_all(discovery: Discovery, memory_budget: int | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
+def build_all(discovery: Discovery, memory_budget: int | None = None, seed: int = 0) -> tuple[list[BuiltModel], list[NotBuilt]]:
     """Build every entry and keep the top-level models.
 
     Each entry is first built on the meta device (no memory, ~10x faster than a real build
     of a ResNet-18) to learn its size; only a model within ``memory_budget`` bytes (default:
     ``default_memory_budget()``) is then built for real. A larger one stays on the meta
     device, with the reason in ``BuiltModel.meta_reason``.
+
+    Every build starts from torch's RNG seeded with ``seed`` (a constructor that seeds itself
+    still wins), so a model gets the same initial weights in every run and whatever was
+    built before; the process's RNG state is put back afterwards.
 
     A class is dropped when another built model contains an instance of it (it is a
     block); a class that needs arguments is reported (ARC903) only when no built model
@@ -675,7 +679,7 @@ def build_all(discovery: Discovery, memory_budget: int | None = None) -> tuple[l
     failed: list[tuple[ModelEntry, NotBuilt]] = []
     for entry in discovery.entries:
         try:
-            built.append(_build(entry, budget))
+            built.append(_build(entry, budget, seed))
         except BuildError as exc:
             if entry.kind == "factory":
                 continue  # a zero-argument function returning something else: not a model
@@ -774,14 +778,20 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def _build(entry: ModelEntry, budget: int) -> BuiltModel:
+def _seeded_build(entry: ModelEntry, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return entry.build()
+
+
+def _build(entry: ModelEntry, budget: int, seed: int = 0) -> BuiltModel:
     meta = _build_on_meta(entry)
     if meta is None:
-        return BuiltModel(entry, entry.build())
+        return BuiltModel(entry, _seeded_build(entry, seed))
     size = model_bytes(meta)
     if size <= budget:
         del meta
-        return BuiltModel(entry, entry.build(), size=size)
+        return BuiltModel(entry, _seeded_build(entry, seed), size=size)
     meta.to("meta")  # a tensor the constructor put on a device explicitly
     reason = (f"its parameters and buffers take {format_bytes(size)}, above the memory budget of "
               f"{format_bytes(budget)}: analysed on the meta device (shapes and init formulas), "
