@@ -59,7 +59,7 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
 
     with sourcemap.record_constructions() as sites:
         try:
-            with load.isolated_import(path) as module:
+            with load.preserved_torch_globals(), load.isolated_import(path) as module:
                 _check_module(module, path, settings, sites, result)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))

@@ -217,6 +217,32 @@ def isolated_import(path: str | os.PathLike) -> Iterator[ModuleType]:
         sys.modules.update(aside)
 
 
+@contextlib.contextmanager
+def preserved_torch_globals() -> Iterator[None]:
+    """Put back the process-wide torch settings a model file may change at import, in its
+    constructor or in forward (default dtype and device, grad mode, threads, deterministic
+    algorithms, anomaly detection, the CPU RNG), so they never leak into archlint's own
+    work after the file or into the next file."""
+    dtype = torch.get_default_dtype()
+    device = torch.get_default_device() if hasattr(torch, "get_default_device") else None
+    grad = torch.is_grad_enabled()
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    anomaly = torch.is_anomaly_enabled()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
+            if device is not None:
+                torch.set_default_device(device)
+            torch.set_grad_enabled(grad)
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            torch.set_anomaly_enabled(anomaly)
+
+
 def _read_source(path: str) -> str:
     with tokenize.open(path) as f:  # honours a PEP 263 coding line
         return f.read()
