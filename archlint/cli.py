@@ -15,11 +15,12 @@ from pathlib import Path
 import click
 
 from archlint import __version__
-from archlint.config import DEFAULT_SELECT, Settings, UsageError, find_config, model_entries, validate_codes
-from archlint.files import iter_python_files, mentions_torch, read_source
+from archlint.cache import CACHE_DIR_NAME
+from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, exclude_patterns, find_config, resolve_settings, validate_codes, validate_device
+from archlint.files import is_excluded, iter_python_files, mentions_torch, read_source
+from archlint.output import FORMATS
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-FORMATS = ("full", "concise", "json")
 
 
 class _DefaultToCheck(click.Group):
@@ -59,54 +60,67 @@ def main() -> None:
 @click.option("--input-shape", metavar="C,H,W", help="Per-sample input shape (batch added), e.g. 3,32,32.")
 @click.option("--data", metavar="MODULE:FUNC", help="A function returning a real batch (tensor or tuple of forward arguments) for the verification pass.")
 @click.option("--output-format", type=click.Choice(FORMATS), default="full", show_default=True, help="How findings are printed.")
+@click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of the findings.")
 @click.option("-o", "--output-file", type=click.Path(dir_okay=False, writable=True), help="Write findings to this file instead of stdout.")
 @click.option("--select", metavar="CODES", help=f"Comma-separated rule codes or prefixes to enable (ALL for every rule). Default: {','.join(DEFAULT_SELECT)}.")
 @click.option("--extend-select", metavar="CODES", help="Codes or prefixes to enable on top of the selection.")
 @click.option("--ignore", metavar="CODES", help="Comma-separated rule codes or prefixes to disable.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when there are findings.")
 @click.option("--no-verify", is_flag=True, help="Static pass only: skip measuring the model (findings stay `predicted`).")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Batch size of the verification pass.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs and random directions.")
-@click.option("--memory-budget", metavar="SIZE", help="Largest model (parameters and buffers, e.g. 8GiB) to build for real and measure; larger ones are analysed on the meta device only. Default: a quarter of the available memory.")
+# No click defaults for options a config file may set: only values given here override it.
+@click.option("--device", metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.  [default: auto]")
+@click.option("--batch-size", type=click.IntRange(min=2), help="Batch size of the verification pass.  [default: 128]")
+@click.option("--seed", type=int, help="Seed of the synthetic inputs and random directions.  [default: 0]")
+@click.option("--memory-budget", metavar="SIZE", help="Largest model (parameters and buffers, e.g. 8GiB) to build for real and measure; larger ones are analysed on the meta device only.  [default: a quarter of the available memory]")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, memory_budget, show_dismissed, quiet) -> None:
+@click.option("--exclude", metavar="PATTERNS", help="Comma-separated globs of files and folders to skip (replaces the config's `exclude`), e.g. generated,legacy/*.py.")
+@click.option("--extend-exclude", metavar="PATTERNS", help="Globs to skip on top of `exclude`.")
+@click.option("--force-exclude", is_flag=True, help="Apply the exclusions to files named on the command line too (pre-commit names every file it checks).")
+@click.option("-n", "--no-cache", is_flag=True, envvar="ARCHLINT_NO_CACHE", help="Neither read nor write the cache. [env: ARCHLINT_NO_CACHE]")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="ARCHLINT_CACHE_DIR", help=f"Where to keep the cache (default: {CACHE_DIR_NAME} next to the nearest config, else in the current directory). [env: ARCHLINT_CACHE_DIR]")
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, memory_budget, show_dismissed, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir) -> None:
     """Lint model files and directories (directories are walked for *.py files).
+
+    Files found by walking a directory are skipped when they match `exclude` or
+    `extend-exclude`; files named explicitly only with --force-exclude. Without PATHS there
+    is nothing to check: archlint says so and exits 0.
 
     Exit status: 0 no findings, 1 findings, 2 usage error or internal crash.
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="archlint: %(message)s", stream=sys.stderr)
     try:
-        settings = _settings(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
+        cli_options = _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    budget = None
     if memory_budget is not None:
         from archlint.load import parse_bytes
 
         try:
-            settings.memory_budget = parse_bytes(memory_budget)
+            budget = parse_bytes(memory_budget)
         except ValueError as exc:
             raise click.UsageError(f"--memory-budget: {exc}") from exc
 
-    files = []
-    for path in iter_python_files(list(paths)):
-        source = read_source(path)
-        # Unreadable files go to the engine, which reports them as ARC900.
-        if source is None or settings.model is not None or mentions_torch(source):
-            files.append(path)
     try:
-        settings.models = _configured_models(files)
+        files = _collect(paths, model_expr is not None, _patterns(exclude), _patterns(extend_exclude) or (), force_exclude)
+        settings = _file_settings(files, cli_options)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    for file_settings in settings.values():
+        file_settings.memory_budget = budget
     if not files:
         if not quiet:
             click.echo("archlint: no model files to check", err=True)
-        _write("" if output_format != "json" else "[]\n", output_file)
+        # Still a valid document in the chosen format (SARIF and JUnit readers need one).
+        _write(_render(output_format, statistics, [], os.getcwd(), {}), output_file)
         sys.exit(EXIT_CLEAN)
 
+    from archlint.cache import Cache
+
+    store = None if no_cache else Cache(settings, cache_dir)
     try:
-        code = _run(files, settings, output_format, output_file, quiet)
+        code = _run(files, settings, output_format, statistics, output_file, quiet, store)
     except Exception:  # a bug in archlint itself, never in the user's code
         click.echo("archlint: internal error, please report it with this traceback:", err=True)
         click.echo(traceback.format_exc(), err=True)
@@ -114,71 +128,95 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     sys.exit(EXIT_CLEAN if exit_zero else code)
 
 
-def _settings(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed) -> Settings:
+def _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed) -> dict:
+    """The options given on the command line, validated: they override the config file."""
     from archlint import rule as rules_api
 
     known = list(rules_api.registry())
-    settings = Settings(
-        model=model_expr,
-        inputs=inputs_expr,
-        input_shape=input_shape,
-        data=data,
-        verify=not no_verify,
-        device=device,
-        batch_size=batch_size,
-        seed=seed,
-        show_dismissed=show_dismissed,
-    )
-    if select:
-        settings.select = validate_codes(select.split(","), known, "--select")
-    if extend_select:
-        settings.extend_select = validate_codes(extend_select.split(","), known, "--extend-select")
-    if ignore:
-        settings.ignore = validate_codes(ignore.split(","), known, "--ignore")
-    if device != "auto" and not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise UsageError(f"--device: {device!r} is not one of auto, cpu, cuda, cuda:N")
+    given = {
+        "model": model_expr, "inputs": inputs_expr, "input_shape": input_shape, "data": data,
+        "device": device, "batch_size": batch_size, "seed": seed,
+        "select": validate_codes(select.split(","), known, "--select") if select else None,
+        "extend_select": validate_codes(extend_select.split(","), known, "--extend-select") if extend_select else None,
+        "ignore": validate_codes(ignore.split(","), known, "--ignore") if ignore else None,
+    }
+    options = {key: value for key, value in given.items() if value is not None}
+    options.update(verify=not no_verify, show_dismissed=show_dismissed)
+    if device is not None:
+        validate_device(device, "--device")
     if input_shape:
         parts = input_shape.split(",")
         if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
             raise UsageError(f"--input-shape: {input_shape!r} must be positive integers separated by commas, e.g. 3,32,32")
-    return settings
+    return options
 
 
-def _configured_models(files: list[Path]) -> tuple:
-    """[[tool.archlint.models]] entries from the nearest config of each file."""
-    seen: dict[Path, list] = {}
-    for path in files:
-        found = find_config(path)
-        if found is not None and found[0] not in seen:
-            seen[found[0]] = model_entries(*found)
-    return tuple(entry for entries in seen.values() for entry in entries)
+def _patterns(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(p.strip() for p in value.split(",") if p.strip())
 
 
-def _run(files: list[Path], settings: Settings, output_format: str, output_file: str | None, quiet: bool) -> int:
-    # Imported here so that runs over files without models never import torch.
-    import torch
+def _collect(paths: tuple[str, ...], any_file: bool, exclude: tuple[str, ...] | None, extend_exclude: tuple[str, ...], force_exclude: bool) -> list[Path]:
+    """The files to check: walked or named, minus exclusions, minus files without models
+    (all files when ``any_file``: --model says which model to build)."""
+    files = []
+    for raw in paths:
+        walked = Path(raw).is_dir()
+        for path in iter_python_files([raw]):
+            # As in ruff, a file named explicitly is checked even when excluded, unless
+            # --force-exclude says otherwise.
+            if (walked or force_exclude) and _excluded(path, exclude, extend_exclude):
+                continue
+            source = read_source(path)
+            # Unreadable files go to the engine, which reports them as ARC900.
+            if source is None or any_file or mentions_torch(source):
+                files.append(path)
+    return files
 
-    from archlint import engine, output
+
+def _excluded(path: Path, exclude: tuple[str, ...] | None, extend_exclude: tuple[str, ...]) -> bool:
+    """``exclude`` from the command line replaces the nearest config's list; ``extend-exclude``
+    from both apply. Config patterns are relative to the config's folder, command-line ones
+    to the current directory."""
+    cwd = Path.cwd()
+    found = find_config(path)
+    config_exclude, config_extend = exclude_patterns(*found) if found else ((), ())
+    base = found[0].parent if found else cwd
+    return (
+        is_excluded(path, exclude, cwd) if exclude is not None else is_excluded(path, config_exclude, base)
+    ) or is_excluded(path, config_extend, base) or is_excluded(path, extend_exclude, cwd)
+
+
+def _file_settings(files: list[Path], cli_options: dict) -> dict[Path, Settings]:
+    """Each file's settings from its nearest config file and the command line. Every
+    config file is validated here, before anything runs, so a bad one is exit 2."""
     from archlint import rule as rules_api
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    finder = ConfigFinder(rules_api.registry())
+    return {path: resolve_settings(path, cli_options, finder.config_for(path)) for path in files}
+
+
+def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, store=None) -> int:
+    from archlint import output
+
     findings = []
     sources: dict[str, str] = {}
-    n_models = 0
+    n_models = n_cached = 0
     for path in files:
         if not quiet:
             click.echo(f"archlint: checking {path}", err=True)
-        result = engine.check_file(path, settings)
+        result = store.get(path) if store is not None else None
+        if result is None:
+            result = _check_fresh(path, settings[path], store)
+        n_cached += result.from_cache
         if result.skipped:
             continue
-        n_models += sum(1 for m in result.models if m.graph is not None)
+        n_models += result.n_models
         findings.extend(result.findings)
         for f in result.findings:
             if f.span.path not in sources:
                 sources[f.span.path] = read_source(Path(f.span.path)) or ""
-    ctx = output.Context(root=os.getcwd(), sources=sources)
-    _write(output.render(output_format, findings, ctx), output_file)
-    failing = [f for f in findings if f.status != "dismissed" and rules_api.get(f.code).affects_exit]
+    _write(_render(output_format, statistics, findings, os.getcwd(), sources), output_file)
+    failing = [f for f in findings if output.fails(f)]
     if not quiet:
         by_status: dict[str, int] = {}
         for f in findings:
@@ -187,10 +225,35 @@ def _run(files: list[Path], settings: Settings, output_format: str, output_file:
         click.echo(
             f"archlint: {len(findings)} finding{'s' if len(findings) != 1 else ''}"
             f"{f' ({detail})' if detail else ''} in {n_models} model{'s' if n_models != 1 else ''} "
-            f"across {len(files)} file{'s' if len(files) != 1 else ''}",
+            f"across {len(files)} file{'s' if len(files) != 1 else ''}"
+            f"{f' ({n_cached} from the cache)' if n_cached else ''}",
             err=True,
         )
     return EXIT_FINDINGS if failing else EXIT_CLEAN
+
+
+def _check_fresh(path: Path, settings: Settings, store):
+    """Check a file for real (and store the outcome). Imported here, so that runs over files
+    without models, or answered from the cache, never import torch."""
+    import torch
+
+    from archlint import engine
+    from archlint.cache import Outcome
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    result = engine.check_file(path, settings)
+    outcome = Outcome.of(result)
+    if store is not None:
+        store.put(path, outcome, result.local_modules)
+    return outcome
+
+
+def _render(output_format: str, statistics: bool, findings: list, root: str, sources: dict[str, str]) -> str:
+    from archlint import output
+    from archlint.output import statistics as statistics_format
+
+    ctx = output.Context(root=root, sources=sources)
+    return statistics_format.render(findings, ctx) if statistics else output.render(output_format, findings, ctx)
 
 
 def _write(text: str, output_file: str | None) -> None:
@@ -199,6 +262,21 @@ def _write(text: str, output_file: str | None) -> None:
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
+
+
+@main.command()
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="ARCHLINT_CACHE_DIR", help="Remove this cache folder instead. [env: ARCHLINT_CACHE_DIR]")
+def clean(cache_dir: str | None) -> None:
+    """Remove the cache: the .archlint_cache folder next to the nearest config and any in or
+    below the current directory (only folders archlint created, recognised by their
+    CACHEDIR.TAG)."""
+    from archlint import cache
+
+    removed = cache.clean(cache_dir)
+    for folder in removed:
+        click.echo(f"archlint: removed {folder}", err=True)
+    if not removed:
+        click.echo("archlint: no cache to remove", err=True)
 
 
 @main.command("rule")

@@ -40,6 +40,9 @@ class FileResult:
     findings: list[Finding] = field(default_factory=list)
     models: list[ModelResult] = field(default_factory=list)
     skipped: bool = False
+    # Files of the project's own modules the file imported (itself included): the cache
+    # keys on their content.
+    local_modules: list[str] = field(default_factory=list)
 
 
 def check_file(path: str | Path, settings: Settings) -> FileResult:
@@ -52,18 +55,18 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
         source = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         result.findings.append(rules_api.meta("ARC900", f"cannot read the file: {exc}", Span(path, 1)))
-        return _finish(result, settings)
+        return _finish(result, settings, None)
     if settings.model is None and not mentions_torch(source):
         result.skipped = True
         return result
 
     with sourcemap.record_constructions() as sites:
         try:
-            with load.preserved_torch_globals(), load.isolated_import(path) as module:
+            with load.preserved_torch_globals(), load.isolated_import(path, imported=result.local_modules) as module:
                 _check_module(module, path, settings, sites, result)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))
-    return _finish(result, settings)
+    return _finish(result, settings, source)
 
 
 def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> None:
@@ -86,7 +89,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     budget = settings.memory_budget
     if budget is None:
         budget = load.default_memory_budget(settings.device if settings.verify else "cpu")
-    built, not_built = load.build_all(discovery, budget, settings.seed)
+    built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget)
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
@@ -105,6 +108,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
                 graph.span or Span(path, 1),
                 model=graph.name,
             ))
+        _predict(graph)
         findings = _run_rules(graph, settings)
         # The verification pass exists to confirm or dismiss findings: a model with none
         # is not run again (a clean ResNet-18 costs a trace, not a measurement).
@@ -114,7 +118,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
                 findings = [f if f.code.startswith("ARC9") else f.with_status("predicted", reason=reason) for f in findings]
             else:
                 findings = _verify(graph, bm.entry, findings, settings, model_result)
-        result.findings.extend(findings)
+        result.findings.extend(_settle(findings))
 
 
 def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> ArchGraph | None:
@@ -155,6 +159,61 @@ def _example_inputs(model: torch.nn.Module, entry: Any, module: Any, settings: S
     spec = inputs_mod.parse_input_shape(settings.input_shape) if settings.input_shape else inputs_mod.infer_inputs(model)
     gen = torch.Generator().manual_seed(settings.seed)
     return inputs_mod.make_batch(spec, TRACE_BATCH, gen)
+
+
+def _predict(graph: ArchGraph) -> None:
+    """The static mean-field prediction every rule reads (graph.prediction)."""
+    from archlint import meanfield
+
+    try:
+        meanfield.predict(graph)
+    except Exception as exc:  # a bug or an op the predictor chokes on: rules fall back to measuring
+        log.warning("%s: mean-field prediction failed (%s: %s); rules rely on measurement", graph.name, type(exc).__name__, exc)
+        graph.prediction = None
+
+
+def _settle(findings: list[Finding]) -> list[Finding]:
+    """Drop what the static pass could not decide and what a more specific finding explains.
+
+    - A finding with ``data["needs_measurement"]`` was raised because the prediction was
+      unavailable (an op the mean-field predictor does not model): it is a question for the
+      measurement, not a finding, and is dropped when no measurement answered it.
+    - A rule's ``SUBSUMED_BY`` codes name more specific rules: when one of them stands for the
+      same model (not dismissed), the general finding is redundant (ARC101 "the NLC is too
+      high" beside ARC103 "this plain stack makes it so").
+    """
+    kept = [f for f in findings if not (f.data.get("needs_measurement") and f.status == "predicted")]
+    standing = {(f.model, f.code) for f in kept if f.status != "dismissed"}
+    out = []
+    for f in kept:
+        subsumed_by = () if f.code.startswith("ARC9") else getattr(rules_api.get(f.code).module, "SUBSUMED_BY", ())
+        if f.status != "dismissed" and any((f.model, code) in standing for code in subsumed_by):
+            continue
+        out.append(_compose(f))
+    return out
+
+
+def _compose(f: Finding) -> Finding:
+    """Fill a rule's ``{value}`` with the measured value (else the predicted one) and append
+    the predicted value and the threshold: "... compound to NLC 47.7 (predicted 46.1;
+    threshold 3)"."""
+    from archlint.evidence import fmt
+
+    if f.code.startswith("ARC9"):
+        return f
+    # Fractions (dead units) read better as percentages.
+    show = (lambda v: f"{100 * v:.0f}%") if f.data.get("percent") else fmt
+    best = f.measured if f.measured is not None else f.predicted
+    message = f.message.replace("{value}", show(best) if best is not None else "(not predicted)")
+    extras = []
+    if f.measured is not None and f.predicted is not None:
+        extras.append(f"predicted {show(f.predicted)}")
+    if f.threshold is not None:
+        extras.append(f"threshold {show(f.threshold)}")
+    if extras:
+        message += f" ({'; '.join(extras)})"
+    f.message = message
+    return f
 
 
 def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:
@@ -211,13 +270,31 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
             continue
         rule = rules_api.get(f.code)
         verdict = rule.confirm(f, report, _rule_options(rule, settings))
-        status = "confirmed" if verdict.confirmed else "dismissed"
+        status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
     return out
 
 
-def _finish(result: FileResult, settings: Settings) -> FileResult:
+# Meta diagnostics that mean a model of the file was not analysed, so its rules never ran.
+NOT_ANALYSED = ("ARC900", "ARC903", "ARC904")
+
+
+def _finish(result: FileResult, settings: Settings, source: str | None) -> FileResult:
+    from archlint import suppress
+
     kept = [f for f in result.findings if settings.is_selected(f.code)]
+    if source is not None:
+        # Only a rule that ran can show that a suppression of its code is unused: the code
+        # must be selected for this file, and every model of it analysed (the import,
+        # ARC900, always is).
+        complete = not any(f.code in NOT_ANALYSED for f in result.findings)
+
+        def judged(code: str) -> bool:
+            return settings.is_selected(code) and (complete or code == "ARC900")
+
+        # Dismissed findings are matched too: a suppression must not turn "unused" when a
+        # different seed or batch dismisses the finding it is there for.
+        kept = suppress.suppress(kept, source, result.path, report_unused=settings.is_selected(suppress.UNUSED_CODE), judged=judged)
     if not settings.show_dismissed:
         kept = [f for f in kept if f.status != "dismissed"]
     result.findings = sorted(kept, key=Finding.sort_key)

@@ -3,10 +3,11 @@ must not pay for importing it."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 # A file that never mentions torch or nn.Module cannot define a model.
 _MENTIONS_TORCH = re.compile(r"\btorch\b|\bnn\.Module\b")
@@ -44,3 +45,26 @@ def read_source(path: Path) -> str | None:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def is_excluded(path: Path, patterns: Iterable[str], base: Path) -> bool:
+    """Whether ``path`` matches one of the ``exclude`` glob patterns, as ruff matches them:
+    a pattern without ``/`` (``generated``, ``*_pb2.py``) matches the name of the file or of
+    any folder above it up to ``base``; a pattern with ``/`` (``legacy/*.py``) matches the
+    path relative to ``base`` (the folder of the config that gave it, or the current
+    directory for the command line)."""
+    path, base = Path(os.path.abspath(path)), Path(os.path.abspath(base))
+    ancestry = []
+    for p in [path, *path.parents]:
+        if p == base:
+            break
+        ancestry.append(p)
+    for pattern in patterns:
+        pattern = pattern.strip().rstrip("/")
+        if "/" in pattern:
+            full = os.path.normpath(os.path.join(str(base), pattern))
+            if any(fnmatch.fnmatchcase(str(p), full) for p in ancestry):
+                return True
+        elif any(fnmatch.fnmatchcase(p.name, pattern) for p in ancestry):
+            return True
+    return False

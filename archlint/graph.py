@@ -150,6 +150,8 @@ class ArchGraph:
     # Per-node statistics: filled by archlint.meanfield (predicted) and archlint.measure.
     predicted: dict[str, Any] = field(default_factory=dict)
     measured: Any = None
+    # The whole archlint.meanfield.Prediction (rules use it for segment predictions).
+    prediction: Any = field(default=None, repr=False, compare=False)
     # Runtime objects, not serialised: the built model, the fx GraphModule (fx only), the
     # example inputs used for the trace.
     model: Any = field(default=None, repr=False, compare=False)

@@ -154,11 +154,13 @@ def _local_imports(path: str, dirs: tuple[str, ...]) -> set[str]:
 
 
 @contextlib.contextmanager
-def isolated_import(path: str | os.PathLike) -> Iterator[ModuleType]:
+def isolated_import(path: str | os.PathLike, imported: list[str] | None = None) -> Iterator[ModuleType]:
     """Import the file at ``path`` as a module and undo every trace of it on exit.
 
     Raises ``LoadError`` (with the line of ``path`` to blame) when the import fails.
-    Exceptions raised inside the ``with`` block pass through unchanged.
+    Exceptions raised inside the ``with`` block pass through unchanged. On exit, ``imported``
+    (if given) receives the files of the project's own modules that were imported meanwhile,
+    the file itself included: what the results depend on besides installed packages.
     """
     span_path = str(path)
     abspath = os.path.abspath(path)
@@ -213,6 +215,9 @@ def isolated_import(path: str | os.PathLike) -> Iterator[ModuleType]:
         sys.dont_write_bytecode = saved_bytecode
         for key in set(sys.modules) - before:
             if ours(key, sys.modules[key]):
+                file = getattr(sys.modules[key], "__file__", None)
+                if imported is not None and isinstance(file, str):
+                    imported.append(os.path.realpath(file))
                 del sys.modules[key]
         sys.modules.update(aside)
 
@@ -684,17 +689,17 @@ def _assigns_model(text: str) -> bool:
 # Building
 
 
-def build_all(discovery: Discovery, memory_budget: int | None = None, seed: int = 0) -> tuple[list[BuiltModel], list[NotBuilt]]:
+def build_all(discovery: Discovery, seed: int | None = None, memory_budget: int | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
     """Build every entry and keep the top-level models.
+
+    With ``seed``, each entry is built right after seeding torch's global RNG with it, so its
+    random init is the same on every run whatever else the file builds; the caller's RNG
+    state is restored afterwards.
 
     Each entry is first built on the meta device (no memory, ~10x faster than a real build
     of a ResNet-18) to learn its size; only a model within ``memory_budget`` bytes (default:
     ``default_memory_budget()``) is then built for real. A larger one stays on the meta
     device, with the reason in ``BuiltModel.meta_reason``.
-
-    Every build starts from torch's RNG seeded with ``seed`` (a constructor that seeds itself
-    still wins), so a model gets the same initial weights in every run and whatever was
-    built before; the process's RNG state is put back afterwards.
 
     A class is dropped when another built model contains an instance of it (it is a
     block); a class that needs arguments is reported (ARC903) only when no built model
@@ -804,13 +809,14 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def _seeded_build(entry: ModelEntry, seed: int) -> nn.Module:
+def _seeded_build(entry: ModelEntry, seed: int | None) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         return entry.build()
 
 
-def _build(entry: ModelEntry, budget: int, seed: int = 0) -> BuiltModel:
+def _build(entry: ModelEntry, budget: int, seed: int | None = None) -> BuiltModel:
     meta = _build_on_meta(entry)
     if meta is None:
         return BuiltModel(entry, _seeded_build(entry, seed))

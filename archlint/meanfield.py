@@ -151,7 +151,8 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None)
     results = _Recursion(graph, given).run(graph.nodes)
     nodes = {n.name: _node_prediction(results[n.name]) for n in graph.nodes}
     graph.predicted = dict(nodes)
-    return Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph)
+    graph.prediction = Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph)
+    return graph.prediction
 
 
 def segment_nlc(prediction_or_graph: Prediction | ArchGraph, start: str, end: str) -> float | None:

@@ -69,9 +69,11 @@ class Finding:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of ``confirm``: did the measurement cross the threshold?"""
+    """The outcome of ``confirm``: did the measurement cross the threshold? None when the
+    quantity could not be measured (e.g. the signal vanished): the finding then stays
+    ``predicted``, with ``note`` as the reason."""
 
-    confirmed: bool
+    confirmed: bool | None
     measured: float | None
     note: str | None = None
 

@@ -99,7 +99,8 @@ def check(graph, options):
     predicted = inflation([_count(n, batch) for n in bns])
     severity = "error" if batch <= options["error_at_most"] else "warning"
     s = "s" if len(bns) > 1 else ""
-    effect = (f"{predicted:.3g}x as nonlinear as the eval-mode network (NLC ratio)" if predicted is not None
+    # {value}: the engine fills in the measured ratio, else the predicted one.
+    effect = ("{value}x as nonlinear as the eval-mode network (batch/population NLC)" if predicted is not None
               else "degenerate: with 3 or fewer samples BatchNorm leaves the gradient almost no information")
     return [Finding(
         code=CODE,
@@ -126,7 +127,7 @@ def confirm(finding, report, options):
         # At B = 2 the batch Jacobian is 0 or the signal collapses: nothing left to train.
         return Verdict(True, None, f"at batch size {report.batch_size} the output is {out.status}")
     if population is None or out.status_population != "ok" or not population > 0:
-        return Verdict(True, None, f"batch NLC {batch:.3g}; no population (eval) NLC to compare with")
+        return Verdict(None, None, f"batch NLC {batch:.3g}; no population (eval) NLC to compare with")
     ratio = batch / population
     note = f"batch NLC {batch:.3g} at batch size {report.batch_size}, population NLC {population:.3g}"
     return Verdict(ratio > options["threshold"], ratio if math.isfinite(ratio) else None, note)

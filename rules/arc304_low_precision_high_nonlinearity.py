@@ -71,10 +71,12 @@ def check(graph, options):
     nlc, node = max(nlcs)
     if not nlc > options["threshold"]:
         return []
-    where = "at the output" if node == graph.output else f"at {node}"
+    # {value} (the engine fills in the output NLC measured in the model's precision, else the
+    # predicted one) only where the prediction is the output's.
+    value = "{value} at the output" if node == graph.output else f"{nlc:.3g} at {node}"
     return [Finding(
         code=CODE,
-        message=(f"{graph.name} computes in {'/'.join(dtypes)} with a predicted NLC of {nlc:.3g} {where}: "
+        message=(f"{graph.name} computes in {'/'.join(dtypes)} with an NLC of {value}: "
                  f"rounding is amplified as much as the signal"),
         span=graph.span,
         predicted=nlc,
@@ -92,7 +94,7 @@ def confirm(finding, report, options):
     precise = by.get("float64")
     low = [(dtype, s) for dtype, s in by.items() if dtype != "float64"]
     if precise is None or not low:
-        return Verdict(True, None, "not compared with float64: " + ("; ".join(report.notes) or "no float64 re-check ran"))
+        return Verdict(None, None, "not compared with float64: " + ("; ".join(report.notes) or "no float64 re-check ran"))
     dtype, s = low[0]
     if precise.status != "ok":
         return Verdict(False, None, f"float64 output is {precise.status} too: not a precision problem")

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -5,6 +6,10 @@ import torch
 
 # Two threads on a shared 2-core machine can be 100x slower than one.
 torch.set_num_threads(1)
+
+# Tests check archlint's behaviour, not an old run's results (and some monkeypatch the
+# engine): no cache unless a test asks for one (tests/test_cache.py). Subprocesses inherit it.
+os.environ["ARCHLINT_NO_CACHE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"

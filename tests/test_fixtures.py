@@ -1,8 +1,11 @@
 """Every fixture model yields exactly the findings in its .expected file.
 
-fixtures/<CODE>/bad_*.py must yield <CODE>; fixtures/<CODE>/good_*.py must yield nothing at
-all. The .expected file beside each fixture holds one `line:col CODE status` per finding
-(columns 1-based, as users see them). Regenerate after an intended change with
+fixtures/<CODE>/bad_*.py must yield <CODE> confirmed; fixtures/<CODE>/good_*.py must yield
+nothing; fixtures/<CODE>/dismissed_*.py must yield <CODE> dismissed by the measurement and
+nothing that stands. fixtures/architectures/ holds well-known architectures written as
+fixtures of our own: good_* yield nothing, bad_* the findings in their .expected. The
+.expected file beside each fixture holds one `line:col CODE status` per finding (columns
+1-based, as users see them), dismissed ones included. Regenerate after an intended change with
 `python -m pytest tests/test_fixtures.py --regen-fixtures`, then review the diff.
 """
 
@@ -20,7 +23,8 @@ from archlint.engine import check_file
 from conftest import FIXTURES
 
 CASES = sorted(
-    p for p in FIXTURES.glob("ARC*/*.py") if p.name.startswith(("bad_", "good_"))
+    p for pattern in ("ARC*/*.py", "architectures/*.py") for p in FIXTURES.glob(pattern)
+    if p.name.startswith(("bad_", "good_", "dismissed_"))
 )
 
 
@@ -47,11 +51,17 @@ def test_fixture(path, regen):
         expected_file.write_text(got)
     assert expected_file.exists(), f"{expected_file} is missing: run with --regen-fixtures and review it"
     assert got == expected_file.read_text(), f"{path}: findings differ from {expected_file.name}"
-    codes = {f.code for f in result.findings}
-    if path.name.startswith("bad_"):
-        assert code in codes, f"{path.name} must yield {code}"
+    standing = [f for f in result.findings if f.status != "dismissed"]
+    if path.name.startswith("good_"):
+        assert not standing, f"{path.name} must yield nothing"
+    elif code.startswith("ARC"):
+        if path.name.startswith("bad_"):
+            assert any(f.code == code and f.status == "confirmed" for f in result.findings), f"{path.name} must yield {code} confirmed"
+        else:
+            assert any(f.code == code and f.status == "dismissed" for f in result.findings), f"{path.name} must yield {code} dismissed"
+            assert not standing, f"{path.name} must yield nothing that stands"
     else:
-        assert not [f for f in result.findings if f.status != "dismissed"], f"{path.name} must yield nothing"
+        assert standing, f"{path.name} must yield a finding"
 
 
 def test_every_rule_has_fixtures():

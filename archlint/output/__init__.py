@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from archlint.rule import Finding
 
-FORMATS = ("full", "concise", "json")
+FORMATS = ("full", "concise", "json", "sarif", "github", "junit")
+HOMEPAGE = "https://archlint.dev"
 
 
 @dataclass
@@ -31,11 +33,34 @@ def display_path(path: str, root: str) -> str:
 
 
 def render(fmt: str, findings: list[Finding], ctx: Context) -> str:
-    from archlint.output import concise, full, json_format
+    from archlint.output import concise, full, github, json_format, junit, sarif
 
-    renderers = {"full": full.render, "concise": concise.render, "json": json_format.render}
+    renderers = {
+        "full": full.render,
+        "concise": concise.render,
+        "json": json_format.render,
+        "sarif": sarif.render,
+        "github": github.render,
+        "junit": junit.render,
+    }
     return renderers[fmt](findings, ctx)
 
 
 def rule_url(name: str) -> str:
-    return f"https://archlint.dev/rules/{name}"
+    return f"{HOMEPAGE}/rules/{name}"
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no inf/nan: a vanished or exploded value is explained in ``reason`` instead."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def fails(f: Finding) -> bool:
+    """Whether a finding makes the run fail (exit 1): not dismissed, and its rule counts.
+
+    Informational meta diagnostics such as ARC901 set ``AFFECTS_EXIT = False``.
+    """
+    from archlint import rule as rules_api
+
+    rule = rules_api.registry().get(f.code)
+    return f.status != "dismissed" and (rule is None or rule.affects_exit)

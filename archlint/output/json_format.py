@@ -8,15 +8,9 @@ ruff's fields: ``code``, ``message``, ``filename`` (absolute), ``location`` and
 from __future__ import annotations
 
 import json
-import math
 
-from archlint.output import Context, rule_url
+from archlint.output import Context, finite, rule_url
 from archlint.rule import Finding
-
-
-def _number(value: float | None) -> float | None:
-    # JSON has no inf/nan: a vanished or exploded value is explained in ``reason`` instead.
-    return value if value is not None and math.isfinite(value) else None
 
 
 def finding_dict(f: Finding) -> dict:
@@ -35,9 +29,9 @@ def finding_dict(f: Finding) -> dict:
         "url": rule_url(f.name),
         "severity": f.severity,
         "status": f.status,
-        "predicted": _number(f.predicted),
-        "measured": _number(f.measured),
-        "threshold": _number(f.threshold),
+        "predicted": finite(f.predicted),
+        "measured": finite(f.measured),
+        "threshold": finite(f.threshold),
         "model": f.model,
         "node": f.node,
         "explanation": f.explanation or None,

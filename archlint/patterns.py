@@ -1,0 +1,267 @@
+"""Structural queries over an ArchGraph that several rules share.
+
+All pure functions of the graph (no torch). The central notion is the *main path*: the nodes
+that every path from the model's signal sources (floating-point inputs, or embedding outputs
+for token inputs) to its output goes through, in forward order. Between two consecutive
+main-path nodes lies either nothing (a plain chain) or a *region* of parallel paths: a
+residual block (one of the paths has no nonlinearity: the skip), or branches that are all
+nonlinear (attention's queries and keys, an inception block, a gated unit).
+
+A plain stack is a run of nonlinear layers along the main path with no skip region in it:
+its NLC compounds multiplicatively (digest §1.6), which is what ARC103 measures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from archlint.graph import ArchGraph, Node, OpKind
+
+# Ops that cut the dependence on their input: their output carries no signal.
+_DETACHING_OPS = {"detach", "detach_", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "size", "dim"}
+# Kinds that neither transform the signal's values nor mark a layer boundary.
+_TRANSPARENT = {OpKind.IDENTITY, OpKind.RESHAPE}
+# The ReLU family: piecewise linear with a kink at 0 and (near-)zero slope below it, so units
+# whose pre-activation stays negative are dead.
+RELU_FAMILY = {"relu", "relu6", "leaky_relu", "prelu", "rrelu", "threshold"}
+# Maps that are commonly and deliberately applied to a model's output (probabilities, a
+# bounded range): not "an activation on the logits".
+OUTPUT_MAPS = {"sigmoid", "tanh", "softmax", "log_softmax", "softmin", "logsigmoid", "hardsigmoid", "hardtanh"}
+
+
+def activation_name(node: Node) -> str | None:
+    """The canonical activation name of an activation node ("relu", "tanh", ...)."""
+    if node.kind != OpKind.ACTIVATION:
+        return None
+    return str(node.attrs.get("activation") or node.op).lower()
+
+
+def is_elementwise_activation(node: Node) -> bool:
+    return node.kind == OpKind.ACTIVATION and bool(node.attrs.get("elementwise", True))
+
+
+def carries_signal(node: Node) -> bool:
+    """A floating-point tensor (token ids and shapes are not signals)."""
+    return node.dtype is not None and ("float" in node.dtype or "complex" in node.dtype or node.dtype in ("half", "bfloat16", "double"))
+
+
+def sources(graph: ArchGraph) -> list[str]:
+    """Where the signal enters: floating-point inputs, and embeddings of integer inputs."""
+    out = []
+    inputs = {n.name for n in graph.inputs}
+    for node in graph.nodes:
+        if node.kind == OpKind.INPUT and carries_signal(node):
+            out.append(node.name)
+        elif node.kind == OpKind.EMBEDDING and graph.ancestors(node.name) & inputs:
+            out.append(node.name)
+    return out
+
+
+def signal_nodes(graph: ArchGraph) -> set[str]:
+    """Nodes whose value depends on a signal source through floating-point tensors, except
+    through ops that cut the dependence (``detach``, ``zeros_like``, ``size``)."""
+    reached = set(sources(graph))
+    for node in graph.nodes:
+        if node.name in reached or node.op in _DETACHING_OPS or not carries_signal(node):
+            continue
+        if any(i in reached for i in node.inputs):
+            reached.add(node.name)
+    return reached
+
+
+def signal_region(graph: ArchGraph) -> list[str]:
+    """Signal nodes that the output depends on, in forward order (the output included)."""
+    if graph.output is None or graph.output not in graph:
+        return []
+    signal = signal_nodes(graph)
+    wanted = graph.ancestors(graph.output) | {graph.output}
+    return [n.name for n in graph.nodes if n.name in signal and n.name in wanted]
+
+
+def main_path(graph: ArchGraph) -> list[str]:
+    """The nodes every source-to-output path goes through, in forward order.
+
+    One sweep in forward order: after a node is processed, the edges from processed to
+    unprocessed nodes form a cut; the node is on every path exactly when it is the origin of
+    all of them (and no source is still to come).
+    """
+    region = signal_region(graph)
+    inside = set(region)
+    if not region:
+        return []
+    starts = {s for s in sources(graph) if s in inside}
+    pending_sources = len(starts)
+    crossing: Counter[str] = Counter()
+    path = []
+    for name in region:
+        if name in starts:
+            pending_sources -= 1
+        for i in graph[name].inputs:
+            if i in inside and crossing[i] > 0:
+                crossing[i] -= 1
+                if crossing[i] == 0:
+                    del crossing[i]
+        outs = [u for u in graph.users(name) if u in inside]
+        if outs:
+            crossing[name] += len(outs)
+        if pending_sources == 0 and set(crossing) <= {name}:
+            path.append(name)
+    return path
+
+
+def _has_linear_path(graph: ArchGraph, start: str, end: str, between: set[str]) -> bool:
+    """Is there a path start -> end through ``between`` nodes none of which is nonlinear?"""
+    stack, seen = [start], {start}
+    while stack:
+        cur = stack.pop()
+        for u in graph.users(cur):
+            if u == end:
+                return True
+            if u in between and u not in seen and not graph[u].is_nonlinear:
+                seen.add(u)
+                stack.append(u)
+    return False
+
+
+@dataclass
+class Region:
+    """What lies between two consecutive main-path nodes ``start`` and ``end``."""
+
+    start: str
+    end: str
+    nodes: list[str]
+    # One of the parallel paths has no nonlinearity: a skip connection around the others.
+    skip: bool
+    nonlinear: list[str] = field(default_factory=list)
+
+
+def regions(graph: ArchGraph) -> list[Region]:
+    """The parallel regions along the main path (plain chain links are not listed)."""
+    path = main_path(graph)
+    region = signal_region(graph)
+    position = {name: i for i, name in enumerate(region)}
+    out = []
+    for a, b in zip(path, path[1:]):
+        between = region[position[a] + 1:position[b]]
+        if not between:
+            continue
+        inner = set(between)
+        out.append(Region(
+            start=a, end=b, nodes=between,
+            # Only an addition merges a skip with a branch; a product of two linear paths
+            # (a bilinear or gated unit) is a nonlinear layer, not a skip connection.
+            skip=graph[b].kind == OpKind.ADD and _has_linear_path(graph, a, b, inner),
+            nonlinear=[n for n in between if graph[n].is_nonlinear],
+        ))
+    return out
+
+
+@dataclass
+class Layer:
+    """One nonlinear layer of a plain stack: its nonlinearity and the ops that lead to it."""
+
+    node: str
+    # E.g. "Linear-BatchNorm1d-ReLU": the value-changing ops since the previous layer.
+    signature: str
+
+
+@dataclass
+class PlainRun:
+    """Consecutive nonlinear layers on the main path with no skip connection among them."""
+
+    # The main-path node the run starts from (a source, or the merge of the last skip).
+    start: str
+    layers: list[Layer]
+
+    @property
+    def end(self) -> str:
+        return self.layers[-1].node
+
+
+def plain_runs(graph: ArchGraph) -> list[PlainRun]:
+    """Maximal plain stacks along the main path, in forward order."""
+    path = main_path(graph)
+    by_start = {r.start: r for r in regions(graph)}
+    runs: list[PlainRun] = []
+    current = PlainRun(start=path[0], layers=[]) if path else None
+    ops: list[str] = []
+    for name in path:
+        node = graph[name]
+        if name != current.start and node.kind not in _TRANSPARENT and node.kind != OpKind.POOL:
+            ops.append(node.op)
+        if node.is_nonlinear and name != current.start:
+            current.layers.append(Layer(name, "-".join(ops)))
+            ops = []
+        region = by_start.get(name)
+        if region is None:
+            continue
+        if region.skip:
+            if current.layers:
+                runs.append(current)
+            current = PlainRun(start=region.end, layers=[])
+            ops = []
+        elif region.nonlinear:
+            # All parallel paths are nonlinear (attention, an inception block): one layer.
+            current.layers.append(Layer(region.end, "-".join(ops + [graph[region.nonlinear[0]].op])))
+            ops = []
+    if current is not None and current.layers:
+        runs.append(current)
+    return runs
+
+
+def has_skip_connections(graph: ArchGraph) -> bool:
+    return any(r.skip for r in regions(graph))
+
+
+def describe_layers(layers: list[Layer]) -> str:
+    """"20 Linear-BatchNorm1d-ReLU layers", or "18 nonlinear layers (16 Conv2d-ReLU, 2 Linear-ReLU)"."""
+    counts = Counter(layer.signature for layer in layers)
+    if len(counts) == 1:
+        return f"{len(layers)} {layers[0].signature} layers"
+    parts = ", ".join(f"{n} {sig}" for sig, n in counts.most_common(3))
+    more = "" if len(counts) <= 3 else ", ..."
+    return f"{len(layers)} nonlinear layers ({parts}{more})"
+
+
+def first_op_after(graph: ArchGraph, start: str, end: str) -> Node:
+    """The first value-changing main-path node after ``start`` (where a stack begins)."""
+    path = main_path(graph)
+    begin = path.index(start) + 1 if start in path else 0
+    for name in path[begin:]:
+        node = graph[name]
+        if node.kind not in _TRANSPARENT:
+            return node
+        if name == end:
+            break
+    return graph[end]
+
+
+def producer(graph: ArchGraph, name: str) -> Node | None:
+    """The node that computes ``name``'s (first) input, through identity-like ops."""
+    node = graph[name]
+    while node.inputs:
+        node = graph[node.inputs[0]]
+        if node.kind not in _TRANSPARENT:
+            return node
+    return None
+
+
+def has_kind(graph: ArchGraph, *kinds: OpKind) -> bool:
+    return any(n.kind in kinds for n in graph.nodes)
+
+
+def has_batchnorm(graph: ArchGraph) -> bool:
+    return any(n.kind == OpKind.NORM and n.attrs.get("norm_type") == "batch" for n in graph.nodes)
+
+
+def prediction_margin(graph: ArchGraph) -> float:
+    """How far a prediction must cross an upper threshold before a rule reports it statically.
+
+    The mean-field predictor is within about 15% on MLPs but overestimates zero-padded
+    convolutional BN-ReLU networks by 16-46% (benchmarks/RESULTS_meanfield.md): border
+    positions keep offsets that BatchNorm does not remove. A CIFAR ResNet-18 is predicted at
+    10.2 and measures 7.8. Allowing for that bias keeps well-built CNNs from being flagged
+    (and measured) on the strength of a known overestimate.
+    """
+    return 1.3 if has_kind(graph, OpKind.CONV) else 1.0

@@ -1,0 +1,98 @@
+"""ARC101 nonlinearity-too-high: the model's NLC at initialisation is above the band.
+
+## What it does
+Predicts the NLC from the model's input to its output (mean-field, digest §6) and reports it
+when it is above ``threshold`` (models without convolutions) or ``conv-threshold`` (models
+with convolutions). The verification pass measures the output NLC and confirms or dismisses.
+Where the predictor does not model an op (max pooling, attention), the NLC is measured
+instead and only a measured value is reported. The finding points at the model's class or
+factory. When a more specific rule explains the high NLC (ARC103 deep-plain-stack, ARC104
+activation-operating-point, ARC105 residual-branch-dominates), that finding is shown instead.
+
+## Why is this bad?
+The NLC at initialisation predicts test error after training: networks whose NLC is far
+above about 1-3 fit highly folded functions and overfit (Philipp and Carbonell 2018; Philipp
+2021). A high NLC also narrows the usable learning-rate range and amplifies rounding.
+
+## Example
+```python
+self.net = nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.Tanh()) for _ in range(12)])
+for m in self.net.modules():
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=3 / 256 ** 0.5)   # sigma_w^2 = 9
+```
+
+## Use instead
+Bring the NLC into the band: skip connections (dilution), fewer nonlinear layers, an
+activation operated in its near-linear range (a smaller init gain for tanh: std
+1/sqrt(fan_in)), or nonlinearity normalisation (digest §5).
+
+## Options
+- ``threshold`` (default 3.0): for models without convolutions, the top of the 1-3 band the
+  guide found best for MLPs.
+- ``conv-threshold`` (default 10.0): for models with convolutions. On natural-image-like
+  inputs a CIFAR ResNet-18 with BatchNorm measures 7.8 and a pre-activation ResNet-18 5.2 at
+  initialisation, and both train well, so the MLP band does not carry over; 10 is the guide's
+  "error" level. Uncalibrated: the validation study will set it.
+
+## References
+- G. Philipp, J. Carbonell, "The Nonlinearity Coefficient - Predicting Generalization in
+  Deep Neural Networks", 2018.
+- G. Philipp, "The Nonlinearity Coefficient: A Practical Guide to Neural Architecture
+  Design", 2021.
+- archlint's digest of the guide: sections 1.1, 2.1 and 3 (rule NLC-RANGE).
+"""
+
+from __future__ import annotations
+
+from archlint import evidence, patterns
+from archlint.graph import OpKind
+from archlint.rule import Finding, Verdict
+
+CODE = "ARC101"
+NAME = "nonlinearity-too-high"
+SEVERITY = "warning"
+SUMMARY = "The NLC at the model's output is above the band that generalises well"
+OPTIONS = {"threshold": 3.0, "conv-threshold": 10.0}
+# More specific rules that explain a high NLC: their finding replaces this one.
+SUBSUMED_BY = ("ARC103", "ARC104", "ARC105")
+
+
+def _threshold(graph, options) -> float:
+    return float(options["conv-threshold"] if patterns.has_kind(graph, OpKind.CONV) else options["threshold"])
+
+
+def check(graph, options):
+    if graph.output is None or not patterns.sources(graph):
+        return []
+    threshold = _threshold(graph, options)
+    predicted = evidence.predicted_nlc(graph, graph.output)
+    unpredicted = evidence.predicted(graph, graph.output) is None
+    if not unpredicted and (predicted is None or predicted <= threshold * patterns.prediction_margin(graph)):
+        return []
+    return [Finding(
+        code=CODE,
+        message=f"{graph.name} has NLC {{value}} from its input to its output",
+        span=graph.span,
+        predicted=predicted,
+        threshold=threshold,
+        explanation=(
+            "a network that is highly nonlinear at initialisation fits a highly folded function "
+            "and generalises worse; the guide's best networks have NLC about 1-3"
+        ),
+        fix=(
+            "add skip connections, use fewer nonlinear layers, run the activations in their "
+            "near-linear range (smaller init gain for tanh/sigmoid, BatchNorm gain < 1), or "
+            "normalise the nonlinearity"
+        ),
+        node=graph.output,
+        data={"needs_measurement": unpredicted},
+    )]
+
+
+def confirm(finding, report, options):
+    threshold = finding.threshold
+    value = evidence.measured_nlc(report, report.output)
+    if value is None:
+        return Verdict(None, None, f"the output NLC could not be measured (signal {report.status})")
+    return Verdict(value > threshold, value)

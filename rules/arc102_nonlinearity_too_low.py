@@ -1,0 +1,85 @@
+"""ARC102 nonlinearity-too-low: a plain deep network that is effectively linear.
+
+## What it does
+Looks at models with at least ``min-layers`` nonlinear layers and no skip connections, and
+reports one whose NLC from input to output is below ``threshold``: the nonlinear layers do
+almost nothing at initialisation. The predicted value is the mean-field NLC; the measured
+output NLC confirms. Residual networks are exempt: starting near the identity is their design
+(the residual trick), and their NLC at initialisation says little about their depth. Severity
+info: the lower edge of the band is not calibrated (digest §3).
+
+## Why is this bad?
+A network with NLC near 1 computes a nearly linear function of its input: its depth buys
+nothing at the start of training, it underfits, and the NLC must grow during training before
+the layers become useful. The common cause is an activation run in its linear range: tanh or
+sigmoid with small pre-activations (PyTorch's default init gives a deep tanh MLP NLC 1.03),
+or smooth activations (ELU, SELU, softplus) at small scale.
+
+## Example
+```python
+self.net = nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.Tanh()) for _ in range(8)])
+# default init: weight variance 1/(3 fan_in), so every tanh sees std ~0.3
+```
+
+## Use instead
+Initialise for the activation's working range (tanh: std 1/sqrt(fan_in), i.e.
+``nn.init.xavier_normal_`` or ``nn.init.normal_(w, std=fan_in ** -0.5)``), add normalisation
+before the activations, or use fewer layers.
+
+## Options
+- ``threshold`` (default 1.1): the NLC below which the model counts as effectively linear.
+- ``min-layers`` (default 3): fewer nonlinear layers than this are not looked at.
+
+## References
+- G. Philipp, "The Nonlinearity Coefficient: A Practical Guide to Neural Architecture
+  Design", 2021.
+- archlint's digest of the guide: sections 2.3 (default init) and 3 (NLC-RANGE, INIT-SCALE).
+"""
+
+from __future__ import annotations
+
+from archlint import evidence, patterns
+from archlint.rule import Finding, Verdict
+
+CODE = "ARC102"
+NAME = "nonlinearity-too-low"
+SEVERITY = "info"
+SUMMARY = "A plain deep network is effectively linear at initialisation"
+OPTIONS = {"threshold": 1.1, "min-layers": 3}
+
+
+def check(graph, options):
+    if graph.output is None or patterns.has_skip_connections(graph):
+        return []
+    layers = sum(len(run.layers) for run in patterns.plain_runs(graph))
+    if layers < int(options["min-layers"]):
+        return []
+    threshold = float(options["threshold"])
+    predicted = evidence.predicted_nlc(graph, graph.output)
+    unpredicted = evidence.predicted(graph, graph.output) is None
+    if not unpredicted and (predicted is None or predicted >= threshold):
+        return []
+    return [Finding(
+        code=CODE,
+        message=f"{graph.name} has {layers} nonlinear layers but NLC {{value}}: it is nearly linear",
+        span=graph.span,
+        predicted=predicted,
+        threshold=threshold,
+        explanation=(
+            "with NLC near 1 the layers compute an almost linear function at initialisation, "
+            "so the depth buys nothing and the network underfits until training bends it"
+        ),
+        fix=(
+            "initialise for the activation's working range (tanh: std 1/sqrt(fan_in)), "
+            "normalise before the activations, or use fewer layers"
+        ),
+        node=graph.output,
+        data={"needs_measurement": unpredicted},
+    )]
+
+
+def confirm(finding, report, options):
+    value = evidence.measured_nlc(report, report.output)
+    if value is None:
+        return Verdict(None, None, f"the output NLC could not be measured (signal {report.status})")
+    return Verdict(value < finding.threshold, value)

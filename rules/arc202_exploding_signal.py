@@ -1,0 +1,95 @@
+"""ARC202 exploding-signal: the activations grow by orders of magnitude through the model.
+
+## What it does
+Predicts the RMS of the output relative to the RMS of the input (or of the embedding output
+for token models) from the mean-field recursion with the model's actual weights, and reports
+a growth above ``threshold``. The verification pass measures both RMS values.
+
+## Why is this bad?
+An un-normalised residual stack adds the branch's variance to the skip's in every block, and
+a weight scale above the critical one (sigma_w^2 > 2 for ReLU) multiplies it in every layer:
+the signal grows exponentially with depth. Large activations overflow in float16, saturate
+any bounded activation downstream, and make the loss scale and learning rate hard to choose.
+
+## Example
+```python
+for block in self.blocks:      # 30 blocks, He-initialised, no normalisation
+    x = x + block(x)           # the variance doubles in every block
+```
+
+## Use instead
+Normalise (pre-LN/pre-BN residual blocks), scale the residual branches down (zero-init the
+last layer of each branch, or x + alpha * f(x) with alpha ~ 1/sqrt(blocks)), or initialise
+at the critical scale.
+
+## Options
+- ``threshold`` (default 100.0): the output/input RMS ratio above which growth is reported.
+
+## References
+- G. Philipp, D. Song, J. Carbonell, "The exploding gradient problem demystified", 2018.
+- archlint's digest of the guide: sections 3 (INIT-SCALE, skip connections) and 6.
+"""
+
+from __future__ import annotations
+
+from archlint import evidence, patterns
+from archlint.rule import Finding, Verdict
+
+CODE = "ARC202"
+NAME = "exploding-signal"
+SEVERITY = "warning"
+SUMMARY = "The signal's RMS grows by orders of magnitude from the input to the output"
+OPTIONS = {"threshold": 100.0}
+
+
+def _rms_ratio(rms_of, graph_or_report, output, sources):
+    out = rms_of(graph_or_report, output)
+    ins = [r for r in (rms_of(graph_or_report, s) for s in sources) if r]
+    return out / max(ins) if out is not None and ins else None
+
+
+def _predicted_rms(graph, name):
+    node = evidence.predicted(graph, name)
+    return node.rms if node is not None else None
+
+
+def _measured_rms(report, name):
+    stats = evidence.measured(report, name)
+    return stats.rms if stats is not None else None
+
+
+def check(graph, options):
+    sources = patterns.sources(graph)
+    if graph.output is None or not sources:
+        return []
+    threshold = float(options["threshold"])
+    growth = _rms_ratio(_predicted_rms, graph, graph.output, sources)
+    if growth is None or growth <= threshold:
+        return []
+    return [Finding(
+        code=CODE,
+        message=f"{graph.name}'s activations grow {{value}}x in RMS from the input to the output",
+        span=graph.span,
+        predicted=growth,
+        threshold=threshold,
+        explanation=(
+            "without normalisation, residual additions and weight scales above the critical "
+            "one multiply the signal's variance layer after layer, so it grows exponentially "
+            "with depth"
+        ),
+        fix=(
+            "normalise inside the blocks (pre-LN/pre-BN), scale residual branches down "
+            "(zero-init their last layer, or x + alpha * f(x)), or initialise at the critical scale"
+        ),
+        node=graph.output,
+        data={"sources": sources},
+    )]
+
+
+def confirm(finding, report, options):
+    if report.status in ("exploded", "nan"):
+        return Verdict(True, None, f"the measured signal {report.status}")
+    growth = _rms_ratio(_measured_rms, report, report.output, finding.data["sources"])
+    if growth is None:
+        return Verdict(None, None, "the RMS could not be measured")
+    return Verdict(growth > float(options["threshold"]), growth)

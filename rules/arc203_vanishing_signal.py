@@ -1,0 +1,110 @@
+"""ARC203 vanishing-signal: the input-dependent signal fades away through the model.
+
+## What it does
+Predicts the input-dependent standard deviation (sqrt of the mean over units of Var_x) at the
+model's features, the input of its final Linear/Conv layer (or the output when it does not
+end in one), relative to that of the input (or the embedding output), and reports a decay
+below ``threshold``. The final layer is left out because a small or zero-initialised output
+layer is a deliberate and harmless choice. The verification pass measures the same ratio;
+when the signal has dropped below floating-point resolution it says "signal vanished" and
+never reports an NLC of 0.
+
+## Why is this bad?
+With a weight scale below the critical one and no normalisation (PyTorch's default init has
+sigma_w^2 = 1/3, a sixth of what a ReLU layer needs to keep the variance), every layer shrinks
+the input-dependent signal by a constant factor: after a dozen layers it is buried under the
+biases or under rounding error, the output is the same for every input and the gradients
+vanish. The NLC is then undefined (0/0): there is no signal left to be nonlinear in.
+
+## Example
+```python
+self.net = nn.Sequential(*[nn.Sequential(nn.Linear(256, 256, bias=False), nn.ReLU()) for _ in range(12)])
+# default init: each layer keeps 1/6 of the variance; 6**-12 of it is left
+```
+
+## Use instead
+Initialise at the critical scale for the activation (ReLU: ``nn.init.kaiming_normal_``,
+tanh: std 1/sqrt(fan_in)), or normalise (BatchNorm/LayerNorm) so that every layer's input has
+unit scale.
+
+## Options
+- ``threshold`` (default 0.001): the features/input ratio of input-dependent std below
+  which the signal counts as vanishing.
+
+## References
+- G. Philipp, D. Song, J. Carbonell, "The exploding gradient problem demystified", 2018.
+- archlint's digest of the guide: sections 2.3 (default init) and 3 (INIT-SCALE).
+"""
+
+from __future__ import annotations
+
+import math
+
+from archlint import evidence, patterns
+from archlint.graph import OpKind
+from archlint.rule import Finding, Verdict
+
+CODE = "ARC203"
+NAME = "vanishing-signal"
+SEVERITY = "warning"
+SUMMARY = "The input-dependent signal shrinks by orders of magnitude before the output layer"
+OPTIONS = {"threshold": 0.001}
+
+
+def _features(graph) -> str:
+    """The input of the final Linear/Conv when the output is one, else the output."""
+    out = graph[graph.output]
+    if out.kind in (OpKind.LINEAR, OpKind.CONV) and out.inputs:
+        return out.inputs[0]
+    return graph.output
+
+
+def _predicted_std(graph, name):
+    node = evidence.predicted(graph, name)
+    return math.sqrt(node.v) if node is not None and node.v is not None else None
+
+
+def check(graph, options):
+    sources = patterns.sources(graph)
+    if graph.output is None or not sources:
+        return []
+    threshold = float(options["threshold"])
+    features = _features(graph)
+    out = _predicted_std(graph, features)
+    ins = [s for s in (_predicted_std(graph, s) for s in sources) if s]
+    if out is None or not ins:
+        return []
+    decay = out / max(ins)
+    if decay >= threshold:
+        return []
+    return [Finding(
+        code=CODE,
+        message=f"{graph.name}'s input-dependent signal shrinks to {{value}} of the input's before its output layer",
+        span=graph.span,
+        predicted=decay,
+        threshold=threshold,
+        explanation=(
+            "below the critical weight scale and without normalisation every layer shrinks "
+            "the input-dependent signal, until the output no longer depends on the input and "
+            "the gradients vanish"
+        ),
+        fix=(
+            "initialise at the critical scale for the activation (ReLU: kaiming_normal_, "
+            "tanh: std 1/sqrt(fan_in)) or normalise the layers"
+        ),
+        node=features,
+        data={"sources": sources, "features": features},
+    )]
+
+
+def confirm(finding, report, options):
+    features = finding.data["features"]
+    status = evidence.measured_status(report, features)
+    if status == "vanished":
+        return Verdict(True, None, "signal vanished: no input-dependent variance is left at float64 resolution")
+    out = evidence.data_std(report, features)
+    ins = [s for s in (evidence.data_std(report, s) for s in finding.data["sources"]) if s]
+    if out is None or not ins:
+        return Verdict(None, None, f"the signal could not be measured ({status})")
+    decay = out / max(ins)
+    return Verdict(decay < float(options["threshold"]), decay)

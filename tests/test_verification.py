@@ -1,0 +1,50 @@
+"""How static findings become what the user sees: questions only a measurement can answer,
+specific findings replacing ARC101, messages with both numbers, reproducible inits."""
+
+from __future__ import annotations
+
+from archlint.config import Settings
+from archlint.engine import check_file
+from conftest import FIXTURES
+
+EXAMPLE = FIXTURES / "example_model.py"
+LENET = FIXTURES / "architectures" / "good_lenet.py"
+
+
+def test_a_question_for_the_measurement_is_not_a_finding_without_one():
+    # LeNet's max pooling is not predicted: ARC101/ARC102/ARC201 ask the measurement.
+    assert check_file(LENET, Settings(verify=False)).findings == []
+    measured = check_file(LENET, Settings(show_dismissed=True)).findings
+    asked = {f.code for f in measured}
+    assert {"ARC101", "ARC102", "ARC201"} <= asked
+    assert all(f.status == "dismissed" and f.measured is not None for f in measured)
+
+
+def test_a_specific_finding_replaces_arc101_unless_it_is_not_selected():
+    def codes(**kw):
+        result = check_file(EXAMPLE, Settings(verify=False, model="DeepPlainMLP()", **kw))
+        return {f.code for f in result.findings}
+
+    assert "ARC103" in codes() and "ARC101" not in codes()
+    assert "ARC101" in codes(ignore=("ARC103",))
+
+
+def test_message_carries_the_value_prediction_and_threshold():
+    (finding,) = check_file(EXAMPLE, Settings(model="DeepPlainMLP()", select=("ARC103",))).findings
+    assert finding.status == "confirmed"
+    assert "{value}" not in finding.message
+    assert f"compound to NLC {finding.measured:.3g}" in finding.message
+    assert finding.message.endswith(f"(predicted {finding.predicted:.3g}; threshold 3)")
+    assert abs(finding.measured / finding.predicted - 1) < 0.15
+
+
+def test_models_are_built_from_the_seed_so_runs_repeat():
+    path = FIXTURES / "ARC103" / "bad_bn_relu_stack.py"
+
+    def predicted(seed):
+        (f,) = [f for f in check_file(path, Settings(verify=False, seed=seed)).findings if f.code == "ARC103"]
+        return f.predicted
+
+    first = predicted(0)
+    assert predicted(0) == first
+    assert predicted(1) != first
