@@ -71,6 +71,7 @@ def main() -> None:
 @click.option("--device", metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.  [default: auto]")
 @click.option("--batch-size", type=click.IntRange(min=2), help="Batch size of the verification pass.  [default: 128]")
 @click.option("--seed", type=int, help="Seed of the synthetic inputs and random directions.  [default: 0]")
+@click.option("--memory-budget", metavar="SIZE", help="Largest model (parameters and buffers, e.g. 8GiB) to build for real and measure; larger ones are analysed on the meta device only.  [default: a quarter of the available memory]")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
 @click.option("--exclude", metavar="PATTERNS", help="Comma-separated globs of files and folders to skip (replaces the config's `exclude`), e.g. generated,legacy/*.py.")
@@ -78,7 +79,7 @@ def main() -> None:
 @click.option("--force-exclude", is_flag=True, help="Apply the exclusions to files named on the command line too (pre-commit names every file it checks).")
 @click.option("-n", "--no-cache", is_flag=True, envvar="ARCHLINT_NO_CACHE", help="Neither read nor write the cache. [env: ARCHLINT_NO_CACHE]")
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="ARCHLINT_CACHE_DIR", help=f"Where to keep the cache (default: {CACHE_DIR_NAME} next to the nearest config, else in the current directory). [env: ARCHLINT_CACHE_DIR]")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir) -> None:
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, memory_budget, show_dismissed, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir) -> None:
     """Lint model files and directories (directories are walked for *.py files).
 
     Files found by walking a directory are skipped when they match `exclude` or
@@ -92,12 +93,22 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         cli_options = _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    budget = None
+    if memory_budget is not None:
+        from archlint.load import parse_bytes
+
+        try:
+            budget = parse_bytes(memory_budget)
+        except ValueError as exc:
+            raise click.UsageError(f"--memory-budget: {exc}") from exc
 
     try:
         files = _collect(paths, model_expr is not None, _patterns(exclude), _patterns(extend_exclude) or (), force_exclude)
         settings = _file_settings(files, cli_options)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    for file_settings in settings.values():
+        file_settings.memory_budget = budget
     if not files:
         if not quiet:
             click.echo("archlint: no model files to check", err=True)

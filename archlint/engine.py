@@ -62,7 +62,7 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
 
     with sourcemap.record_constructions() as sites:
         try:
-            with load.isolated_import(path, imported=result.local_modules) as module:
+            with load.preserved_torch_globals(), load.isolated_import(path, imported=result.local_modules) as module:
                 _check_module(module, path, settings, sites, result)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))
@@ -86,7 +86,10 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         discovery = load.Discovery(entries=entries)
     else:
         discovery = load.discover(module, path)
-    built, not_built = load.build_all(discovery, seed=settings.seed)
+    budget = settings.memory_budget
+    if budget is None:
+        budget = load.default_memory_budget(settings.device if settings.verify else "cpu")
+    built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget)
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
@@ -95,6 +98,8 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         result.models.append(model_result)
         if graph is None:
             continue
+        if bm.meta_reason:
+            log.warning("%s: %s", graph.name, bm.meta_reason)
         if graph.traced_with == "eager":
             result.findings.append(rules_api.meta(
                 "ARC901",
@@ -108,7 +113,11 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         # The verification pass exists to confirm or dismiss findings: a model with none
         # is not run again (a clean ResNet-18 costs a trace, not a measurement).
         if settings.verify and any(not f.code.startswith("ARC9") for f in findings):
-            findings = _verify(graph, bm.entry, findings, settings, model_result)
+            if bm.meta_reason:
+                reason = f"not verified: {bm.meta_reason}"
+                findings = [f if f.code.startswith("ARC9") else f.with_status("predicted", reason=reason) for f in findings]
+            else:
+                findings = _verify(graph, bm.entry, findings, settings, model_result)
         result.findings.extend(_settle(findings))
 
 
@@ -123,13 +132,17 @@ def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any
     except (inputs_mod.InputInferenceError, inputs_mod.InputsError) as exc:
         result.findings.append(rules_api.meta("ARC904", f"{entry.name}: {exc}", span, model=entry.name))
         return None
+    if bm.meta_reason:
+        # A model on the meta device runs on meta inputs: shapes only, no values.
+        example = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in example)
     try:
         return trace_mod.trace(bm.model, example, name=entry.name, span=span, sites=sites)
     except trace_mod.ForwardError as exc:
         where = _user_frame_span(exc.exc, path) or span
+        on_meta = f" on the meta device ({bm.meta_reason})" if bm.meta_reason else ""
         result.findings.append(rules_api.meta(
             "ARC904",
-            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}; "
+            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}{on_meta}; "
             f"give them with --inputs or --input-shape",
             where,
             model=entry.name,
@@ -213,11 +226,19 @@ def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:
     for code, rule in rules_api.registry().items():
         if rule.is_meta or not settings.is_selected(code):
             continue
-        options = settings.rule_options.get(rule.name, {})
-        for f in rule.check(graph, options):
+        for f in rule.check(graph, _rule_options(rule, settings)):
             f.model = f.model or graph.name
             findings.append(f)
     return findings
+
+
+def _rule_options(rule: Any, settings: Settings) -> dict[str, Any]:
+    """A rule's configured options. A rule that declares a ``batch_size`` option (ARC303)
+    gets the run's ``--batch-size``: the batch the model is trained with, and measured with."""
+    options = dict(settings.rule_options.get(rule.name, {}))
+    if "batch_size" in rule.options:
+        options["batch_size"] = settings.batch_size
+    return options
 
 
 def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, model_result: ModelResult) -> list[Finding]:
@@ -253,7 +274,7 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
             out.append(f)
             continue
         rule = rules_api.get(f.code)
-        verdict = rule.confirm(f, report, settings.rule_options.get(rule.name, {}))
+        verdict = rule.confirm(f, report, _rule_options(rule, settings))
         status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
     return out

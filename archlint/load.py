@@ -27,6 +27,7 @@ import sys
 import sysconfig
 import tokenize
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Iterator
@@ -36,6 +37,7 @@ import torch
 from libcst.metadata import MetadataWrapper, PositionProvider
 from torch import nn
 
+from archlint import metainit
 from archlint.graph import Span
 
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
@@ -220,6 +222,32 @@ def isolated_import(path: str | os.PathLike, imported: list[str] | None = None) 
         sys.modules.update(aside)
 
 
+@contextlib.contextmanager
+def preserved_torch_globals() -> Iterator[None]:
+    """Put back the process-wide torch settings a model file may change at import, in its
+    constructor or in forward (default dtype and device, grad mode, threads, deterministic
+    algorithms, anomaly detection, the CPU RNG), so they never leak into archlint's own
+    work after the file or into the next file."""
+    dtype = torch.get_default_dtype()
+    device = torch.get_default_device() if hasattr(torch, "get_default_device") else None
+    grad = torch.is_grad_enabled()
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    anomaly = torch.is_anomaly_enabled()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
+            if device is not None:
+                torch.set_default_device(device)
+            torch.set_grad_enabled(grad)
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            torch.set_anomaly_enabled(anomaly)
+
+
 def _read_source(path: str) -> str:
     with tokenize.open(path) as f:  # honours a PEP 263 coding line
         return f.read()
@@ -339,6 +367,12 @@ class Discovery:
 class BuiltModel:
     entry: ModelEntry
     model: nn.Module
+    # Bytes of the model's parameters and buffers, from its meta-device build (None when
+    # the constructor does not run on the meta device).
+    size: int | None = None
+    # Set when the model exists on the meta device only, because a real build would not fit
+    # the memory budget: why. The static pass runs on it; the verification pass cannot.
+    meta_reason: str | None = None
 
     @property
     def name(self) -> str:
@@ -655,25 +689,28 @@ def _assigns_model(text: str) -> bool:
 # Building
 
 
-def build_all(discovery: Discovery, seed: int | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
+def build_all(discovery: Discovery, seed: int | None = None, memory_budget: int | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
     """Build every entry and keep the top-level models.
 
     With ``seed``, each entry is built right after seeding torch's global RNG with it, so its
     random init is the same on every run whatever else the file builds; the caller's RNG
     state is restored afterwards.
 
+    Each entry is first built on the meta device (no memory, ~10x faster than a real build
+    of a ResNet-18) to learn its size; only a model within ``memory_budget`` bytes (default:
+    ``default_memory_budget()``) is then built for real. A larger one stays on the meta
+    device, with the reason in ``BuiltModel.meta_reason``.
+
     A class is dropped when another built model contains an instance of it (it is a
     block); a class that needs arguments is reported (ARC903) only when no built model
     contains or is an instance of it, so a class a factory builds is not reported.
     """
+    budget = memory_budget if memory_budget is not None else default_memory_budget()
     built: list[BuiltModel] = []
     failed: list[tuple[ModelEntry, NotBuilt]] = []
     for entry in discovery.entries:
         try:
-            with torch.random.fork_rng(devices=[]):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                built.append(BuiltModel(entry, entry.build()))
+            built.append(_build(entry, budget, seed))
         except BuildError as exc:
             if entry.kind == "factory":
                 continue  # a zero-argument function returning something else: not a model
@@ -708,6 +745,104 @@ def build_all(discovery: Discovery, seed: int | None = None) -> tuple[list[Built
         not_built.append(_needs_args(c, discovery.path or c.span.path))
     not_built.sort(key=lambda n: (n.span.line, n.span.col))
     return top, not_built
+
+
+# Parameters and buffers may take at most this share of the available memory: measuring
+# needs room for a copy (float64 re-check, another device) and the activations besides.
+MEMORY_FRACTION = 0.25
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 8 GiB
+        return 8 << 30
+
+
+def default_memory_budget(device: str = "cpu") -> int:
+    """MEMORY_FRACTION of the available RAM, and of the free memory of the GPU the
+    verification pass will use, whichever is smaller."""
+    budget = MEMORY_FRACTION * available_memory()
+    if device != "cpu" and torch.cuda.is_available():
+        index = int(device.split(":")[1]) if device.startswith("cuda:") else None
+        budget = min(budget, MEMORY_FRACTION * torch.cuda.mem_get_info(index)[0])
+    return int(budget)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, shared (tied) tensors counted once."""
+    seen: dict[int, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"
+
+
+def parse_bytes(text: str) -> int:
+    """``"4GiB"``, ``"512MB"``, ``"1e9"`` -> bytes (binary and decimal units)."""
+    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 10**6, "mb": 10**6, "mib": 1 << 20,
+             "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12, "tb": 10**12, "tib": 1 << 40}
+    stripped = text.strip().lower().replace(" ", "")
+    number = stripped.rstrip("kmgtib")
+    unit = stripped[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"{text!r} is not a size (e.g. 4GiB, 512MB or a number of bytes)") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: a memory budget must be positive")
+    return int(value)
+
+
+def _seeded_build(entry: ModelEntry, seed: int | None) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return entry.build()
+
+
+def _build(entry: ModelEntry, budget: int, seed: int | None = None) -> BuiltModel:
+    meta = _build_on_meta(entry)
+    if meta is None:
+        return BuiltModel(entry, _seeded_build(entry, seed))
+    size = model_bytes(meta)
+    if size <= budget:
+        del meta
+        return BuiltModel(entry, _seeded_build(entry, seed), size=size)
+    meta.to("meta")  # a tensor the constructor put on a device explicitly
+    reason = (f"its parameters and buffers take {format_bytes(size)}, above the memory budget of "
+              f"{format_bytes(budget)}: analysed on the meta device (shapes and init formulas), "
+              f"not built or measured")
+    return BuiltModel(entry, meta, size=size, meta_reason=reason)
+
+
+def _build_on_meta(entry: ModelEntry) -> nn.Module | None:
+    """The entry built under ``torch.device("meta")`` with its init statistics recorded, or
+    None when its code does not work without real values (``.item()``, ``.tolist()``...):
+    the real build then reports whatever is wrong."""
+    try:
+        with warnings.catch_warnings(), metainit.record_init() as recorder, torch.device("meta"):
+            warnings.simplefilter("ignore")  # the real build warns, once
+            model = entry.build()
+    except (Exception, SystemExit):
+        return None
+    metainit.attach(model, recorder)
+    return model
 
 
 def _needs_args(c: ClassNeedingArgs, path: str) -> NotBuilt:

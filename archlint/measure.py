@@ -91,6 +91,8 @@ PRECISION_NLC = 100.0
 # rounding error of about 1% or more after a few dozen layers: check in float64.
 PRECISION_SPREAD = 1e-4
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
 STATUSES = {
     "ok": "measured",
     "vanished": "the signal is below floating-point resolution (no input-dependent variance left)",
@@ -189,6 +191,10 @@ class Report:
     population_probes: int | None = None
     # The float32 output NLC when a float64 re-check replaced it (the precision difference).
     output_nlc_float32: float | None = None
+    # The output node measured in each precision that ran, by dtype name: the model's own
+    # (float16/bfloat16 parameters or autocast) and "float64" after a re-check. Low-precision
+    # models are always re-checked, so their rounding error is visible (ARC304).
+    output_by_dtype: dict[str, NodeStats] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -328,8 +334,10 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         else:
             precise.notes.insert(0, "float64 re-check of: " + ", ".join(result.reasons))
             precise.output_nlc_float32 = result.report_nodes()[graph.output].nlc
+            precise.output_by_dtype = {_dtype_name(result.dtype): result.report_nodes()[graph.output]}
             result = precise
     report = result.report(model_name=graph.name, device=str(target))
+    report.output_by_dtype = {**result.output_by_dtype, report.dtype: report.output_stats}
     graph.measured = report
     return report
 
@@ -908,6 +916,11 @@ def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, 
     CPU, so everything here is a reduction that reads the node without temporaries; cdist
     without the matrix-product shortcut computes the centred row norms exactly that way."""
     flat = p.movedim(bd, 0).reshape(n, -1)
+    if flat.dtype in _LOW_PRECISION:
+        # The model computed in half precision; its statistics need not (cdist has no half
+        # kernel on CPU, and squared norms overflow float16).
+        flat = flat.float()
+        tangent = tangent.float() if tangent is not None else None
     m = flat.mean(0)
     distance = torch.cdist(flat[None], m[None, None], compute_mode="donot_use_mm_for_euclid_dist")
     stats = {"m": m, "b": distance.view(n).square()}
@@ -1030,7 +1043,10 @@ def _evaluate(acc: _NodeAcc | None, info: _NodeInfo, name: str, dtype: torch.dty
     finfo = torch.finfo(dtype)
     # Rounding makes any variance below (eps * scale)^2 meaningless; near the underflow
     # threshold values lose their precision altogether.
-    resolved = var > (64 * finfo.eps) ** 2 * scale and scale / units > finfo.tiny * 1e6
+    # float16's smallest normal number (6e-5) is itself a plausible activation scale: for it
+    # the margin is a factor 10 on the RMS instead of 1e6 on the mean square.
+    floor = (10 * finfo.tiny) ** 2 if dtype == torch.float16 else finfo.tiny * 1e6
+    resolved = var > (64 * finfo.eps) ** 2 * scale and scale / units > floor
     if a is None:
         return _Value("constant" if var == 0 else "no-gradient", stats=stats)
     if not resolved:
@@ -1075,6 +1091,7 @@ class _Result:
         self.pop_segs = {k: _evaluate(r.acc, r.info, r.name, run.dtype) for k, r in pop_segs.items()}
         self.reasons = self._doubts(run)
         self.output_nlc_float32: float | None = None
+        self.output_by_dtype: dict[str, NodeStats] = {}
         self.probes = plan.probes
         self.population_probes: int | None = None
 
@@ -1086,6 +1103,10 @@ class _Result:
         out = self.main[self.graph.output]
         if out.nlc is not None and out.nlc > PRECISION_NLC:
             reasons.append(f"{self.graph.output} (NLC {out.nlc:.3g} > {PRECISION_NLC:g})")
+        low = sorted({n.dtype for n in self.graph if n.dtype in ("float16", "bfloat16")} | (
+            {_dtype_name(self.dtype)} if self.dtype in _LOW_PRECISION else set()))
+        if low and self.dtype != torch.float64:
+            reasons.append(f"{'/'.join(low)} computation (precision check)")
         for values in [self.main] + ([self.pop] if self.pop else []):
             for node in self.graph:
                 v = values[node.name]
