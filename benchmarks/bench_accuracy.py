@@ -13,30 +13,24 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
+import common  # noqa: F401  (first: the repository importable, one thread)
 import torch
+from common import N, images
+from exact import exact_nlc, populate_bn
+from models import SmallCNN, TinyTransformer, mlp, small_resnet
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from archlint.measure import measure
 
-from exact import exact_nlc, populate_bn  # noqa: E402
-from models import SmallCNN, TinyTransformer, mlp, small_resnet  # noqa: E402
-
-from archlint.inputs import pink_noise  # noqa: E402
-from archlint.measure import measure  # noqa: E402
-
-torch.set_num_threads(1)
 TOLERANCE = 0.05
-N = 128
 
 
 def models():
     """(name, model, inputs); each model seeded on its own."""
     g = torch.Generator().manual_seed(1234)
     vectors = (torch.randn(N, 32, generator=g),)
-    images = (pink_noise(N, 3, (32, 32), g).float(),)
+    pictures = (images(N, g),)
     tokens = (torch.randint(0, 100, (N, 16), generator=g),)
 
     def seeded(seed, build):
@@ -52,10 +46,10 @@ def models():
     bn = seeded(7, lambda: mlp(10, 256, nn.ReLU, 1.0, batchnorm=True))
     populate_bn(bn, vectors, N)
     yield "BN-ReLU MLP, depth 10, eval (populated)", bn, vectors
-    yield "CNN (3 conv-ReLU-maxpool)", seeded(8, SmallCNN), images
+    yield "CNN (3 conv-ReLU-maxpool)", seeded(8, SmallCNN), pictures
     resnet = seeded(9, small_resnet)
-    populate_bn(resnet, images, N)
-    yield "residual CNN (3 BasicBlocks, eval)", resnet, images
+    populate_bn(resnet, pictures, N)
+    yield "residual CNN (3 BasicBlocks, eval)", resnet, pictures
     yield "pre-LN transformer block (token ids)", seeded(10, TinyTransformer), tokens
 
 
