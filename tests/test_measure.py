@@ -237,6 +237,16 @@ def test_population_of_one_large_batch_rides_along_in_the_main_pass(monkeypatch)
     # Every node got its population value.
     assert all(s.nlc_population is not None for s in report.nodes.values() if s.status == "ok")
 
+    # Segments too; and the separate eval-mode pass (populated, unbiased variance) agrees.
+    seg = ("body_2", "body_8")
+    fused = measure(model, x, batch_size=64, population_probes=4, segments=[seg])
+    monkeypatch.setattr(measure_mod, "_fusable", lambda *args: False)
+    separate = measure(model, x, batch_size=64, population_probes=4, segments=[seg])
+    for a, b in [(fused.output_stats, separate.output_stats), (fused.segments[seg], separate.segments[seg])]:
+        assert a.status_population == b.status_population == "ok"
+        assert abs(a.nlc_population - b.nlc_population) < 3 * math.hypot(a.nlc_population_se, b.nlc_population_se)
+        assert a.nlc == pytest.approx(b.nlc, rel=1e-4)  # the batch values do not depend on it
+
 
 def test_eval_mode_batchnorm_with_fresh_statistics_is_populated_first():
     model = mlp(6, 64, nn.ReLU, sigma_w2=1.0, batchnorm=True).eval()
