@@ -36,7 +36,8 @@ Semantics:
   running statistics populated from the same batches (the cumulative average that
   ``momentum=None`` gives); PyTorch's fresh statistics (0 and 1) are never used as if they were
   populated. (In the one-pass case the running variance is the batch's biased one, not
-  PyTorch's unbiased one: a relative difference of 1/count, under 0.1%; see _fusable.) Eval-mode BatchNorm layers with fresh statistics are populated the same way first.
+  PyTorch's unbiased one: a relative difference of 1/count, under 0.1%; see _fusable.)
+  Eval-mode BatchNorm layers with fresh statistics are populated the same way first.
 - Integer inputs (token ids): the tangent enters at the embedding outputs.
 - Values that a float32 pass cannot resolve (variance under the rounding level, overflow, NaN,
   an output NLC above 100) are measured again in float64; whatever is still unresolved gets a

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -73,10 +74,10 @@ print(json.dumps({"marks": marks, "end": time.time()}))
 """
 
 
-def run(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):
@@ -111,6 +112,9 @@ def main() -> None:
         "`python -c 'import torch'`": [sys.executable, "-c", "import torch"],
         "`archlint check` (verify on; no findings, so no measurement)": check,
         "`archlint check --no-verify`": check + ["--no-verify"],
+        # OpenMP's worker threads spin after each parallel region; on a shared machine they
+        # take the core from the main thread (see the README's speed section).
+        "`OMP_WAIT_POLICY=PASSIVE archlint check --no-verify`": (check + ["--no-verify"], {"OMP_WAIT_POLICY": "PASSIVE"}),
         "forced measurement, batch 128 (`archlint.measure(model)`, in the process)": [sys.executable, "-c", (
             "import torch, importlib.util as u; torch.set_num_threads(1);"
             f"s=u.spec_from_file_location('r18', {str(MODEL)!r}); m=u.module_from_spec(s); s.loader.exec_module(m);"
@@ -121,7 +125,7 @@ def main() -> None:
     cpus: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name, cmd in cases.items():
-            wall, cpu, _ = run(cmd)
+            wall, cpu, _ = run(*cmd) if isinstance(cmd, tuple) else run(cmd)
             walls[name].append(wall)
             cpus[name].append(cpu)
     torch_wall = statistics.median(walls["`python -c 'import torch'`"])
@@ -131,6 +135,7 @@ def main() -> None:
         wall = statistics.median(walls[name])
         print(f"| {name} | {wall:.2f} | {statistics.median(cpus[name]):.2f} | {wall / torch_wall:.2f}x |")
     print("\nper-run wall-clock (s): " + "; ".join(f"{n.split('`')[1]} {[round(v, 2) for v in w]}" for n, w in walls.items()))
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (other jobs share the machine)")
     phases()
 
 
