@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
-import libcst as cst
 import torch
-from libcst.metadata import MetadataWrapper, PositionProvider
 from torch import nn
 
 from archlint import metainit
@@ -398,42 +396,45 @@ class NotBuilt:
 
 
 class _SourceIndex:
-    """The file's top-level classes and functions by name, with libcst positions."""
+    """The file's top-level classes and functions by name, with the spans of their names.
+
+    Built on ``sourcemap.index_for``: the file's one parse, shared with the source map.
+    """
 
     def __init__(self, path: str):
+        from archlint import sourcemap
+
         self.path = path
-        with open(path, "rb") as f:
-            source = f.read()
-        try:
-            wrapper = MetadataWrapper(cst.parse_module(source))
-        except cst.ParserSyntaxError as exc:
-            # Python imported it, so this is syntax libcst does not know yet.
-            raise LoadError(f"libcst cannot parse the file: {exc.message}", Span(path, exc.raw_line or 1)) from exc
-        positions = wrapper.resolve(PositionProvider)
-        self.classes: dict[str, cst.ClassDef] = {}
-        self.functions: dict[str, cst.FunctionDef] = {}
+        index = sourcemap.index_for(path)
+        if index is None or index.tree is None:
+            # Python imported it, so the file changed since, or cannot be read any more.
+            error = index.syntax_error if index is not None else None
+            message = f"cannot parse the file: {error.msg}" if error is not None else "cannot read the file"
+            raise LoadError(message, Span(path, (error.lineno if error is not None else None) or 1))
+        self.classes: dict[str, ast.ClassDef] = {}
+        self.functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
         # The span of each class's / function's name, by name.
         self.spans: dict[str, Span] = {}
-        for node in _module_level_defs(wrapper.module):
-            name = node.name.value
+        for node in _module_level_defs(index.tree):
             # A later redefinition wins, as at run time.
-            (self.classes if isinstance(node, cst.ClassDef) else self.functions)[name] = node
-            pos = positions[node.name]
-            self.spans[name] = Span(path, pos.start.line, pos.start.column, pos.end.line, pos.end.column)
+            (self.classes if isinstance(node, ast.ClassDef) else self.functions)[node.name] = node
+            self.spans[node.name] = index.name_span(node)
 
 
-def _module_level_defs(module: cst.Module) -> Iterator[cst.ClassDef | cst.FunctionDef]:
+def _module_level_defs(module: ast.Module) -> Iterator[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
     """Classes and functions defined at module level, also inside if/try/with blocks."""
-    stack: list[Any] = list(reversed(module.body))
+    blocks = (ast.If, ast.Try, ast.With, ast.AsyncWith, *((ast.TryStar,) if hasattr(ast, "TryStar") else ()))
+    stack: list[ast.stmt] = list(reversed(module.body))
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.ClassDef, cst.FunctionDef)):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             yield node
-        elif isinstance(node, (cst.If, cst.Else, cst.Try, cst.Finally, cst.ExceptHandler, cst.With)):
-            children = [node.body] + [getattr(node, a) for a in ("orelse", "finalbody") if getattr(node, a, None)]
-            children += list(getattr(node, "handlers", ()))
-            for child in reversed(children):
-                stack.extend(reversed(child.body) if isinstance(child, cst.IndentedBlock) else [child])
+        elif isinstance(node, blocks):
+            children = list(node.body)
+            for handler in getattr(node, "handlers", ()):
+                children += handler.body
+            children += getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            stack.extend(reversed(children))
 
 
 def _required_params(func: Callable[..., Any], skip_first: bool = False) -> list[str] | None:
@@ -494,17 +495,14 @@ def _component_classes(index: _SourceIndex, module: ModuleType) -> set[str]:
     for name, node in index.classes.items():
         if not _is_model_class(vars(module).get(name)):
             continue
-        names = {n.value for n in _walk(node.body) if isinstance(n, cst.Name)}
+        names = set()
+        for sub in (n for stmt in node.body for n in ast.walk(stmt)):
+            if isinstance(sub, ast.Name):
+                names.add(sub.id)
+            elif isinstance(sub, ast.Attribute):  # blocks.Block, self.Block
+                names.add(sub.attr)
         used.update(n for n in names & set(index.classes) if n != name)
     return used
-
-
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    stack = [node]
-    while stack:
-        cur = stack.pop()
-        yield cur
-        stack.extend(cur.children)
 
 
 # Calling these builds a plain value and runs no user code.
@@ -520,23 +518,23 @@ def _factories(index: _SourceIndex, module: ModuleType) -> dict[str, set[str]]:
     That is what makes calling it safe: a ``main()`` that trains or writes files never
     qualifies, however few arguments it takes.
     """
-    candidates: dict[str, tuple[Any, list[cst.Call], set[str]]] = {}
+    candidates: dict[str, tuple[Any, list[ast.Call], set[str]]] = {}
     for name, node in index.functions.items():
         func = vars(module).get(name)
         if not inspect.isfunction(func) or func.__qualname__ != name or func.__module__ != module.__name__:
             continue
-        if node.decorators or node.asynchronous or not _no_required_params(node.params):
+        if node.decorator_list or isinstance(node, ast.AsyncFunctionDef) or not _no_required_params(node.args):
             continue
         body = _simple_body(node)
         if body is None:
             continue
-        local_names = {p.name.value for p in _all_params(node.params)}
+        local_names = {p.arg for p in _all_params(node.args)}
         for stmt in body:
-            if isinstance(stmt, cst.Assign):
-                local_names.update(t.target.value for t in stmt.targets if isinstance(t.target, cst.Name))
-            elif isinstance(stmt, cst.AnnAssign) and isinstance(stmt.target, cst.Name):
-                local_names.add(stmt.target.value)
-        calls = [n for stmt in body for n in _walk(stmt) if isinstance(n, cst.Call)]
+            if isinstance(stmt, ast.Assign):
+                local_names.update(t.id for t in stmt.targets if isinstance(t, ast.Name))
+            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                local_names.add(stmt.target.id)
+        calls = [n for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Call)]
         candidates[name] = (func, calls, local_names)
 
     # A factory may call another factory, defined above or below it: grow to a fixed point.
@@ -558,55 +556,48 @@ def _factories(index: _SourceIndex, module: ModuleType) -> dict[str, set[str]]:
     return calls_of
 
 
-def _all_params(params: cst.Parameters) -> list[cst.Param]:
-    out = list(params.posonly_params) + list(params.params) + list(params.kwonly_params)
-    for star in (params.star_arg, params.star_kwarg):
-        if isinstance(star, cst.Param):
-            out.append(star)
+def _all_params(params: ast.arguments) -> list[ast.arg]:
+    out = [*params.posonlyargs, *params.args, *params.kwonlyargs]
+    out += [star for star in (params.vararg, params.kwarg) if star is not None]
     return out
 
 
-def _no_required_params(params: cst.Parameters) -> bool:
-    # *args and **kwargs are fine: they can be left empty.
-    return all(p.default is not None for p in [*params.posonly_params, *params.params, *params.kwonly_params])
+def _no_required_params(params: ast.arguments) -> bool:
+    # *args and **kwargs are fine: they can be left empty. Positional defaults belong to
+    # the last positional parameters; a keyword-only one without a default has None.
+    positional = len(params.posonlyargs) + len(params.args)
+    return len(params.defaults) == positional and all(d is not None for d in params.kw_defaults)
 
 
-def _simple_body(node: cst.FunctionDef) -> list[cst.BaseSmallStatement] | None:
+def _simple_body(node: ast.FunctionDef) -> list[ast.stmt] | None:
     """The body's statements if they are [docstring], assignments..., return <expr>."""
-    if isinstance(node.body, cst.SimpleStatementSuite):
-        small = list(node.body.body)
-    else:
-        small = []
-        for stmt in node.body.body:
-            if not isinstance(stmt, cst.SimpleStatementLine):
-                return None
-            small.extend(stmt.body)
-    if small and isinstance(small[0], cst.Expr) and isinstance(small[0].value, (cst.SimpleString, cst.ConcatenatedString)):
+    small = list(node.body)
+    if small and isinstance(small[0], ast.Expr) and isinstance(small[0].value, ast.Constant) and isinstance(small[0].value.value, str):
         small = small[1:]
-    if not small or not isinstance(small[-1], cst.Return) or small[-1].value is None:
+    if not small or not isinstance(small[-1], ast.Return) or small[-1].value is None:
         return None
     for stmt in small[:-1]:
-        if isinstance(stmt, cst.Assign):
-            if not all(isinstance(t.target, (cst.Name, cst.Attribute)) for t in stmt.targets):
+        if isinstance(stmt, ast.Assign):
+            if not all(isinstance(t, (ast.Name, ast.Attribute)) for t in stmt.targets):
                 return None
-        elif isinstance(stmt, cst.AnnAssign):
-            if stmt.value is None or not isinstance(stmt.target, (cst.Name, cst.Attribute)):
+        elif isinstance(stmt, ast.AnnAssign):
+            if stmt.value is None or not isinstance(stmt.target, (ast.Name, ast.Attribute)):
                 return None
         else:
             return None
     return small
 
 
-def _dotted(expr: cst.BaseExpression) -> list[str] | None:
-    if isinstance(expr, cst.Name):
-        return [expr.value]
-    if isinstance(expr, cst.Attribute):
+def _dotted(expr: ast.expr) -> list[str] | None:
+    if isinstance(expr, ast.Name):
+        return [expr.id]
+    if isinstance(expr, ast.Attribute):
         base = _dotted(expr.value)
-        return base + [expr.attr.value] if base is not None else None
+        return base + [expr.attr] if base is not None else None
     return None
 
 
-def _safe_callee(expr: cst.BaseExpression, module: ModuleType, local_names: set[str], factory_ids: set[int]) -> bool:
+def _safe_callee(expr: ast.expr, module: ModuleType, local_names: set[str], factory_ids: set[int]) -> bool:
     """Whether a call to ``expr`` provably only constructs a model or config object."""
     parts = _dotted(expr)
     if parts is None or parts[0] in local_names:
