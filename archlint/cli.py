@@ -14,11 +14,14 @@ from pathlib import Path
 
 import click
 
-from archlint import __version__
+from archlint import __version__, worker
 from archlint.config import DEFAULT_SELECT, Settings, UsageError, find_config, model_entries, validate_codes
 from archlint.files import iter_python_files, mentions_torch, read_source
+from archlint.worker import DEFAULT_TIMEOUT
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+# What shells report for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 FORMATS = ("full", "concise", "json")
 
 
@@ -69,17 +72,27 @@ def main() -> None:
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Batch size of the verification pass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs and random directions.")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS", help="Stop analysing a file after this long (its code may loop forever) and report it.")
+@click.option("--memory-limit", default="auto", show_default=True, metavar="SIZE", help="Memory a file's analysis may use, e.g. 4GiB, 512MiB or none (auto: half the physical memory).")
+@click.option("--no-isolation", is_flag=True, hidden=True, help="Analyse in this process (debugging): no timeout, no memory limit, model output not redirected.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet) -> None:
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, timeout, memory_limit, no_isolation, quiet) -> None:
     """Lint model files and directories (directories are walked for *.py files).
+
+    Each file is analysed in its own worker process with a time and a memory limit; a file
+    whose code crashes, exits or hangs is reported (ARC900/ARC903/ARC904) and the run goes on.
 
     Exit status: 0 no findings, 1 findings, 2 usage error or internal crash.
     """
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="archlint: %(message)s", stream=sys.stderr)
+    log_level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=log_level, format="archlint: %(message)s", stream=sys.stderr)
     try:
         settings = _settings(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
+        memory_bytes = worker.default_memory_limit() if memory_limit == "auto" else worker.parse_size(memory_limit)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    except ValueError as exc:
+        raise click.UsageError(f"--memory-limit: {exc}") from exc
 
     files = []
     for path in iter_python_files(list(paths)):
@@ -98,7 +111,15 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         sys.exit(EXIT_CLEAN)
 
     try:
-        code = _run(files, settings, output_format, output_file, quiet)
+        if no_isolation:
+            code = _run(files, settings, output_format, output_file, quiet, worker.analyse_in_process)
+        else:
+            with worker.Isolated(timeout, memory_bytes, log_level) as isolated:
+                code = _run(files, settings, output_format, output_file, quiet, isolated.analyse)
+    except KeyboardInterrupt:
+        # The worker is already killed (Isolated.__exit__); no traceback for a Ctrl-C.
+        click.echo("archlint: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception:  # a bug in archlint itself, never in the user's code
         click.echo("archlint: internal error, please report it with this traceback:", err=True)
         click.echo(traceback.format_exc(), err=True)
@@ -146,24 +167,22 @@ def _configured_models(files: list[Path]) -> tuple:
     return tuple(entry for entries in seen.values() for entry in entries)
 
 
-def _run(files: list[Path], settings: Settings, output_format: str, output_file: str | None, quiet: bool) -> int:
-    # Imported here so that runs over files without models never import torch.
-    import torch
-
-    from archlint import engine, output
+def _run(files: list[Path], settings: Settings, output_format: str, output_file: str | None, quiet: bool, analyse: worker.Analyse) -> int:
+    """``analyse(path, settings) -> FileReport`` is the per-file seam: in a worker process
+    (the default) or in this one (``--no-isolation``)."""
+    from archlint import output
     from archlint import rule as rules_api
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     findings = []
     sources: dict[str, str] = {}
     n_models = 0
     for path in files:
         if not quiet:
             click.echo(f"archlint: checking {path}", err=True)
-        result = engine.check_file(path, settings)
+        result = analyse(path, settings)
         if result.skipped:
             continue
-        n_models += sum(1 for m in result.models if m.graph is not None)
+        n_models += result.n_models
         findings.extend(result.findings)
         for f in result.findings:
             if f.span.path not in sources:
