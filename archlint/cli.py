@@ -114,7 +114,7 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         if no_isolation:
             code = _run(files, settings, output_format, output_file, quiet, worker.analyse_in_process)
         else:
-            with worker.Isolated(timeout, memory_bytes, log_level) as isolated:
+            with worker.Isolated(timeout, memory_bytes, log_level, verify=settings.verify) as isolated:
                 code = _run(files, settings, output_format, output_file, quiet, isolated.analyse)
     except KeyboardInterrupt:
         # The worker is already killed (Isolated.__exit__); no traceback for a Ctrl-C.

@@ -40,6 +40,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -55,10 +56,11 @@ from archlint.rule import Finding
 DEFAULT_TIMEOUT = 120.0
 # How often the parent looks at the child's memory use (seconds).
 POLL_INTERVAL = 0.1
-# Modules the fork server imports once, so that each child starts with them loaded.
+# Modules the fork server imports once, so that each child starts with them loaded; the
+# verification pass adds archlint.measure (~0.2 s of import a --no-verify run should not pay).
 PRELOAD = (
     "torch", "archlint.engine", "archlint.load", "archlint.trace", "archlint.sourcemap",
-    "archlint.inputs", "archlint.meanfield", "archlint.measure", "archlint.state",
+    "archlint.inputs", "archlint.meanfield", "archlint.state",
 )
 # Stages a file goes through in the child, and the diagnostic a death in each becomes.
 STAGE_CODES = {"import": "ARC900", "build": "ARC903", "forward": "ARC904", "measure": "ARC904"}
@@ -170,7 +172,24 @@ def finding_from_dict(d: dict[str, Any]) -> Finding:
 
 
 def _send(conn: Any, message: dict[str, Any]) -> None:
-    conn.send_bytes(json.dumps(message).encode())
+    try:
+        conn.send_bytes(json.dumps(message).encode())
+    except OSError:  # the parent is gone (Ctrl-C): nobody is left to tell
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """Kill this child when archlint's process goes away, however it ends: a child forked
+    by the fork server is not the parent's own, so nothing else would stop an endless loop."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="archlint-parent-watch", daemon=True).start()
 
 
 # --------------------------------------------------------------------------------------
@@ -180,6 +199,7 @@ def _send(conn: Any, message: dict[str, Any]) -> None:
 def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, dump_path: str, log_level: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides, the child just dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     # Anything the model writes to stdout (print, or C code writing to fd 1) goes to stderr.
     sys.stdout.flush()
     os.dup2(2, 1)
@@ -286,17 +306,19 @@ class _State:
 class Isolated:
     """Runs ``engine.check_file`` for one file at a time in a child process.
 
-    Use as a context manager: on exit (also on Ctrl-C) a running child is killed.
+    Use as a context manager: on exit (also on Ctrl-C) a running child is killed. As with any
+    use of multiprocessing's forkserver or spawn, a script that creates one must guard its
+    entry point with ``if __name__ == "__main__":`` (the ``archlint`` command does).
     """
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, memory_limit: int | None = None, log_level: int = logging.INFO):
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, memory_limit: int | None = None, log_level: int = logging.INFO, verify: bool = True):
         self.timeout = timeout
         self.memory_limit = memory_limit
         self.log_level = log_level
         self._ctx = _context()
         self._proc: Any = None
         if self._ctx.get_start_method() == "forkserver":
-            self._ctx.set_forkserver_preload(list(PRELOAD))
+            self._ctx.set_forkserver_preload([*PRELOAD, "archlint.measure"] if verify else list(PRELOAD))
             _start_forkserver()
 
     def __enter__(self) -> "Isolated":
@@ -320,9 +342,9 @@ class Isolated:
             target=_child, args=(send, path, settings, self.memory_limit, dump_path, self.log_level),
             name=f"archlint {os.path.basename(path)}", daemon=True,
         )
+        self._proc = proc
         try:
             proc.start()
-            self._proc = proc
             send.close()
             return self._watch(proc, receive, path, settings, dump_path)
         finally:
@@ -381,14 +403,21 @@ def _start_forkserver() -> None:
 
     OpenBLAS starts a thread pool when numpy is imported; a fork server must stay
     single-threaded, so it is told to use one thread (only in the fork server's environment).
+    A Ctrl-C while it imports torch would print a traceback from it: it is started with
+    SIGINT ignored (inherited across exec; Python then installs no KeyboardInterrupt), and
+    the parent, which gets the Ctrl-C too, stops everything.
     """
     from multiprocessing import forkserver
 
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
         forkserver.ensure_running()
     finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old_handler)
         if saved is None:
             os.environ.pop("OPENBLAS_NUM_THREADS", None)
 
