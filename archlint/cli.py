@@ -112,6 +112,9 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
 
     try:
         if no_isolation:
+            import torch
+
+            torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
             code = _run(files, settings, output_format, output_file, quiet, worker.analyse_in_process)
         else:
             with worker.Isolated(timeout, memory_bytes, log_level, verify=settings.verify) as isolated:

@@ -231,7 +231,9 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
     if memory_limit and _cpu_only(settings.device):
         import resource
 
-        resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        soft = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
     def progress(stage: str, model: str | None = None, span: Span | None = None,
                  findings: list[Finding] = (), pending: list[Finding] = ()) -> None:

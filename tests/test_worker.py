@@ -165,3 +165,15 @@ def test_ctrl_c_stops_cleanly():
     while _session_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _session_processes(proc.pid) == []
+
+
+def test_a_death_during_verification_keeps_the_findings_as_predicted(tmp_path):
+    # The worker reported the model's findings as pending verification, then died.
+    path = tmp_path / "net.py"
+    path.write_text("import torch\n")
+    pending = Finding(code="ARC101", message="too nonlinear", span=Span(str(path), 1), status="predicted", predicted=9.0)
+    state = worker._State(stage="measure", model="Net", line=1, pending=[pending])
+    report = worker._crashed(str(path), Settings(), state, "crashed: killed by SIGSEGV (Segmentation fault)", None)
+    (f,) = report.findings
+    assert (f.code, f.status, f.predicted) == ("ARC101", "predicted", 9.0)
+    assert f.reason == "not verified: the measurement crashed: killed by SIGSEGV (Segmentation fault)"
