@@ -74,6 +74,12 @@ class FileReport:
     findings: list[Finding] = field(default_factory=list)
     n_models: int = 0
     skipped: bool = False
+    # Files of the project's own modules the file imported, when the engine reports them
+    # (a cache keys on their content).
+    local_modules: list[str] = field(default_factory=list)
+    # Why the worker did not finish (crash, exit, timeout, memory), else None. A cache
+    # should not keep such a report: a timeout or memory stop depends on the machine.
+    failure: str | None = None
 
 
 class WorkerError(RuntimeError):
@@ -258,6 +264,7 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
         "findings": [finding_to_dict(f) for f in findings],
         "n_models": sum(1 for m in result.models if m.graph is not None),
         "skipped": result.skipped,
+        "local_modules": list(getattr(result, "local_modules", [])),
     }})
 
 
@@ -381,7 +388,8 @@ class Isolated:
                     )
                 elif "done" in message:
                     done = message["done"]
-                    return FileReport(path, [finding_from_dict(d) for d in done["findings"]], done["n_models"], done["skipped"])
+                    findings = [finding_from_dict(d) for d in done["findings"]]
+                    return FileReport(path, findings, done["n_models"], done["skipped"], done["local_modules"])
                 elif "internal_error" in message:
                     raise WorkerError(f"while checking {path}:\n{message['internal_error']}")
                 elif "raised" in message:
@@ -493,7 +501,7 @@ def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_lin
             "ARC904", f"{name}: running it on the example inputs {cause}", span, model=state.model,
         ))
     kept = [f for f in findings if settings.is_selected(f.code) and (settings.show_dismissed or f.status != "dismissed")]
-    return FileReport(path, sorted(kept, key=Finding.sort_key), n_models=0)
+    return FileReport(path, sorted(kept, key=Finding.sort_key), failure=cause)
 
 
 def analyse_in_process(path: str | Path, settings: Settings) -> FileReport:
@@ -502,7 +510,8 @@ def analyse_in_process(path: str | Path, settings: Settings) -> FileReport:
     from archlint import engine
 
     result = engine.check_file(path, settings)
-    return FileReport(result.path, result.findings, sum(1 for m in result.models if m.graph is not None), result.skipped)
+    n_models = sum(1 for m in result.models if m.graph is not None)
+    return FileReport(result.path, result.findings, n_models, result.skipped, list(getattr(result, "local_modules", [])))
 
 
 Analyse = Callable[[Path, Settings], FileReport]
