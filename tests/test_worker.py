@@ -178,3 +178,16 @@ def test_a_death_during_verification_keeps_the_findings_as_predicted(tmp_path):
     (f,) = report.findings
     assert (f.code, f.status, f.predicted) == ("ARC101", "predicted", 9.0)
     assert f.reason == "not verified: the measurement crashed: killed by SIGSEGV (Segmentation fault)"
+
+
+def test_limit_options_are_validated_and_documented():
+    from click.testing import CliRunner
+
+    from archlint import cli
+
+    target = str(FIXTURES / "ARC903" / "bad_needs_arguments.py")
+    bad = CliRunner().invoke(cli.main, ["check", target, "--memory-limit", "lots"])
+    assert bad.exit_code == 2 and "--memory-limit" in bad.stderr and "lots" in bad.stderr
+    assert CliRunner().invoke(cli.main, ["check", target, "--timeout", "0"]).exit_code == 2
+    help_text = CliRunner().invoke(cli.main, ["check", "--help"]).stdout
+    assert "--timeout" in help_text and "--memory-limit" in help_text and "--no-isolation" not in help_text
