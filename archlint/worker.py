@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -409,7 +408,7 @@ class Isolated:
 
 
 def _start_forkserver() -> None:
-    """Start the fork server now, so it imports torch while the parent reads configs.
+    """Start the fork server, which imports torch once for the whole run.
 
     OpenBLAS starts a thread pool when numpy is imported; a fork server must stay
     single-threaded, so it is told to use one thread (only in the fork server's environment).
