@@ -325,9 +325,8 @@ class Isolated:
         self.log_level = log_level
         self._ctx = _context()
         self._proc: Any = None
-        if self._ctx.get_start_method() == "forkserver":
-            self._ctx.set_forkserver_preload([*PRELOAD, "archlint.measure"] if verify else list(PRELOAD))
-            _start_forkserver()
+        self._preload = [*PRELOAD, "archlint.measure"] if verify else list(PRELOAD)
+        self._started = False
 
     def __enter__(self) -> "Isolated":
         return self
@@ -343,6 +342,11 @@ class Isolated:
 
     def analyse(self, path: str | Path, settings: Settings) -> FileReport:
         path = str(Path(path).resolve())  # as check_file names it in its findings
+        if not self._started and self._ctx.get_start_method() == "forkserver":
+            # On the first file, not before: a run answered by a cache never imports torch.
+            self._ctx.set_forkserver_preload(self._preload)
+            _start_forkserver()
+        self._started = True
         fd, dump_path = tempfile.mkstemp(prefix="archlint-", suffix=".stack")
         os.close(fd)
         receive, send = self._ctx.Pipe(duplex=False)
