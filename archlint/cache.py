@@ -57,17 +57,13 @@ GITIGNORE = "# Automatically created by archlint.\n*\n"
 
 @dataclass
 class Outcome:
-    """What a run needs of one checked file: its findings and how many models it analysed."""
+    """What a run needs of one checked file: its findings and how many models it analysed
+    (the same fields as ``worker.FileReport``, which ``Cache.put`` stores)."""
 
     findings: list[Finding]
     n_models: int
     skipped: bool = False
     from_cache: bool = False
-
-    @classmethod
-    def of(cls, result: Any) -> "Outcome":
-        """From an ``engine.FileResult``."""
-        return cls(list(result.findings), sum(1 for m in result.models if m.graph is not None), result.skipped)
 
 
 def _sha256_file(path: str) -> str | None:

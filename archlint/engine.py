@@ -11,7 +11,7 @@ import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -45,8 +45,18 @@ class FileResult:
     local_modules: list[str] = field(default_factory=list)
 
 
-def check_file(path: str | Path, settings: Settings) -> FileResult:
-    """Analyse one model file. Findings are sorted and filtered by the settings."""
+def _no_progress(stage: str, model: str | None = None, span: Span | None = None, findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
+    pass
+
+
+def check_file(path: str | Path, settings: Settings, progress: Callable[..., None] = _no_progress) -> FileResult:
+    """Analyse one model file. Findings are sorted and filtered by the settings.
+
+    ``progress(stage, model, span, findings, pending)`` is called as the user's code is about
+    to run: stage "import", "build", "forward" (per model) and "measure" (with the model's
+    findings pending verification). ``archlint.worker`` uses it to report a process that
+    dies or hangs at the right stage, model and line, keeping the findings made so far.
+    """
     from archlint import load, sourcemap
 
     path = str(Path(path).resolve())
@@ -60,16 +70,17 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
         result.skipped = True
         return result
 
+    progress("import")
     with sourcemap.record_constructions() as sites:
         try:
             with load.preserved_torch_globals(), load.isolated_import(path, imported=result.local_modules) as module:
-                _check_module(module, path, settings, sites, result)
+                _check_module(module, path, settings, sites, result, progress)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))
     return _finish(result, settings, source)
 
 
-def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> None:
+def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult, progress: Callable[..., None]) -> None:
     from archlint import load
 
     configured = [(settings.model, settings.inputs)] if settings.model is not None else [
@@ -89,10 +100,12 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     budget = settings.memory_budget
     if budget is None:
         budget = load.default_memory_budget(settings.device if settings.verify else "cpu")
+    progress("build", findings=result.findings)
     built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget)
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
+        progress("forward", bm.entry.name, bm.entry.span, result.findings)
         graph = _trace_model(bm, module, path, settings, sites, result)
         model_result = ModelResult(bm.entry.name, graph)
         result.models.append(model_result)
@@ -117,6 +130,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
                 reason = f"not verified: {bm.meta_reason}"
                 findings = [f if f.code.startswith("ARC9") else f.with_status("predicted", reason=reason) for f in findings]
             else:
+                progress("measure", graph.name, graph.span, result.findings, findings)
                 findings = _verify(graph, bm.entry, findings, settings, model_result)
         result.findings.extend(_settle(findings))
 

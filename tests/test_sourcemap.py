@@ -8,7 +8,6 @@ and end column.
 import gc
 import importlib.util
 import os
-import sys
 import weakref
 
 import pytest
@@ -16,7 +15,6 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from archlint import sourcemap
 from archlint.graph import Span
 from archlint.sourcemap import (
     RawPosition,
