@@ -137,6 +137,7 @@ class Cache:
     def __init__(self, settings: Settings | dict[Path, Settings], cache_dir: str | os.PathLike | None = None):
         # One Settings for every file, or each file's own (from its nearest config).
         self.settings = settings
+        self._resolved: dict[Path, Settings] | None = None
         self.cache_dir = Path(cache_dir).resolve() if cache_dir is not None else None
         self.cwd = os.getcwd()
         self._writable = True
@@ -164,7 +165,10 @@ class Cache:
 
     def _settings_of(self, path: str) -> Settings:
         if isinstance(self.settings, dict):
-            return self.settings[Path(path)]
+            if self._resolved is None:
+                # Keyed by the paths as given (possibly relative); entries use resolved paths.
+                self._resolved = {Path(p).resolve(): s for p, s in self.settings.items()}
+            return self._resolved[Path(path).resolve()]
         return self.settings
 
     # Reading and writing
