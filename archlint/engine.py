@@ -132,7 +132,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
             else:
                 progress("measure", graph.name, graph.span, result.findings, findings)
                 findings = _verify(graph, bm.entry, findings, settings, model_result)
-        result.findings.extend(_settle(findings))
+        result.findings.extend(rules_api.settle(findings))
 
 
 def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> ArchGraph | None:
@@ -184,55 +184,6 @@ def _predict(graph: ArchGraph) -> None:
     except Exception as exc:  # a bug or an op the predictor chokes on: rules fall back to measuring
         log.warning("%s: mean-field prediction failed (%s: %s); rules rely on measurement", graph.name, type(exc).__name__, exc)
         graph.prediction = None
-
-
-def _settle(findings: list[Finding]) -> list[Finding]:
-    """Drop what the static pass could not decide and what a more specific finding explains.
-
-    - A finding with ``data["needs_measurement"]`` was raised because the prediction was
-      unavailable (an op the mean-field predictor does not model): it is a question for the
-      measurement, not a finding, and is dropped when no measurement answered it.
-    - A rule's ``SUBSUMED_BY`` codes name more specific rules: when one of them stands for the
-      same model (not dismissed), the general finding is redundant (ARC101 "the NLC is too
-      high" beside ARC103 "this plain stack makes it so").
-    """
-    kept = [f for f in findings if not (f.data.get("needs_measurement") and f.status == "predicted")]
-    standing = {(f.model, f.code) for f in kept if f.status != "dismissed"}
-    out = []
-    for f in kept:
-        subsumed_by = () if f.code.startswith("ARC9") else getattr(rules_api.get(f.code).module, "SUBSUMED_BY", ())
-        if f.status != "dismissed" and any((f.model, code) in standing for code in subsumed_by):
-            continue
-        out.append(_compose(f))
-    return out
-
-
-def _compose(f: Finding) -> Finding:
-    """Fill a rule's ``{value}`` with the measured value (else the predicted one) and append
-    the predicted value and the threshold: "... compound to NLC 47.7 (predicted 46.1;
-    threshold 3)". A dismissed finding keeps the predicted value and names the measured one
-    beside it: "... NLC 3.5 (measured 2.4; threshold 3)"."""
-    from archlint.evidence import fmt
-
-    if f.code.startswith("ARC9"):
-        return f
-    # Fractions (dead units) read better as percentages.
-    show = (lambda v: f"{100 * v:.0f}%") if f.data.get("percent") else fmt
-    # The sentence states the standing value: the measured one when it confirms, the
-    # predicted one otherwise; a dismissing measurement is then named beside it.
-    best = f.measured if f.measured is not None and f.status != "dismissed" else f.predicted
-    message = f.message.replace("{value}", show(best) if best is not None else "(not predicted)")
-    extras = []
-    if f.status == "dismissed" and f.measured is not None:
-        extras.append(f"measured {show(f.measured)}")
-    elif f.measured is not None and f.predicted is not None:
-        extras.append(f"predicted {show(f.predicted)}")
-    if f.threshold is not None:
-        extras.append(f"threshold {show(f.threshold)}")
-    if extras:
-        message += f" ({'; '.join(extras)})"
-    f.message = message
-    return f
 
 
 def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:
@@ -295,28 +246,10 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
 
 
 # Meta diagnostics that mean a model of the file was not analysed, so its rules never ran.
-NOT_ANALYSED = ("ARC900", "ARC903", "ARC904")
-
-
 def _finish(result: FileResult, settings: Settings, source: str | None) -> FileResult:
     from archlint import suppress
 
-    kept = [f for f in result.findings if settings.is_selected(f.code)]
-    if source is not None:
-        # Only a rule that ran can show that a suppression of its code is unused: the code
-        # must be selected for this file, and every model of it analysed (the import,
-        # ARC900, always is).
-        complete = not any(f.code in NOT_ANALYSED for f in result.findings)
-
-        def judged(code: str) -> bool:
-            return settings.is_selected(code) and (complete or code == "ARC900")
-
-        # Dismissed findings are matched too: a suppression must not turn "unused" when a
-        # different seed or batch dismisses the finding it is there for.
-        kept = suppress.suppress(kept, source, result.path, report_unused=settings.is_selected(suppress.UNUSED_CODE), judged=judged)
-    if not settings.show_dismissed:
-        kept = [f for f in kept if f.status != "dismissed"]
-    result.findings = sorted(kept, key=Finding.sort_key)
+    result.findings = suppress.finalise(result.findings, result.path, settings, source)
     return result
 
 

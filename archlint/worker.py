@@ -493,7 +493,7 @@ def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_lin
     if state.stage == "measure":
         # The model's findings were made; only their verification died with the process.
         reason = f"not verified: the measurement {cause}"
-        findings += [f.with_status("predicted", reason=reason) if not f.code.startswith("ARC9") else f for f in state.pending]
+        findings += rules_api.settle([f.with_status("predicted", reason=reason) if not f.code.startswith("ARC9") else f for f in state.pending])
     elif state.stage == "import":
         findings.append(rules_api.meta("ARC900", f"cannot import the file: importing it {cause}", span))
     elif state.stage == "build":
@@ -503,8 +503,11 @@ def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_lin
         findings.append(rules_api.meta(
             "ARC904", f"{name}: running it on the example inputs {cause}", span, model=state.model,
         ))
-    kept = [f for f in findings if settings.is_selected(f.code) and (settings.show_dismissed or f.status != "dismissed")]
-    return FileReport(path, sorted(kept, key=Finding.sort_key), failure=cause)
+    from archlint import suppress
+
+    # The same finishing as a file that completes: selected, suppressions applied.
+    kept = suppress.finalise(findings, path, settings, read_source(Path(path)))
+    return FileReport(path, kept, failure=cause)
 
 
 def analyse_in_process(path: str | Path, settings: Settings) -> FileReport:
