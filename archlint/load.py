@@ -237,13 +237,19 @@ def preserved_torch_globals() -> Iterator[None]:
         try:
             yield
         finally:
-            torch.set_default_dtype(dtype)
-            if device is not None:
+            # Each setter only when the value changed: use_deterministic_algorithms imports
+            # torch's compiler stack (about 2 s) on its first call.
+            if torch.get_default_dtype() != dtype:
+                torch.set_default_dtype(dtype)
+            if device is not None and torch.get_default_device() != device:
                 torch.set_default_device(device)
             torch.set_grad_enabled(grad)
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-            torch.set_anomaly_enabled(anomaly)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (deterministic, warn_only):
+                torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            if torch.is_anomaly_enabled() != anomaly:
+                torch.set_anomaly_enabled(anomaly)
 
 
 def _read_source(path: str) -> str:

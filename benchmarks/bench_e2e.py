@@ -10,8 +10,8 @@ system of the child: on a shared machine the steadier of the two). It also times
 (`archlint.measure` on the same model at the default batch), because a clean ResNet-18 has
 no findings for the verification pass to confirm, so `check` does not measure it.
 
-The phase breakdown runs `archlint check --no-verify` once more in a child that wraps the
-engine's steps with timers (their sum is not the wall time: the interpreter's own start and
+The phase breakdown runs `archlint check --no-verify --no-isolation` once more in a child
+that wraps the engine's steps with timers (their sum is not the wall time: the interpreter's own start and
 exit are outside them).
 """
 
@@ -62,6 +62,7 @@ timed(engine, "_example_inputs", "example inputs (infer from the first layer)")
 timed(trace, "_run_recording_values", "trace: run the fx graph once (shapes, dtypes)")
 timed(ops, "param_infos", "trace: parameter statistics")
 timed(trace, "trace", "trace total (fx, run, nodes, spans)")
+timed(engine, "_predict", "mean-field prediction")
 timed(engine, "_run_rules", "rules")
 timed(engine, "check_file", "check_file total")
 try:
@@ -87,7 +88,8 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float
 
 
 def phases() -> None:
-    cmd = [sys.executable, "-c", PHASES, "check", str(MODEL), "-q", "--no-verify"]
+    # In one process (--no-isolation), so that the timers see the engine's steps.
+    cmd = [sys.executable, "-c", PHASES, "check", str(MODEL), "-q", "--no-verify", "--no-cache", "--no-isolation"]
     started = time.time()
     _, _, proc = run(cmd)
     ended = time.time()
@@ -106,7 +108,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    check = [sys.executable, "-m", "archlint", "check", str(MODEL), "-q"]
+    # --no-cache: every repeat must do the work (a second run is otherwise a cache hit).
+    check = [sys.executable, "-m", "archlint", "check", str(MODEL), "-q", "--no-cache"]
     cases = {
         "`python -c pass` (interpreter start-up)": [sys.executable, "-c", "pass"],
         "`python -c 'import torch'`": [sys.executable, "-c", "import torch"],
