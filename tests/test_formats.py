@@ -26,8 +26,8 @@ from archlint.output import github, junit, sarif
 from archlint.rule import Finding, registry
 from conftest import FIXTURES, REPO
 
-# The OASIS schema (errata 01), kept beside the repository in shared/data/.
-SCHEMA = json.loads((REPO.parent / "shared" / "data" / "sarif-schema-2.1.0.json").read_text())
+# The OASIS schema (errata 01); provenance in tests/data/SARIF-SCHEMA.md.
+SCHEMA = json.loads((REPO / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
 VALIDATOR = jsonschema.Draft7Validator(SCHEMA)
 # Analysed in this process: the hostile corpus (endless loops, os._exit, segfaults) only
 # ever runs in worker processes, in tests/test_hostile.py.
