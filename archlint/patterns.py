@@ -270,6 +270,12 @@ def has_batchnorm(graph: ArchGraph) -> bool:
     return any(n.kind == OpKind.NORM and n.attrs.get("norm_type") == "batch" for n in graph.nodes)
 
 
+def nlc_threshold(graph: ArchGraph, options: dict) -> float:
+    """A rule's NLC threshold for this model: ``conv-threshold`` for models with
+    convolutions (the MLP band does not carry over to CNNs), else ``threshold``."""
+    return float(options["conv-threshold"] if has_kind(graph, OpKind.CONV) else options["threshold"])
+
+
 def prediction_margin(graph: ArchGraph) -> float:
     """How far a prediction must cross an upper threshold before a rule reports it statically.
 

@@ -49,7 +49,6 @@ activation operated in its near-linear range (a smaller init gain for tanh: std
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.graph import OpKind
 from archlint.rule import Finding, Verdict
 
 CODE = "ARC101"
@@ -61,14 +60,10 @@ OPTIONS = {"threshold": 3.0, "conv-threshold": 100.0}
 SUBSUMED_BY = ("ARC103", "ARC104", "ARC105")
 
 
-def _threshold(graph, options) -> float:
-    return float(options["conv-threshold"] if patterns.has_kind(graph, OpKind.CONV) else options["threshold"])
-
-
 def check(graph, options):
     if graph.output is None or not patterns.sources(graph):
         return []
-    threshold = _threshold(graph, options)
+    threshold = patterns.nlc_threshold(graph, options)
     predicted = evidence.predicted_nlc(graph, graph.output)
     unpredicted = evidence.predicted(graph, graph.output) is None
     if not unpredicted and (predicted is None or predicted <= threshold * patterns.prediction_margin(graph)):

@@ -60,7 +60,6 @@ smaller gain so the activations run in their near-linear range.
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.graph import OpKind
 from archlint.rule import Finding, Verdict, node_span
 
 CODE = "ARC103"
@@ -76,12 +75,8 @@ EXPLANATION = (
 )
 
 
-def _threshold(graph, options) -> float:
-    return float(options["conv-threshold"] if patterns.has_kind(graph, OpKind.CONV) else options["threshold"])
-
-
 def check(graph, options):
-    threshold = _threshold(graph, options)
+    threshold = patterns.nlc_threshold(graph, options)
     findings = []
     sources = set(patterns.sources(graph))
     for run in patterns.plain_runs(graph):
