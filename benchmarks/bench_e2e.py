@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "fixtures" / "models" / "resnet18_cifar.py"
+MODEL = REPO / "fixtures" / "architectures" / "good_resnet18_cifar.py"
 
 # Runs in the child: time each step of one `archlint check`, print them as JSON.
 PHASES = r"""

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESNET = REPO / "fixtures" / "models" / "resnet18_cifar.py"
+RESNET = REPO / "fixtures" / "architectures" / "good_resnet18_cifar.py"
 # Several small files: what a directory run pays per file.
 MANY = sorted(str(p) for p in (REPO / "fixtures").glob("ARC9*/bad_*.py")) + [str(RESNET)]
 

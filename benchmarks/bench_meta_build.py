@@ -20,7 +20,7 @@ import torch
 from archlint import load
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "fixtures" / "models" / "resnet18_cifar.py"
+MODEL = REPO / "fixtures" / "architectures" / "good_resnet18_cifar.py"
 
 
 def main() -> None:
