@@ -6,11 +6,14 @@ centred sample directions for wide nodes) at the output and at 4 intermediate no
 sub-network from the input, or from the embedding for token inputs, to that node).
 Models without batch dependence: BatchNorm models are in eval mode with populated statistics.
 
-    python benchmarks/bench_accuracy.py
+    python benchmarks/bench_accuracy.py [--device cuda]
+
+With ``--device cuda`` models, samples and the exact references all live on the GPU.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -74,13 +77,21 @@ def intermediate(report, count=4):
     return [candidates[round(i * (len(candidates) - 1) / (count - 1))] for i in range(count)]
 
 
+def on(device, model, inputs):
+    return model.to(device), tuple(t.to(device) for t in inputs)
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    device = parser.parse_args().device
     rows = []
     worst = 0.0
     references = {}
     for name, model, inputs in models():
+        model, inputs = on(device, model, inputs)
         started = time.perf_counter()
-        report = measure(model, inputs, device="cpu")
+        report = measure(model, inputs, device=device)
         seconds = time.perf_counter() - started
         targets = intermediate(report) + [report.output]
         exact = exact_nlc(model, inputs, report.sources[0], targets)
@@ -99,9 +110,9 @@ def main() -> int:
     # the exact NLC of that model in eval mode populated from the same batch (above).
     eval_report, targets, exact = references[RESNET]
     torch.manual_seed(9)
-    trained = small_resnet()
+    trained, pictures = on(device, small_resnet(), samples()[1])
     started = time.perf_counter()
-    report = measure(trained, samples()[1], device="cpu")
+    report = measure(trained, pictures, device=device)
     seconds = time.perf_counter() - started
     name = "residual CNN, train mode: population value"
     for target in targets:
