@@ -134,9 +134,7 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     store = None if no_cache else Cache(settings, cache_dir)
     try:
         if no_isolation:
-            import torch
-
-            torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+            worker.prepare_process()
             code = _run(files, settings, output_format, statistics, output_file, quiet, worker.analyse_in_process, store)
         else:
             verify = any(s.verify for s in settings.values())

@@ -13,7 +13,12 @@
    an hour) on SUBSET samples and scaled by 128 / SUBSET (its cost is linear in the number of
    samples: independent per-sample Jacobians), which the 10-output case checks.
 
-    python benchmarks/bench_cost.py [--part 1|2] [--repeats 7]
+The process's allocator is tuned as archlint's own processes tune theirs
+(archlint.worker.keep_freed_memory: large freed blocks are reused instead of mapped afresh);
+``--allocator default`` leaves glibc's defaults, as in a user's process calling
+archlint.measure.
+
+    python benchmarks/bench_cost.py [--part 1|2] [--repeats 7] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from torch.func import jacrev, vmap
 import archlint.measure as measure_mod
 from archlint.measure import measure
 from archlint.trace import trace
+from archlint.worker import keep_freed_memory
 
 REPEATS = 7
 SUBSET = 4
@@ -168,7 +174,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", type=int, choices=(1, 2), help="run only this part (default: both)")
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
     args = parser.parse_args()
+    if args.allocator == "archlint":
+        keep_freed_memory()
+    print(f"allocator: {args.allocator}\n")
     x = images(N, torch.Generator().manual_seed(0))
     if args.part in (None, 1):
         part1(x, args.repeats)
