@@ -214,6 +214,40 @@ class _State:
     v: float
     mean: float
     N: float
+    # Per-position statistics of a (batch, channel, *spatial) node downstream of a
+    # convolution; None: every position alike (M, v, mean, N hold for each).
+    sp: _Spatial | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class _Spatial:
+    """The state at each of the P positions of a map of shape ``shape`` (module docstring).
+
+    mu[p] = mean_c m_cp, Q[p, q] = mean_c m_cp m_cq (m_cp = E_x h_cp: the neuron means of
+    channel c at positions p, q), v[p] = mean_c Var_x h_cp, N[p] = mean_c tr(J_cp Cov J_cp^T).
+    """
+
+    shape: tuple[int, ...]
+    mu: np.ndarray
+    Q: np.ndarray
+    v: np.ndarray
+    N: np.ndarray
+
+    def state(self) -> _State:
+        """The node's state: averages over positions (and channels) of the maps."""
+        return _State(M=max(float(np.mean(np.diag(self.Q))), 0.0), v=float(self.v.mean()), mean=float(self.mu.mean()),
+                      N=float(self.N.mean()), sp=self)
+
+
+def _uniform_map(s: _State, shape: tuple[int, ...]) -> _Spatial:
+    """A position-free state as a map: a channel's neuron mean is the same at every position."""
+    P = math.prod(shape)
+    return _Spatial(shape, np.full(P, s.mean), np.full((P, P), s.M), np.full(P, s.v), np.full(P, s.N))
+
+
+def _scalar(s: _State) -> _State:
+    """The same averages, position structure dropped (an op that does not keep the layout)."""
+    return _State(M=s.M, v=s.v, mean=s.mean, N=s.N)
 
 
 @dataclass(frozen=True)
@@ -475,10 +509,35 @@ class _Recursion:
         w_mean, b_mean = _systematic_mean(w), _systematic_mean(b) if b is not None else 0.0
         s = ins[0]
         gain = fan_in * w_sq  # sigma_w^2 of the real weights
+        taps = self._conv_taps(node)
+        if taps is not None:
+            return _conv_map(s, taps, fan_in / len(taps[0]), w_sq, w_mean, b_sq, b_mean)
         mean = fan_in * w_mean * s.mean + b_mean
         # E_i (sum_j W_ij m_j + b_i)^2 with the systematic means taken out of the spreads.
         M = mean**2 + fan_in * (w_sq - w_mean**2) * s.M + b_sq - b_mean**2
         return _State(M=M, v=gain * s.v, mean=mean, N=gain * s.N)
+
+    def _conv_taps(self, node: Node) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]] | None:
+        """(input position of each tap at each output position, input and output map shapes)
+        of a Conv1d/2d/3d module; None where positions are not modelled (module docstring)."""
+        conv = node.module
+        src = self.graph[node.inputs[0]].shape
+        if (node.kind is not OpKind.CONV or not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed
+                or src is None or node.shape is None or len(src) != len(node.shape)):
+            return None
+        d = len(conv.kernel_size)
+        s_in, s_out = tuple(src[-d:]), tuple(node.shape[-d:])
+        if len(src) != d + 2 or max(math.prod(s_in), math.prod(s_out)) > _MAX_POSITIONS:
+            return None
+        key = (s_in, s_out, tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.dilation),
+               tuple(conv._reversed_padding_repeated_twice), conv.padding_mode)
+        if key not in _TAPS:
+            if len(_TAPS) >= 256:
+                _TAPS.clear()
+            # _reversed_padding_repeated_twice: (left, right) per dim, last dim first.
+            left = [conv._reversed_padding_repeated_twice[2 * (d - 1 - k)] for k in range(d)]
+            _TAPS[key] = _tap_index(s_in, s_out, conv.kernel_size, conv.stride, conv.dilation, left, conv.padding_mode)
+        return _TAPS[key], s_in, s_out
 
     def _norm(self, node: Node, ins: list[_State]) -> _State | _Missing:
         norm = node.attrs.get("norm_type")
@@ -492,9 +551,12 @@ class _Recursion:
         eps = float(node.attrs.get("eps", 1e-5))
         s = ins[0]
         if norm == "batch":
+            if s.sp is not None:
+                return _batch_norm_map(s.sp, g_mean, g_sq, b_mean, b_sq, eps)
             # Per-neuron statistics of the data: offsets removed, spread normalised.
             scale = g_sq / (s.v + eps)
             return _State(M=b_sq, v=scale * s.v, mean=b_mean, N=scale * s.N)
+        s = _scalar(s)  # normalised over all units of a sample: positions not modelled
         if norm == "rms":
             r2 = s.M + s.v + eps
             mean = g_mean * s.mean / math.sqrt(r2)
@@ -525,11 +587,28 @@ class _Recursion:
             signs = [1.0, -1.0]
         elif name in _RSUB_OPS and len(ins) == 2:
             signs = [-1.0, 1.0]
+        maps = self._maps(node, ins)
+        if maps is not None:
+            mu = sum(sg * m.mu for sg, m in zip(signs, maps))
+            Q = np.outer(mu, mu) + sum(m.Q - np.outer(m.mu, m.mu) for m in maps)
+            return _Spatial(maps[0].shape, mu, Q, sum(m.v for m in maps), sum(m.N for m in maps)).state()
+        ins = [_scalar(s) for s in ins]
         mean = sum(sg * s.mean for sg, s in zip(signs, ins))
         # Independent branches: the per-neuron offsets around the common offset add in
         # square, and so do the fluctuations and the linearised variances.
         spread = sum(max(s.M - s.mean**2, 0.0) for s in ins)
         return _State(M=mean**2 + spread, v=sum(s.v for s in ins), mean=mean, N=sum(s.N for s in ins))
+
+    def _maps(self, node: Node, ins: list[_State]) -> list[_Spatial] | None:
+        """The inputs' maps, where one has a map and all have this node's shape."""
+        shapes = [self.graph[i].shape for i in node.inputs]
+        with_map = [s.sp for s in ins if s.sp is not None]
+        if not with_map or any(sh != node.shape for sh in shapes):
+            return None
+        shape = with_map[0].shape
+        if any(m.shape != shape for m in with_map):
+            return None
+        return [s.sp if s.sp is not None else _uniform_map(s, shape) for s in ins]
 
     def _constant_op(self, node: Node, ins: list[_State]) -> _State | _Missing:
         """One signal times or plus a constant tensor (layer scale, a bias vector)."""
@@ -545,6 +624,7 @@ class _Recursion:
         if not isinstance(c, torch.Tensor):
             return _Missing(f"{node.op} of a signal with a non-tensor constant")
         c = c.detach().double()
+        ins = [_scalar(x) for x in ins]  # positions not modelled
         c_mean, c_sq = _systematic(float(c.mean()), float(c.std(unbiased=False)), c.numel()), float((c * c).mean())
         s = ins[0]
         if node.kind is OpKind.MUL:
@@ -567,8 +647,14 @@ class _Recursion:
             return _Missing("sum reduction: its scale depends on the correlation of the summed units")
         if node.op == "mean" and not self._spatial_mean(node):
             return _Missing("mean over features or unknown dimensions: not covered")
-        # Linear, NLC factor 1; M is exact, v an upper bound (spatial correlation unknown).
-        return ins[0]
+        s = ins[0]
+        if s.sp is not None and node.shape is not None and math.prod(node.shape[2:]) == 1:
+            # Global: a channel's output mean is its neuron means' average over positions,
+            # M = mean_c (mean_p m_cp)^2 = mean_pq Q[p, q]; v, N as below.
+            return _State(M=float(s.sp.Q.mean()), v=s.v, mean=s.mean, N=s.N)
+        # Linear, NLC factor 1; M is exact (a channel's neuron mean the same at every
+        # position), v an upper bound (spatial correlation unknown).
+        return _scalar(s)
 
     def _spatial_mean(self, node: Node) -> bool:
         """x.mean(dims) over spatial dims only (dims >= 2 of an N, C, ... tensor)."""
@@ -582,7 +668,9 @@ class _Recursion:
 
     def _reshape(self, node: Node, ins: list[_State]) -> _State | _Missing:
         if len(ins) == 1 or node.op in _SHAPE_LIKE_OPS:
-            return ins[0]
+            # A map stays with the node only while the layout does (the averages always hold).
+            return ins[0] if node.shape == self.graph[node.inputs[0]].shape else _scalar(ins[0])
+        ins = [_scalar(x) for x in ins]
         if node.op in _CONCAT_OPS:
             sizes = [math.prod(self.graph[i].shape or (0,)) for i in node.inputs]
             if not all(sizes):
@@ -595,6 +683,60 @@ class _Recursion:
                 N=sum(a * s.N for a, s in zip(w, ins)),
             )
         return _Missing(f"{node.op} of {len(ins)} signals: not covered")
+
+
+def _tap_index(s_in, s_out, kernel, stride, dilation, left, mode) -> np.ndarray:
+    """taps[t, o]: the flat input position that tap t reads at output position o, P_in (a
+    zero) where it reads zero padding; the other padding modes read an input position."""
+    idx = np.zeros((1, 1), dtype=np.int64)  # (taps so far, output positions so far)
+    valid = np.ones((1, 1), dtype=bool)
+    for n, k, st, dl, lf, o in zip(s_in, kernel, stride, dilation, left, s_out):
+        i = np.arange(k)[:, None] * dl + np.arange(o)[None, :] * st - lf  # (k, o)
+        inside = (i >= 0) & (i < n)
+        if mode == "circular":
+            i = i % n
+        elif mode == "reflect":
+            i = np.abs(i)
+            i = np.where(i >= n, 2 * (n - 1) - i, i)
+        elif mode == "replicate":
+            i = np.clip(i, 0, n - 1)
+        if mode != "zeros":
+            inside = np.ones_like(inside)
+        idx = (idx[:, None, :, None] * n + i[None, :, None, :]).reshape(idx.shape[0] * k, -1)
+        valid = (valid[:, None, :, None] & inside[None, :, None, :]).reshape(idx.shape)
+    return np.where(valid, idx, math.prod(s_in))
+
+
+def _conv_map(s: _State, taps_info, c_in: float, w_sq: float, w_mean: float, b_sq: float, b_mean: float) -> _State:
+    """A convolution position by position (module docstring): each output position sums the
+    taps that fall inside the input; ``c_in`` input channels per tap."""
+    taps, s_in, s_out = taps_info
+    sp = s.sp if s.sp is not None and s.sp.shape == s_in else _uniform_map(s, s_in)
+    P_in = len(sp.mu)
+    # A zero appended at index P_in: what a tap over the zero padding reads.
+    mu, v, N = (np.append(a, 0.0) for a in (sp.mu, sp.v, sp.N))
+    Q = np.zeros((P_in + 1, P_in + 1))
+    Q[:P_in, :P_in] = sp.Q
+    gain = c_in * w_sq
+    mu1 = c_in * w_mean * mu[taps].sum(axis=0) + b_mean
+    v1, N1 = gain * v[taps].sum(axis=0), gain * N[taps].sum(axis=0)
+    Q1 = sum(Q[np.ix_(t, t)] for t in taps)
+    Q1 = np.outer(mu1, mu1) + c_in * (w_sq - w_mean**2) * Q1 + (b_sq - b_mean**2)
+    return _Spatial(s_out, mu1, Q1, v1, N1).state()
+
+
+def _batch_norm_map(sp: _Spatial, g_mean: float, g_sq: float, b_mean: float, b_sq: float, eps: float) -> _State:
+    """BatchNorm of a map: each channel centred by its mean over positions (and the data),
+    scaled by its variance over positions and data (module docstring)."""
+    row = sp.Q.mean(axis=1)
+    total = float(row.mean())
+    centred = sp.Q - row[:, None] - row[None, :] + total  # mean_c (m_cp - mu_c)(m_cq - mu_c)
+    var = float(np.mean(np.diag(centred)) + sp.v.mean())  # per-channel variance, averaged
+    scale = g_sq / (var + eps)
+    shift = (sp.mu - sp.mu.mean()) / math.sqrt(var + eps)
+    mu1 = g_mean * shift + b_mean
+    Q1 = scale * centred + b_mean * g_mean * (shift[:, None] + shift[None, :]) + b_sq
+    return _Spatial(sp.shape, mu1, Q1, scale * sp.v, scale * sp.N).state()
 
 
 def _systematic(mean: float, std: float, numel: int) -> float:
@@ -648,7 +790,10 @@ _GH_NODES = 24           # Gauss-Hermite nodes over m while the m-spread is <= s
 _M_RANGE = 8.5           # the m-grid covers mean +- 8.5 spreads
 _MAX_UNIFORM = 200       # half-width, in steps, of a uniform m-grid; beyond it: two scales
 _LINEAR_BELOW = 1e-7     # sqrt(v) / |m| below which a neuron is linear
-_CACHE: dict[Any, _State | _Missing] = {}
+_MAX_POSITIONS = 4096   # larger maps: positions not modelled (Q has P^2 entries)
+_TAPS: dict[Any, np.ndarray] = {}
+_HERMITE_TERMS = 24     # terms of the Mehler expansion of neuron-mean correlations
+_CACHE: dict[Any, tuple[_State, np.ndarray] | _Missing] = {}
 _MODULES64: dict[Any, nn.Module] = {}
 _CACHE_SIZE = 20000
 _HERMITE = np.polynomial.hermite_e.hermegauss(_GH_NODES)
@@ -662,27 +807,71 @@ def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: An
     """The state after an elementwise function, N' = N E tau'^2 (cached per key and state).
 
     The integral runs at (M, v, mean) rounded to 9 significant digits, so that a cached value
-    does not depend on which call computed it.
+    does not depend on which call computed it. A state with a map is mapped position by
+    position, and the neuron means' correlations between positions by their Hermite
+    expansion (module docstring).
     """
-    M, v, mean = _round(s.M), _round(s.v), _round(s.mean)
-    cache_key = (key, M, v, mean) if key is not None else None
-    if cache_key in _CACHE:
-        unit = _CACHE[cache_key]
-    else:
-        unit = _moments(fn, M, v, mean)
-        if cache_key is not None:
-            if len(_CACHE) >= _CACHE_SIZE:
-                _CACHE.clear()
-            _CACHE[cache_key] = unit
+    if s.sp is not None:
+        return _gaussian_map_spatial(fn, s.sp, key)
+    unit = _unit_moments(fn, s.M, s.v, s.mean, key)
     if isinstance(unit, _Missing):
         return unit
     # _moments returns the gain E tau'^2 in the N slot.
-    return _State(M=unit.M, v=unit.v, mean=unit.mean, N=s.N * unit.N)
+    out, _ = unit
+    return _State(M=out.M, v=out.v, mean=out.mean, N=s.N * out.N)
 
 
-def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float) -> _State | _Missing:
+def _unit_moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float, key: Any):
+    M, v, mean = _round(M), _round(v), _round(mean)
+    cache_key = (key, M, v, mean) if key is not None else None
+    if cache_key in _CACHE:
+        return _CACHE[cache_key]
+    unit = _moments(fn, M, v, mean)
+    if cache_key is not None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[cache_key] = unit
+    return unit
+
+
+def _gaussian_map_spatial(fn: Callable[[torch.Tensor], torch.Tensor], sp: _Spatial, key: Any) -> _State | _Missing:
+    diag = np.diag(sp.Q)
+    P = len(sp.mu)
+    M1, v1, mu1, gain = (np.empty(P) for _ in range(4))
+    herm = np.zeros((P, _HERMITE_TERMS))
+    units: dict[tuple[float, float, float], Any] = {}
+    for p in range(P):
+        args = (_round(float(diag[p])), _round(float(sp.v[p])), _round(float(sp.mu[p])))
+        unit = units.get(args)
+        if unit is None:
+            unit = units[args] = _unit_moments(fn, *args, key)
+        if isinstance(unit, _Missing):
+            return unit
+        out, herm[p] = unit
+        M1[p], v1[p], mu1[p], gain[p] = out.M, out.v, out.mean, out.N
+    # Correlation across channels of the neuron means at positions p, q (Gaussian over
+    # channels, A2), and Mehler's formula for the covariance of f_p(m_p), f_q(m_q).
+    C = sp.Q - np.outer(sp.mu, sp.mu)
+    sd = np.sqrt(np.clip(np.diag(C), 0.0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(np.outer(sd, sd) > 0, C / np.outer(sd, sd), 0.0)
+    rho = np.clip(rho, -1.0, 1.0)
+    var1 = np.clip(M1 - mu1 * mu1, 0.0, None)
+    # The part of each Var_c f_p beyond the terms kept, taken as one term of the next order.
+    tail = np.sqrt(np.clip(var1 - (herm * herm).sum(axis=1), 0.0, None))
+    C1 = np.outer(tail, tail)
+    for n in range(_HERMITE_TERMS - 1, -1, -1):  # Horner in rho
+        C1 = rho * (C1 + np.outer(herm[:, n], herm[:, n]))
+    np.fill_diagonal(C1, var1)  # exact on the diagonal
+    out_map = _Spatial(sp.shape, mu1, C1 + np.outer(mu1, mu1), v1, sp.N * gain)
+    return out_map.state()
+
+
+def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float) -> tuple[_State, np.ndarray] | _Missing:
     """E_m over neuron means m ~ N(mean, M - mean^2) of the per-neuron statistics of
-    tau(m + sqrt(v) z), z ~ N(0, 1). Returns (M', v', mean', E tau'^2) as a _State."""
+    tau(m + sqrt(v) z), z ~ N(0, 1). Returns (M', v', mean', E tau'^2) as a _State, and
+    the coefficients a_n = E_u[f(mean + s u) He_n(u)] / sqrt(n!), n = 1.._HERMITE_TERMS, of
+    the neuron-mean map f(m) = E_z tau(m + sqrt(v) z) (s^2 = M - mean^2; zero when s = 0)."""
     sv, sm = math.sqrt(v), math.sqrt(max(M - mean * mean, 0.0))
     ms, wm = _m_grid(mean, sm, sv)
     # Even, so that z = 0 is a cell edge. A step in tau' inside a cell (a kink of tau) costs
@@ -714,7 +903,14 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
     out = _State(M=float(wm @ (e_tau * e_tau)), v=float(wm @ var_tau), mean=float(wm @ e_tau), N=float(wm @ gain))
     if not all(math.isfinite(x) for x in (out.M, out.v, out.mean, out.N)):
         return _Missing("the elementwise function overflows at this operating point")
-    return out
+    herm = np.zeros(_HERMITE_TERMS)
+    if len(ms) > 1:
+        u = (ms - mean) / sm
+        h_prev, h = np.ones_like(u), u  # normalised He_0, He_1
+        for n in range(1, _HERMITE_TERMS + 1):
+            herm[n - 1] = float(wm @ (e_tau * h))
+            h_prev, h = h, (u * h - math.sqrt(n) * h_prev) / math.sqrt(n + 1)
+    return out, herm
 
 
 def _m_grid(mean: float, sm: float, sv: float) -> tuple[np.ndarray, np.ndarray]:
