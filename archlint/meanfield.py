@@ -122,6 +122,8 @@ class Prediction:
     # (M0, v0) or (M0, v0, mean0) of the floating-point inputs, as used.
     input_moments: tuple[float, ...]
     graph: ArchGraph = field(repr=False, compare=False)
+    # The recursion's states, per-position maps included (segment_nlc restarts from them).
+    states: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def output_nlc(self) -> float | None:
@@ -150,7 +152,7 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None)
     results = _Recursion(graph, given).run(graph.nodes)
     nodes = {n.name: _node_prediction(results[n.name]) for n in graph.nodes}
     graph.predicted = dict(nodes)
-    graph.prediction = Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph)
+    graph.prediction = Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph, states=results)
     return graph.prediction
 
 
@@ -179,12 +181,12 @@ def segment_nlc(prediction_or_graph: Prediction | ArchGraph, start: str, end: st
             downstream.add(node.name)
             if node.name in upstream:
                 inside.append(node)
-    given: dict[str, _State | _Missing] = {start: _state_of(pred.nodes[start], fresh_nlc=True)}
+    given: dict[str, _State | _Missing] = {start: _state_of(pred, start, fresh_nlc=True)}
     inside_names = {n.name for n in inside}
     for node in inside:
         for i in node.inputs:
             if i not in inside_names and i not in given:
-                given[i] = _state_of(pred.nodes[i], fresh_nlc=False)
+                given[i] = _state_of(pred, i, fresh_nlc=False)
     result = _Recursion(graph, given).run(inside)[end]
     return _node_prediction(result).nlc
 
@@ -289,7 +291,13 @@ def _node_prediction(result: _State | _Missing) -> NodePrediction:
     )
 
 
-def _state_of(p: NodePrediction, *, fresh_nlc: bool) -> _State | _Missing:
+def _state_of(pred: Prediction, name: str, *, fresh_nlc: bool) -> _State | _Missing:
+    """The predicted state of node ``name``, its N reset: N = v (the NLC starts there) or 0."""
+    state = pred.states.get(name)
+    if isinstance(state, _State) and state.sp is not None:
+        sp = state.sp
+        return _Spatial(sp.shape, sp.mu, sp.Q, sp.v, sp.v.copy() if fresh_nlc else np.zeros_like(sp.N)).state()
+    p = pred.nodes[name]
     if not p.predicted:
         return _Missing(p.reason or "not predicted")
     return _State(M=p.M, v=p.v, mean=p.mean, N=p.v if fresh_nlc else 0.0)
@@ -790,7 +798,7 @@ _GH_NODES = 24           # Gauss-Hermite nodes over m while the m-spread is <= s
 _M_RANGE = 8.5           # the m-grid covers mean +- 8.5 spreads
 _MAX_UNIFORM = 200       # half-width, in steps, of a uniform m-grid; beyond it: two scales
 _LINEAR_BELOW = 1e-7     # sqrt(v) / |m| below which a neuron is linear
-_MAX_POSITIONS = 4096   # larger maps: positions not modelled (Q has P^2 entries)
+_MAX_POSITIONS = 1024   # larger maps: positions not modelled (Q has P^2 entries, 8 MB here)
 _TAPS: dict[Any, np.ndarray] = {}
 _HERMITE_TERMS = 24     # terms of the Mehler expansion of neuron-mean correlations
 _CACHE: dict[Any, tuple[_State, np.ndarray] | _Missing] = {}
