@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import math
 import platform
 import statistics
@@ -209,6 +210,13 @@ def _diagnostics() -> list[Case]:
     ]
 
 
+def _load_fixture(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "fixtures" / "models" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def inputs(case: Case) -> torch.Tensor:
     g = torch.Generator().manual_seed(1000 + case.seed)
     if case.data == "pink":
@@ -272,21 +280,25 @@ def measured_by_archlint(model: nn.Module, x: torch.Tensor) -> str:
 
 
 def timing_rows() -> list[tuple[str, float, float]]:
-    """Median wall time of predict() on depth-20 MLPs: cold (empty caches) and warm."""
+    """Median wall time of predict() on depth-20 MLPs and on CNNs, whose zero-padded maps
+    are tracked position by position: cold (empty caches) and warm."""
     torch.manual_seed(0)
+    resnet18 = _load_fixture("resnet18_cifar").ResNet18()
     models = [
-        ("MLP ReLU He d20", init_he(mlp(nn.ReLU, 20))),
-        ("MLP GELU He d20", init_he(mlp(nn.GELU, 20))),
-        ("MLP ReLU default-init d20 (collapsed)", mlp(nn.ReLU, 20)),
-        ("MLP BN-ReLU d20", mlp(nn.ReLU, 20, "bn")),
-        ("MLP residual BN-ReLU-Linear x20", ResidualMLP(20, bn_relu_linear)),
+        ("MLP ReLU He d20", init_he(mlp(nn.ReLU, 20)), (D_IN,), 9),
+        ("MLP GELU He d20", init_he(mlp(nn.GELU, 20)), (D_IN,), 9),
+        ("MLP ReLU default-init d20 (collapsed)", mlp(nn.ReLU, 20), (D_IN,), 9),
+        ("MLP BN-ReLU d20", mlp(nn.ReLU, 20, "bn"), (D_IN,), 9),
+        ("MLP residual BN-ReLU-Linear x20", ResidualMLP(20, bn_relu_linear), (D_IN,), 9),
+        ("CNN BN-ReLU d20, 8 x 8", cnn(nn.ReLU, 20), IMAGE, 9),
+        ("ResNet-18 (fixtures/models/resnet18_cifar.py), 32 x 32; median of 3", resnet18, (3, 32, 32), 3),
     ]
     rows = []
-    for name, model in models:
-        graph = trace(model, (torch.randn(4, D_IN),), name=name)
+    for name, model, shape, repeats in models:
+        graph = trace(model, (torch.randn(4, *shape),), name=name)
         predict(graph)  # imports, first-call overheads
         cold, warm = [], []
-        for _ in range(9):
+        for _ in range(repeats):
             meanfield._CACHE.clear()
             meanfield._MODULES64.clear()
             t0 = time.perf_counter()
@@ -381,7 +393,7 @@ Command: `{command}` ({env}; {seconds:.0f} s).
 
 {notes}
 
-## Timing of `predict` (median of 9; shared 2-core machine)
+## Timing of `predict` (median of 9 unless said; shared 2-core machine)
 
 {timing}
 """
