@@ -49,10 +49,67 @@ Propagation (cross terms between independent random weights are 0 in expectation
 - Multiplication by a constant tensor (layer scale) or addition of one: closed forms with its
   mean and mean square.
 - Dropout, identity, reshapes, concatenation (a size-weighted average): unchanged.
-- Average pooling: linear, NLC factor 1, and (M, v) are left unchanged. That is exact for M
-  (a channel's neuron mean is the same at every position) but v really shrinks by the
-  spatial correlation of the pooled positions, which a static pass does not know: downstream
-  of average pooling, v is an upper bound and NB a lower bound.
+- Average pooling: linear, NLC factor 1. Global pooling of a map (below) gets
+  M' = mean_c (mean_p m_cp)^2 exactly; otherwise M is unchanged (a channel's neuron mean
+  taken as the same at every position). v, N are left unchanged, while v really shrinks by
+  the spatial correlation of the pooled positions, which a static pass does not know:
+  downstream of average pooling, v is an upper bound and NB a lower bound.
+
+Positions (zero padding). A unit of a convolution's output is a (channel c, position p)
+pair, and the scalars above average over both. A zero-padded convolution gives its border
+positions fewer taps inside the input, so a channel's neuron means m_cp = E_x h_cp differ
+between positions; BatchNorm removes only the channel's mean over positions, so these
+per-position offsets survive it and move the next activations' operating points, which a
+position-free recursion (M' = beta^2 after BatchNorm) misses. So, from the first Conv1d/2d/3d
+module on (maps of at most _MAX_POSITIONS positions), the state is kept per position:
+
+    mu[p]   = mean_c m_cp              Q[p, q] = mean_c m_cp m_cq   (P x P)
+    v[p]    = mean_c Var_x h_cp        N[p]    = mean_c tr(J_cp Cov J_cp^T)
+
+and the node's scalars are their averages over p (M = mean_p Q[p, p], v = mean_p v[p], ...),
+the same definitions as before. Derivation, op by op:
+
+- Convolution y_c'o = sum_{c,t} W_c'ct h_{c, i_t(o)} + b_c', where i_t(o) is the input
+  position tap t reads at output position o (from kernel size, stride, padding, dilation;
+  with zero padding, a zero where it falls outside; circular/reflect/replicate padding read
+  an input position). With the weights independent over (c', c, t), of mean mu_w and mean
+  square w2 (c_in input channels per tap), E_W[W_t W_t'] = 0 for t != t', so
+      v'[o] = w2 c_in sum_t v[i_t(o)],      N'[o] likewise,
+  i.e. sigma_w^2 v times the coverage of o (the share of its taps inside the input: a
+  ones-map convolved with a ones-kernel); an interior position of a uniform map gets the
+  old rule sigma_w^2 v. The means: m'_c'o = sum W m + b, where the same tap t (the same
+  weight) serves every position, so
+      mu'[o] = mu_w c_in sum_t mu[i_t(o)] + mu_b,
+      Q'[o, o'] = mu'[o] mu'[o'] + (w2 - mu_w^2) c_in sum_t Q[i_t(o), i_t(o')] + Var b;
+  two positions whose taps reach different inputs (a border and the interior) get
+  different neuron means in the same channel: Q'[o, o'] < Q'[o, o].
+  The fluctuations need only the diagonal v[p]: E_W Cov_x(y_o, y_o') sums
+  Cov_x(h_{i_t(o)}, h_{i_t(o')}) over the same tap only, so positions whose inputs are
+  uncorrelated (white inputs) stay uncorrelated in this wide-layer limit.
+- Elementwise tau, position by position: (Q[p, p], v[p], mu[p]) give M'[p] (the diagonal
+  of Q'), v'[p], mu'[p] and N'[p] = N[p] E tau'^2 with the 1-D integrals above. Off the
+  diagonal, Q'[p, q] = mean_c f_p(m_cp) f_q(m_cq) with f_p(m) = E_z tau(m + sqrt(v[p]) z).
+  Across channels (m_cp, m_cq) are taken jointly Gaussian (A2 for each pair) with
+  correlation rho = C[p, q] / sqrt(C[p, p] C[q, q]), C = Q - mu mu^T; Mehler's formula then
+  gives Cov_c = sum_{n >= 1} rho^n a_n(p) a_n(q) with a_n(p) = E_u[f_p(mu_p + s_p u) He_n(u)]
+  / sqrt(n!), s_p^2 = C[p, p], computed on the same m-grid as the integrals. _HERMITE_TERMS
+  terms are kept, and the rest of each Var_c f_p (its exact value minus sum a_n^2) as one
+  more term rho^(n+1) sqrt(rest_p rest_q): exact on the diagonal and at rho = 1, so that a
+  map without borders stays uniform (the old recursion's numbers, tested).
+- BatchNorm centres channel c by mu_c = mean_p m_cp and scales by its variance over the data
+  and the positions, mean_p (m_cp - mu_c)^2 + mean_p Var_x h_cp. Averaged over channels
+  (wide layers: the same for each), with r[p] = mean_q Q[p, q], R = mean_p r[p]:
+      s2 = mean_p Q[p, p] - R + mean_p v[p],
+      Q'[p, q] = E[g^2] (Q[p, q] - r[p] - r[q] + R) / (s2 + eps) + E[beta^2],
+      v' = E[g^2] v / (s2 + eps), N' likewise (and the terms of systematic g, beta means);
+  with a uniform map, Q = R everywhere and this is the scalar rule.
+- Sums of branches add the per-position centred kernels, v and N; identity, dropout and
+  reshapes that keep the shape keep the maps; global average pooling is above. Every other
+  op (a reshape to another layout, LayerNorm/GroupNorm/RMSNorm, constant tensors,
+  concatenation, non-global pooling, transposed or functional convolutions, and maps of more
+  than _MAX_POSITIONS positions, whose border share is small) continues from the averages,
+  all positions alike, with the scalar rules.
+Q has P^2 entries: 8 MB per node at 32 x 32; the CIFAR ResNet-18 takes about 1.5 s.
 
 Not predicted (``predicted=False`` with a reason, and everything downstream of it too):
 max/LP pooling, attention, softmax, products of two different signals, recurrent layers,
@@ -61,11 +118,17 @@ instance norm, reductions over features, unknown ops. The NLC is never silently 
 Known limits (numbers in benchmarks/RESULTS_meanfield.md): it is a wide-layer prediction, so
 one realised network scatters around it, more with depth over width (a depth-20 He-ReLU MLP
 of width 256: 3.4-4.0 measured over three inits, 4.40 predicted) and with narrow layers (a
-CNN's per-channel means with 16 channels); convolutions ignore zero-padding borders, whose
-per-position offsets survive BatchNorm and make BN-ReLU CNNs on small maps less nonlinear
-than predicted; average pooling is taken as NLC factor 1, while it really lowers the NLC by
-an amount that depends on spatial correlations. BatchNorm is predicted with population
-statistics, not the train-mode batch NLC (digest §1.5).
+CNN's per-channel means with 16 channels); zero-padding borders are modelled only on maps
+of at most _MAX_POSITIONS positions; average pooling is taken as NLC factor 1, while it
+really lowers the NLC: in the wide-layer limit the fluctuations of different positions are
+uncorrelated for white inputs (above), and pooling them leaves the NLC unchanged, so the
+measured drop comes from what that limit leaves out (finite width, spatially correlated
+data), which a static pass does not know. A sum whose inputs are not Gaussian over the data
+(a ResNet's skip carrying a ReLU's output) goes into the next activation as if it were (A3):
+in the CIFAR ResNet-18 the per-node M and v match measurement closely up to the activation
+after each residual sum, where v comes out 7-15% low and the NLC a few percent high per
+block, which compounds with depth (benchmarks/RESULTS_meanfield.md).
+BatchNorm is predicted with population statistics, not the train-mode batch NLC (digest §1.5).
 
 Numerics. E_z uses a midpoint rule on z in [-7, 7]. E_m uses Gauss-Hermite nodes only while
 the spread of neuron means sqrt(M - mean^2) is at most sqrt(v): then the integrand is smooth
@@ -923,7 +986,9 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
 
 def _m_grid(mean: float, sm: float, sv: float) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights of E_m over m ~ N(mean, sm^2) (see the module docstring)."""
-    if sm <= 1e-12 * (abs(mean) + sv):
+    # A spread below 1e-6 of the scale changes the integrals by < 1e-12 (and is often the
+    # rounding error of a centring, e.g. a BatchNorm of a map): one node.
+    if sm <= 1e-6 * (abs(mean) + sv):
         return np.array([mean]), np.ones(1)
     if sm <= sv:
         x, w = _HERMITE
