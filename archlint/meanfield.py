@@ -685,6 +685,7 @@ class _Recursion:
 
     def _constant_op(self, node: Node, ins: list[_State]) -> _State | _Missing:
         """One signal times or plus a constant tensor (layer scale, a bias vector)."""
+        ins = [_scalar(x) for x in ins]  # positions not modelled
         if len(ins) != 1:
             what = "matrix product" if node.attrs.get("product") else "product"
             return _Missing(f"{node.op}: {what} of two different signals: not covered by the mean-field recursion")
@@ -697,7 +698,6 @@ class _Recursion:
         if not isinstance(c, torch.Tensor):
             return _Missing(f"{node.op} of a signal with a non-tensor constant")
         c = c.detach().double()
-        ins = [_scalar(x) for x in ins]  # positions not modelled
         c_mean, c_sq = _systematic(float(c.mean()), float(c.std(unbiased=False)), c.numel()), float((c * c).mean())
         s = ins[0]
         if node.kind is OpKind.MUL:
