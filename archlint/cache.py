@@ -57,17 +57,13 @@ GITIGNORE = "# Automatically created by archlint.\n*\n"
 
 @dataclass
 class Outcome:
-    """What a run needs of one checked file: its findings and how many models it analysed."""
+    """What a run needs of one checked file: its findings and how many models it analysed
+    (the same fields as ``worker.FileReport``, which ``Cache.put`` stores)."""
 
     findings: list[Finding]
     n_models: int
     skipped: bool = False
     from_cache: bool = False
-
-    @classmethod
-    def of(cls, result: Any) -> "Outcome":
-        """From an ``engine.FileResult``."""
-        return cls(list(result.findings), sum(1 for m in result.models if m.graph is not None), result.skipped)
 
 
 def _sha256_file(path: str) -> str | None:
@@ -141,6 +137,7 @@ class Cache:
     def __init__(self, settings: Settings | dict[Path, Settings], cache_dir: str | os.PathLike | None = None):
         # One Settings for every file, or each file's own (from its nearest config).
         self.settings = settings
+        self._resolved: dict[Path, Settings] | None = None
         self.cache_dir = Path(cache_dir).resolve() if cache_dir is not None else None
         self.cwd = os.getcwd()
         self._writable = True
@@ -168,7 +165,10 @@ class Cache:
 
     def _settings_of(self, path: str) -> Settings:
         if isinstance(self.settings, dict):
-            return self.settings[Path(path)]
+            if self._resolved is None:
+                # Keyed by the paths as given (possibly relative); entries use resolved paths.
+                self._resolved = {Path(p).resolve(): s for p, s in self.settings.items()}
+            return self._resolved[Path(path).resolve()]
         return self.settings
 
     # Reading and writing

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import click
 
-from archlint import __version__
+from archlint import __version__, worker
 from archlint.cache import CACHE_DIR_NAME
 from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, exclude_patterns, find_config, resolve_settings, validate_codes, validate_device
 from archlint.files import is_excluded, iter_python_files, mentions_torch, read_source
 from archlint.output import FORMATS
+from archlint.worker import DEFAULT_TIMEOUT
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+# What shells report for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 class _DefaultToCheck(click.Group):
@@ -71,15 +74,22 @@ def main() -> None:
 @click.option("--device", metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.  [default: auto]")
 @click.option("--batch-size", type=click.IntRange(min=2), help="Batch size of the verification pass.  [default: 128]")
 @click.option("--seed", type=int, help="Seed of the synthetic inputs and random directions.  [default: 0]")
+@click.option("--memory-budget", metavar="SIZE", help="Largest model (parameters and buffers, e.g. 8GiB) to build for real and measure; larger ones are analysed on the meta device only.  [default: a quarter of the available memory]")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS", help="Stop analysing a file after this long (its code may loop forever) and report it.")
+@click.option("--memory-limit", default="auto", show_default=True, metavar="SIZE", help="Memory a file's analysis may use, e.g. 4GiB, 512MiB or none (auto: half the physical memory).")
+@click.option("--no-isolation", is_flag=True, hidden=True, help="Analyse in this process (debugging): no timeout, no memory limit, model output not redirected.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
 @click.option("--exclude", metavar="PATTERNS", help="Comma-separated globs of files and folders to skip (replaces the config's `exclude`), e.g. generated,legacy/*.py.")
 @click.option("--extend-exclude", metavar="PATTERNS", help="Globs to skip on top of `exclude`.")
 @click.option("--force-exclude", is_flag=True, help="Apply the exclusions to files named on the command line too (pre-commit names every file it checks).")
 @click.option("-n", "--no-cache", is_flag=True, envvar="ARCHLINT_NO_CACHE", help="Neither read nor write the cache. [env: ARCHLINT_NO_CACHE]")
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="ARCHLINT_CACHE_DIR", help=f"Where to keep the cache (default: {CACHE_DIR_NAME} next to the nearest config, else in the current directory). [env: ARCHLINT_CACHE_DIR]")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, show_dismissed, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir) -> None:
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, memory_budget, show_dismissed, timeout, memory_limit, no_isolation, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir) -> None:
     """Lint model files and directories (directories are walked for *.py files).
+
+    Each file is analysed in its own worker process with a time and a memory limit; a file
+    whose code crashes, exits or hangs is reported (ARC900/ARC903/ARC904) and the run goes on.
 
     Files found by walking a directory are skipped when they match `exclude` or
     `extend-exclude`; files named explicitly only with --force-exclude. Without PATHS there
@@ -87,17 +97,31 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
 
     Exit status: 0 no findings, 1 findings, 2 usage error or internal crash.
     """
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="archlint: %(message)s", stream=sys.stderr)
+    log_level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=log_level, format="archlint: %(message)s", stream=sys.stderr)
     try:
         cli_options = _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
+        memory_bytes = worker.default_memory_limit() if memory_limit == "auto" else worker.parse_size(memory_limit)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    except ValueError as exc:
+        raise click.UsageError(f"--memory-limit: {exc}") from exc
+    budget = None
+    if memory_budget is not None:
+        from archlint.load import parse_bytes
+
+        try:
+            budget = parse_bytes(memory_budget)
+        except ValueError as exc:
+            raise click.UsageError(f"--memory-budget: {exc}") from exc
 
     try:
         files = _collect(paths, model_expr is not None, _patterns(exclude), _patterns(extend_exclude) or (), force_exclude)
         settings = _file_settings(files, cli_options)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    for file_settings in settings.values():
+        file_settings.memory_budget = budget
     if not files:
         if not quiet:
             click.echo("archlint: no model files to check", err=True)
@@ -109,7 +133,19 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
 
     store = None if no_cache else Cache(settings, cache_dir)
     try:
-        code = _run(files, settings, output_format, statistics, output_file, quiet, store)
+        if no_isolation:
+            import torch
+
+            torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+            code = _run(files, settings, output_format, statistics, output_file, quiet, worker.analyse_in_process, store)
+        else:
+            verify = any(s.verify for s in settings.values())
+            with worker.Isolated(timeout, memory_bytes, log_level, verify=verify) as isolated:
+                code = _run(files, settings, output_format, statistics, output_file, quiet, isolated.analyse, store)
+    except KeyboardInterrupt:
+        # The worker is already killed (Isolated.__exit__); no traceback for a Ctrl-C.
+        click.echo("archlint: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception:  # a bug in archlint itself, never in the user's code
         click.echo("archlint: internal error, please report it with this traceback:", err=True)
         click.echo(traceback.format_exc(), err=True)
@@ -184,7 +220,10 @@ def _file_settings(files: list[Path], cli_options: dict) -> dict[Path, Settings]
     return {path: resolve_settings(path, cli_options, finder.config_for(path)) for path in files}
 
 
-def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, store=None) -> int:
+def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, analyse: worker.Analyse, store=None) -> int:
+    """``analyse(path, settings) -> FileReport`` is the per-file seam: in a worker process
+    (the default) or in this one (``--no-isolation``); ``store`` answers unchanged files
+    from the cache."""
     from archlint import output
 
     findings = []
@@ -194,9 +233,13 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
         if not quiet:
             click.echo(f"archlint: checking {path}", err=True)
         result = store.get(path) if store is not None else None
-        if result is None:
-            result = _check_fresh(path, settings[path], store)
-        n_cached += result.from_cache
+        if result is not None:
+            n_cached += 1
+        else:
+            result = analyse(path, settings[path])
+            # A crash, timeout or memory stop depends on the machine: not kept.
+            if store is not None and result.failure is None:
+                store.put(path, result, result.local_modules)
         if result.skipped:
             continue
         n_models += result.n_models
@@ -219,22 +262,6 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
             err=True,
         )
     return EXIT_FINDINGS if failing else EXIT_CLEAN
-
-
-def _check_fresh(path: Path, settings: Settings, store):
-    """Check a file for real (and store the outcome). Imported here, so that runs over files
-    without models, or answered from the cache, never import torch."""
-    import torch
-
-    from archlint import engine
-    from archlint.cache import Outcome
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    result = engine.check_file(path, settings)
-    outcome = Outcome.of(result)
-    if store is not None:
-        store.put(path, outcome, result.local_modules)
-    return outcome
 
 
 def _render(output_format: str, statistics: bool, findings: list, root: str, sources: dict[str, str]) -> str:

@@ -48,6 +48,9 @@ class Settings:
     batch_size: int = 128
     seed: int = 0
     show_dismissed: bool = False
+    # Bytes a model's parameters and buffers may take to be built for real and measured;
+    # None: a share of the available memory (archlint.load.default_memory_budget).
+    memory_budget: int | None = None
     # Per-rule options by rule name: {"deep-plain-stack": {"threshold": 3.0}}.
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # [[tool.archlint.models]] entries, for the files they name.

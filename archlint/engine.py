@@ -11,7 +11,7 @@ import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -45,8 +45,18 @@ class FileResult:
     local_modules: list[str] = field(default_factory=list)
 
 
-def check_file(path: str | Path, settings: Settings) -> FileResult:
-    """Analyse one model file. Findings are sorted and filtered by the settings."""
+def _no_progress(stage: str, model: str | None = None, span: Span | None = None, findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
+    pass
+
+
+def check_file(path: str | Path, settings: Settings, progress: Callable[..., None] = _no_progress) -> FileResult:
+    """Analyse one model file. Findings are sorted and filtered by the settings.
+
+    ``progress(stage, model, span, findings, pending)`` is called as the user's code is about
+    to run: stage "import", "build", "forward" (per model) and "measure" (with the model's
+    findings pending verification). ``archlint.worker`` uses it to report a process that
+    dies or hangs at the right stage, model and line, keeping the findings made so far.
+    """
     from archlint import load, sourcemap
 
     path = str(Path(path).resolve())
@@ -60,16 +70,17 @@ def check_file(path: str | Path, settings: Settings) -> FileResult:
         result.skipped = True
         return result
 
+    progress("import")
     with sourcemap.record_constructions() as sites:
         try:
-            with load.isolated_import(path, imported=result.local_modules) as module:
-                _check_module(module, path, settings, sites, result)
+            with load.preserved_torch_globals(), load.isolated_import(path, imported=result.local_modules) as module:
+                _check_module(module, path, settings, sites, result, progress)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))
     return _finish(result, settings, source)
 
 
-def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> None:
+def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult, progress: Callable[..., None]) -> None:
     from archlint import load
 
     configured = [(settings.model, settings.inputs)] if settings.model is not None else [
@@ -86,15 +97,22 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         discovery = load.Discovery(entries=entries)
     else:
         discovery = load.discover(module, path)
-    built, not_built = load.build_all(discovery, seed=settings.seed)
+    budget = settings.memory_budget
+    if budget is None:
+        budget = load.default_memory_budget(settings.device if settings.verify else "cpu")
+    progress("build", findings=result.findings)
+    built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget)
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
+        progress("forward", bm.entry.name, bm.entry.span, result.findings)
         graph = _trace_model(bm, module, path, settings, sites, result)
         model_result = ModelResult(bm.entry.name, graph)
         result.models.append(model_result)
         if graph is None:
             continue
+        if bm.meta_reason:
+            log.warning("%s: %s", graph.name, bm.meta_reason)
         if graph.traced_with == "eager":
             result.findings.append(rules_api.meta(
                 "ARC901",
@@ -108,8 +126,13 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         # The verification pass exists to confirm or dismiss findings: a model with none
         # is not run again (a clean ResNet-18 costs a trace, not a measurement).
         if settings.verify and any(not f.code.startswith("ARC9") for f in findings):
-            findings = _verify(graph, bm.entry, findings, settings, model_result)
-        result.findings.extend(_settle(findings))
+            if bm.meta_reason:
+                reason = f"not verified: {bm.meta_reason}"
+                findings = [f if f.code.startswith("ARC9") else f.with_status("predicted", reason=reason) for f in findings]
+            else:
+                progress("measure", graph.name, graph.span, result.findings, findings)
+                findings = _verify(graph, bm.entry, findings, settings, model_result)
+        result.findings.extend(rules_api.settle(findings))
 
 
 def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> ArchGraph | None:
@@ -123,13 +146,17 @@ def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any
     except (inputs_mod.InputInferenceError, inputs_mod.InputsError) as exc:
         result.findings.append(rules_api.meta("ARC904", f"{entry.name}: {exc}", span, model=entry.name))
         return None
+    if bm.meta_reason:
+        # A model on the meta device runs on meta inputs: shapes only, no values.
+        example = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in example)
     try:
         return trace_mod.trace(bm.model, example, name=entry.name, span=span, sites=sites)
     except trace_mod.ForwardError as exc:
         where = _user_frame_span(exc.exc, path) or span
+        on_meta = f" on the meta device ({bm.meta_reason})" if bm.meta_reason else ""
         result.findings.append(rules_api.meta(
             "ARC904",
-            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}; "
+            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}{on_meta}; "
             f"give them with --inputs or --input-shape",
             where,
             model=entry.name,
@@ -159,60 +186,24 @@ def _predict(graph: ArchGraph) -> None:
         graph.prediction = None
 
 
-def _settle(findings: list[Finding]) -> list[Finding]:
-    """Drop what the static pass could not decide and what a more specific finding explains.
-
-    - A finding with ``data["needs_measurement"]`` was raised because the prediction was
-      unavailable (an op the mean-field predictor does not model): it is a question for the
-      measurement, not a finding, and is dropped when no measurement answered it.
-    - A rule's ``SUBSUMED_BY`` codes name more specific rules: when one of them stands for the
-      same model (not dismissed), the general finding is redundant (ARC101 "the NLC is too
-      high" beside ARC103 "this plain stack makes it so").
-    """
-    kept = [f for f in findings if not (f.data.get("needs_measurement") and f.status == "predicted")]
-    standing = {(f.model, f.code) for f in kept if f.status != "dismissed"}
-    out = []
-    for f in kept:
-        subsumed_by = () if f.code.startswith("ARC9") else getattr(rules_api.get(f.code).module, "SUBSUMED_BY", ())
-        if f.status != "dismissed" and any((f.model, code) in standing for code in subsumed_by):
-            continue
-        out.append(_compose(f))
-    return out
-
-
-def _compose(f: Finding) -> Finding:
-    """Fill a rule's ``{value}`` with the measured value (else the predicted one) and append
-    the predicted value and the threshold: "... compound to NLC 47.7 (predicted 46.1;
-    threshold 3)"."""
-    from archlint.evidence import fmt
-
-    if f.code.startswith("ARC9"):
-        return f
-    # Fractions (dead units) read better as percentages.
-    show = (lambda v: f"{100 * v:.0f}%") if f.data.get("percent") else fmt
-    best = f.measured if f.measured is not None else f.predicted
-    message = f.message.replace("{value}", show(best) if best is not None else "(not predicted)")
-    extras = []
-    if f.measured is not None and f.predicted is not None:
-        extras.append(f"predicted {show(f.predicted)}")
-    if f.threshold is not None:
-        extras.append(f"threshold {show(f.threshold)}")
-    if extras:
-        message += f" ({'; '.join(extras)})"
-    f.message = message
-    return f
-
-
 def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:
     findings: list[Finding] = []
     for code, rule in rules_api.registry().items():
         if rule.is_meta or not settings.is_selected(code):
             continue
-        options = settings.rule_options.get(rule.name, {})
-        for f in rule.check(graph, options):
+        for f in rule.check(graph, _rule_options(rule, settings)):
             f.model = f.model or graph.name
             findings.append(f)
     return findings
+
+
+def _rule_options(rule: Any, settings: Settings) -> dict[str, Any]:
+    """A rule's configured options. A rule that declares a ``batch_size`` option (ARC303)
+    gets the run's ``--batch-size``: the batch the model is trained with, and measured with."""
+    options = dict(settings.rule_options.get(rule.name, {}))
+    if "batch_size" in rule.options:
+        options["batch_size"] = settings.batch_size
+    return options
 
 
 def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, model_result: ModelResult) -> list[Finding]:
@@ -248,35 +239,17 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
             out.append(f)
             continue
         rule = rules_api.get(f.code)
-        verdict = rule.confirm(f, report, settings.rule_options.get(rule.name, {}))
+        verdict = rule.confirm(f, report, _rule_options(rule, settings))
         status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
     return out
 
 
 # Meta diagnostics that mean a model of the file was not analysed, so its rules never ran.
-NOT_ANALYSED = ("ARC900", "ARC903", "ARC904")
-
-
 def _finish(result: FileResult, settings: Settings, source: str | None) -> FileResult:
     from archlint import suppress
 
-    kept = [f for f in result.findings if settings.is_selected(f.code)]
-    if source is not None:
-        # Only a rule that ran can show that a suppression of its code is unused: the code
-        # must be selected for this file, and every model of it analysed (the import,
-        # ARC900, always is).
-        complete = not any(f.code in NOT_ANALYSED for f in result.findings)
-
-        def judged(code: str) -> bool:
-            return settings.is_selected(code) and (complete or code == "ARC900")
-
-        # Dismissed findings are matched too: a suppression must not turn "unused" when a
-        # different seed or batch dismisses the finding it is there for.
-        kept = suppress.suppress(kept, source, result.path, report_unused=settings.is_selected(suppress.UNUSED_CODE), judged=judged)
-    if not settings.show_dismissed:
-        kept = [f for f in kept if f.status != "dismissed"]
-    result.findings = sorted(kept, key=Finding.sort_key)
+    result.findings = suppress.finalise(result.findings, result.path, settings, source)
     return result
 
 

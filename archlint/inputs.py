@@ -9,7 +9,7 @@ natural images.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
@@ -98,11 +98,21 @@ def infer_inputs(model: nn.Module) -> InputSpec:
     for module in candidates:
         spec = _spec_for(module)
         if spec is not None:
+            if spec.family == "tokens":
+                spec = _fit_token_length(model, module, spec)
             return InputSpec((spec,))
     raise InputInferenceError(
         f"cannot infer the input of {type(model).__name__} from its first layer; "
         f"give it with --input-shape (e.g. 3,32,32) or --inputs \"torch.randn(8, 3, 32, 32)\""
     )
+
+
+def _fit_token_length(model: nn.Module, token_table: nn.Module, spec: ArgSpec) -> ArgSpec:
+    """No longer than the model's other embedding tables: a learned position table of 32
+    rows (a GPT with block_size 32) fails on 64 tokens."""
+    tables = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding) and m is not token_table]
+    length = min([spec.shape[0]] + tables)
+    return replace(spec, shape=(length,) + spec.shape[1:])
 
 
 def _required_forward_args(model: nn.Module) -> list[str]:

@@ -27,15 +27,15 @@ import sys
 import sysconfig
 import tokenize
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
-import libcst as cst
 import torch
-from libcst.metadata import MetadataWrapper, PositionProvider
 from torch import nn
 
+from archlint import metainit
 from archlint.graph import Span
 
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
@@ -220,6 +220,38 @@ def isolated_import(path: str | os.PathLike, imported: list[str] | None = None) 
         sys.modules.update(aside)
 
 
+@contextlib.contextmanager
+def preserved_torch_globals() -> Iterator[None]:
+    """Put back the process-wide torch settings a model file may change at import, in its
+    constructor or in forward (default dtype and device, grad mode, threads, deterministic
+    algorithms, anomaly detection, the CPU RNG), so they never leak into archlint's own
+    work after the file or into the next file."""
+    dtype = torch.get_default_dtype()
+    device = torch.get_default_device() if hasattr(torch, "get_default_device") else None
+    grad = torch.is_grad_enabled()
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    anomaly = torch.is_anomaly_enabled()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            # Each setter only when the value changed: use_deterministic_algorithms imports
+            # torch's compiler stack (about 2 s) on its first call.
+            if torch.get_default_dtype() != dtype:
+                torch.set_default_dtype(dtype)
+            if device is not None and torch.get_default_device() != device:
+                torch.set_default_device(device)
+            torch.set_grad_enabled(grad)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (deterministic, warn_only):
+                torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            if torch.is_anomaly_enabled() != anomaly:
+                torch.set_anomaly_enabled(anomaly)
+
+
 def _read_source(path: str) -> str:
     with tokenize.open(path) as f:  # honours a PEP 263 coding line
         return f.read()
@@ -339,6 +371,12 @@ class Discovery:
 class BuiltModel:
     entry: ModelEntry
     model: nn.Module
+    # Bytes of the model's parameters and buffers, from its meta-device build (None when
+    # the constructor does not run on the meta device).
+    size: int | None = None
+    # Set when the model exists on the meta device only, because a real build would not fit
+    # the memory budget: why. The static pass runs on it; the verification pass cannot.
+    meta_reason: str | None = None
 
     @property
     def name(self) -> str:
@@ -364,42 +402,45 @@ class NotBuilt:
 
 
 class _SourceIndex:
-    """The file's top-level classes and functions by name, with libcst positions."""
+    """The file's top-level classes and functions by name, with the spans of their names.
+
+    Built on ``sourcemap.index_for``: the file's one parse, shared with the source map.
+    """
 
     def __init__(self, path: str):
+        from archlint import sourcemap
+
         self.path = path
-        with open(path, "rb") as f:
-            source = f.read()
-        try:
-            wrapper = MetadataWrapper(cst.parse_module(source))
-        except cst.ParserSyntaxError as exc:
-            # Python imported it, so this is syntax libcst does not know yet.
-            raise LoadError(f"libcst cannot parse the file: {exc.message}", Span(path, exc.raw_line or 1)) from exc
-        positions = wrapper.resolve(PositionProvider)
-        self.classes: dict[str, cst.ClassDef] = {}
-        self.functions: dict[str, cst.FunctionDef] = {}
+        index = sourcemap.index_for(path)
+        if index is None or index.tree is None:
+            # Python imported it, so the file changed since, or cannot be read any more.
+            error = index.syntax_error if index is not None else None
+            message = f"cannot parse the file: {error.msg}" if error is not None else "cannot read the file"
+            raise LoadError(message, Span(path, (error.lineno if error is not None else None) or 1))
+        self.classes: dict[str, ast.ClassDef] = {}
+        self.functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
         # The span of each class's / function's name, by name.
         self.spans: dict[str, Span] = {}
-        for node in _module_level_defs(wrapper.module):
-            name = node.name.value
+        for node in _module_level_defs(index.tree):
             # A later redefinition wins, as at run time.
-            (self.classes if isinstance(node, cst.ClassDef) else self.functions)[name] = node
-            pos = positions[node.name]
-            self.spans[name] = Span(path, pos.start.line, pos.start.column, pos.end.line, pos.end.column)
+            (self.classes if isinstance(node, ast.ClassDef) else self.functions)[node.name] = node
+            self.spans[node.name] = index.name_span(node)
 
 
-def _module_level_defs(module: cst.Module) -> Iterator[cst.ClassDef | cst.FunctionDef]:
+def _module_level_defs(module: ast.Module) -> Iterator[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
     """Classes and functions defined at module level, also inside if/try/with blocks."""
-    stack: list[Any] = list(reversed(module.body))
+    blocks = (ast.If, ast.Try, ast.With, ast.AsyncWith, *((ast.TryStar,) if hasattr(ast, "TryStar") else ()))
+    stack: list[ast.stmt] = list(reversed(module.body))
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.ClassDef, cst.FunctionDef)):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             yield node
-        elif isinstance(node, (cst.If, cst.Else, cst.Try, cst.Finally, cst.ExceptHandler, cst.With)):
-            children = [node.body] + [getattr(node, a) for a in ("orelse", "finalbody") if getattr(node, a, None)]
-            children += list(getattr(node, "handlers", ()))
-            for child in reversed(children):
-                stack.extend(reversed(child.body) if isinstance(child, cst.IndentedBlock) else [child])
+        elif isinstance(node, blocks):
+            children = list(node.body)
+            for handler in getattr(node, "handlers", ()):
+                children += handler.body
+            children += getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            stack.extend(reversed(children))
 
 
 def _required_params(func: Callable[..., Any], skip_first: bool = False) -> list[str] | None:
@@ -460,17 +501,14 @@ def _component_classes(index: _SourceIndex, module: ModuleType) -> set[str]:
     for name, node in index.classes.items():
         if not _is_model_class(vars(module).get(name)):
             continue
-        names = {n.value for n in _walk(node.body) if isinstance(n, cst.Name)}
+        names = set()
+        for sub in (n for stmt in node.body for n in ast.walk(stmt)):
+            if isinstance(sub, ast.Name):
+                names.add(sub.id)
+            elif isinstance(sub, ast.Attribute):  # blocks.Block, self.Block
+                names.add(sub.attr)
         used.update(n for n in names & set(index.classes) if n != name)
     return used
-
-
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    stack = [node]
-    while stack:
-        cur = stack.pop()
-        yield cur
-        stack.extend(cur.children)
 
 
 # Calling these builds a plain value and runs no user code.
@@ -486,23 +524,23 @@ def _factories(index: _SourceIndex, module: ModuleType) -> dict[str, set[str]]:
     That is what makes calling it safe: a ``main()`` that trains or writes files never
     qualifies, however few arguments it takes.
     """
-    candidates: dict[str, tuple[Any, list[cst.Call], set[str]]] = {}
+    candidates: dict[str, tuple[Any, list[ast.Call], set[str]]] = {}
     for name, node in index.functions.items():
         func = vars(module).get(name)
         if not inspect.isfunction(func) or func.__qualname__ != name or func.__module__ != module.__name__:
             continue
-        if node.decorators or node.asynchronous or not _no_required_params(node.params):
+        if node.decorator_list or isinstance(node, ast.AsyncFunctionDef) or not _no_required_params(node.args):
             continue
         body = _simple_body(node)
         if body is None:
             continue
-        local_names = {p.name.value for p in _all_params(node.params)}
+        local_names = {p.arg for p in _all_params(node.args)}
         for stmt in body:
-            if isinstance(stmt, cst.Assign):
-                local_names.update(t.target.value for t in stmt.targets if isinstance(t.target, cst.Name))
-            elif isinstance(stmt, cst.AnnAssign) and isinstance(stmt.target, cst.Name):
-                local_names.add(stmt.target.value)
-        calls = [n for stmt in body for n in _walk(stmt) if isinstance(n, cst.Call)]
+            if isinstance(stmt, ast.Assign):
+                local_names.update(t.id for t in stmt.targets if isinstance(t, ast.Name))
+            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                local_names.add(stmt.target.id)
+        calls = [n for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Call)]
         candidates[name] = (func, calls, local_names)
 
     # A factory may call another factory, defined above or below it: grow to a fixed point.
@@ -524,55 +562,48 @@ def _factories(index: _SourceIndex, module: ModuleType) -> dict[str, set[str]]:
     return calls_of
 
 
-def _all_params(params: cst.Parameters) -> list[cst.Param]:
-    out = list(params.posonly_params) + list(params.params) + list(params.kwonly_params)
-    for star in (params.star_arg, params.star_kwarg):
-        if isinstance(star, cst.Param):
-            out.append(star)
+def _all_params(params: ast.arguments) -> list[ast.arg]:
+    out = [*params.posonlyargs, *params.args, *params.kwonlyargs]
+    out += [star for star in (params.vararg, params.kwarg) if star is not None]
     return out
 
 
-def _no_required_params(params: cst.Parameters) -> bool:
-    # *args and **kwargs are fine: they can be left empty.
-    return all(p.default is not None for p in [*params.posonly_params, *params.params, *params.kwonly_params])
+def _no_required_params(params: ast.arguments) -> bool:
+    # *args and **kwargs are fine: they can be left empty. Positional defaults belong to
+    # the last positional parameters; a keyword-only one without a default has None.
+    positional = len(params.posonlyargs) + len(params.args)
+    return len(params.defaults) == positional and all(d is not None for d in params.kw_defaults)
 
 
-def _simple_body(node: cst.FunctionDef) -> list[cst.BaseSmallStatement] | None:
+def _simple_body(node: ast.FunctionDef) -> list[ast.stmt] | None:
     """The body's statements if they are [docstring], assignments..., return <expr>."""
-    if isinstance(node.body, cst.SimpleStatementSuite):
-        small = list(node.body.body)
-    else:
-        small = []
-        for stmt in node.body.body:
-            if not isinstance(stmt, cst.SimpleStatementLine):
-                return None
-            small.extend(stmt.body)
-    if small and isinstance(small[0], cst.Expr) and isinstance(small[0].value, (cst.SimpleString, cst.ConcatenatedString)):
+    small = list(node.body)
+    if small and isinstance(small[0], ast.Expr) and isinstance(small[0].value, ast.Constant) and isinstance(small[0].value.value, str):
         small = small[1:]
-    if not small or not isinstance(small[-1], cst.Return) or small[-1].value is None:
+    if not small or not isinstance(small[-1], ast.Return) or small[-1].value is None:
         return None
     for stmt in small[:-1]:
-        if isinstance(stmt, cst.Assign):
-            if not all(isinstance(t.target, (cst.Name, cst.Attribute)) for t in stmt.targets):
+        if isinstance(stmt, ast.Assign):
+            if not all(isinstance(t, (ast.Name, ast.Attribute)) for t in stmt.targets):
                 return None
-        elif isinstance(stmt, cst.AnnAssign):
-            if stmt.value is None or not isinstance(stmt.target, (cst.Name, cst.Attribute)):
+        elif isinstance(stmt, ast.AnnAssign):
+            if stmt.value is None or not isinstance(stmt.target, (ast.Name, ast.Attribute)):
                 return None
         else:
             return None
     return small
 
 
-def _dotted(expr: cst.BaseExpression) -> list[str] | None:
-    if isinstance(expr, cst.Name):
-        return [expr.value]
-    if isinstance(expr, cst.Attribute):
+def _dotted(expr: ast.expr) -> list[str] | None:
+    if isinstance(expr, ast.Name):
+        return [expr.id]
+    if isinstance(expr, ast.Attribute):
         base = _dotted(expr.value)
-        return base + [expr.attr.value] if base is not None else None
+        return base + [expr.attr] if base is not None else None
     return None
 
 
-def _safe_callee(expr: cst.BaseExpression, module: ModuleType, local_names: set[str], factory_ids: set[int]) -> bool:
+def _safe_callee(expr: ast.expr, module: ModuleType, local_names: set[str], factory_ids: set[int]) -> bool:
     """Whether a call to ``expr`` provably only constructs a model or config object."""
     parts = _dotted(expr)
     if parts is None or parts[0] in local_names:
@@ -655,25 +686,28 @@ def _assigns_model(text: str) -> bool:
 # Building
 
 
-def build_all(discovery: Discovery, seed: int | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
+def build_all(discovery: Discovery, seed: int | None = None, memory_budget: int | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
     """Build every entry and keep the top-level models.
 
     With ``seed``, each entry is built right after seeding torch's global RNG with it, so its
     random init is the same on every run whatever else the file builds; the caller's RNG
     state is restored afterwards.
 
+    Each entry is first built on the meta device (no memory, ~10x faster than a real build
+    of a ResNet-18) to learn its size; only a model within ``memory_budget`` bytes (default:
+    ``default_memory_budget()``) is then built for real. A larger one stays on the meta
+    device, with the reason in ``BuiltModel.meta_reason``.
+
     A class is dropped when another built model contains an instance of it (it is a
     block); a class that needs arguments is reported (ARC903) only when no built model
     contains or is an instance of it, so a class a factory builds is not reported.
     """
+    budget = memory_budget if memory_budget is not None else default_memory_budget()
     built: list[BuiltModel] = []
     failed: list[tuple[ModelEntry, NotBuilt]] = []
     for entry in discovery.entries:
         try:
-            with torch.random.fork_rng(devices=[]):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                built.append(BuiltModel(entry, entry.build()))
+            built.append(_build(entry, budget, seed))
         except BuildError as exc:
             if entry.kind == "factory":
                 continue  # a zero-argument function returning something else: not a model
@@ -708,6 +742,104 @@ def build_all(discovery: Discovery, seed: int | None = None) -> tuple[list[Built
         not_built.append(_needs_args(c, discovery.path or c.span.path))
     not_built.sort(key=lambda n: (n.span.line, n.span.col))
     return top, not_built
+
+
+# Parameters and buffers may take at most this share of the available memory: measuring
+# needs room for a copy (float64 re-check, another device) and the activations besides.
+MEMORY_FRACTION = 0.25
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 8 GiB
+        return 8 << 30
+
+
+def default_memory_budget(device: str = "cpu") -> int:
+    """MEMORY_FRACTION of the available RAM, and of the free memory of the GPU the
+    verification pass will use, whichever is smaller."""
+    budget = MEMORY_FRACTION * available_memory()
+    if device != "cpu" and torch.cuda.is_available():
+        index = int(device.split(":")[1]) if device.startswith("cuda:") else None
+        budget = min(budget, MEMORY_FRACTION * torch.cuda.mem_get_info(index)[0])
+    return int(budget)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, shared (tied) tensors counted once."""
+    seen: dict[int, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"
+
+
+def parse_bytes(text: str) -> int:
+    """``"4GiB"``, ``"512MB"``, ``"1e9"`` -> bytes (binary and decimal units)."""
+    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 10**6, "mb": 10**6, "mib": 1 << 20,
+             "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12, "tb": 10**12, "tib": 1 << 40}
+    stripped = text.strip().lower().replace(" ", "")
+    number = stripped.rstrip("kmgtib")
+    unit = stripped[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"{text!r} is not a size (e.g. 4GiB, 512MB or a number of bytes)") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: a memory budget must be positive")
+    return int(value)
+
+
+def _seeded_build(entry: ModelEntry, seed: int | None) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return entry.build()
+
+
+def _build(entry: ModelEntry, budget: int, seed: int | None = None) -> BuiltModel:
+    meta = _build_on_meta(entry)
+    if meta is None:
+        return BuiltModel(entry, _seeded_build(entry, seed))
+    size = model_bytes(meta)
+    if size <= budget:
+        del meta
+        return BuiltModel(entry, _seeded_build(entry, seed), size=size)
+    meta.to("meta")  # a tensor the constructor put on a device explicitly
+    reason = (f"its parameters and buffers take {format_bytes(size)}, above the memory budget of "
+              f"{format_bytes(budget)}: analysed on the meta device (shapes and init formulas), "
+              f"not built or measured")
+    return BuiltModel(entry, meta, size=size, meta_reason=reason)
+
+
+def _build_on_meta(entry: ModelEntry) -> nn.Module | None:
+    """The entry built under ``torch.device("meta")`` with its init statistics recorded, or
+    None when its code does not work without real values (``.item()``, ``.tolist()``...):
+    the real build then reports whatever is wrong."""
+    try:
+        with warnings.catch_warnings(), metainit.record_init() as recorder, torch.device("meta"):
+            warnings.simplefilter("ignore")  # the real build warns, once
+            model = entry.build()
+    except (Exception, SystemExit):
+        return None
+    metainit.attach(model, recorder)
+    return model
 
 
 def _needs_args(c: ClassNeedingArgs, path: str) -> NotBuilt:

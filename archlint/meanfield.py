@@ -157,6 +157,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from archlint import metainit
 from archlint.graph import ArchGraph, Node, OpKind
 
 __all__ = ["NodePrediction", "Prediction", "predict", "segment_nlc", "activation_nlc"]
@@ -487,6 +488,8 @@ class _Recursion:
             if a.op != "get_attr":
                 return None  # computed from something else (a size, a mask): not a constant
             value = _fetch_attr(self.gm, a.target)
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                return None  # no values on the meta device: the closed forms read its init
             constants[a.name] = value.detach().to(torch.float64) if isinstance(value, torch.Tensor) else value
         if fxn.op == "call_module":
             target: Any = self._module64(self.gm.get_submodule(fxn.target))
@@ -621,6 +624,8 @@ class _Recursion:
         affine = self._affine(node)
         if affine is None:
             return _Missing(f"functional {node.op}: affine parameters not readable")
+        if not all(math.isfinite(x) for x in affine):
+            return _Missing(f"{node.op}: the initial values of its affine parameters are unknown (meta device)")
         g_mean, g_sq, b_mean, b_sq = affine
         eps = float(node.attrs.get("eps", 1e-5))
         s = ins[0]
@@ -698,8 +703,15 @@ class _Recursion:
         c = _fetch_attr(self.gm, consts[0].target)
         if not isinstance(c, torch.Tensor):
             return _Missing(f"{node.op} of a signal with a non-tensor constant")
-        c = c.detach().double()
-        c_mean, c_sq = _systematic(float(c.mean()), float(c.std(unbiased=False)), c.numel()), float((c * c).mean())
+        if c.is_meta:
+            # A model built on the meta device: the statistics its init asked for.
+            known = metainit.stats(c)
+            if known is None:
+                return _Missing(f"{node.op} of a signal with a constant whose initial values are unknown (meta device)")
+            c_mean, c_sq = _systematic(known[0], known[1], c.numel()), known[0] ** 2 + known[1] ** 2
+        else:
+            c = c.detach().double()
+            c_mean, c_sq = _systematic(float(c.mean()), float(c.std(unbiased=False)), c.numel()), float((c * c).mean())
         s = ins[0]
         if node.kind is OpKind.MUL:
             if node.attrs.get("op", node.op) in _DIV_OPS:
@@ -845,12 +857,33 @@ def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
 def _float64_module(module: nn.Module) -> nn.Module:
     # A copy: the user's module keeps its dtype and mode. Eval mode as when measuring (RReLU
     # uses its mean slope).
-    return copy.deepcopy(module).to(torch.float64).eval()
+    copied = copy.deepcopy(module)
+    if any(t.is_meta for t in module.state_dict().values()):
+        copied = _constants_from_init(module, copied)
+    return copied.to(torch.float64).eval()
+
+
+def _constants_from_init(module: nn.Module, copied: nn.Module) -> nn.Module:
+    """A meta-device module whose tensors were all initialised to constants (PReLU's 0.25)
+    as a real one; otherwise ``copied`` unchanged (on meta, it fails on the grid)."""
+    known = [metainit.stats(t) for t in module.state_dict(keep_vars=True).values()]
+    if not all(s is not None and s[1] == 0 for s in known):
+        return copied
+    copied = copied.to_empty(device="cpu")
+    with torch.no_grad():
+        for t, s in zip(copied.state_dict(keep_vars=True).values(), known):
+            t.fill_(s[0])
+    return copied
 
 
 def _module_key(module: nn.Module) -> Any:
     """What an (activation) module computes in eval mode: its class, settings and tensors."""
-    params = tuple(tuple(t.detach().flatten().tolist()) for t in module.state_dict().values())
+    tensors = list(module.state_dict().values())
+    if any(t.is_meta for t in tensors):
+        # No values to compare (a model on the meta device): never shared, and evaluating it
+        # on the grid fails, so the node is not predicted.
+        return (type(module).__module__, type(module).__qualname__, "meta", id(module))
+    params = tuple(tuple(t.detach().flatten().tolist()) for t in tensors)
     return (type(module).__module__, type(module).__qualname__, module.extra_repr(), params)
 
 

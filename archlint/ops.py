@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from archlint import metainit
 from archlint.graph import OpKind, ParamInfo
 
 # Elementwise activations: module class name -> canonical activation name.
@@ -188,7 +189,10 @@ def param_infos(module: nn.Module) -> dict[str, ParamInfo]:
     named: list[tuple[str, torch.Tensor, bool]] = [(n, p, True) for n, p in module.named_parameters()]
     named += [(n, b, False) for n, b in module.named_buffers()]
     for name, t, is_param in named:
-        if t.is_meta or t.numel() == 0:
+        if t.is_meta:
+            # A model built on the meta device: the statistics its init asked for, if known.
+            stats = metainit.stats(t) or (float("nan"), float("nan"))
+        elif t.numel() == 0:
             stats = (float("nan"), float("nan"))
         else:
             data = t.detach()

@@ -13,6 +13,7 @@ its NLC compounds multiplicatively (digest §1.6), which is what ARC103 measures
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -46,6 +47,12 @@ def carries_signal(node: Node) -> bool:
     return node.dtype is not None and ("float" in node.dtype or "complex" in node.dtype or node.dtype in ("half", "bfloat16", "double"))
 
 
+def _may_carry_signal(node: Node) -> bool:
+    """Floating point, or of unknown type: a module returning a tuple (an LSTM's output and
+    state, attention's output and weights) passes the signal on to what unpacks it."""
+    return node.dtype is None or carries_signal(node)
+
+
 def sources(graph: ArchGraph) -> list[str]:
     """Where the signal enters: floating-point inputs, and embeddings of integer inputs."""
     out = []
@@ -63,7 +70,7 @@ def signal_nodes(graph: ArchGraph) -> set[str]:
     through ops that cut the dependence (``detach``, ``zeros_like``, ``size``)."""
     reached = set(sources(graph))
     for node in graph.nodes:
-        if node.name in reached or node.op in _DETACHING_OPS or not carries_signal(node):
+        if node.name in reached or node.op in _DETACHING_OPS or not _may_carry_signal(node):
             continue
         if any(i in reached for i in node.inputs):
             reached.add(node.name)
@@ -124,6 +131,13 @@ def _has_linear_path(graph: ArchGraph, start: str, end: str, between: set[str]) 
     return False
 
 
+_CONCATENATIONS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"}
+
+
+def _merges_paths(node: Node) -> bool:
+    return node.kind == OpKind.ADD or (node.kind == OpKind.RESHAPE and node.op in _CONCATENATIONS)
+
+
 @dataclass
 class Region:
     """What lies between two consecutive main-path nodes ``start`` and ``end``."""
@@ -149,9 +163,10 @@ def regions(graph: ArchGraph) -> list[Region]:
         inner = set(between)
         out.append(Region(
             start=a, end=b, nodes=between,
-            # Only an addition merges a skip with a branch; a product of two linear paths
-            # (a bilinear or gated unit) is a nonlinear layer, not a skip connection.
-            skip=graph[b].kind == OpKind.ADD and _has_linear_path(graph, a, b, inner),
+            # An addition (ResNet) or a concatenation (DenseNet, DLA's aggregation,
+            # ShuffleNet's untouched half) merges a skip with a branch; a product of two
+            # linear paths (a bilinear or gated unit) is a nonlinear layer, not a skip.
+            skip=_merges_paths(graph[b]) and _has_linear_path(graph, a, b, inner),
             nonlinear=[n for n in between if graph[n].is_nonlinear],
         ))
     return out
@@ -255,6 +270,12 @@ def has_batchnorm(graph: ArchGraph) -> bool:
     return any(n.kind == OpKind.NORM and n.attrs.get("norm_type") == "batch" for n in graph.nodes)
 
 
+def nlc_threshold(graph: ArchGraph, options: dict) -> float:
+    """A rule's NLC threshold for this model: ``conv-threshold`` for models with
+    convolutions (the MLP band does not carry over to CNNs), else ``threshold``."""
+    return float(options["conv-threshold"] if has_kind(graph, OpKind.CONV) else options["threshold"])
+
+
 def prediction_margin(graph: ArchGraph) -> float:
     """How far a prediction must cross an upper threshold before a rule reports it statically.
 
@@ -265,3 +286,15 @@ def prediction_margin(graph: ArchGraph) -> float:
     (and measured) on the strength of a known overestimate.
     """
     return 1.3 if has_kind(graph, OpKind.CONV) else 1.0
+
+
+# The NLC of ReLU on a zero-mean Gaussian, sqrt(pi / (pi - 1)): the per-layer NLC of a
+# BN-ReLU layer (digest §2.1), the common case of a deep stack.
+BN_RELU_NLC = math.sqrt(math.pi / (math.pi - 1))
+
+
+def worth_measuring(layers: int, threshold: float) -> bool:
+    """Where nothing is predicted, is a stack of ``layers`` nonlinear layers long enough to
+    reach ``threshold`` at the BN-ReLU rate? Shorter ones are not measured on a guess: a
+    measurement costs several forward passes, and most such stacks stay below."""
+    return layers * math.log(BN_RELU_NLC) > math.log(threshold)

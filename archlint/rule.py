@@ -184,3 +184,52 @@ def node_span(graph: ArchGraph, node: Node | str | None) -> Span:
         return node.span
     assert graph.span is not None, f"model {graph.name} has no source span"
     return graph.span
+
+
+def settle(findings: list[Finding]) -> list[Finding]:
+    """Drop what the static pass could not decide and what a more specific finding explains.
+
+    - A finding with ``data["needs_measurement"]`` was raised because the prediction was
+      unavailable (an op the mean-field predictor does not model): it is a question for the
+      measurement, not a finding, and is dropped when no measurement answered it.
+    - A rule's ``SUBSUMED_BY`` codes name more specific rules: when one of them stands for the
+      same model (not dismissed), the general finding is redundant (ARC101 "the NLC is too
+      high" beside ARC103 "this plain stack makes it so").
+    """
+    kept = [f for f in findings if not (f.data.get("needs_measurement") and f.status == "predicted")]
+    standing = {(f.model, f.code) for f in kept if f.status != "dismissed"}
+    out = []
+    for f in kept:
+        subsumed_by = () if f.code.startswith("ARC9") else getattr(get(f.code).module, "SUBSUMED_BY", ())
+        if f.status != "dismissed" and any((f.model, code) in standing for code in subsumed_by):
+            continue
+        out.append(compose(f))
+    return out
+
+
+def compose(f: Finding) -> Finding:
+    """Fill a rule's ``{value}`` with the measured value (else the predicted one) and append
+    the predicted value and the threshold: "... compound to NLC 47.7 (predicted 46.1;
+    threshold 3)". A dismissed finding keeps the predicted value and names the measured one
+    beside it: "... NLC 3.5 (measured 2.4; threshold 3)"."""
+    from archlint.evidence import fmt
+
+    if f.code.startswith("ARC9"):
+        return f
+    # Fractions (dead units) read better as percentages.
+    show = (lambda v: f"{100 * v:.0f}%") if f.data.get("percent") else fmt
+    # The sentence states the standing value: the measured one when it confirms, the
+    # predicted one otherwise; a dismissing measurement is then named beside it.
+    best = f.measured if f.measured is not None and f.status != "dismissed" else f.predicted
+    message = f.message.replace("{value}", show(best) if best is not None else "(not predicted)")
+    extras = []
+    if f.status == "dismissed" and f.measured is not None:
+        extras.append(f"measured {show(f.measured)}")
+    elif f.measured is not None and f.predicted is not None:
+        extras.append(f"predicted {show(f.predicted)}")
+    if f.threshold is not None:
+        extras.append(f"threshold {show(f.threshold)}")
+    if extras:
+        message += f" ({'; '.join(extras)})"
+    f.message = message
+    return f

@@ -9,7 +9,7 @@ list comprehensions, so positions are captured at run time instead:
   the innermost user frame is then the op's line in ``forward``.
 
 Both give a ``RawPosition`` straight from the interpreter (``code.co_positions()``, whose
-columns are UTF-8 *byte* offsets). ``SourceIndex`` parses the file once with libcst and turns
+columns are UTF-8 *byte* offsets). ``SourceIndex`` parses the file once with ``ast`` and turns
 a raw position into a clean ``Span`` (1-based lines, 0-based *character* columns, exclusive
 end): the whole ``self.x = nn.Y(...)`` statement for a module assigned to an attribute, the
 constructor call otherwise, the call or operator expression for functional ops.
@@ -17,6 +17,8 @@ constructor call otherwise, the call or operator expression for functional ops.
 
 from __future__ import annotations
 
+import ast
+import bisect
 import functools
 import io
 import itertools
@@ -30,9 +32,7 @@ import weakref
 from contextlib import contextmanager
 from typing import Iterable, Iterator, NamedTuple
 
-import libcst as cst
 import torch
-from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 from torch import nn
 
 from archlint.graph import Span
@@ -227,79 +227,46 @@ def record_constructions(extra_skip: Iterable[str] = ()) -> Iterator[Constructio
 # Source text -> Spans
 
 
-def _key(pos) -> tuple[int, int]:
-    return (pos.line, pos.column)
+class _Range(NamedTuple):
+    """A source range: (line, column) of its start and its exclusive end; 1-based lines,
+    0-based *character* columns."""
+
+    start: tuple[int, int]
+    end: tuple[int, int]
 
 
-class _Collector(cst.CSTVisitor):
-    """One pass over the file: calls, operator expressions and definitions, with ranges."""
-
-    METADATA_DEPENDENCIES = (PositionProvider,)
-
-    # Expressions a functional op in forward can be: F.relu(x), x + y, out += y, -x, x[0].
-    _OP_NODES = (cst.Call, cst.BinaryOperation, cst.AugAssign, cst.UnaryOperation, cst.Subscript)
-
-    def __init__(self) -> None:
-        # Each call: (range, range of the `self.x = <call>` statement or None).
-        self.calls: list[tuple[CodeRange, CodeRange | None]] = []
-        self.ops: list[CodeRange] = []
-        self.definitions: dict[str, CodeRange] = {}
-        self._statement_of: dict[int, CodeRange] = {}
-        self._scope: list[str] = []
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        if isinstance(node, self._OP_NODES):
-            self.ops.append(self.get_metadata(PositionProvider, node))
-        return super().on_visit(node)
-
-    def visit_Assign(self, node: cst.Assign) -> None:
-        if all(_is_self_attribute(t.target) for t in node.targets):
-            self._mark_statement(node.value, node)
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        if node.value is not None and _is_self_attribute(node.target):
-            self._mark_statement(node.value, node)
-
-    def _mark_statement(self, value: cst.BaseExpression, statement: cst.CSTNode) -> None:
-        if isinstance(value, cst.Call):
-            # Keyed by id: the tree outlives the visit, so ids stay unique meanwhile.
-            self._statement_of[id(value)] = self.get_metadata(PositionProvider, statement)
-
-    def visit_Call(self, node: cst.Call) -> None:
-        rng = self.get_metadata(PositionProvider, node)
-        self.calls.append((rng, self._statement_of.get(id(node))))
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        self._enter(node.name)
-
-    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
-        self._scope.pop()
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self._enter(node.name)
-
-    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
-        self._scope.pop()
-
-    def _enter(self, name: cst.Name) -> None:
-        self._scope.append(name.value)
-        # A later definition of the same name rebinds it, as at run time.
-        self.definitions[".".join(self._scope)] = self.get_metadata(PositionProvider, name)
+# Expressions a functional op in forward can be: F.relu(x), x + y, out += y, -x, x[0].
+_OP_NODES = (ast.Call, ast.BinOp, ast.AugAssign, ast.UnaryOp, ast.Subscript)
+_DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+# From the start of a class/def statement to its name: the keywords and the whitespace
+# (line continuations included) between them.
+_SPACE = r"(?:[ \t\f]|\\(?:\r\n|\r|\n))+"
+_DEF_HEAD = re.compile(rf"(?:async{_SPACE})?(?:def|class){_SPACE}")
+_IDENTIFIER = re.compile(r"\w+")
 
 
-def _is_self_attribute(target: cst.BaseExpression) -> bool:
+def _is_self_attribute(target: ast.expr) -> bool:
     return (
-        isinstance(target, cst.Attribute)
-        and isinstance(target.value, cst.Name)
-        and target.value.value == "self"
+        isinstance(target, ast.Attribute)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == "self"
     )
 
 
 class SourceIndex:
-    """One source file, parsed once, answering position -> Span questions.
+    """One source file, parsed once with the standard library's ``ast``, answering
+    position -> Span questions.
 
-    A file libcst cannot parse still answers, with the raw positions (converted to
-    character columns): a finding at a slightly rough span beats no finding.
+    ``ast`` ranges are the syntactic ones a user would select (a parenthesised call's range
+    excludes its parentheses, as the interpreter's own positions do), it parses any file the
+    running Python can import, and it is in C: parsing costs about a millisecond where a
+    concrete syntax tree costs tens (and its import a few hundred; measured in
+    benchmarks/bench_e2e.py). ``tree`` is shared with model discovery (``archlint.load``),
+    so each linted file is parsed once.
+
+    A file that does not parse still answers, with the raw positions (converted to
+    character columns): a finding at a slightly rough span beats no finding. ``tree`` is
+    None then and ``syntax_error`` says why.
     """
 
     def __init__(self, path: str):
@@ -309,23 +276,80 @@ class SourceIndex:
         # Decode as Python does (coding cookie, BOM), so columns match the interpreter's.
         encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
         text = source.decode(encoding)  # "utf-8-sig" when there is a BOM: it drops it
+        self._text = text
         # Python counts lines at \n, \r\n and \r only (str.splitlines also splits at \f...).
         self._lines = re.split(r"\r\n|\r|\n", text)
-
-        collector = _Collector()
+        self.tree: ast.Module | None = None
+        self.syntax_error: SyntaxError | None = None
         try:
-            MetadataWrapper(cst.parse_module(text)).visit(collector)
-        except cst.ParserSyntaxError:
-            collector = _Collector()
-        self._calls_by_start: dict[tuple[int, int], list[tuple[CodeRange, CodeRange | None]]] = {}
-        self._calls_by_end: dict[tuple[int, int], tuple[CodeRange, CodeRange | None]] = {}
-        for call in collector.calls:
-            self._calls_by_start.setdefault(_key(call[0].start), []).append(call)
+            self.tree = ast.parse(text, filename=path)
+        except SyntaxError as exc:
+            self.syntax_error = exc
+        except ValueError as exc:  # null bytes
+            self.syntax_error = SyntaxError(str(exc))
+
+        # Each call: (range, range of the `self.x = <call>` statement or None).
+        calls: list[tuple[_Range, _Range | None]] = []
+        self._ops: list[_Range] = []
+        # Qualified name ("Outer.Inner", "Net.forward") -> range of the name.
+        self._definitions: dict[str, _Range] = {}
+        statement_of: dict[int, _Range] = {}
+        # Depth first in source order, so that a later definition of a name wins, as at
+        # run time, and an assignment is seen before the call that is its value.
+        stack: list[tuple[ast.AST, tuple[str, ...]]] = [(self.tree, ())] if self.tree else []
+        while stack:
+            node, scope = stack.pop()
+            if isinstance(node, _OP_NODES):
+                rng = self.range_of(node)
+                self._ops.append(rng)
+                if isinstance(node, ast.Call):
+                    calls.append((rng, statement_of.get(id(node))))
+            elif isinstance(node, ast.Assign):
+                if all(_is_self_attribute(t) for t in node.targets) and isinstance(node.value, ast.Call):
+                    statement_of[id(node.value)] = self.range_of(node)
+            elif isinstance(node, ast.AnnAssign):
+                if _is_self_attribute(node.target) and isinstance(node.value, ast.Call):
+                    statement_of[id(node.value)] = self.range_of(node)
+            if isinstance(node, _DEFINITIONS):
+                # Decorators, defaults and bases belong to the enclosing scope.
+                outer = [*node.decorator_list, *getattr(node, "bases", ()), *getattr(node, "keywords", ())]
+                if not isinstance(node, ast.ClassDef):
+                    outer += [node.args, *([node.returns] if node.returns else [])]
+                scope_in = (*scope, node.name)
+                self._definitions[".".join(scope_in)] = self.name_range(node)
+                children = [(c, scope) for c in outer] + [(c, scope_in) for c in node.body]
+            else:
+                children = [(c, scope) for c in ast.iter_child_nodes(node)]
+            stack.extend(reversed(children))
+
+        self._calls_by_start: dict[tuple[int, int], list[tuple[_Range, _Range | None]]] = {}
+        self._calls_by_end: dict[tuple[int, int], tuple[_Range, _Range | None]] = {}
+        for call in calls:
+            self._calls_by_start.setdefault(call[0].start, []).append(call)
             # A closing parenthesis belongs to exactly one call, so ends are unique.
-            self._calls_by_end[_key(call[0].end)] = call
-        self._ops = collector.ops
-        self._ops_exact = {(_key(r.start), _key(r.end)): r for r in collector.ops}
-        self._definitions = collector.definitions
+            self._calls_by_end[call[0].end] = call
+        self._ops_exact = {(r.start, r.end): r for r in self._ops}
+
+    def range_of(self, node: ast.AST) -> _Range:
+        """``node``'s range (ast counts columns in UTF-8 bytes; this in characters)."""
+        return _Range(
+            (node.lineno, self._char_col(node.lineno, node.col_offset)),
+            (node.end_lineno, self._char_col(node.end_lineno, node.end_col_offset)),
+        )
+
+    def name_range(self, node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> _Range:
+        """The range of the name in a ``class``/``def`` statement (ast has only the whole
+        statement's)."""
+        start = self.range_of(node).start
+        offset = self._offset(start)
+        head = _DEF_HEAD.match(self._text, offset)
+        name = _IDENTIFIER.match(self._text, head.end()) if head else None
+        if name is None:  # not reached for a parsed definition; keep the statement start
+            return _Range(start, start)
+        return _Range(self._position(name.start()), self._position(name.end()))
+
+    def name_span(self, node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> Span:
+        return self._span(self.name_range(node))
 
     def line_text(self, line: int) -> str:
         """The text of 1-based ``line``, without its line break ('' when out of range)."""
@@ -338,7 +362,7 @@ class SourceIndex:
         there."""
         start, end = self._char_range(pos)
         candidates = self._calls_by_start.get(start, [])
-        call = next((c for c in candidates if _key(c[0].end) == end), None)
+        call = next((c for c in candidates if c[0].end == end), None)
         if call is None and candidates:
             call = candidates[0]
         if call is None and end is not None:
@@ -358,11 +382,11 @@ class SourceIndex:
         exact = self._ops_exact.get((start, end))
         if exact is not None:
             return self._span(exact)
-        enclosing = [r for r in self._ops if _key(r.start) <= start and end <= _key(r.end)]
+        enclosing = [r for r in self._ops if r.start <= start and end <= r.end]
         if not enclosing:
             return self._raw_span(start, None if end == start else end)
         # Enclosing ranges nest, so the smallest starts last and ends first.
-        return self._span(max(enclosing, key=lambda r: (_key(r.start), _neg(_key(r.end)))))
+        return self._span(max(enclosing, key=lambda r: (r.start, _neg(r.end))))
 
     def definition_span(self, qualname: str) -> Span | None:
         """Span of the name in the ``class``/``def`` statement of ``qualname`` (``Net``,
@@ -380,14 +404,26 @@ class SourceIndex:
         return start, (pos.end_line, self._char_col(pos.end_line, pos.end_col))
 
     def _char_col(self, line: int, byte_col: int) -> int:
-        """co_positions columns count UTF-8 bytes; Spans (and libcst) count characters."""
+        """co_positions and ast columns count UTF-8 bytes; Spans count characters."""
         text = self.line_text(line)
         if text.isascii():
             return byte_col
         return len(text.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
 
-    def _span(self, rng: CodeRange) -> Span:
-        return Span(self.path, rng.start.line, rng.start.column, rng.end.line, rng.end.column)
+    def _span(self, rng: _Range) -> Span:
+        return Span(self.path, rng.start[0], rng.start[1], rng.end[0], rng.end[1])
+
+    def _offset(self, position: tuple[int, int]) -> int:
+        """Index into the text of a (line, character column) position."""
+        return self._line_starts[position[0] - 1] + position[1]
+
+    def _position(self, offset: int) -> tuple[int, int]:
+        line = bisect.bisect_right(self._line_starts, offset)
+        return line, offset - self._line_starts[line - 1]
+
+    @functools.cached_property
+    def _line_starts(self) -> list[int]:
+        return [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", self._text)]
 
     def _raw_span(self, start: tuple[int, int], end: tuple[int, int] | None) -> Span:
         if end is None:

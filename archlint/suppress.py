@@ -24,12 +24,15 @@ import re
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from archlint import rule as rules_api
 from archlint.files import read_source
 from archlint.graph import Span
 from archlint.rule import Finding
+
+if TYPE_CHECKING:
+    from archlint.config import Settings
 
 UNUSED_CODE = "ARC902"
 
@@ -226,3 +229,28 @@ def suppress(findings: list[Finding], source: str, path: str, *, report_unused: 
     if report_unused:
         kept += apply(unused(by_path[path], path, judged), by_path[path])
     return kept
+
+
+# Diagnostics that mean a model (or the whole file) was not analysed.
+NOT_ANALYSED = ("ARC900", "ARC903", "ARC904")
+
+
+def finalise(findings: list[Finding], path: str, settings: "Settings", source: str | None) -> list[Finding]:
+    """What the user sees of a file's findings: the selected codes, minus suppressed ones
+    (plus ARC902 for unused suppressions), minus dismissed ones unless asked, sorted."""
+    kept = [f for f in findings if settings.is_selected(f.code)]
+    if source is not None:
+        # Only a rule that ran can show that a suppression of its code is unused: the code
+        # must be selected for this file, and every model of it analysed (the import,
+        # ARC900, always is).
+        complete = not any(f.code in NOT_ANALYSED for f in findings)
+
+        def judged(code: str) -> bool:
+            return settings.is_selected(code) and (complete or code == "ARC900")
+
+        # Dismissed findings are matched too: a suppression must not turn "unused" when a
+        # different seed or batch dismisses the finding it is there for.
+        kept = suppress(kept, source, path, report_unused=settings.is_selected(UNUSED_CODE), judged=judged)
+    if not settings.show_dismissed:
+        kept = [f for f in kept if f.status != "dismissed"]
+    return sorted(kept, key=Finding.sort_key)

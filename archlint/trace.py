@@ -252,6 +252,12 @@ def _first_float_node(out_arg: Any, values: dict[str, _ValueInfo], kept: dict[st
             info = values[item.name]
             if info.is_tensor and info.floating:
                 return item.name
+            if not info.is_tensor and item.op == "call_function":
+                # A dataclass or namedtuple built in forward is a node of its own: its
+                # fields are the node's arguments, in order.
+                found = _first_float_node((item.args, item.kwargs), values, kept)
+                if found is not None:
+                    return found
     return None
 
 

@@ -6,38 +6,44 @@ centred sample directions for wide nodes) at the output and at 4 intermediate no
 sub-network from the input, or from the embedding for token inputs, to that node).
 Models without batch dependence: BatchNorm models are in eval mode with populated statistics.
 
-    python benchmarks/bench_accuracy.py
+    python benchmarks/bench_accuracy.py [--device cuda]
+
+With ``--device cuda`` models, samples and the exact references all live on the GPU.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-from pathlib import Path
 
+import common  # noqa: F401  (first: the repository importable, one thread)
 import torch
+from common import N, images
+from exact import exact_nlc, populate_bn
+from models import SmallCNN, TinyTransformer, mlp, small_resnet
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from archlint.measure import measure
 
-from exact import exact_nlc, populate_bn  # noqa: E402
-from models import SmallCNN, TinyTransformer, mlp, small_resnet  # noqa: E402
-
-from archlint.inputs import pink_noise  # noqa: E402
-from archlint.measure import measure  # noqa: E402
-
-torch.set_num_threads(1)
 TOLERANCE = 0.05
-N = 128
+
+
+def samples():
+    """Gaussian vectors, 1/f noise images and token ids, N of each."""
+    g = torch.Generator().manual_seed(1234)
+    vectors = (torch.randn(N, 32, generator=g),)
+    pictures = (images(N, g),)
+    tokens = (torch.randint(0, 100, (N, 16), generator=g),)
+    return vectors, pictures, tokens
+
+
+RESNET = "residual CNN (3 BasicBlocks, eval)"
 
 
 def models():
     """(name, model, inputs); each model seeded on its own."""
-    g = torch.Generator().manual_seed(1234)
-    vectors = (torch.randn(N, 32, generator=g),)
-    images = (pink_noise(N, 3, (32, 32), g).float(),)
-    tokens = (torch.randint(0, 100, (N, 16), generator=g),)
+    vectors, pictures, tokens = samples()
 
     def seeded(seed, build):
         torch.manual_seed(seed)
@@ -52,10 +58,10 @@ def models():
     bn = seeded(7, lambda: mlp(10, 256, nn.ReLU, 1.0, batchnorm=True))
     populate_bn(bn, vectors, N)
     yield "BN-ReLU MLP, depth 10, eval (populated)", bn, vectors
-    yield "CNN (3 conv-ReLU-maxpool)", seeded(8, SmallCNN), images
+    yield "CNN (3 conv-ReLU-maxpool)", seeded(8, SmallCNN), pictures
     resnet = seeded(9, small_resnet)
-    populate_bn(resnet, images, N)
-    yield "residual CNN (3 BasicBlocks, eval)", resnet, images
+    populate_bn(resnet, pictures, N)
+    yield RESNET, resnet, pictures
     yield "pre-LN transformer block (token ids)", seeded(10, TinyTransformer), tokens
 
 
@@ -71,15 +77,25 @@ def intermediate(report, count=4):
     return [candidates[round(i * (len(candidates) - 1) / (count - 1))] for i in range(count)]
 
 
+def on(device, model, inputs):
+    return model.to(device), tuple(t.to(device) for t in inputs)
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    device = parser.parse_args().device
     rows = []
     worst = 0.0
+    references = {}
     for name, model, inputs in models():
+        model, inputs = on(device, model, inputs)
         started = time.perf_counter()
-        report = measure(model, inputs, device="cpu")
+        report = measure(model, inputs, device=device)
         seconds = time.perf_counter() - started
         targets = intermediate(report) + [report.output]
         exact = exact_nlc(model, inputs, report.sources[0], targets)
+        references[name] = (report, targets, exact)
         for target in targets:
             s = report.nodes[target]
             error = s.nlc / exact[target] - 1
@@ -88,6 +104,26 @@ def main() -> int:
             rows.append((name, label, exact[target], s.nlc, s.nlc_se, report.probes, error, seconds if target == report.output else None))
         print(f"{name}: output exact {exact[report.output]:.4f}, measured {report.output_nlc:.4f}"
               f" ± {report.output_nlc_se:.4f} ({report.probes} probes, {seconds:.2f}s)", file=sys.stderr)
+
+    # The population value of a train-mode BatchNorm model: the same residual CNN as built
+    # (train mode, fresh statistics), whose population probes ride in the main pass, against
+    # the exact NLC of that model in eval mode populated from the same batch (above).
+    eval_report, targets, exact = references[RESNET]
+    torch.manual_seed(9)
+    trained, pictures = on(device, small_resnet(), samples()[1])
+    started = time.perf_counter()
+    report = measure(trained, pictures, device=device)
+    seconds = time.perf_counter() - started
+    name = "residual CNN, train mode: population value"
+    for target in targets:
+        s = report.nodes[target]
+        error = s.nlc_population / exact[target] - 1
+        worst = max(worst, abs(error))
+        label = "output" if target == report.output else target
+        rows.append((name, label, exact[target], s.nlc_population, s.nlc_population_se,
+                     f"{report.probes} + {report.population_probes} eval", error, seconds if target == report.output else None))
+    print(f"{name}: output exact (eval, populated) {exact[report.output]:.4f}, population {report.output_nlc_population:.4f}"
+          f" ± {report.output_nlc_population_se:.4f}, batch {report.output_nlc:.4f} ({seconds:.2f}s)", file=sys.stderr)
 
     print("| model | node | exact NLC | measured ± se | probes | rel. error |")
     print("|---|---|---|---|---|---|")

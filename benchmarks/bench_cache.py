@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "fixtures" / "models" / "resnet18_cifar.py"
+MODEL = REPO / "fixtures" / "architectures" / "good_resnet18_cifar.py"
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:

@@ -13,48 +13,29 @@
    an hour) on SUBSET samples and scaled by 128 / SUBSET (its cost is linear in the number of
    samples: independent per-sample Jacobians), which the 10-output case checks.
 
-    python benchmarks/bench_cost.py
+    python benchmarks/bench_cost.py [--part 1|2] [--repeats 7]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
 import sys
-import time
-from pathlib import Path
 
+import common  # noqa: F401  (first: the repository importable, one thread)
 import torch
+from common import N, images, timed_both
+from exact import jacrev_output_nlc, populate_bn
+from models import resnet18
 from torch.func import jacrev, vmap
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import archlint.measure as measure_mod
+from archlint.measure import measure
+from archlint.trace import trace
 
-from exact import jacrev_output_nlc, populate_bn  # noqa: E402
-from models import resnet18  # noqa: E402
-
-from archlint.inputs import pink_noise  # noqa: E402
-from archlint.measure import measure  # noqa: E402
-from archlint.trace import trace  # noqa: E402
-
-torch.set_num_threads(1)
 REPEATS = 7
 SUBSET = 4
-N = 128
-
-
-def timed(fn):
-    started = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - started, result
-
-
-def timed_both(fn):
-    """(wall-clock seconds, CPU seconds of this process, result). On a shared machine the
-    CPU time is the steadier of the two: time the process waits for the CPU is not in it."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
 def plain_forward(model, x):
@@ -68,14 +49,27 @@ def plain_forward(model, x):
     return run
 
 
-def part1(x) -> None:
+def part1(x, repeats: int) -> None:
     torch.manual_seed(0)
     model = resnet18(10)  # as built: train mode, fresh BatchNorm statistics
     graph = trace(model, (x[:4],), name="ResNet18")  # as archlint's engine does, once
     forward = plain_forward(model, x)
+
+    def separate_population_pass():
+        # The population value from a second full pass in eval mode, as measure() computes
+        # it when the sample is more than one batch (or a BatchNorm sees few values per
+        # channel): for comparison with the one-pass default on this model.
+        fusable = measure_mod._fusable
+        measure_mod._fusable = lambda *args: False
+        try:
+            return measure(model, x, graph=graph)
+        finally:
+            measure_mod._fusable = fusable
+
     runs = {
         "with_trace": lambda: measure(model, x),
         "all": lambda: measure(model, x, graph=graph),
+        "separate_population": separate_population_pass,
         "no_population": lambda: measure(model, x, graph=graph, population=False),
     }
     forward()
@@ -83,7 +77,7 @@ def part1(x) -> None:
     times: dict[str, list[float]] = {"forward": []} | {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in times}
     reports = {}
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         wall, c, _ = timed_both(forward)
         times["forward"].append(wall)
         cpu["forward"].append(c)
@@ -93,9 +87,9 @@ def part1(x) -> None:
             cpu[key].append(c)
     f = statistics.median(times["forward"])
     fc = statistics.median(cpu["forward"])
-    r, r2 = reports["all"], reports["no_population"]
+    r, r2, r3 = reports["all"], reports["no_population"], reports["separate_population"]
     print("## Part 1: all per-node statistics, ResNet-18 (10 classes), train mode, batch 128 x 3x32x32\n")
-    print(f"plain forward (torch.no_grad(), eval mode): median {f:.3f}s wall-clock, {fc:.3f}s CPU, of {REPEATS} "
+    print(f"plain forward (torch.no_grad(), eval mode): median {f:.3f}s wall-clock, {fc:.3f}s CPU, of {repeats} "
           f"(wall-clock {', '.join(f'{v:.2f}' for v in times['forward'])})\n")
     print(f"Every row computes, for all {len(r.nodes)} nodes: NLC ± se from the input (train-mode BatchNorm: "
           "batch statistics, the batch as one input), mean, std, RMS, neuron bias, spread, and sign diversity "
@@ -103,10 +97,12 @@ def part1(x) -> None:
     print("| call | also | probes | median wall-clock | x forward | median CPU time | x forward |")
     print("|---|---|---|---|---|---|---|")
     rows = [
-        ("`measure(model, x, graph=graph)`", "eval-mode NLC with populated statistics (population pass)",
+        ("`measure(model, x, graph=graph)`", "eval-mode NLC with populated statistics (population probes in the main pass)",
          f"{r.probes} + {r.population_probes} eval", "all"),
+        ("the same, population from a second pass", "eval-mode NLC with populated statistics (separate eval pass)",
+         f"{r3.probes} + {r3.population_probes} eval", "separate_population"),
         ("`measure(model, x, graph=graph, population=False)`", "-", f"{r2.probes}", "no_population"),
-        ("`measure(model, x)`", "population pass, and tracing the model (4 samples)", f"{r.probes} + {r.population_probes} eval", "with_trace"),
+        ("`measure(model, x)`", "population probes, and tracing the model (4 samples)", f"{r.probes} + {r.population_probes} eval", "with_trace"),
     ]
     for call, also, probes, key in rows:
         median, median_cpu = statistics.median(times[key]), statistics.median(cpu[key])
@@ -114,7 +110,8 @@ def part1(x) -> None:
     print("\nper-run wall-clock (s): " + "; ".join(f"{k} {[round(v, 2) for v in times[k]]}" for k in times))
     print("per-run CPU (s): " + "; ".join(f"{k} {[round(v, 2) for v in cpu[k]]}" for k in cpu))
     print(f"output NLC: train-mode BN {r.output_nlc:.3f} ± {r.output_nlc_se:.3f}, "
-          f"eval (populated) {r.output_nlc_population:.3f} ± {r.output_nlc_population_se:.3f}\n")
+          f"eval (populated) {r.output_nlc_population:.3f} ± {r.output_nlc_population_se:.3f}; "
+          f"with the separate eval pass {r3.output_nlc_population:.3f} ± {r3.output_nlc_population_se:.3f}\n")
 
 
 def exact_time_on_subset(model, x, chunk):
@@ -168,10 +165,15 @@ def part2(x) -> None:
 
 
 def main() -> int:
-    g = torch.Generator().manual_seed(0)
-    x = pink_noise(N, 3, (32, 32), g).float()
-    part1(x)
-    part2(x)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", type=int, choices=(1, 2), help="run only this part (default: both)")
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    args = parser.parse_args()
+    x = images(N, torch.Generator().manual_seed(0))
+    if args.part in (None, 1):
+        part1(x, args.repeats)
+    if args.part in (None, 2):
+        part2(x)
     return 0
 
 

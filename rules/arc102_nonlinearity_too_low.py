@@ -4,7 +4,7 @@
 Looks at models with at least ``min-layers`` nonlinear layers and no skip connections, and
 reports one whose NLC from input to output is below ``threshold``: the nonlinear layers do
 almost nothing at initialisation. The predicted value is the mean-field NLC; the measured
-output NLC confirms. Residual networks are exempt: starting near the identity is their design
+output NLC confirms. Models whose output the predictor cannot follow are not looked at. Residual networks are exempt: starting near the identity is their design
 (the residual trick), and their NLC at initialisation says little about their depth. Severity
 info: the lower edge of the band is not calibrated (digest §3).
 
@@ -56,8 +56,9 @@ def check(graph, options):
         return []
     threshold = float(options["threshold"])
     predicted = evidence.predicted_nlc(graph, graph.output)
-    unpredicted = evidence.predicted(graph, graph.output) is None
-    if not unpredicted and (predicted is None or predicted >= threshold):
+    # Only a prediction raises this (informational) question: measuring every model the
+    # predictor cannot follow just to ask whether it is too linear is not worth its cost.
+    if predicted is None or predicted >= threshold:
         return []
     return [Finding(
         code=CODE,
@@ -74,7 +75,6 @@ def check(graph, options):
             "normalise before the activations, or use fewer layers"
         ),
         node=graph.output,
-        data={"needs_measurement": unpredicted},
     )]
 
 

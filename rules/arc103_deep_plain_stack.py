@@ -5,8 +5,10 @@ Finds runs of nonlinear layers (Linear/Conv, optional normalisation, activation)
 model's main path with no skip connection among them, at least ``min-layers`` long, and
 reports a run whose NLC, the product of its layers' NLCs, exceeds ``threshold``. The
 predicted value is the mean-field NLC of the run (digest §6); the verification pass measures
-the run's NLC directly (the tangent enters at the run's first node). The finding points at
-the first layer of the run.
+the run's NLC directly (the tangent enters at the run's first node). Where the predictor
+does not model an op of the run (max pooling, gating), the run is reported as a pattern to
+be measured when it is long enough to cross the threshold at the BN-ReLU rate of 1.211 per
+layer. The finding points at the first layer of the run.
 
 ## Why is this bad?
 The NLC composes multiplicatively: a chain of L layers with per-layer NLC c has NLC about
@@ -40,8 +42,11 @@ same operating point (ELU/SELU/softplus are about 1.04 per layer at N(0, 1)), or
 smaller gain so the activations run in their near-linear range.
 
 ## Options
-- ``threshold`` (default 3.0): the NLC above which a plain run is reported (the top of the
-  1-3 band of the practical guide).
+- ``threshold`` (default 3.0): the NLC above which a plain run is reported in a model
+  without convolutions (the top of the 1-3 band of the practical guide, found on MLPs).
+- ``conv-threshold`` (default 100.0): the same for models with convolutions, where plain
+  BN-ReLU stacks that train well are common (VGG-16 with BN measures 12, GoogLeNet's stack
+  of inception blocks 36); see ARC101's options for the calibration so far.
 - ``min-layers`` (default 6): the shortest run looked at (1.211^6 = 3.2).
 
 ## References
@@ -61,7 +66,7 @@ CODE = "ARC103"
 NAME = "deep-plain-stack"
 SEVERITY = "warning"
 SUMMARY = "Many nonlinear layers in a chain with no skip connection compound the NLC"
-OPTIONS = {"threshold": 3.0, "min-layers": 6}
+OPTIONS = {"threshold": 3.0, "conv-threshold": 100.0, "min-layers": 6}
 
 EXPLANATION = (
     "NLCs multiply along a chain (about c^L for L layers of NLC c), so without skip "
@@ -71,7 +76,7 @@ EXPLANATION = (
 
 
 def check(graph, options):
-    threshold = float(options["threshold"])
+    threshold = patterns.nlc_threshold(graph, options)
     findings = []
     sources = set(patterns.sources(graph))
     for run in patterns.plain_runs(graph):
@@ -79,6 +84,8 @@ def check(graph, options):
             continue
         predicted = evidence.predicted_segment_nlc(graph, run.start, run.end)
         if predicted is not None and predicted <= threshold * patterns.prediction_margin(graph):
+            continue
+        if predicted is None and not patterns.worth_measuring(len(run.layers), threshold):
             continue
         first = patterns.first_op_after(graph, run.start, run.end)
         what = patterns.describe_layers(run.layers)
@@ -105,7 +112,7 @@ def check(graph, options):
 
 
 def confirm(finding, report, options):
-    threshold = float(options["threshold"])
+    threshold = finding.threshold
     value = evidence.measured_segment_nlc(report, finding.data["start"], finding.data["end"])
     if value is None:
         status = evidence.measured_status(report, finding.data["end"])

@@ -31,8 +31,11 @@ initialise for the activation (He init, std sqrt(2/fan_in), zero biases for ReLU
 fewer layers.
 
 ## Options
-- ``threshold`` (default 0.95): pre-activation neuron bias above which the domain counts as
-  collapsed.
+- ``threshold`` (default 0.98): pre-activation neuron bias above which the domain counts as
+  collapsed: the input-dependent part is then under 20% of the RMS (sqrt(1 - 0.98^2)). The
+  digest's starting point was 0.95, but LeNet-5 with PyTorch's default init measures
+  0.93-0.95 at its last hidden layer and trains well; VGG-19 without BatchNorm measures 0.99
+  and a 12-layer default-init ReLU MLP 1.0000.
 - ``min-layers`` (default 3): fewer activations than this are not looked at.
 
 ## References
@@ -50,7 +53,7 @@ CODE = "ARC201"
 NAME = "collapsing-domain"
 SEVERITY = "warning"
 SUMMARY = "Units are always on or always off, whatever the input: the domain collapsed with depth"
-OPTIONS = {"threshold": 0.95, "min-layers": 3}
+OPTIONS = {"threshold": 0.98, "min-layers": 3}
 
 
 def _pre_activations(graph):

@@ -77,7 +77,10 @@ def project(tmp_path, monkeypatch):
 
 
 def run(*args: str):
-    return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+    # Checks run in this process, so that the counting engine above sees every analysis
+    # (the worker processes would not).
+    args = list(args) + (["--no-isolation"] if args[:1] == ("check",) else [])
+    return CliRunner().invoke(cli.main, args, catch_exceptions=False)
 
 
 def check(path: Path, *extra: str):
@@ -268,3 +271,12 @@ def test_key_ignores_other_files_model_entries(tmp_path):
     changed_mine = Settings(models=(ModelEntryConfig(mine, "A(2)"),))
     key = lambda s: cache.Cache(s)._key(mine, "hash")  # noqa: E731
     assert key(base) == key(changed_other) != key(changed_mine)
+
+
+def test_a_relative_path_is_cached_too(project, monkeypatch):
+    root, calls = project
+    monkeypatch.chdir(root)
+    first = run("check", "models/net.py", "--output-format", "json")
+    second = run("check", "models/net.py", "--output-format", "json")
+    assert first.exit_code == second.exit_code == 0
+    assert calls == ["net.py"] and "(1 from the cache)" in second.stderr

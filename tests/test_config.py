@@ -248,13 +248,14 @@ def node_count_rule(monkeypatch):
 
 def test_rule_options_from_config_reach_the_rule(tmp_path, node_count_rule):
     path = write(tmp_path, "net.py", SMALL_MLP)
-    assert codes(str(path)) == []  # default max_nodes = 100
+    assert codes(str(path), "--no-isolation") == []  # default max_nodes = 100
     write(tmp_path, "pyproject.toml", """
         [tool.archlint.rules.too-many-nodes]
         max_nodes = 2
         scale = 2
     """)
-    result = run("check", str(path), "--no-verify", "--output-format", "json")
+    # In this process: the test's rule is registered here, not in a worker.
+    result = run("check", str(path), "--no-verify", "--output-format", "json", "--no-isolation")
     (finding,) = json.loads(result.stdout)
     assert finding["code"] == "ARC399" and finding["message"].endswith("> max_nodes 2")
     settings = cli._file_settings([path], {})[path]

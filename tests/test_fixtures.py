@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from archlint.config import Settings
 from archlint.engine import check_file
 from conftest import FIXTURES
@@ -27,10 +32,19 @@ def render_expected(findings) -> str:
     return "".join(f"{f.span.line}:{f.span.col + 1} {f.code} {f.status}\n" for f in findings)
 
 
+def fixture_settings(path) -> Settings:
+    """Settings(show_dismissed=True), plus the fields a fixture sets in a first-line comment
+    `# archlint-fixture: batch_size = 4` (TOML), for rules that depend on the run's settings."""
+    first = path.read_text().splitlines()[0] if path.read_text() else ""
+    prefix = "# archlint-fixture:"
+    extra = tomllib.loads(first[len(prefix):]) if first.startswith(prefix) else {}
+    return Settings(show_dismissed=True, **extra)
+
+
 @pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_fixture(path, regen):
     code = path.parent.name
-    result = check_file(path, Settings(show_dismissed=True))
+    result = check_file(path, fixture_settings(path))
     got = render_expected(result.findings)
     expected_file = path.with_suffix(".expected")
     if regen:

@@ -170,3 +170,19 @@ def test_eval_inputs_errors_name_the_expression_and_the_exception():
             inputs.eval_inputs("torch.rand(2, 3) + nope", module, model)
         with pytest.raises(inputs.InputsError, match="SyntaxError"):
             inputs.eval_inputs("torch.rand(2,", module, model)
+
+
+def test_token_length_fits_the_smallest_embedding_table():
+    class TinyGPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(500, 16)
+            self.pos = nn.Embedding(24, 16)
+
+        def forward(self, idx):
+            return self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+
+    (arg,) = inputs.infer_inputs(TinyGPT()).args
+    assert arg.family == "tokens" and arg.shape == (24,) and arg.high == 500
+    (arg,) = inputs.infer_inputs(nn.Sequential(nn.Embedding(500, 16))).args
+    assert arg.shape == (64,)

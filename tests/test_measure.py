@@ -69,7 +69,7 @@ def populate(model, x, batch_size):
     """Running statistics as momentum=None leaves them after one train pass per batch."""
     model = copy.deepcopy(model)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
             m.momentum = None
     model.train()
@@ -196,6 +196,56 @@ def test_train_mode_batchnorm_nlc_rises_as_the_batch_shrinks_and_population_is_e
     # se covers sampling and probes; against an exact value on the same sample only the
     # probe noise remains (about 1% with four probes), so both bounds are generous.
     assert abs(pop - exact) < min(3 * se, 0.05 * exact), (pop, se, exact)
+
+
+class ConvBN(nn.Module):
+    """Conv-BN-ReLU x3 on 8x8 images: every BatchNorm sees batch x 64 values per channel."""
+
+    def __init__(self):
+        super().__init__()
+        chans = [3, 16, 16, 16]
+        self.body = nn.Sequential(*[
+            layer for i in range(3)
+            for layer in (nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]), nn.ReLU())
+        ])
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
+
+
+def test_population_of_one_large_batch_rides_along_in_the_main_pass(monkeypatch):
+    """One batch with many values per channel: the population probes are computed in the
+    main pass (no second full pass), and still match the eval-mode exact reference."""
+    import archlint.measure as measure_mod
+
+    torch.manual_seed(0)
+    model = ConvBN()
+    x = gaussian(64, 3, 8, 8)
+    passes = []
+    run_pass = measure_mod._Runner.run_pass
+    monkeypatch.setattr(measure_mod._Runner, "run_pass", lambda self, *a, **k: passes.append(k.get("eval_from")) or run_pass(self, *a, **k))
+    report = measure(model, x, batch_size=64, population_probes=4)
+    assert report.mode == "train-bn" and report.population_probes >= 4
+    assert passes[0] == measure_mod.PROBES  # the population probes follow the batch ones
+    assert len(passes) <= 2  # the main pass, and at most one adding probes
+    exact = exact_nlc(per_sample(populate(model, x, 64)), x)
+    pop, se = report.output_nlc_population, report.output_nlc_population_se
+    assert abs(pop - exact) < min(3 * se, 0.05 * exact), (pop, se, exact)
+    # The batch value is a different function's: measured beside it, not copied.
+    assert report.output_nlc != pop
+    # Every node got its population value.
+    assert all(s.nlc_population is not None for s in report.nodes.values() if s.status == "ok")
+
+    # Segments too; and the separate eval-mode pass (populated, unbiased variance) agrees.
+    seg = ("body_2", "body_8")
+    fused = measure(model, x, batch_size=64, population_probes=4, segments=[seg])
+    monkeypatch.setattr(measure_mod, "_fusable", lambda *args: False)
+    separate = measure(model, x, batch_size=64, population_probes=4, segments=[seg])
+    for a, b in [(fused.output_stats, separate.output_stats), (fused.segments[seg], separate.segments[seg])]:
+        assert a.status_population == b.status_population == "ok"
+        assert abs(a.nlc_population - b.nlc_population) < 3 * math.hypot(a.nlc_population_se, b.nlc_population_se)
+        assert a.nlc == pytest.approx(b.nlc, rel=1e-4)  # the batch values do not depend on it
 
 
 def test_eval_mode_batchnorm_with_fresh_statistics_is_populated_first():
@@ -537,3 +587,38 @@ def test_given_graph_and_report_rendering():
     # Pre-activations get sign statistics, other nodes do not.
     assert report.nodes["_1"].sign_diversity is not None and report.nodes["_1"].dead_fraction is not None
     assert report.nodes["_2"].sign_diversity is None
+
+
+# --------------------------------------------------------------------------------------
+# Public API
+
+
+def test_archlint_measure_is_callable_and_builds_the_graph_itself():
+    import archlint
+    import archlint.measure as measure_mod
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
+    before = snapshot(model)
+    report = archlint.measure(model, seed=3)  # synthetic images, traced here
+    assert isinstance(report, Report) and report.samples >= 128
+    assert report.output == "_3" and report.output_nlc > 1 and report.output_nlc_se > 0
+    # The per-node table: one row per node, in forward order.
+    assert list(report.nodes) == ["input_1", "_0", "_1", "_2", "_3"]
+    assert report.nodes["_0"].sign_diversity is not None  # feeds the ReLU
+    text = str(report)
+    assert text.splitlines()[0].startswith("Sequential: output NLC")
+    assert all(name in text for name in report.nodes)
+    # The same call as the function in the module, and the same numbers for the same seed.
+    again = measure_mod.measure(model, seed=3)
+    assert again.output_nlc == report.output_nlc
+    assert archlint.measure is measure_mod and measure_mod.Report is Report
+    assert_unchanged(model, before)
+
+
+def test_importing_archlint_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, archlint; assert 'torch' not in sys.modules; assert callable(archlint.measure)"
+    subprocess.run([sys.executable, "-c", code], check=True)

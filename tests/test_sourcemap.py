@@ -8,7 +8,6 @@ and end column.
 import gc
 import importlib.util
 import os
-import sys
 import weakref
 
 import pytest
@@ -16,7 +15,6 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from archlint import sourcemap
 from archlint.graph import Span
 from archlint.sourcemap import (
     RawPosition,
@@ -455,3 +453,19 @@ def test_to_span_dispatches_on_kind_and_survives_missing_files(net_sites):
     assert to_span(pos._replace(kind="call")) == where(NETS, "nn.Linear(width, width)")
     gone = RawPosition("/nonexistent/model.py", 3, 4, 3, 9, "call")
     assert to_span(gone) == Span("/nonexistent/model.py", 3, 4, 3, 9)
+
+
+def test_definition_names_after_odd_spacing_and_non_ascii(tmp_path):
+    path = tmp_path / "odd.py"
+    path.write_text(
+        'label = "é"; x = 1\n'
+        "class  \\\n    Wide:\n    pass\n"
+        "async   def fetch(): pass\n"
+        's = "ü"; y = torch.relu(x)\n',
+        encoding="utf-8",
+    )
+    index = SourceIndex(str(path))
+    assert index.definition_span("Wide") == Span(str(path), 3, 4, 3, 8)
+    assert index.definition_span("fetch") == Span(str(path), 5, 12, 5, 17)
+    # ast counts bytes; spans count characters ("ü" is two bytes).
+    assert index.span_for_call(RawPosition(str(path), 6, 14, 6, 27)) == Span(str(path), 6, 13, 6, 26)

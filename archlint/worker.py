@@ -1,0 +1,523 @@
+"""Analyse each file in a worker process, so that nothing the model code does can hurt the run.
+
+archlint imports and runs other people's code. Each file is analysed by
+``archlint.engine.check_file`` in a child process that:
+
+- has a wall-clock timeout (``--timeout``, default 120 s) and a memory cap
+  (``--memory-limit``, default half the physical memory): an infinite loop or a model too
+  large for the machine is stopped and reported, never waited for or swapped to death;
+- has its file descriptor 1 pointed at stderr, so that whatever the model prints, from Python
+  or from C, never reaches archlint's stdout (JSON stays valid); results come back as JSON
+  over a separate pipe, so the parent never unpickles anything the model made;
+- may die in any way (``sys.exit``, ``os._exit``, a segfault, the OOM killer): the parent
+  turns the death into a diagnostic at the best known line (ARC900 while importing, ARC903
+  while building, ARC904 while running the model) and goes on with the next file.
+
+Children are forked from a ``forkserver`` that has already imported torch and the engine, so
+a file costs a fork instead of a torch import (~2 s). Forking after torch has run anything is
+unsafe (thread pools, CUDA), but the fork server never runs a tensor op: it only imports, and
+OpenBLAS (pulled in by numpy) is kept from starting its thread pool there. The parent itself
+never imports torch.
+
+The memory cap is ``RLIMIT_DATA`` in the child (since Linux 4.7 it counts every private
+writable mapping, so torch's allocator gets a clean "can't allocate memory" error, which the
+engine reports at the allocating line) plus polling of the child's resident set from the
+parent, which also covers CUDA builds, where an address-space limit would break the driver.
+``RLIMIT_AS`` is not used: allocators and CUDA reserve far more address space than they use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from archlint import rule as rules_api
+from archlint.config import Settings
+from archlint.files import read_source
+from archlint.graph import Span
+from archlint.rule import Finding
+
+DEFAULT_TIMEOUT = 120.0
+# How often the parent looks at the child's memory use (seconds).
+POLL_INTERVAL = 0.1
+# Modules the fork server imports once, so that each child starts with them loaded; the
+# verification pass adds archlint.measure (~0.2 s of import a --no-verify run should not pay).
+PRELOAD = (
+    "torch", "archlint.engine", "archlint.load", "archlint.trace", "archlint.sourcemap",
+    "archlint.inputs", "archlint.meanfield", "archlint.state",
+)
+# Stages a file goes through in the child, and the diagnostic a death in each becomes.
+STAGE_CODES = {"import": "ARC900", "build": "ARC903", "forward": "ARC904", "measure": "ARC904"}
+
+
+@dataclass
+class FileReport:
+    """What the CLI needs from one analysed file (the parent never sees torch objects)."""
+
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    n_models: int = 0
+    skipped: bool = False
+    # Files of the project's own modules the file imported, when the engine reports them
+    # (a cache keys on their content).
+    local_modules: list[str] = field(default_factory=list)
+    # Why the worker did not finish (crash, exit, timeout, memory), else None. A cache
+    # should not keep such a report: a timeout or memory stop depends on the machine.
+    failure: str | None = None
+
+
+class WorkerError(RuntimeError):
+    """A bug in archlint itself surfaced in the worker (the CLI exits 2 with its traceback)."""
+
+
+# --------------------------------------------------------------------------------------
+# Sizes and limits
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int | None:
+    """``"4GiB"`` -> bytes; ``"none"`` (or ``0``) -> no limit. Raises ValueError."""
+    value = text.strip().lower()
+    if value in ("none", "0", "off"):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"{text!r} is not a size like 4GiB, 512MiB or none")
+    size = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if size < 256 * 1024**2:
+        raise ValueError(f"{text!r} is below 256MiB, too little to import torch")
+    return size
+
+
+def format_size(size: float) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2)):
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size / 1024:.3g} KiB"
+
+
+def physical_memory() -> int | None:
+    """The memory this machine (or its cgroup, in a container) has, in bytes."""
+    total = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            raw = Path(limit_file).read_text().strip()
+            if raw.isdigit() and (total is None or int(raw) < total):
+                total = int(raw)
+    return total
+
+
+def default_memory_limit() -> int | None:
+    """Half the physical memory: room for the model, and the machine stays usable."""
+    total = physical_memory()
+    return total // 2 if total else None
+
+
+def _rss(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (Linux; None elsewhere or once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Findings across the process boundary (plain JSON: no pickles from the model's process)
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def finding_to_dict(f: Finding) -> dict[str, Any]:
+    out = {k.name: getattr(f, k.name) for k in dataclasses.fields(f)}
+    out["span"] = dataclasses.asdict(f.span)
+    for key in ("predicted", "measured", "threshold"):
+        out[key] = _float(out[key])
+    # Rule data is free-form: keep what survives JSON (tuples become lists), drop the rest.
+    data = {}
+    for key, value in f.data.items():
+        with contextlib.suppress(TypeError, ValueError):
+            data[str(key)] = json.loads(json.dumps(value))
+    out["data"] = data
+    return out
+
+
+def finding_from_dict(d: dict[str, Any]) -> Finding:
+    return Finding(**{**d, "span": Span(**d["span"])})
+
+
+def _send(conn: Any, message: dict[str, Any]) -> None:
+    try:
+        conn.send_bytes(json.dumps(message).encode())
+    except OSError:  # the parent is gone (Ctrl-C): nobody is left to tell
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """Kill this child when archlint's process goes away, however it ends: a child forked
+    by the fork server is not the parent's own, so nothing else would stop an endless loop."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="archlint-parent-watch", daemon=True).start()
+
+
+# --------------------------------------------------------------------------------------
+# The child
+
+
+def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, dump_path: str, log_level: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides, the child just dies.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    # Anything the model writes to stdout (print, or C code writing to fd 1) goes to stderr.
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    # Where the Python stack goes if the process crashes or hangs: the parent reads it to
+    # point the diagnostic at the line of the user's file that was running.
+    import faulthandler
+
+    dump = open(dump_path, "w")
+    faulthandler.enable(file=dump, all_threads=False)
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=dump, all_threads=False)
+    real_exit = os._exit
+
+    def exit_with_stack(status: int) -> None:
+        # os._exit unwinds nothing, so its line is only known if the stack is written first.
+        dump.write(f"{_OS_EXIT}({status})\n")
+        dump.flush()
+        faulthandler.dump_traceback(file=dump, all_threads=False)
+        real_exit(status)
+
+    os._exit = exit_with_stack
+    logging.basicConfig(level=log_level, format="archlint: %(message)s", stream=sys.stderr, force=True)
+
+    import torch
+
+    from archlint import engine
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    if memory_limit and _cpu_only(settings.device):
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        soft = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+    def progress(stage: str, model: str | None = None, span: Span | None = None,
+                 findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
+        _send(conn, {
+            "stage": stage, "model": model, "line": span.line if span else None,
+            "findings": [finding_to_dict(f) for f in findings],
+            "pending": [finding_to_dict(f) for f in pending],
+        })
+
+    try:
+        result = engine.check_file(path, settings, progress=progress)
+    except Exception:  # a bug in archlint: the CLI reports it as an internal error
+        _send(conn, {"internal_error": traceback.format_exc()})
+        return
+    except BaseException as exc:  # SystemExit and friends raised by the model's code
+        from archlint import load
+
+        _send(conn, {"raised": load.describe_exception(exc, path), "line": load._innermost_line_in(exc, path)})
+        return
+    findings = _mention_memory_limit(result.findings, memory_limit)
+    _send(conn, {"done": {
+        "findings": [finding_to_dict(f) for f in findings],
+        "n_models": sum(1 for m in result.models if m.graph is not None),
+        "skipped": result.skipped,
+        "local_modules": list(getattr(result, "local_modules", [])),
+    }})
+
+
+def _cpu_only(device: str) -> bool:
+    """True when the run will not touch CUDA (the address-space accounting of the CUDA
+    driver does not mix with RLIMIT_DATA; the parent's RSS polling covers that case)."""
+    if device == "cpu":
+        return True
+    if device == "auto":
+        import torch
+
+        return torch.version.cuda is None  # a CPU build: no driver to initialise
+    return False
+
+
+_ALLOC_FAILED = re.compile(r"can't allocate memory|not enough memory|MemoryError|out of memory", re.IGNORECASE)
+
+
+def _mention_memory_limit(findings: list[Finding], memory_limit: int | None) -> list[Finding]:
+    """An allocation that failed under the cap says so, and how to raise it."""
+    if not memory_limit:
+        return findings
+    hint = f" (archlint's memory limit is {format_size(memory_limit)}; raise it with --memory-limit)"
+    return [dataclasses.replace(f, message=f.message + hint) if _ALLOC_FAILED.search(f.message) else f for f in findings]
+
+
+# --------------------------------------------------------------------------------------
+# The parent
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    # spawn where there is no forkserver (Windows): slower, each child imports torch.
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+@dataclass
+class _State:
+    """What the parent knows about the child's progress."""
+
+    stage: str = "import"
+    model: str | None = None
+    line: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+    pending: list[Finding] = field(default_factory=list)
+
+
+class Isolated:
+    """Runs ``engine.check_file`` for one file at a time in a child process.
+
+    Use as a context manager: on exit (also on Ctrl-C) a running child is killed. As with any
+    use of multiprocessing's forkserver or spawn, a script that creates one must guard its
+    entry point with ``if __name__ == "__main__":`` (the ``archlint`` command does).
+    """
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, memory_limit: int | None = None, log_level: int = logging.INFO, verify: bool = True):
+        self.timeout = timeout
+        self.memory_limit = memory_limit
+        self.log_level = log_level
+        self._ctx = _context()
+        self._proc: Any = None
+        self._preload = [*PRELOAD, "archlint.measure"] if verify else list(PRELOAD)
+        self._started = False
+
+    def __enter__(self) -> "Isolated":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+    def analyse(self, path: str | Path, settings: Settings) -> FileReport:
+        path = str(Path(path).resolve())  # as check_file names it in its findings
+        if not self._started and self._ctx.get_start_method() == "forkserver":
+            # On the first file, not before: a run answered by a cache never imports torch.
+            self._ctx.set_forkserver_preload(self._preload)
+            _start_forkserver()
+        self._started = True
+        fd, dump_path = tempfile.mkstemp(prefix="archlint-", suffix=".stack")
+        os.close(fd)
+        receive, send = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(
+            target=_child, args=(send, path, settings, self.memory_limit, dump_path, self.log_level),
+            name=f"archlint {os.path.basename(path)}", daemon=True,
+        )
+        self._proc = proc
+        try:
+            proc.start()
+            send.close()
+            return self._watch(proc, receive, path, settings, dump_path)
+        finally:
+            self.close()
+            receive.close()
+            with contextlib.suppress(OSError):
+                os.unlink(dump_path)
+
+    def _watch(self, proc: Any, conn: Any, path: str, settings: Settings, dump_path: str) -> FileReport:
+        state = _State()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stack_line = _stack_line(proc, dump_path, path, ask=True)
+                proc.kill()
+                proc.join()
+                cause = f"did not finish within {self.timeout:g} s and was stopped (an endless loop? raise the limit with --timeout)"
+                return _crashed(path, settings, state, cause, stack_line)
+            ready = multiprocessing.connection.wait([conn, proc.sentinel], timeout=min(POLL_INTERVAL, remaining))
+            if conn in ready or conn.poll():
+                try:
+                    message = json.loads(conn.recv_bytes())
+                except EOFError:
+                    proc.join()
+                    return _crashed(path, settings, state, _death_cause(proc.exitcode, dump_path), _stack_line(proc, dump_path, path))
+                if "stage" in message:
+                    state = _State(
+                        message["stage"], message["model"], message["line"],
+                        [finding_from_dict(d) for d in message["findings"]],
+                        [finding_from_dict(d) for d in message["pending"]],
+                    )
+                elif "done" in message:
+                    done = message["done"]
+                    findings = [finding_from_dict(d) for d in done["findings"]]
+                    return FileReport(path, findings, done["n_models"], done["skipped"], done["local_modules"])
+                elif "internal_error" in message:
+                    raise WorkerError(f"while checking {path}:\n{message['internal_error']}")
+                elif "raised" in message:
+                    return _crashed(path, settings, state, f"raised {message['raised']}", message["line"])
+                continue
+            if proc.sentinel in ready:
+                proc.join()
+                return _crashed(path, settings, state, _death_cause(proc.exitcode, dump_path), _stack_line(proc, dump_path, path))
+            rss = _rss(proc.pid) if self.memory_limit else None
+            if rss is not None and rss > self.memory_limit:
+                stack_line = _stack_line(proc, dump_path, path, ask=True)
+                proc.kill()
+                proc.join()
+                cause = (f"used {format_size(rss)} of memory, more than archlint's limit of "
+                         f"{format_size(self.memory_limit)}, and was stopped (raise it with --memory-limit)")
+                return _crashed(path, settings, state, cause, stack_line)
+
+
+def _start_forkserver() -> None:
+    """Start the fork server, which imports torch once for the whole run.
+
+    OpenBLAS starts a thread pool when numpy is imported; a fork server must stay
+    single-threaded, so it is told to use one thread (only in the fork server's environment).
+    A Ctrl-C while it imports torch would print a traceback from it: it is started with
+    SIGINT ignored (inherited across exec; Python then installs no KeyboardInterrupt), and
+    the parent, which gets the Ctrl-C too, stops everything.
+    """
+    from multiprocessing import forkserver
+
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        forkserver.ensure_running()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old_handler)
+        if saved is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
+_OS_EXIT = "archlint: os._exit"
+
+
+def _death_cause(exitcode: int | None, dump_path: str) -> str:
+    if exitcode is not None and exitcode < 0:
+        sig = signal.Signals(-exitcode)
+        what = signal.strsignal(sig) or sig.name
+        note = " (out of memory? the system may have killed it)" if sig == signal.SIGKILL else ""
+        return f"crashed: killed by {sig.name} ({what}){note}"
+    if f"{_OS_EXIT}({exitcode})" in _read(dump_path):
+        return f"ended the process with os._exit({exitcode})"
+    return f"ended the process with exit status {exitcode}"
+
+
+_FRAME = re.compile(r'^\s*File "(.+)", line (\d+)')
+
+
+def _stack_line(proc: Any, dump_path: str, path: str, ask: bool = False) -> int | None:
+    """The line of ``path`` the child was running, from faulthandler's dump.
+
+    With ``ask``, the child (still alive) is first asked to dump its stack (SIGUSR1).
+    """
+    if ask and hasattr(signal, "SIGUSR1") and proc.is_alive():
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGUSR1)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end and "most recent call first" not in _read(dump_path):
+            time.sleep(0.02)
+        time.sleep(0.05)  # let the dump finish
+    real = os.path.realpath(path)
+    for text_line in _read(dump_path).splitlines():  # most recent call first
+        match = _FRAME.match(text_line)
+        if match and os.path.realpath(match.group(1)) == real:
+            return int(match.group(2))
+    return None
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _line_span(path: str, line: int) -> Span:
+    lines = (read_source(Path(path)) or "").splitlines()
+    text = lines[line - 1].rstrip() if 0 < line <= len(lines) else ""
+    return Span(path, line, len(text) - len(text.lstrip()), line, len(text) if text else None)
+
+
+def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_line: int | None) -> FileReport:
+    """The findings the child reported before it died, plus the death as a diagnostic."""
+    line = stack_line or state.line or 1
+    span = _line_span(path, line)
+    findings = list(state.findings)
+    if state.stage == "measure":
+        # The model's findings were made; only their verification died with the process.
+        reason = f"not verified: the measurement {cause}"
+        findings += rules_api.settle([f.with_status("predicted", reason=reason) if not f.code.startswith("ARC9") else f for f in state.pending])
+    elif state.stage == "import":
+        findings.append(rules_api.meta("ARC900", f"cannot import the file: importing it {cause}", span))
+    elif state.stage == "build":
+        findings.append(rules_api.meta("ARC903", f"the models were not built: building them {cause}", span))
+    else:
+        name = state.model or "the model"
+        findings.append(rules_api.meta(
+            "ARC904", f"{name}: running it on the example inputs {cause}", span, model=state.model,
+        ))
+    from archlint import suppress
+
+    # The same finishing as a file that completes: selected, suppressions applied.
+    kept = suppress.finalise(findings, path, settings, read_source(Path(path)))
+    return FileReport(path, kept, failure=cause)
+
+
+def analyse_in_process(path: str | Path, settings: Settings) -> FileReport:
+    """The same analysis without a child process (library use, debugging, tests that
+    monkeypatch the engine). Nothing is isolated: the model's code runs in this process."""
+    from archlint import engine
+
+    result = engine.check_file(path, settings)
+    n_models = sum(1 for m in result.models if m.graph is not None)
+    return FileReport(result.path, result.findings, n_models, result.skipped, list(getattr(result, "local_modules", [])))
+
+
+Analyse = Callable[[Path, Settings], FileReport]

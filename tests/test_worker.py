@@ -1,0 +1,195 @@
+"""archlint.worker: limits, the JSON round trip of findings, and what the parent does when a
+worker misbehaves. The hostile corpus end to end is in test_hostile.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from archlint import worker
+from archlint.config import Settings
+from archlint.graph import Span
+from archlint.rule import Finding
+from conftest import FIXTURES, REPO
+
+HOSTILE = FIXTURES / "hostile"
+
+
+def test_parse_size():
+    assert worker.parse_size("4GiB") == 4 * 1024**3
+    assert worker.parse_size("512 MiB") == 512 * 1024**2
+    assert worker.parse_size("2G") == 2 * 1000**3
+    assert worker.parse_size("1.5gib") == int(1.5 * 1024**3)
+    assert worker.parse_size("none") is None
+    for bad in ("lots", "4 parsecs", "-1GiB", "1MiB"):
+        with pytest.raises(ValueError):
+            worker.parse_size(bad)
+
+
+def test_default_memory_limit_is_half_the_machine():
+    total = worker.physical_memory()
+    assert total and total > 0
+    assert worker.default_memory_limit() == total // 2
+
+
+def test_findings_survive_the_json_round_trip():
+    class Opaque:
+        pass
+
+    f = Finding(
+        code="ARC900", message="m", span=Span("/x.py", 3, 4, 3, 9), severity="error",
+        status="predicted", name="model-import-failed", predicted=float("inf"), measured=2.5,
+        reason="r", data={"segment": ("a", "b"), "opaque": Opaque()},
+    )
+    back = worker.finding_from_dict(json.loads(json.dumps(worker.finding_to_dict(f))))
+    assert back.span == f.span
+    assert (back.code, back.message, back.status, back.predicted, back.measured, back.reason) == (
+        "ARC900", "m", "predicted", float("inf"), 2.5, "r")
+    # Tuples come back as lists; what JSON cannot carry is dropped rather than pickled.
+    assert back.data == {"segment": ["a", "b"]}
+
+
+@pytest.fixture(scope="module")
+def isolated():
+    with worker.Isolated(timeout=60, memory_limit=worker.parse_size("1GiB")) as iso:
+        yield iso
+
+
+def test_isolated_gives_what_in_process_gives(isolated):
+    for path in (FIXTURES / "ARC904" / "bad_wrong_flatten_size.py", FIXTURES / "ARC903" / "bad_needs_arguments.py"):
+        settings = Settings(verify=False)
+        assert isolated.analyse(path, settings) == worker.analyse_in_process(path, settings)
+
+
+def test_findings_before_a_crash_are_kept(isolated, tmp_path):
+    path = tmp_path / "two.py"
+    path.write_text(textwrap.dedent('''
+        import ctypes
+        import torch.nn as nn
+
+
+        class Gated(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                if x.sum() > 0:  # data-dependent: fx cannot trace it (ARC901)
+                    return self.fc(x)
+                return x
+
+
+        class Crasher(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                ctypes.string_at(0)
+                return self.fc(x)
+    '''))
+    report = isolated.analyse(path, Settings(verify=False))
+    # Gated was analysed (ARC901) before Crasher killed the worker: its finding is kept.
+    assert [(f.code, f.span.line) for f in report.findings] == [("ARC901", 6), ("ARC904", 23)]
+    assert "SIGSEGV" in report.findings[1].message and report.findings[1].model == "Crasher"
+    assert report.failure and "SIGSEGV" in report.failure  # a cache must not keep this report
+
+
+def test_a_bug_in_archlint_inside_the_worker_is_an_internal_error(isolated):
+    # Settings archlint itself cannot use: the engine raises (TypeError or AttributeError)
+    # in its own code in the worker, once it selects rules or findings for a traced model.
+    path = FIXTURES / "ARC901" / "bad_data_dependent_branch.py"
+    with pytest.raises(worker.WorkerError, match="Error"):
+        isolated.analyse(path, Settings(select=None, rule_options=None, verify=False))
+
+
+def test_resident_memory_above_the_limit_stops_the_worker():
+    # With a CUDA device the address-space cap is not set (it breaks the driver): polling
+    # the resident set is what stops the memory hog, here at import time.
+    with worker.Isolated(timeout=60, memory_limit=worker.parse_size("768MiB")) as iso:
+        report = iso.analyse(HOSTILE / "import_memory_hog.py", Settings(device="cuda", verify=False))
+    (f,) = report.findings
+    assert f.code == "ARC900" and "more than archlint's limit of 768 MiB" in f.message, f.message
+    assert f.span.line == 6
+
+
+def test_the_parent_never_imports_torch():
+    code = (
+        "import sys\nfrom archlint.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    assert 'torch' not in sys.modules, 'torch was imported'\n    raise\n"
+    )
+    target = FIXTURES / "ARC903" / "bad_needs_arguments.py"
+    proc = subprocess.run([sys.executable, "-c", code, "check", str(target), "--no-verify"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    assert "ARC903" in proc.stdout
+
+
+def _session_processes(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_cleanly():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archlint", "check", str(HOSTILE / "import_infinite_loop.py"), "--timeout", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+    )
+    try:
+        assert "checking" in proc.stderr.readline()  # the worker is being started
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert out == ""
+    # The worker and the fork server are gone too.
+    deadline = time.monotonic() + 10
+    while _session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _session_processes(proc.pid) == []
+
+
+def test_a_death_during_verification_keeps_the_findings_as_predicted(tmp_path):
+    # The worker reported the model's findings as pending verification, then died.
+    path = tmp_path / "net.py"
+    path.write_text("import torch\n")
+    pending = Finding(code="ARC101", message="too nonlinear", span=Span(str(path), 1), status="predicted", predicted=9.0)
+    state = worker._State(stage="measure", model="Net", line=1, pending=[pending])
+    report = worker._crashed(str(path), Settings(), state, "crashed: killed by SIGSEGV (Segmentation fault)", None)
+    (f,) = report.findings
+    assert (f.code, f.status, f.predicted) == ("ARC101", "predicted", 9.0)
+    assert f.reason == "not verified: the measurement crashed: killed by SIGSEGV (Segmentation fault)"
+
+
+def test_limit_options_are_validated_and_documented():
+    from click.testing import CliRunner
+
+    from archlint import cli
+
+    target = str(FIXTURES / "ARC903" / "bad_needs_arguments.py")
+    bad = CliRunner().invoke(cli.main, ["check", target, "--memory-limit", "lots"])
+    assert bad.exit_code == 2 and "--memory-limit" in bad.stderr and "lots" in bad.stderr
+    assert CliRunner().invoke(cli.main, ["check", target, "--timeout", "0"]).exit_code == 2
+    help_text = CliRunner().invoke(cli.main, ["check", "--help"]).stdout
+    assert "--timeout" in help_text and "--memory-limit" in help_text and "--no-isolation" not in help_text
