@@ -213,7 +213,7 @@ def _diagnostics() -> list[Case]:
 
 
 def _load_fixture(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "fixtures" / "models" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "fixtures" / "architectures" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -278,9 +278,9 @@ def measured_by_archlint(model: nn.Module, x: torch.Tensor) -> str:
 
 
 def cifar_resnet_rows() -> list[str]:
-    """The CIFAR ResNets of fixtures/models/resnet18_cifar.py: too large for the exact
+    """The CIFAR ResNets of fixtures/architectures/good_resnet18_cifar.py: too large for the exact
     reference here, so archlint.measure only (a small sample: batch 32, 64 inputs)."""
-    fixture = _load_fixture("resnet18_cifar")
+    fixture = _load_fixture("good_resnet18_cifar")
     rows = ["| model | archlint.measure (batch NLC) | archlint.measure (population) | predicted | rel. error (population) |",
             "|---|---|---|---|---|"]
     for name, blocks in (("ResNet-18", [2, 2, 2, 2]), ("ResNet-34", [3, 4, 6, 3])):
@@ -303,7 +303,7 @@ def timing_rows() -> list[tuple[str, float, float]]:
     """Median wall time of predict() on depth-20 MLPs and on CNNs, whose zero-padded maps
     are tracked position by position: cold (empty caches) and warm."""
     torch.manual_seed(0)
-    resnet18 = _load_fixture("resnet18_cifar").ResNet18()
+    resnet18 = _load_fixture("good_resnet18_cifar").ResNet18()
     models = [
         ("MLP ReLU He d20", init_he(mlp(nn.ReLU, 20)), (D_IN,), 9),
         ("MLP GELU He d20", init_he(mlp(nn.GELU, 20)), (D_IN,), 9),
@@ -311,7 +311,7 @@ def timing_rows() -> list[tuple[str, float, float]]:
         ("MLP BN-ReLU d20", mlp(nn.ReLU, 20, "bn"), (D_IN,), 9),
         ("MLP residual BN-ReLU-Linear x20", ResidualMLP(20, bn_relu_linear), (D_IN,), 9),
         ("CNN BN-ReLU d20, 8 x 8", cnn(nn.ReLU, 20), IMAGE, 9),
-        ("ResNet-18 (fixtures/models/resnet18_cifar.py), 32 x 32; median of 3", resnet18, (3, 32, 32), 3),
+        ("ResNet-18 (fixtures/architectures/good_resnet18_cifar.py), 32 x 32; median of 3", resnet18, (3, 32, 32), 3),
     ]
     rows = []
     for name, model, shape, repeats in models:
@@ -409,7 +409,7 @@ Command: `{command}` ({env}; {seconds:.0f} s).
 
 {summary}
 
-## CIFAR ResNets (fixtures/models/resnet18_cifar.py, PyTorch's init, Gaussian pixels)
+## CIFAR ResNets (fixtures/architectures/good_resnet18_cifar.py, PyTorch's init, Gaussian pixels)
 
 {resnets}
 
