@@ -290,28 +290,51 @@ class _State:
 
 @dataclass(frozen=True, eq=False)
 class _Spatial:
-    """The state at each of the P positions of a map of shape ``shape`` (module docstring).
+    """The state at each of the P positions of a map of shape ``shape`` (module docstring),
+    stored per class of identical positions: ``cls[p]`` is the class of position p, and
+    positions of one class have the same neuron mean in every channel (the same taps read
+    the same classes all the way from a uniform map), hence the same statistics. The
+    interior of a map, beyond the borders' reach so far, is one class.
 
-    mu[p] = mean_c m_cp, Q[p, q] = mean_c m_cp m_cq (m_cp = E_x h_cp: the neuron means of
-    channel c at positions p, q), v[p] = mean_c Var_x h_cp, N[p] = mean_c tr(J_cp Cov J_cp^T).
+    mu[k] = mean_c m_cp, Q[k, l] = mean_c m_cp m_cq (m_cp = E_x h_cp: the neuron means of
+    channel c at positions p, q of classes k, l), v[k] = mean_c Var_x h_cp,
+    N[k] = mean_c tr(J_cp Cov J_cp^T); ``count[k]``: the positions of class k.
     """
 
     shape: tuple[int, ...]
+    cls: np.ndarray
+    count: np.ndarray
     mu: np.ndarray
     Q: np.ndarray
     v: np.ndarray
     N: np.ndarray
 
+    def average(self, a: np.ndarray) -> float:
+        """The average over positions of a per-class array."""
+        return float(self.count @ a) / len(self.cls)
+
+    def like(self, mu: np.ndarray, Q: np.ndarray, v: np.ndarray, N: np.ndarray) -> _Spatial:
+        """New statistics on the same classes."""
+        return _Spatial(self.shape, self.cls, self.count, mu, Q, v, N)
+
     def state(self) -> _State:
         """The node's state: averages over positions (and channels) of the maps."""
-        return _State(M=max(float(np.mean(np.diag(self.Q))), 0.0), v=float(self.v.mean()), mean=float(self.mu.mean()),
-                      N=float(self.N.mean()), sp=self)
+        return _State(M=max(self.average(np.diag(self.Q)), 0.0), v=self.average(self.v), mean=self.average(self.mu),
+                      N=self.average(self.N), sp=self)
+
+
+def _classes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions with equal columns of ``keys`` (rows: the classes that define a position)
+    as one class: (class of each position, positions per class, the keys of each class)."""
+    _, first, cls, count = np.unique(keys, axis=1, return_index=True, return_inverse=True, return_counts=True)
+    return cls.reshape(-1), count, keys[:, first]
 
 
 def _uniform_map(s: _State, shape: tuple[int, ...]) -> _Spatial:
     """A position-free state as a map: a channel's neuron mean is the same at every position."""
     P = math.prod(shape)
-    return _Spatial(shape, np.full(P, s.mean), np.full((P, P), s.M), np.full(P, s.v), np.full(P, s.N))
+    one = np.ones(1)
+    return _Spatial(shape, np.zeros(P, dtype=np.intp), np.array([P]), s.mean * one, np.full((1, 1), s.M), s.v * one, s.N * one)
 
 
 def _scalar(s: _State) -> _State:
@@ -363,7 +386,7 @@ def _state_of(pred: Prediction, name: str, *, fresh_nlc: bool) -> _State | _Miss
     state = pred.states.get(name)
     if isinstance(state, _State) and state.sp is not None:
         sp = state.sp
-        return _Spatial(sp.shape, sp.mu, sp.Q, sp.v, sp.v.copy() if fresh_nlc else np.zeros_like(sp.N)).state()
+        return sp.like(sp.mu, sp.Q, sp.v, sp.v.copy() if fresh_nlc else np.zeros_like(sp.N)).state()
     p = pred.nodes[name]
     if not p.predicted:
         return _Missing(p.reason or "not predicted")
@@ -668,9 +691,13 @@ class _Recursion:
             signs = [-1.0, 1.0]
         maps = self._maps(node, ins)
         if maps is not None:
-            mu = sum(sg * m.mu for sg, m in zip(signs, maps))
-            Q = np.outer(mu, mu) + sum(m.Q - np.outer(m.mu, m.mu) for m in maps)
-            return _Spatial(maps[0].shape, mu, Q, sum(m.v for m in maps), sum(m.N for m in maps)).state()
+            # Each input's statistics on the classes of the sum (pairs of the inputs' classes).
+            cls, count, keys = _classes(np.stack([m.cls for m in maps]))
+            parts = [(m.mu[k], m.Q[np.ix_(k, k)], m.v[k], m.N[k]) for m, k in zip(maps, keys)]
+            mu = sum(sg * p[0] for sg, p in zip(signs, parts))
+            Q = np.outer(mu, mu) + sum(p[1] - np.outer(p[0], p[0]) for p in parts)
+            out = _Spatial(maps[0].shape, cls, count, mu, Q, sum(p[2] for p in parts), sum(p[3] for p in parts))
+            return out.state()
         ins = [_scalar(s) for s in ins]
         mean = sum(sg * s.mean for sg, s in zip(signs, ins))
         # Independent branches: the per-neuron offsets around the common offset add in
@@ -737,7 +764,8 @@ class _Recursion:
         if s.sp is not None and node.shape is not None and math.prod(node.shape[2:]) == 1:
             # Global: a channel's output mean is its neuron means' average over positions,
             # M = mean_c (mean_p m_cp)^2 = mean_pq Q[p, q]; v, N as below.
-            return _State(M=float(s.sp.Q.mean()), v=s.v, mean=s.mean, N=s.N)
+            sp = s.sp
+            return _State(M=float(sp.count @ sp.Q @ sp.count) / len(sp.cls) ** 2, v=s.v, mean=s.mean, N=s.N)
         # Linear, NLC factor 1; M is exact (a channel's neuron mean the same at every
         # position), v an upper bound (spatial correlation unknown).
         return _scalar(s)
@@ -798,31 +826,34 @@ def _conv_map(s: _State, taps_info, c_in: float, w_sq: float, w_mean: float, b_s
     taps that fall inside the input; ``c_in`` input channels per tap."""
     taps, s_in, s_out = taps_info
     sp = s.sp if s.sp is not None and s.sp.shape == s_in else _uniform_map(s, s_in)
-    P_in = len(sp.mu)
-    # A zero appended at index P_in: what a tap over the zero padding reads.
+    K = len(sp.mu)
+    # A zero appended as class K: what a tap over the zero padding reads.
     mu, v, N = (np.append(a, 0.0) for a in (sp.mu, sp.v, sp.N))
-    Q = np.zeros((P_in + 1, P_in + 1))
-    Q[:P_in, :P_in] = sp.Q
+    Q = np.zeros((K + 1, K + 1))
+    Q[:K, :K] = sp.Q
+    # Output positions whose taps read the same input classes are one output class;
+    # reads[t, k]: the input class that tap t reads at the positions of output class k.
+    cls, count, reads = _classes(np.append(sp.cls, K)[taps])
     gain = c_in * w_sq
-    mu1 = c_in * w_mean * mu[taps].sum(axis=0) + b_mean
-    v1, N1 = gain * v[taps].sum(axis=0), gain * N[taps].sum(axis=0)
-    Q1 = sum(Q[np.ix_(t, t)] for t in taps)
+    mu1 = c_in * w_mean * mu[reads].sum(axis=0) + b_mean
+    v1, N1 = gain * v[reads].sum(axis=0), gain * N[reads].sum(axis=0)
+    Q1 = sum(Q[np.ix_(t, t)] for t in reads)
     Q1 = np.outer(mu1, mu1) + c_in * (w_sq - w_mean**2) * Q1 + (b_sq - b_mean**2)
-    return _Spatial(s_out, mu1, Q1, v1, N1).state()
+    return _Spatial(s_out, cls, count, mu1, Q1, v1, N1).state()
 
 
 def _batch_norm_map(sp: _Spatial, g_mean: float, g_sq: float, b_mean: float, b_sq: float, eps: float) -> _State:
     """BatchNorm of a map: each channel centred by its mean over positions (and the data),
     scaled by its variance over positions and data (module docstring)."""
-    row = sp.Q.mean(axis=1)
-    total = float(row.mean())
+    row = sp.Q @ sp.count / len(sp.cls)  # mean over positions q of Q[p, q]
+    total = sp.average(row)
     centred = sp.Q - row[:, None] - row[None, :] + total  # mean_c (m_cp - mu_c)(m_cq - mu_c)
-    var = float(np.mean(np.diag(centred)) + sp.v.mean())  # per-channel variance, averaged
+    var = sp.average(np.diag(centred)) + sp.average(sp.v)  # per-channel variance, averaged
     scale = g_sq / (var + eps)
-    shift = (sp.mu - sp.mu.mean()) / math.sqrt(var + eps)
+    shift = (sp.mu - sp.average(sp.mu)) / math.sqrt(var + eps)
     mu1 = g_mean * shift + b_mean
     Q1 = scale * centred + b_mean * g_mean * (shift[:, None] + shift[None, :]) + b_sq
-    return _Spatial(sp.shape, mu1, Q1, scale * sp.v, scale * sp.N).state()
+    return sp.like(mu1, Q1, scale * sp.v, scale * sp.N).state()
 
 
 def _systematic(mean: float, std: float, numel: int) -> float:
@@ -970,8 +1001,7 @@ def _gaussian_map_spatial(fn: Callable[[torch.Tensor], torch.Tensor], sp: _Spati
     for n in range(_HERMITE_TERMS - 1, -1, -1):  # Horner in rho
         C1 = rho * (C1 + np.outer(herm[:, n], herm[:, n]))
     np.fill_diagonal(C1, var1)  # exact on the diagonal
-    out_map = _Spatial(sp.shape, mu1, C1 + np.outer(mu1, mu1), v1, sp.N * gain)
-    return out_map.state()
+    return sp.like(mu1, C1 + np.outer(mu1, mu1), v1, sp.N * gain).state()
 
 
 def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float) -> tuple[_State, np.ndarray] | _Missing:
