@@ -148,6 +148,7 @@ Integrals are cached per (function, M, v, mean), rounded to 9 significant digits
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -977,12 +978,13 @@ def _gaussian_map_spatial(fn: Callable[[torch.Tensor], torch.Tensor], sp: _Spati
     P = len(sp.mu)
     M1, v1, mu1, gain = (np.empty(P) for _ in range(4))
     herm = np.zeros((P, _HERMITE_TERMS))
+    args = [(_round(float(diag[p])), _round(float(sp.v[p])), _round(float(sp.mu[p]))) for p in range(P)]
+    _hermite_moments_into_cache(fn, args, key)
     units: dict[tuple[float, float, float], Any] = {}
-    for p in range(P):
-        args = (_round(float(diag[p])), _round(float(sp.v[p])), _round(float(sp.mu[p])))
-        unit = units.get(args)
+    for p, a in enumerate(args):
+        unit = units.get(a)
         if unit is None:
-            unit = units[args] = _unit_moments(fn, *args, key)
+            unit = units[a] = _unit_moments(fn, *a, key)
         if isinstance(unit, _Missing):
             return unit
         out, herm[p] = unit
@@ -1004,6 +1006,70 @@ def _gaussian_map_spatial(fn: Callable[[torch.Tensor], torch.Tensor], sp: _Spati
     return sp.like(mu1, C1 + np.outer(mu1, mu1), v1, sp.N * gain).state()
 
 
+def _hermite_moments_into_cache(fn: Callable[[torch.Tensor], torch.Tensor], args: list[tuple[float, float, float]], key: Any) -> None:
+    """_moments of the states ``args`` (rounded) whose m-grid is the Gauss-Hermite one, all
+    in one evaluation of ``fn``, into the cache (a map's classes need dozens: one call each
+    would cost more in overhead than in arithmetic). The same nodes and sums as _moments."""
+    if key is None:
+        return
+    todo = []
+    for a in dict.fromkeys(args):
+        M, v, mean = a
+        sv, sm = math.sqrt(v), math.sqrt(max(M - mean * mean, 0.0))
+        if (key, *a) not in _CACHE and 1e-6 * (abs(mean) + sv) < sm <= sv:
+            todo.append((a, sv, sm))
+    if len(todo) < 2:
+        return
+    K = len(todo)
+    mean = np.array([a[2] for a, _, _ in todo])[:, None]
+    sv, sm = (np.array(c)[:, None] for c in list(zip(*todo))[1:])
+    x, w = _HERMITE
+    ms, wm = mean + sm * x, w / w.sum()  # (K, nodes)
+    z, wz = _z_grid(int(np.clip(_EVALS // len(x) // 2 * 2, 64, 4096)))
+    h = np.empty(ms.shape + (len(z) + 1,))
+    np.multiply(sv[:, :, None], z, out=h[..., :-1])
+    h[..., :-1] += ms[..., None]
+    h[..., -1] = ms
+    try:
+        y, dy = _values_and_slopes(fn, torch.from_numpy(h))
+    except Exception:
+        return  # _moments reports it, one state at a time
+    e_tau = np.einsum("kjz,z->kj", y[..., :-1], wz)
+    var_tau = np.einsum("kjz,z->kj", (y[..., :-1] - e_tau[..., None]) ** 2, wz)
+    gain = np.einsum("kjz,z->kj", dy[..., :-1] ** 2, wz)
+    linear = sv <= _LINEAR_BELOW * np.abs(ms)
+    e_tau = np.where(linear, y[..., -1], e_tau)
+    var_tau = np.where(linear, sv * sv * dy[..., -1] ** 2, var_tau)
+    gain = np.where(linear, dy[..., -1] ** 2, gain)
+    stats = [e_tau * e_tau @ wm, var_tau @ wm, e_tau @ wm, gain @ wm]
+    herm = np.zeros((K, _HERMITE_TERMS))
+    u = (ms - mean) / sm
+    h_prev, h_n = np.ones_like(u), u  # normalised He_0, He_1
+    for n in range(1, _HERMITE_TERMS + 1):
+        herm[:, n - 1] = (e_tau * h_n) @ wm
+        h_prev, h_n = h_n, (u * h_n - math.sqrt(n) * h_prev) / math.sqrt(n + 1)
+    for k, (a, _, _) in enumerate(todo):
+        out = _State(*(float(c[k]) for c in stats))
+        if all(math.isfinite(c) for c in (out.M, out.v, out.mean, out.N)):
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.clear()
+            _CACHE[(key, *a)] = (out, herm[k])
+
+
+@functools.lru_cache(maxsize=16)
+def _z_grid(n_z: int) -> tuple[np.ndarray, np.ndarray]:
+    """Midpoint nodes on [-7, 7] and their Gaussian weights (see _moments)."""
+    dz = 2 * _Z_RANGE / n_z
+    z = -_Z_RANGE + dz * (np.arange(n_z) + 0.5)
+    wz = np.exp(-0.5 * z * z)
+    wz /= wz.sum()
+    # Unit variance on the grid too, so that affine maps (a scalar mul, a shift) come out
+    # with NLC 1 and variance a^2 v to rounding precision.
+    z /= math.sqrt(np.einsum("z,z->", wz, z * z))
+    z.flags.writeable = wz.flags.writeable = False
+    return z, wz
+
+
 def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float) -> tuple[_State, np.ndarray] | _Missing:
     """E_m over neuron means m ~ N(mean, M - mean^2) of the per-neuron statistics of
     tau(m + sqrt(v) z), z ~ N(0, 1). Returns (M', v', mean', E tau'^2) as a _State, and
@@ -1014,13 +1080,7 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
     # Even, so that z = 0 is a cell edge. A step in tau' inside a cell (a kink of tau) costs
     # O(dz): averaging over many neuron means smooths that out, a single one does not.
     n_z = _SINGLE_MEAN_EVALS if len(ms) == 1 else int(np.clip(_EVALS // len(ms) // 2 * 2, 64, 4096))
-    dz = 2 * _Z_RANGE / n_z
-    z = -_Z_RANGE + dz * (np.arange(n_z) + 0.5)
-    wz = np.exp(-0.5 * z * z)
-    wz /= wz.sum()
-    # Unit variance on the grid too, so that affine maps (a scalar mul, a shift) come out
-    # with NLC 1 and variance a^2 v to rounding precision.
-    z /= math.sqrt(np.einsum("z,z->", wz, z * z))
+    z, wz = _z_grid(n_z)
     # Row k: neuron mean ms[k], inputs ms[k] + sqrt(v) z; the last column is z = 0 itself,
     # used for neurons too narrow for the z-grid to resolve in float64 (linear limit).
     h = np.concatenate([ms[:, None] + sv * z[None, :], ms[:, None]], axis=1)
