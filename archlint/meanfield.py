@@ -109,8 +109,16 @@ the same definitions as before. Derivation, op by op:
   concatenation, non-global pooling, transposed or functional convolutions, and maps of more
   than _MAX_POSITIONS positions, whose border share is small) continues from the averages,
   all positions alike, with the scalar rules.
-Q has P^2 entries, 8 MB per node at 32 x 32: the CIFAR ResNet-18 takes about 1 s, and its
-Prediction keeps about 150 MB of maps (``states``, from which segment_nlc restarts).
+Storage and cost. Positions are stored per class of identical positions (``_Spatial.cls``):
+two positions whose taps read the same input classes, all the way from a uniform map, have
+the same neuron mean in every channel, so Q, v, N and the integrals are per class, exactly.
+The interior beyond the borders' reach so far is one class: (2k + 1)^2 classes after k
+3 x 3 convolutions instead of P (121 instead of 1024 after five). The CIFAR ResNet-18 then
+keeps about 3.5 MB of maps (``states``, from which segment_nlc restarts) instead of 150 MB.
+What remains is the Gaussian integrals: classes related by the map's symmetries share
+theirs, but the others each need one (469 in the CIFAR ResNet-18, against 17 position-free),
+evaluated per node in one call of the activation (_hermite_moments_into_cache), about
+0.2 s of its 0.25-0.3 s (benchmarks/RESULTS_meanfield.md has the timings).
 
 Not predicted (``predicted=False`` with a reason, and everything downstream of it too):
 max/LP pooling, attention, softmax, products of two different signals, recurrent layers,
@@ -931,6 +939,7 @@ _MAX_UNIFORM = 200       # half-width, in steps, of a uniform m-grid; beyond it:
 _LINEAR_BELOW = 1e-7     # sqrt(v) / |m| below which a neuron is linear
 _MAX_POSITIONS = 1024   # larger maps: positions not modelled (Q has P^2 entries, 8 MB here)
 _TAPS: dict[Any, np.ndarray] = {}
+_BATCH = 16          # states per evaluation in _hermite_moments_into_cache (bounds its temporaries)
 _HERMITE_TERMS = 24     # terms of the Mehler expansion of neuron-mean correlations
 _CACHE: dict[Any, tuple[_State, np.ndarray] | _Missing] = {}
 _MODULES64: dict[Any, nn.Module] = {}
@@ -1018,8 +1027,11 @@ def _hermite_moments_into_cache(fn: Callable[[torch.Tensor], torch.Tensor], args
         sv, sm = math.sqrt(v), math.sqrt(max(M - mean * mean, 0.0))
         if (key, *a) not in _CACHE and 1e-6 * (abs(mean) + sv) < sm <= sv:
             todo.append((a, sv, sm))
-    if len(todo) < 2:
-        return
+    for start in range(0, len(todo), _BATCH):
+        _hermite_moments_batch(fn, todo[start:start + _BATCH], key)
+
+
+def _hermite_moments_batch(fn: Callable[[torch.Tensor], torch.Tensor], todo: list, key: Any) -> None:
     K = len(todo)
     mean = np.array([a[2] for a, _, _ in todo])[:, None]
     sv, sm = (np.array(c)[:, None] for c in list(zip(*todo))[1:])
