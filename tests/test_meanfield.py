@@ -6,6 +6,7 @@ Reference values: digest §2.2 (activation tables), §6 (closed forms, validatio
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -402,6 +403,34 @@ def test_circular_padding_keeps_every_position_alike(monkeypatch):
     for name, node in pred.nodes.items():
         for key in ("M", "v", "nlc"):
             assert getattr(node, key) == pytest.approx(getattr(flat.nodes[name], key), rel=1e-9, abs=1e-12), (name, key)
+
+
+def test_maps_are_kept_per_class_of_identical_positions():
+    # Positions whose taps read the same classes are one class: (2k + 1)^2 classes after k
+    # zero-padded 3 x 3 convs of a 16 x 16 map (the interior beyond the borders' reach is
+    # one), and the per-class statistics are those of every position of the class: a
+    # convolution computed position by position from the expanded maps gives the same map.
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(3) for m in (nn.Conv2d(8 if _ else 3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())])
+    graph = _graph(model, torch.randn(2, 3, 16, 16))
+    pred = predict(graph)
+    convs = [n.name for n in graph if n.op == "Conv2d"]
+    maps = [pred.states[c].sp for c in convs]
+    assert [len(m.mu) for m in maps] == [9, 25, 49]
+    assert maps[-1].count.max() == (16 - 2 * 3) ** 2 and maps[-1].count.sum() == 256
+    before = pred.states[graph.nodes[graph.nodes.index(graph[convs[-1]]) - 1].name].sp
+    cls = np.append(before.cls, len(before.mu))  # the padding: a zero class
+    mu, v = np.append(before.mu, 0.0)[cls], np.append(before.v, 0.0)[cls]
+    Q = np.pad(before.Q, (0, 1))[np.ix_(cls, cls)]
+    taps = mf._tap_index((16, 16), (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), "zeros")
+    w, b = graph[convs[-1]].params["weight"], graph[convs[-1]].params["bias"]
+    w_sq, b_sq = w.std**2 + w.mean**2, b.std**2 + b.mean**2  # the statistics predict reads
+    v1 = 8 * w_sq * v[taps].sum(axis=0)
+    Q1 = 8 * w_sq * sum(Q[np.ix_(t, t)] for t in taps) + b_sq
+    after = maps[-1]
+    assert after.v[after.cls] == pytest.approx(v1, rel=1e-9)
+    assert after.Q[np.ix_(after.cls, after.cls)] == pytest.approx(Q1, rel=1e-9, abs=1e-12)
+    assert after.mu[after.cls] == pytest.approx(np.zeros(256), abs=1e-12)  # no systematic weight means
 
 
 def test_zero_padded_bn_relu_cnn_matches_measurement():
