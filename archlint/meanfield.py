@@ -49,10 +49,76 @@ Propagation (cross terms between independent random weights are 0 in expectation
 - Multiplication by a constant tensor (layer scale) or addition of one: closed forms with its
   mean and mean square.
 - Dropout, identity, reshapes, concatenation (a size-weighted average): unchanged.
-- Average pooling: linear, NLC factor 1, and (M, v) are left unchanged. That is exact for M
-  (a channel's neuron mean is the same at every position) but v really shrinks by the
-  spatial correlation of the pooled positions, which a static pass does not know: downstream
-  of average pooling, v is an upper bound and NB a lower bound.
+- Average pooling: linear, NLC factor 1. Global pooling of a map (below) gets
+  M' = mean_c (mean_p m_cp)^2 exactly; otherwise M is unchanged (a channel's neuron mean
+  taken as the same at every position). v, N are left unchanged, while v really shrinks by
+  the spatial correlation of the pooled positions, which a static pass does not know:
+  downstream of average pooling, v is an upper bound and NB a lower bound.
+
+Positions (zero padding). A unit of a convolution's output is a (channel c, position p)
+pair, and the scalars above average over both. A zero-padded convolution gives its border
+positions fewer taps inside the input, so a channel's neuron means m_cp = E_x h_cp differ
+between positions; BatchNorm removes only the channel's mean over positions, so these
+per-position offsets survive it and move the next activations' operating points, which a
+position-free recursion (M' = beta^2 after BatchNorm) misses. So, from the first Conv1d/2d/3d
+module on (maps of at most _MAX_POSITIONS positions), the state is kept per position:
+
+    mu[p]   = mean_c m_cp              Q[p, q] = mean_c m_cp m_cq   (P x P)
+    v[p]    = mean_c Var_x h_cp        N[p]    = mean_c tr(J_cp Cov J_cp^T)
+
+and the node's scalars are their averages over p (M = mean_p Q[p, p], v = mean_p v[p], ...),
+the same definitions as before. Derivation, op by op:
+
+- Convolution y_c'o = sum_{c,t} W_c'ct h_{c, i_t(o)} + b_c', where i_t(o) is the input
+  position tap t reads at output position o (from kernel size, stride, padding, dilation;
+  with zero padding, a zero where it falls outside; circular/reflect/replicate padding read
+  an input position). With the weights independent over (c', c, t), of mean mu_w and mean
+  square w2 (c_in input channels per tap), E_W[W_t W_t'] = 0 for t != t', so
+      v'[o] = w2 c_in sum_t v[i_t(o)],      N'[o] likewise,
+  i.e. sigma_w^2 v times the coverage of o (the share of its taps inside the input: a
+  ones-map convolved with a ones-kernel); an interior position of a uniform map gets the
+  old rule sigma_w^2 v. The means: m'_c'o = sum W m + b, where the same tap t (the same
+  weight) serves every position, so
+      mu'[o] = mu_w c_in sum_t mu[i_t(o)] + mu_b,
+      Q'[o, o'] = mu'[o] mu'[o'] + (w2 - mu_w^2) c_in sum_t Q[i_t(o), i_t(o')] + Var b;
+  two positions whose taps reach different inputs (a border and the interior) get
+  different neuron means in the same channel: Q'[o, o'] < Q'[o, o].
+  The fluctuations need only the diagonal v[p]: E_W Cov_x(y_o, y_o') sums
+  Cov_x(h_{i_t(o)}, h_{i_t(o')}) over the same tap only, so positions whose inputs are
+  uncorrelated (white inputs) stay uncorrelated in this wide-layer limit.
+- Elementwise tau, position by position: (Q[p, p], v[p], mu[p]) give M'[p] (the diagonal
+  of Q'), v'[p], mu'[p] and N'[p] = N[p] E tau'^2 with the 1-D integrals above. Off the
+  diagonal, Q'[p, q] = mean_c f_p(m_cp) f_q(m_cq) with f_p(m) = E_z tau(m + sqrt(v[p]) z).
+  Across channels (m_cp, m_cq) are taken jointly Gaussian (A2 for each pair) with
+  correlation rho = C[p, q] / sqrt(C[p, p] C[q, q]), C = Q - mu mu^T; Mehler's formula then
+  gives Cov_c = sum_{n >= 1} rho^n a_n(p) a_n(q) with a_n(p) = E_u[f_p(mu_p + s_p u) He_n(u)]
+  / sqrt(n!), s_p^2 = C[p, p], computed on the same m-grid as the integrals. _HERMITE_TERMS
+  terms are kept, and the rest of each Var_c f_p (its exact value minus sum a_n^2) as one
+  more term rho^(n+1) sqrt(rest_p rest_q): exact on the diagonal and at rho = 1, so that a
+  map without borders stays uniform (the old recursion's numbers, tested).
+- BatchNorm centres channel c by mu_c = mean_p m_cp and scales by its variance over the data
+  and the positions, mean_p (m_cp - mu_c)^2 + mean_p Var_x h_cp. Averaged over channels
+  (wide layers: the same for each), with r[p] = mean_q Q[p, q], R = mean_p r[p]:
+      s2 = mean_p Q[p, p] - R + mean_p v[p],
+      Q'[p, q] = E[g^2] (Q[p, q] - r[p] - r[q] + R) / (s2 + eps) + E[beta^2],
+      v' = E[g^2] v / (s2 + eps), N' likewise (and the terms of systematic g, beta means);
+  with a uniform map, Q = R everywhere and this is the scalar rule.
+- Sums of branches add the per-position centred kernels, v and N; identity, dropout and
+  reshapes that keep the shape keep the maps; global average pooling is above. Every other
+  op (a reshape to another layout, LayerNorm/GroupNorm/RMSNorm, constant tensors,
+  concatenation, non-global pooling, transposed or functional convolutions, and maps of more
+  than _MAX_POSITIONS positions, whose border share is small) continues from the averages,
+  all positions alike, with the scalar rules.
+Storage and cost. Positions are stored per class of identical positions (``_Spatial.cls``):
+two positions whose taps read the same input classes, all the way from a uniform map, have
+the same neuron mean in every channel, so Q, v, N and the integrals are per class, exactly.
+The interior beyond the borders' reach so far is one class: (2k + 1)^2 classes after k
+3 x 3 convolutions instead of P (121 instead of 1024 after five). The CIFAR ResNet-18 then
+keeps about 3.5 MB of maps (``states``, from which segment_nlc restarts) instead of 150 MB.
+What remains is the Gaussian integrals: classes related by the map's symmetries share
+theirs, but the others each need one (469 in the CIFAR ResNet-18, against 17 position-free),
+evaluated per node in one call of the activation (_hermite_moments_into_cache), about
+0.2 s of its 0.25-0.3 s (benchmarks/RESULTS_meanfield.md has the timings).
 
 Not predicted (``predicted=False`` with a reason, and everything downstream of it too):
 max/LP pooling, attention, softmax, products of two different signals, recurrent layers,
@@ -61,11 +127,19 @@ instance norm, reductions over features, unknown ops. The NLC is never silently 
 Known limits (numbers in benchmarks/RESULTS_meanfield.md): it is a wide-layer prediction, so
 one realised network scatters around it, more with depth over width (a depth-20 He-ReLU MLP
 of width 256: 3.4-4.0 measured over three inits, 4.40 predicted) and with narrow layers (a
-CNN's per-channel means with 16 channels); convolutions ignore zero-padding borders, whose
-per-position offsets survive BatchNorm and make BN-ReLU CNNs on small maps less nonlinear
-than predicted; average pooling is taken as NLC factor 1, while it really lowers the NLC by
-an amount that depends on spatial correlations. BatchNorm is predicted with population
-statistics, not the train-mode batch NLC (digest §1.5).
+CNN's per-channel means with 16 channels); zero-padding borders are modelled only on maps
+of at most _MAX_POSITIONS positions; average pooling is taken as NLC factor 1, while it
+really lowers the NLC: in the wide-layer limit the fluctuations of different positions are
+uncorrelated for white inputs (above), and pooling them leaves the NLC unchanged; measured,
+that holds with a wide input layer, but an image's 3-channel input layer (fan-in 27) gives
+each channel sizeable correlations between neighbouring positions that lower the pooled NLC
+(about 17% after a depth-10 BN-ReLU CNN), and spatially correlated data does the same; a
+static pass does not know either. A sum whose inputs are not Gaussian over the data
+(a ResNet's skip carrying a ReLU's output) goes into the next activation as if it were (A3):
+in the CIFAR ResNet-18 the per-node M and v match measurement closely up to the activation
+after each residual sum, where v comes out 7-15% low and the NLC a few percent high per
+block, which compounds with depth (benchmarks/RESULTS_meanfield.md).
+BatchNorm is predicted with population statistics, not the train-mode batch NLC (digest §1.5).
 
 Numerics. E_z uses a midpoint rule on z in [-7, 7]. E_m uses Gauss-Hermite nodes only while
 the spread of neuron means sqrt(M - mean^2) is at most sqrt(v): then the integrand is smooth
@@ -82,6 +156,7 @@ Integrals are cached per (function, M, v, mean), rounded to 9 significant digits
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -123,6 +198,8 @@ class Prediction:
     # (M0, v0) or (M0, v0, mean0) of the floating-point inputs, as used.
     input_moments: tuple[float, ...]
     graph: ArchGraph = field(repr=False, compare=False)
+    # The recursion's states, per-position maps included (segment_nlc restarts from them).
+    states: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def output_nlc(self) -> float | None:
@@ -151,7 +228,7 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None)
     results = _Recursion(graph, given).run(graph.nodes)
     nodes = {n.name: _node_prediction(results[n.name]) for n in graph.nodes}
     graph.predicted = dict(nodes)
-    graph.prediction = Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph)
+    graph.prediction = Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph, states=results)
     return graph.prediction
 
 
@@ -180,12 +257,12 @@ def segment_nlc(prediction_or_graph: Prediction | ArchGraph, start: str, end: st
             downstream.add(node.name)
             if node.name in upstream:
                 inside.append(node)
-    given: dict[str, _State | _Missing] = {start: _state_of(pred.nodes[start], fresh_nlc=True)}
+    given: dict[str, _State | _Missing] = {start: _state_of(pred, start, fresh_nlc=True)}
     inside_names = {n.name for n in inside}
     for node in inside:
         for i in node.inputs:
             if i not in inside_names and i not in given:
-                given[i] = _state_of(pred.nodes[i], fresh_nlc=False)
+                given[i] = _state_of(pred, i, fresh_nlc=False)
     result = _Recursion(graph, given).run(inside)[end]
     return _node_prediction(result).nlc
 
@@ -215,6 +292,63 @@ class _State:
     v: float
     mean: float
     N: float
+    # Per-position statistics of a (batch, channel, *spatial) node downstream of a
+    # convolution; None: every position alike (M, v, mean, N hold for each).
+    sp: _Spatial | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class _Spatial:
+    """The state at each of the P positions of a map of shape ``shape`` (module docstring),
+    stored per class of identical positions: ``cls[p]`` is the class of position p, and
+    positions of one class have the same neuron mean in every channel (the same taps read
+    the same classes all the way from a uniform map), hence the same statistics. The
+    interior of a map, beyond the borders' reach so far, is one class.
+
+    mu[k] = mean_c m_cp, Q[k, l] = mean_c m_cp m_cq (m_cp = E_x h_cp: the neuron means of
+    channel c at positions p, q of classes k, l), v[k] = mean_c Var_x h_cp,
+    N[k] = mean_c tr(J_cp Cov J_cp^T); ``count[k]``: the positions of class k.
+    """
+
+    shape: tuple[int, ...]
+    cls: np.ndarray
+    count: np.ndarray
+    mu: np.ndarray
+    Q: np.ndarray
+    v: np.ndarray
+    N: np.ndarray
+
+    def average(self, a: np.ndarray) -> float:
+        """The average over positions of a per-class array."""
+        return float(self.count @ a) / len(self.cls)
+
+    def like(self, mu: np.ndarray, Q: np.ndarray, v: np.ndarray, N: np.ndarray) -> _Spatial:
+        """New statistics on the same classes."""
+        return _Spatial(self.shape, self.cls, self.count, mu, Q, v, N)
+
+    def state(self) -> _State:
+        """The node's state: averages over positions (and channels) of the maps."""
+        return _State(M=max(self.average(np.diag(self.Q)), 0.0), v=self.average(self.v), mean=self.average(self.mu),
+                      N=self.average(self.N), sp=self)
+
+
+def _classes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions with equal columns of ``keys`` (rows: the classes that define a position)
+    as one class: (class of each position, positions per class, the keys of each class)."""
+    _, first, cls, count = np.unique(keys, axis=1, return_index=True, return_inverse=True, return_counts=True)
+    return cls.reshape(-1), count, keys[:, first]
+
+
+def _uniform_map(s: _State, shape: tuple[int, ...]) -> _Spatial:
+    """A position-free state as a map: a channel's neuron mean is the same at every position."""
+    P = math.prod(shape)
+    one = np.ones(1)
+    return _Spatial(shape, np.zeros(P, dtype=np.intp), np.array([P]), s.mean * one, np.full((1, 1), s.M), s.v * one, s.N * one)
+
+
+def _scalar(s: _State) -> _State:
+    """The same averages, position structure dropped (an op that does not keep the layout)."""
+    return _State(M=s.M, v=s.v, mean=s.mean, N=s.N)
 
 
 @dataclass(frozen=True)
@@ -256,7 +390,13 @@ def _node_prediction(result: _State | _Missing) -> NodePrediction:
     )
 
 
-def _state_of(p: NodePrediction, *, fresh_nlc: bool) -> _State | _Missing:
+def _state_of(pred: Prediction, name: str, *, fresh_nlc: bool) -> _State | _Missing:
+    """The predicted state of node ``name``, its N reset: N = v (the NLC starts there) or 0."""
+    state = pred.states.get(name)
+    if isinstance(state, _State) and state.sp is not None:
+        sp = state.sp
+        return sp.like(sp.mu, sp.Q, sp.v, sp.v.copy() if fresh_nlc else np.zeros_like(sp.N)).state()
+    p = pred.nodes[name]
     if not p.predicted:
         return _Missing(p.reason or "not predicted")
     return _State(M=p.M, v=p.v, mean=p.mean, N=p.v if fresh_nlc else 0.0)
@@ -478,10 +618,35 @@ class _Recursion:
         w_mean, b_mean = _systematic_mean(w), _systematic_mean(b) if b is not None else 0.0
         s = ins[0]
         gain = fan_in * w_sq  # sigma_w^2 of the real weights
+        taps = self._conv_taps(node)
+        if taps is not None:
+            return _conv_map(s, taps, fan_in / len(taps[0]), w_sq, w_mean, b_sq, b_mean)
         mean = fan_in * w_mean * s.mean + b_mean
         # E_i (sum_j W_ij m_j + b_i)^2 with the systematic means taken out of the spreads.
         M = mean**2 + fan_in * (w_sq - w_mean**2) * s.M + b_sq - b_mean**2
         return _State(M=M, v=gain * s.v, mean=mean, N=gain * s.N)
+
+    def _conv_taps(self, node: Node) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]] | None:
+        """(input position of each tap at each output position, input and output map shapes)
+        of a Conv1d/2d/3d module; None where positions are not modelled (module docstring)."""
+        conv = node.module
+        src = self.graph[node.inputs[0]].shape
+        if (node.kind is not OpKind.CONV or not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed
+                or src is None or node.shape is None or len(src) != len(node.shape)):
+            return None
+        d = len(conv.kernel_size)
+        s_in, s_out = tuple(src[-d:]), tuple(node.shape[-d:])
+        if len(src) != d + 2 or max(math.prod(s_in), math.prod(s_out)) > _MAX_POSITIONS:
+            return None
+        key = (s_in, s_out, tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.dilation),
+               tuple(conv._reversed_padding_repeated_twice), conv.padding_mode)
+        if key not in _TAPS:
+            if len(_TAPS) >= 256:
+                _TAPS.clear()
+            # _reversed_padding_repeated_twice: (left, right) per dim, last dim first.
+            left = [conv._reversed_padding_repeated_twice[2 * (d - 1 - k)] for k in range(d)]
+            _TAPS[key] = _tap_index(s_in, s_out, conv.kernel_size, conv.stride, conv.dilation, left, conv.padding_mode)
+        return _TAPS[key], s_in, s_out
 
     def _norm(self, node: Node, ins: list[_State]) -> _State | _Missing:
         norm = node.attrs.get("norm_type")
@@ -497,9 +662,12 @@ class _Recursion:
         eps = float(node.attrs.get("eps", 1e-5))
         s = ins[0]
         if norm == "batch":
+            if s.sp is not None:
+                return _batch_norm_map(s.sp, g_mean, g_sq, b_mean, b_sq, eps)
             # Per-neuron statistics of the data: offsets removed, spread normalised.
             scale = g_sq / (s.v + eps)
             return _State(M=b_sq, v=scale * s.v, mean=b_mean, N=scale * s.N)
+        s = _scalar(s)  # normalised over all units of a sample: positions not modelled
         if norm == "rms":
             r2 = s.M + s.v + eps
             mean = g_mean * s.mean / math.sqrt(r2)
@@ -530,14 +698,36 @@ class _Recursion:
             signs = [1.0, -1.0]
         elif name in _RSUB_OPS and len(ins) == 2:
             signs = [-1.0, 1.0]
+        maps = self._maps(node, ins)
+        if maps is not None:
+            # Each input's statistics on the classes of the sum (pairs of the inputs' classes).
+            cls, count, keys = _classes(np.stack([m.cls for m in maps]))
+            parts = [(m.mu[k], m.Q[np.ix_(k, k)], m.v[k], m.N[k]) for m, k in zip(maps, keys)]
+            mu = sum(sg * p[0] for sg, p in zip(signs, parts))
+            Q = np.outer(mu, mu) + sum(p[1] - np.outer(p[0], p[0]) for p in parts)
+            out = _Spatial(maps[0].shape, cls, count, mu, Q, sum(p[2] for p in parts), sum(p[3] for p in parts))
+            return out.state()
+        ins = [_scalar(s) for s in ins]
         mean = sum(sg * s.mean for sg, s in zip(signs, ins))
         # Independent branches: the per-neuron offsets around the common offset add in
         # square, and so do the fluctuations and the linearised variances.
         spread = sum(max(s.M - s.mean**2, 0.0) for s in ins)
         return _State(M=mean**2 + spread, v=sum(s.v for s in ins), mean=mean, N=sum(s.N for s in ins))
 
+    def _maps(self, node: Node, ins: list[_State]) -> list[_Spatial] | None:
+        """The inputs' maps, where one has a map and all have this node's shape."""
+        shapes = [self.graph[i].shape for i in node.inputs]
+        with_map = [s.sp for s in ins if s.sp is not None]
+        if not with_map or any(sh != node.shape for sh in shapes):
+            return None
+        shape = with_map[0].shape
+        if any(m.shape != shape for m in with_map):
+            return None
+        return [s.sp if s.sp is not None else _uniform_map(s, shape) for s in ins]
+
     def _constant_op(self, node: Node, ins: list[_State]) -> _State | _Missing:
         """One signal times or plus a constant tensor (layer scale, a bias vector)."""
+        ins = [_scalar(x) for x in ins]  # positions not modelled
         if len(ins) != 1:
             what = "matrix product" if node.attrs.get("product") else "product"
             return _Missing(f"{node.op}: {what} of two different signals: not covered by the mean-field recursion")
@@ -579,8 +769,15 @@ class _Recursion:
             return _Missing("sum reduction: its scale depends on the correlation of the summed units")
         if node.op == "mean" and not self._spatial_mean(node):
             return _Missing("mean over features or unknown dimensions: not covered")
-        # Linear, NLC factor 1; M is exact, v an upper bound (spatial correlation unknown).
-        return ins[0]
+        s = ins[0]
+        if s.sp is not None and node.shape is not None and math.prod(node.shape[2:]) == 1:
+            # Global: a channel's output mean is its neuron means' average over positions,
+            # M = mean_c (mean_p m_cp)^2 = mean_pq Q[p, q]; v, N as below.
+            sp = s.sp
+            return _State(M=float(sp.count @ sp.Q @ sp.count) / len(sp.cls) ** 2, v=s.v, mean=s.mean, N=s.N)
+        # Linear, NLC factor 1; M is exact (a channel's neuron mean the same at every
+        # position), v an upper bound (spatial correlation unknown).
+        return _scalar(s)
 
     def _spatial_mean(self, node: Node) -> bool:
         """x.mean(dims) over spatial dims only (dims >= 2 of an N, C, ... tensor)."""
@@ -594,7 +791,9 @@ class _Recursion:
 
     def _reshape(self, node: Node, ins: list[_State]) -> _State | _Missing:
         if len(ins) == 1 or node.op in _SHAPE_LIKE_OPS:
-            return ins[0]
+            # A map stays with the node only while the layout does (the averages always hold).
+            return ins[0] if node.shape == self.graph[node.inputs[0]].shape else _scalar(ins[0])
+        ins = [_scalar(x) for x in ins]
         if node.op in _CONCAT_OPS:
             sizes = [math.prod(self.graph[i].shape or (0,)) for i in node.inputs]
             if not all(sizes):
@@ -607,6 +806,63 @@ class _Recursion:
                 N=sum(a * s.N for a, s in zip(w, ins)),
             )
         return _Missing(f"{node.op} of {len(ins)} signals: not covered")
+
+
+def _tap_index(s_in, s_out, kernel, stride, dilation, left, mode) -> np.ndarray:
+    """taps[t, o]: the flat input position that tap t reads at output position o, P_in (a
+    zero) where it reads zero padding; the other padding modes read an input position."""
+    idx = np.zeros((1, 1), dtype=np.int64)  # (taps so far, output positions so far)
+    valid = np.ones((1, 1), dtype=bool)
+    for n, k, st, dl, lf, o in zip(s_in, kernel, stride, dilation, left, s_out):
+        i = np.arange(k)[:, None] * dl + np.arange(o)[None, :] * st - lf  # (k, o)
+        inside = (i >= 0) & (i < n)
+        if mode == "circular":
+            i = i % n
+        elif mode == "reflect":
+            i = np.abs(i)
+            i = np.where(i >= n, 2 * (n - 1) - i, i)
+        elif mode == "replicate":
+            i = np.clip(i, 0, n - 1)
+        if mode != "zeros":
+            inside = np.ones_like(inside)
+        idx = (idx[:, None, :, None] * n + i[None, :, None, :]).reshape(idx.shape[0] * k, -1)
+        valid = (valid[:, None, :, None] & inside[None, :, None, :]).reshape(idx.shape)
+    return np.where(valid, idx, math.prod(s_in))
+
+
+def _conv_map(s: _State, taps_info, c_in: float, w_sq: float, w_mean: float, b_sq: float, b_mean: float) -> _State:
+    """A convolution position by position (module docstring): each output position sums the
+    taps that fall inside the input; ``c_in`` input channels per tap."""
+    taps, s_in, s_out = taps_info
+    sp = s.sp if s.sp is not None and s.sp.shape == s_in else _uniform_map(s, s_in)
+    K = len(sp.mu)
+    # A zero appended as class K: what a tap over the zero padding reads.
+    mu, v, N = (np.append(a, 0.0) for a in (sp.mu, sp.v, sp.N))
+    Q = np.zeros((K + 1, K + 1))
+    Q[:K, :K] = sp.Q
+    # Output positions whose taps read the same input classes are one output class;
+    # reads[t, k]: the input class that tap t reads at the positions of output class k.
+    cls, count, reads = _classes(np.append(sp.cls, K)[taps])
+    gain = c_in * w_sq
+    mu1 = c_in * w_mean * mu[reads].sum(axis=0) + b_mean
+    v1, N1 = gain * v[reads].sum(axis=0), gain * N[reads].sum(axis=0)
+    Q1 = sum(Q[np.ix_(t, t)] for t in reads)
+    Q1 = np.outer(mu1, mu1) + c_in * (w_sq - w_mean**2) * Q1 + (b_sq - b_mean**2)
+    return _Spatial(s_out, cls, count, mu1, Q1, v1, N1).state()
+
+
+def _batch_norm_map(sp: _Spatial, g_mean: float, g_sq: float, b_mean: float, b_sq: float, eps: float) -> _State:
+    """BatchNorm of a map: each channel centred by its mean over positions (and the data),
+    scaled by its variance over positions and data (module docstring)."""
+    row = sp.Q @ sp.count / len(sp.cls)  # mean over positions q of Q[p, q]
+    total = sp.average(row)
+    centred = sp.Q - row[:, None] - row[None, :] + total  # mean_c (m_cp - mu_c)(m_cq - mu_c)
+    var = sp.average(np.diag(centred)) + sp.average(sp.v)  # per-channel variance, averaged
+    scale = g_sq / (var + eps)
+    shift = (sp.mu - sp.average(sp.mu)) / math.sqrt(var + eps)
+    mu1 = g_mean * shift + b_mean
+    Q1 = scale * centred + b_mean * g_mean * (shift[:, None] + shift[None, :]) + b_sq
+    return sp.like(mu1, Q1, scale * sp.v, scale * sp.N).state()
 
 
 def _systematic(mean: float, std: float, numel: int) -> float:
@@ -681,7 +937,11 @@ _GH_NODES = 24           # Gauss-Hermite nodes over m while the m-spread is <= s
 _M_RANGE = 8.5           # the m-grid covers mean +- 8.5 spreads
 _MAX_UNIFORM = 200       # half-width, in steps, of a uniform m-grid; beyond it: two scales
 _LINEAR_BELOW = 1e-7     # sqrt(v) / |m| below which a neuron is linear
-_CACHE: dict[Any, _State | _Missing] = {}
+_MAX_POSITIONS = 1024   # larger maps: positions not modelled (Q has P^2 entries, 8 MB here)
+_TAPS: dict[Any, np.ndarray] = {}
+_BATCH = 16          # states per evaluation in _hermite_moments_into_cache (bounds its temporaries)
+_HERMITE_TERMS = 24     # terms of the Mehler expansion of neuron-mean correlations
+_CACHE: dict[Any, tuple[_State, np.ndarray] | _Missing] = {}
 _MODULES64: dict[Any, nn.Module] = {}
 _CACHE_SIZE = 20000
 _HERMITE = np.polynomial.hermite_e.hermegauss(_GH_NODES)
@@ -695,32 +955,122 @@ def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: An
     """The state after an elementwise function, N' = N E tau'^2 (cached per key and state).
 
     The integral runs at (M, v, mean) rounded to 9 significant digits, so that a cached value
-    does not depend on which call computed it.
+    does not depend on which call computed it. A state with a map is mapped position by
+    position, and the neuron means' correlations between positions by their Hermite
+    expansion (module docstring).
     """
-    M, v, mean = _round(s.M), _round(s.v), _round(s.mean)
-    cache_key = (key, M, v, mean) if key is not None else None
-    if cache_key in _CACHE:
-        unit = _CACHE[cache_key]
-    else:
-        unit = _moments(fn, M, v, mean)
-        if cache_key is not None:
-            if len(_CACHE) >= _CACHE_SIZE:
-                _CACHE.clear()
-            _CACHE[cache_key] = unit
+    if s.sp is not None:
+        return _gaussian_map_spatial(fn, s.sp, key)
+    unit = _unit_moments(fn, s.M, s.v, s.mean, key)
     if isinstance(unit, _Missing):
         return unit
     # _moments returns the gain E tau'^2 in the N slot.
-    return _State(M=unit.M, v=unit.v, mean=unit.mean, N=s.N * unit.N)
+    out, _ = unit
+    return _State(M=out.M, v=out.v, mean=out.mean, N=s.N * out.N)
 
 
-def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float) -> _State | _Missing:
-    """E_m over neuron means m ~ N(mean, M - mean^2) of the per-neuron statistics of
-    tau(m + sqrt(v) z), z ~ N(0, 1). Returns (M', v', mean', E tau'^2) as a _State."""
-    sv, sm = math.sqrt(v), math.sqrt(max(M - mean * mean, 0.0))
-    ms, wm = _m_grid(mean, sm, sv)
-    # Even, so that z = 0 is a cell edge. A step in tau' inside a cell (a kink of tau) costs
-    # O(dz): averaging over many neuron means smooths that out, a single one does not.
-    n_z = _SINGLE_MEAN_EVALS if len(ms) == 1 else int(np.clip(_EVALS // len(ms) // 2 * 2, 64, 4096))
+def _unit_moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float, key: Any):
+    M, v, mean = _round(M), _round(v), _round(mean)
+    cache_key = (key, M, v, mean) if key is not None else None
+    if cache_key in _CACHE:
+        return _CACHE[cache_key]
+    unit = _moments(fn, M, v, mean)
+    if cache_key is not None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[cache_key] = unit
+    return unit
+
+
+def _gaussian_map_spatial(fn: Callable[[torch.Tensor], torch.Tensor], sp: _Spatial, key: Any) -> _State | _Missing:
+    diag = np.diag(sp.Q)
+    P = len(sp.mu)
+    M1, v1, mu1, gain = (np.empty(P) for _ in range(4))
+    herm = np.zeros((P, _HERMITE_TERMS))
+    args = [(_round(float(diag[p])), _round(float(sp.v[p])), _round(float(sp.mu[p]))) for p in range(P)]
+    _hermite_moments_into_cache(fn, args, key)
+    units: dict[tuple[float, float, float], Any] = {}
+    for p, a in enumerate(args):
+        unit = units.get(a)
+        if unit is None:
+            unit = units[a] = _unit_moments(fn, *a, key)
+        if isinstance(unit, _Missing):
+            return unit
+        out, herm[p] = unit
+        M1[p], v1[p], mu1[p], gain[p] = out.M, out.v, out.mean, out.N
+    # Correlation across channels of the neuron means at positions p, q (Gaussian over
+    # channels, A2), and Mehler's formula for the covariance of f_p(m_p), f_q(m_q).
+    C = sp.Q - np.outer(sp.mu, sp.mu)
+    sd = np.sqrt(np.clip(np.diag(C), 0.0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(np.outer(sd, sd) > 0, C / np.outer(sd, sd), 0.0)
+    rho = np.clip(rho, -1.0, 1.0)
+    var1 = np.clip(M1 - mu1 * mu1, 0.0, None)
+    # The part of each Var_c f_p beyond the terms kept, taken as one term of the next order.
+    tail = np.sqrt(np.clip(var1 - (herm * herm).sum(axis=1), 0.0, None))
+    C1 = np.outer(tail, tail)
+    for n in range(_HERMITE_TERMS - 1, -1, -1):  # Horner in rho
+        C1 = rho * (C1 + np.outer(herm[:, n], herm[:, n]))
+    np.fill_diagonal(C1, var1)  # exact on the diagonal
+    return sp.like(mu1, C1 + np.outer(mu1, mu1), v1, sp.N * gain).state()
+
+
+def _hermite_moments_into_cache(fn: Callable[[torch.Tensor], torch.Tensor], args: list[tuple[float, float, float]], key: Any) -> None:
+    """_moments of the states ``args`` (rounded) whose m-grid is the Gauss-Hermite one, all
+    in one evaluation of ``fn``, into the cache (a map's classes need dozens: one call each
+    would cost more in overhead than in arithmetic). The same nodes and sums as _moments."""
+    if key is None:
+        return
+    todo = []
+    for a in dict.fromkeys(args):
+        M, v, mean = a
+        sv, sm = math.sqrt(v), math.sqrt(max(M - mean * mean, 0.0))
+        if (key, *a) not in _CACHE and 1e-6 * (abs(mean) + sv) < sm <= sv:
+            todo.append((a, sv, sm))
+    for start in range(0, len(todo), _BATCH):
+        _hermite_moments_batch(fn, todo[start:start + _BATCH], key)
+
+
+def _hermite_moments_batch(fn: Callable[[torch.Tensor], torch.Tensor], todo: list, key: Any) -> None:
+    K = len(todo)
+    mean = np.array([a[2] for a, _, _ in todo])[:, None]
+    sv, sm = (np.array(c)[:, None] for c in list(zip(*todo))[1:])
+    x, w = _HERMITE
+    ms, wm = mean + sm * x, w / w.sum()  # (K, nodes)
+    z, wz = _z_grid(int(np.clip(_EVALS // len(x) // 2 * 2, 64, 4096)))
+    h = np.empty(ms.shape + (len(z) + 1,))
+    np.multiply(sv[:, :, None], z, out=h[..., :-1])
+    h[..., :-1] += ms[..., None]
+    h[..., -1] = ms
+    try:
+        y, dy = _values_and_slopes(fn, torch.from_numpy(h))
+    except Exception:
+        return  # _moments reports it, one state at a time
+    e_tau = np.einsum("kjz,z->kj", y[..., :-1], wz)
+    var_tau = np.einsum("kjz,z->kj", (y[..., :-1] - e_tau[..., None]) ** 2, wz)
+    gain = np.einsum("kjz,z->kj", dy[..., :-1] ** 2, wz)
+    linear = sv <= _LINEAR_BELOW * np.abs(ms)
+    e_tau = np.where(linear, y[..., -1], e_tau)
+    var_tau = np.where(linear, sv * sv * dy[..., -1] ** 2, var_tau)
+    gain = np.where(linear, dy[..., -1] ** 2, gain)
+    stats = [e_tau * e_tau @ wm, var_tau @ wm, e_tau @ wm, gain @ wm]
+    herm = np.zeros((K, _HERMITE_TERMS))
+    u = (ms - mean) / sm
+    h_prev, h_n = np.ones_like(u), u  # normalised He_0, He_1
+    for n in range(1, _HERMITE_TERMS + 1):
+        herm[:, n - 1] = (e_tau * h_n) @ wm
+        h_prev, h_n = h_n, (u * h_n - math.sqrt(n) * h_prev) / math.sqrt(n + 1)
+    for k, (a, _, _) in enumerate(todo):
+        out = _State(*(float(c[k]) for c in stats))
+        if all(math.isfinite(c) for c in (out.M, out.v, out.mean, out.N)):
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.clear()
+            _CACHE[(key, *a)] = (out, herm[k])
+
+
+@functools.lru_cache(maxsize=16)
+def _z_grid(n_z: int) -> tuple[np.ndarray, np.ndarray]:
+    """Midpoint nodes on [-7, 7] and their Gaussian weights (see _moments)."""
     dz = 2 * _Z_RANGE / n_z
     z = -_Z_RANGE + dz * (np.arange(n_z) + 0.5)
     wz = np.exp(-0.5 * z * z)
@@ -728,6 +1078,21 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
     # Unit variance on the grid too, so that affine maps (a scalar mul, a shift) come out
     # with NLC 1 and variance a^2 v to rounding precision.
     z /= math.sqrt(np.einsum("z,z->", wz, z * z))
+    z.flags.writeable = wz.flags.writeable = False
+    return z, wz
+
+
+def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float) -> tuple[_State, np.ndarray] | _Missing:
+    """E_m over neuron means m ~ N(mean, M - mean^2) of the per-neuron statistics of
+    tau(m + sqrt(v) z), z ~ N(0, 1). Returns (M', v', mean', E tau'^2) as a _State, and
+    the coefficients a_n = E_u[f(mean + s u) He_n(u)] / sqrt(n!), n = 1.._HERMITE_TERMS, of
+    the neuron-mean map f(m) = E_z tau(m + sqrt(v) z) (s^2 = M - mean^2; zero when s = 0)."""
+    sv, sm = math.sqrt(v), math.sqrt(max(M - mean * mean, 0.0))
+    ms, wm = _m_grid(mean, sm, sv)
+    # Even, so that z = 0 is a cell edge. A step in tau' inside a cell (a kink of tau) costs
+    # O(dz): averaging over many neuron means smooths that out, a single one does not.
+    n_z = _SINGLE_MEAN_EVALS if len(ms) == 1 else int(np.clip(_EVALS // len(ms) // 2 * 2, 64, 4096))
+    z, wz = _z_grid(n_z)
     # Row k: neuron mean ms[k], inputs ms[k] + sqrt(v) z; the last column is z = 0 itself,
     # used for neurons too narrow for the z-grid to resolve in float64 (linear limit).
     h = np.concatenate([ms[:, None] + sv * z[None, :], ms[:, None]], axis=1)
@@ -747,12 +1112,21 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
     out = _State(M=float(wm @ (e_tau * e_tau)), v=float(wm @ var_tau), mean=float(wm @ e_tau), N=float(wm @ gain))
     if not all(math.isfinite(x) for x in (out.M, out.v, out.mean, out.N)):
         return _Missing("the elementwise function overflows at this operating point")
-    return out
+    herm = np.zeros(_HERMITE_TERMS)
+    if len(ms) > 1:
+        u = (ms - mean) / sm
+        h_prev, h = np.ones_like(u), u  # normalised He_0, He_1
+        for n in range(1, _HERMITE_TERMS + 1):
+            herm[n - 1] = float(wm @ (e_tau * h))
+            h_prev, h = h, (u * h - math.sqrt(n) * h_prev) / math.sqrt(n + 1)
+    return out, herm
 
 
 def _m_grid(mean: float, sm: float, sv: float) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights of E_m over m ~ N(mean, sm^2) (see the module docstring)."""
-    if sm <= 1e-12 * (abs(mean) + sv):
+    # A spread below 1e-6 of the scale changes the integrals by < 1e-12 (and is often the
+    # rounding error of a centring, e.g. a BatchNorm of a map): one node.
+    if sm <= 1e-6 * (abs(mean) + sv):
         return np.array([mean]), np.ones(1)
     if sm <= sv:
         x, w = _HERMITE

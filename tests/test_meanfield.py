@@ -6,6 +6,7 @@ Reference values: digest §2.2 (activation tables), §6 (closed forms, validatio
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -356,6 +357,108 @@ def test_integral_cache():
     finally:
         mf._moments = real
     assert calls == []
+
+
+# -- convolutions: zero-padding borders, position by position --------------------------------
+
+
+def _bn_relu_cnn(depth, padding_mode="zeros", channels=64, gap=False):
+    layers, c_in = [], 3
+    for _ in range(depth):
+        layers += [nn.Conv2d(c_in, channels, 3, padding=1, padding_mode=padding_mode), nn.BatchNorm2d(channels), nn.ReLU()]
+        c_in = channels
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)] if gap else [nn.Flatten(), nn.Linear(channels * 64, 10)]
+    return nn.Sequential(*layers, *head)
+
+
+def test_conv_variance_counts_the_taps_inside_the_input():
+    # v after a zero-padded conv of a white input: sigma_w^2 v0 times the mean coverage, the
+    # share of each position's taps inside the map: a ones-map convolved with a ones-kernel.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 16, (3, 5), stride=(1, 2), padding=(1, 2), dilation=(2, 1), bias=False)
+    pred = predict(_graph(nn.Sequential(conv), torch.randn(2, 3, 9, 10)))
+    sw2 = conv.weight.var(unbiased=False).item() * 3 * 15 + conv.weight.mean().item() ** 2 * 3 * 15
+    coverage = F.conv2d(torch.ones(1, 1, 9, 10), torch.ones(1, 1, 3, 5), stride=(1, 2), padding=(1, 2), dilation=(2, 1)) / 15
+    node = pred.nodes[pred.output]
+    assert coverage.mean().item() < 0.8
+    assert node.v == pytest.approx(sw2 * coverage.mean().item(), rel=1e-6)
+    assert node.nlc == pytest.approx(1.0)
+    # Circular padding reads an input position at every tap.
+    circular = nn.Conv2d(3, 16, 3, padding=1, padding_mode="circular", bias=False)
+    pred = predict(_graph(nn.Sequential(circular), torch.randn(2, 3, 9, 10)))
+    sw2 = circular.weight.pow(2).mean().item() * 27
+    assert pred.nodes[pred.output].v == pytest.approx(sw2, rel=1e-6)
+
+
+def test_circular_padding_keeps_every_position_alike(monkeypatch):
+    # No borders: the maps stay uniform through the per-position recursion (its cross-position
+    # Hermite expansion included): the same numbers as without positions, and BN-ReLU is the
+    # ReLU NLC to the depth, as for an MLP.
+    torch.manual_seed(0)
+    graph = _graph(_bn_relu_cnn(6, "circular", gap=True), torch.randn(2, 3, 8, 8))
+    pred = predict(graph)
+    assert pred.output_nlc == pytest.approx(RELU0**6, rel=1e-5)
+    monkeypatch.setattr(mf, "_MAX_POSITIONS", 0)  # positions not modelled
+    flat = predict(graph)
+    for name, node in pred.nodes.items():
+        for key in ("M", "v", "nlc"):
+            assert getattr(node, key) == pytest.approx(getattr(flat.nodes[name], key), rel=1e-9, abs=1e-12), (name, key)
+
+
+def test_maps_are_kept_per_class_of_identical_positions():
+    # Positions whose taps read the same classes are one class: (2k + 1)^2 classes after k
+    # zero-padded 3 x 3 convs of a 16 x 16 map (the interior beyond the borders' reach is
+    # one), and the per-class statistics are those of every position of the class: a
+    # convolution computed position by position from the expanded maps gives the same map.
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(3) for m in (nn.Conv2d(8 if _ else 3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())])
+    graph = _graph(model, torch.randn(2, 3, 16, 16))
+    pred = predict(graph)
+    convs = [n.name for n in graph if n.op == "Conv2d"]
+    maps = [pred.states[c].sp for c in convs]
+    assert [len(m.mu) for m in maps] == [9, 25, 49]
+    assert maps[-1].count.max() == (16 - 2 * 3) ** 2 and maps[-1].count.sum() == 256
+    before = pred.states[graph.nodes[graph.nodes.index(graph[convs[-1]]) - 1].name].sp
+    cls = np.append(before.cls, len(before.mu))  # the padding: a zero class
+    mu, v = np.append(before.mu, 0.0)[cls], np.append(before.v, 0.0)[cls]
+    Q = np.pad(before.Q, (0, 1))[np.ix_(cls, cls)]
+    taps = mf._tap_index((16, 16), (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), "zeros")
+    w, b = graph[convs[-1]].params["weight"], graph[convs[-1]].params["bias"]
+    w_sq, b_sq = w.std**2 + w.mean**2, b.std**2 + b.mean**2  # the statistics predict reads
+    v1 = 8 * w_sq * v[taps].sum(axis=0)
+    Q1 = 8 * w_sq * sum(Q[np.ix_(t, t)] for t in taps) + b_sq
+    after = maps[-1]
+    assert after.v[after.cls] == pytest.approx(v1, rel=1e-9)
+    assert after.Q[np.ix_(after.cls, after.cls)] == pytest.approx(Q1, rel=1e-9, abs=1e-12)
+    assert after.mu[after.cls] == pytest.approx(np.zeros(256), abs=1e-12)  # no systematic weight means
+
+
+def test_zero_padded_bn_relu_cnn_matches_measurement():
+    from archlint.measure import measure
+
+    torch.manual_seed(0)
+    model = _bn_relu_cnn(6, gap=True)
+    x = torch.randn(256, 3, 8, 8)
+    graph = _graph(model, x[:4])
+    pred = predict(graph)
+    report = measure(model, x, graph=graph, batch_size=256)
+    relus = [n.name for n in graph if n.op == "ReLU"]
+    last, pool = relus[-1], next(n.name for n in graph if n.kind.value == "pool")
+    measured = report.nodes[last].nlc_population or report.nodes[last].nlc
+    # The border offsets that BatchNorm leaves make the ReLUs more linear: the measured NLC
+    # is clearly below the border-free value, and the prediction follows it.
+    assert measured < 0.93 * RELU0**6
+    assert pred.nodes[last].nlc == pytest.approx(measured, rel=0.04)
+    for name in (graph.nodes[-4].name, last):  # the last BatchNorm (M > 0 only from borders), ReLU
+        assert pred.nodes[name].M == pytest.approx(report.nodes[name].unit_mean_sq, rel=0.2)
+        assert pred.nodes[name].v == pytest.approx(report.nodes[name].unit_var, rel=0.05)
+    # Global average pooling: M' = mean_c (mean_p m_cp)^2, below the ReLU's M.
+    assert pred.nodes[pool].M < 0.9 * pred.nodes[last].M
+    assert pred.nodes[pool].M == pytest.approx(report.nodes[pool].unit_mean_sq, rel=0.2)
+    # A segment restarts from the predicted maps, borders included.
+    start = relus[2]
+    circular = predict(_graph(_bn_relu_cnn(6, "circular", gap=True), x[:4]))
+    assert segment_nlc(pred, start, last) < 0.97 * segment_nlc(circular, start, last)
 
 
 # -- what is not predicted -------------------------------------------------------------------
