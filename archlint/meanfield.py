@@ -932,6 +932,10 @@ def _module_key(module: nn.Module) -> Any:
 
 _Z_RANGE = 7.0           # z in [-7, 7]: the tails beyond weigh < 1e-11
 _EVALS = 20000           # function evaluations per integral (about 0.1-0.3 ms)
+# With Gauss-Hermite neuron means (a map's classes need dozens of such integrals per node)
+# fewer: averaging over the means smooths a kink (ReLU); on the benchmark models this moves
+# predicted NLCs by under 0.4% and makes a CIFAR ResNet-18's prediction ~3x faster.
+_GAUSS_EVALS = 4096
 _SINGLE_MEAN_EVALS = 32768  # z-nodes when all neurons share one mean (after BatchNorm)
 _GH_NODES = 24           # Gauss-Hermite nodes over m while the m-spread is <= sqrt(v)
 _M_RANGE = 8.5           # the m-grid covers mean +- 8.5 spreads
@@ -1037,7 +1041,7 @@ def _hermite_moments_batch(fn: Callable[[torch.Tensor], torch.Tensor], todo: lis
     sv, sm = (np.array(c)[:, None] for c in list(zip(*todo))[1:])
     x, w = _HERMITE
     ms, wm = mean + sm * x, w / w.sum()  # (K, nodes)
-    z, wz = _z_grid(int(np.clip(_EVALS // len(x) // 2 * 2, 64, 4096)))
+    z, wz = _z_grid(_z_count(len(x)))
     h = np.empty(ms.shape + (len(z) + 1,))
     np.multiply(sv[:, :, None], z, out=h[..., :-1])
     h[..., :-1] += ms[..., None]
@@ -1053,19 +1057,33 @@ def _hermite_moments_batch(fn: Callable[[torch.Tensor], torch.Tensor], todo: lis
     e_tau = np.where(linear, y[..., -1], e_tau)
     var_tau = np.where(linear, sv * sv * dy[..., -1] ** 2, var_tau)
     gain = np.where(linear, dy[..., -1] ** 2, gain)
-    stats = [e_tau * e_tau @ wm, var_tau @ wm, e_tau @ wm, gain @ wm]
-    herm = np.zeros((K, _HERMITE_TERMS))
+    # Sums by einsum, not `@`: numpy hands small products to BLAS, whose per-call cost
+    # (thread hand-off) was most of this function's time.
+    stats = [np.einsum("kj,j->k", c, wm) for c in (e_tau * e_tau, var_tau, e_tau, gain)]
     u = (ms - mean) / sm
-    h_prev, h_n = np.ones_like(u), u  # normalised He_0, He_1
-    for n in range(1, _HERMITE_TERMS + 1):
-        herm[:, n - 1] = (e_tau * h_n) @ wm
-        h_prev, h_n = h_n, (u * h_n - math.sqrt(n) * h_prev) / math.sqrt(n + 1)
+    H = np.empty((_HERMITE_TERMS,) + u.shape)  # normalised He_1 .. He_T at the nodes
+    h_prev, H[0] = np.ones_like(u), u
+    for n in range(1, _HERMITE_TERMS):
+        H[n] = (u * H[n - 1] - math.sqrt(n) * h_prev) / math.sqrt(n + 1)
+        h_prev = H[n - 1]
+    herm = np.einsum("kj,nkj,j->kn", e_tau, H, wm)
     for k, (a, _, _) in enumerate(todo):
         out = _State(*(float(c[k]) for c in stats))
         if all(math.isfinite(c) for c in (out.M, out.v, out.mean, out.N)):
             if len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.clear()
             _CACHE[(key, *a)] = (out, herm[k])
+
+
+def _z_count(m_nodes: int) -> int:
+    """z-nodes per neuron mean (even, so that z = 0 is a cell edge): a single mean gets many,
+    since a kink of tau inside a cell costs O(dz) and nothing smooths it out; Gauss-Hermite
+    means (smooth averaging) _GAUSS_EVALS in all, other m-grids (an odd number of nodes, or
+    hundreds) _EVALS."""
+    if m_nodes == 1:
+        return _SINGLE_MEAN_EVALS
+    evals = _GAUSS_EVALS if m_nodes == _GH_NODES else _EVALS
+    return int(np.clip(evals // m_nodes // 2 * 2, 64, 4096))
 
 
 @functools.lru_cache(maxsize=16)
@@ -1089,10 +1107,7 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
     the neuron-mean map f(m) = E_z tau(m + sqrt(v) z) (s^2 = M - mean^2; zero when s = 0)."""
     sv, sm = math.sqrt(v), math.sqrt(max(M - mean * mean, 0.0))
     ms, wm = _m_grid(mean, sm, sv)
-    # Even, so that z = 0 is a cell edge. A step in tau' inside a cell (a kink of tau) costs
-    # O(dz): averaging over many neuron means smooths that out, a single one does not.
-    n_z = _SINGLE_MEAN_EVALS if len(ms) == 1 else int(np.clip(_EVALS // len(ms) // 2 * 2, 64, 4096))
-    z, wz = _z_grid(n_z)
+    z, wz = _z_grid(_z_count(len(ms)))
     # Row k: neuron mean ms[k], inputs ms[k] + sqrt(v) z; the last column is z = 0 itself,
     # used for neurons too narrow for the z-grid to resolve in float64 (linear limit).
     h = np.concatenate([ms[:, None] + sv * z[None, :], ms[:, None]], axis=1)

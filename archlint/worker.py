@@ -204,10 +204,16 @@ def _die_with_parent() -> None:
 def prepare_process() -> None:
     """Threads and allocator of a process that analyses files: archlint's own processes only
     (``archlint.measure`` leaves the user's process as it is)."""
+    import gc
+
     import torch
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     keep_freed_memory()
+    # Everything imported so far (torch: about a million objects) lives until the process
+    # ends; frozen, the collector stops walking it, and each full collection during the
+    # analysis costs about 1 ms instead of 100 ms.
+    gc.freeze()
 
 
 # glibc serves blocks over its mmap threshold (at most 32 MiB) with fresh mappings and gives
