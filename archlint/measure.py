@@ -1106,6 +1106,7 @@ def _evaluate(acc: _NodeAcc | None, info: _NodeInfo, name: str, dtype: torch.dty
         return _Value("not-float")
     if acc is None:
         return _Value("not-per-sample")
+    acc = _on_host(acc)
     n = acc.n
     mean = acc.mean
     var = float(acc.m2) / n  # tr Cov over the sample (biased, like the directions)
@@ -1154,6 +1155,19 @@ def _evaluate(acc: _NodeAcc | None, info: _NodeInfo, name: str, dtype: torch.dty
     se = nlc * _relative_se(a, b)
     doubt = "spread" if stats["spread"] is not None and stats["spread"] < PRECISION_SPREAD else None
     return _Value("ok", nlc=nlc, se=se, stats=stats, doubt=doubt)
+
+
+def _on_host(acc: _NodeAcc) -> _NodeAcc:
+    """The sums _evaluate reads, copied to the CPU at once: it reads a dozen scalars per
+    node, and on a GPU each would be a small kernel and a synchronisation."""
+    if acc.mean is None or acc.mean.device.type == "cpu":
+        return acc
+    host = copy.copy(acc)
+    host.mean, host.m2 = acc.mean.cpu(), acc.m2.cpu()
+    host.a = [torch.cat(acc.a, dim=1).cpu()] if acc.a else []
+    host.b = [torch.cat(acc.b).cpu()]
+    host.pos = acc.pos.cpu() if acc.pos is not None else None
+    return host
 
 
 def _relative_se(a: torch.Tensor, b: torch.Tensor) -> float:

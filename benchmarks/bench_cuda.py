@@ -13,6 +13,7 @@ benchmarks/gpu_check.sh runs this with the CUDA tests and the accuracy benchmark
 3. The same measure() on this machine's CPU (all its cores): the GPU's speed-up.
 4. `python -m archlint check --no-cache` on fixture files, fresh interpreters, --device cuda
    against --device cpu (the VGG-19 and the tanh MLP are measured; the ResNet-18 is not).
+5. Where measure()'s time goes on the GPU (profiles).
 
     python benchmarks/bench_cuda.py [--repeats 10]
 """
@@ -121,6 +122,12 @@ def part2_3(x, repeats):
 
 def part4():
     print("## 4. `python -m archlint check --no-cache FILE` end to end (fresh interpreter, CUDA initialisation included)\n")
+    for code in ("import torch", "import torch, archlint.engine", "import torch, archlint.measure",
+                 "import torch; torch.zeros(1, device='cuda')"):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        print(f"- `python -c \"{code}\"`: {time.perf_counter() - t:.2f} s")
+    print()
     print("| file | --device cpu | --device cuda | findings (cuda) |")
     print("|---|---|---|---|")
     for name in ("good_resnet18_cifar.py", "bad_vgg19_no_bn.py", "bad_hot_tanh_mlp.py"):
@@ -137,6 +144,35 @@ def part4():
     print()
 
 
+def part5(x):
+    """Where measure()'s time goes on the GPU: Python functions (cProfile, cumulative) and
+    the CUDA runtime calls that wait for the device."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = resnet18(10).cuda()
+    graph = trace(model, (x[:4],), name="ResNet18")
+    measure(model, x, graph=graph, device="cuda")
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    measure(model, x, graph=graph, device="cuda")
+    torch.cuda.synchronize()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(r"archlint|functorch|fx/", 25)
+    print("## 5. Where the time goes (cProfile, cumulative, archlint/functorch/fx functions)\n")
+    print("```\n" + "\n".join(out.getvalue().strip().splitlines()[-32:]) + "\n```\n")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        measure(model, x, graph=graph, device="cuda")
+        torch.cuda.synchronize()
+    print("```\n" + p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40) + "\n```\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=REPEATS)
@@ -150,6 +186,7 @@ def main() -> int:
     part1(x, args.repeats)
     part2_3(x, args.repeats)
     part4()
+    part5(x)
     return 0
 
 
