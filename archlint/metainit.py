@@ -122,6 +122,12 @@ _FACTORIES: dict[str, Callable[[tuple, dict], Stats | None]] = {
 _SAME_VALUES = {"clone", "detach", "to", "contiguous", "float", "double", "half", "bfloat16", "type_as", "cpu", "cuda"}
 # In-place methods that do not change values.
 _VALUE_PRESERVING = {"requires_grad_", "share_memory_", "retain_grad", "detach_"}
+# In-place ops that only write values, which a meta tensor does not have: not run on one (nor
+# are torch.nn.init's functions: see record_init). Some
+# (normal_, erfinv_, clamp_, exponential_) dispatch to torch's Python references on the meta
+# device, whose first use imports torch's compiler stack: ~2 s for one nn.init.normal_.
+_VALUES_ONLY = {"normal_", "uniform_", "exponential_", "log_normal_", "cauchy_", "geometric_", "random_",
+                "bernoulli_", "erfinv_", "clamp_", "clamp_min_", "clamp_max_", "clip_", "fill_", "zero_"}
 _SCALE = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
 _DIVIDE = {"div", "div_", "__truediv__", "__itruediv__"}
 _SHIFT = {"add", "add_", "__add__", "__radd__", "__iadd__"}
@@ -182,7 +188,11 @@ class InitRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        first = args[0] if args else None
+        if getattr(func, "__name__", "") in _VALUES_ONLY and isinstance(first, torch.Tensor) and first.is_meta:
+            out = first  # what the op returns: the tensor itself, its metadata unchanged
+        else:
+            out = func(*args, **kwargs)
         try:
             self._observe(func, args, kwargs, out)
         except Exception:  # recording is best effort; an odd call makes nothing known
@@ -276,9 +286,12 @@ def record_init() -> Iterator[InitRecorder]:
         signature = inspect.signature(original)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            tensor = args[0] if args else kwargs.get("tensor")
             depth[0] += 1
             try:
-                result = original(*args, **kwargs)
+                # An init only writes values, and a meta tensor has none (see _VALUES_ONLY).
+                meta = isinstance(tensor, torch.Tensor) and tensor.is_meta
+                result = tensor if meta else original(*args, **kwargs)
             finally:
                 depth[0] -= 1
             if depth[0] == 0:  # the outermost init call decides (xavier_ calls uniform_ ...)
