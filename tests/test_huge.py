@@ -80,6 +80,29 @@ def test_meta_init_statistics_match_a_real_build():
             assert mi.mean == pytest.approx(ri.mean, abs=4 * ri.std / math.sqrt(n) + 1e-6), f"{name}.{key}"
 
 
+def test_meta_build_does_not_import_torch_compiler_stack():
+    # On the meta device normal_, erfinv_ and clamp_ dispatch to torch's Python references,
+    # whose first call imports torch._dynamo (~2 s): a meta build never runs them.
+    code = textwrap.dedent("""
+        import sys, torch
+        from torch import nn
+        from archlint import metainit
+        def build():
+            a, b = nn.Linear(64, 64), nn.Linear(64, 64)
+            nn.init.normal_(a.weight, std=0.02)
+            nn.init.trunc_normal_(b.weight, std=0.5, a=-0.5, b=0.5)
+            a.bias.data.normal_(0.0, 0.1).clamp_(-0.1, 0.1)
+            return nn.Sequential(a, b)
+        with metainit.record_init() as recorder, torch.device("meta"):
+            model = build()
+        metainit.attach(model, recorder)
+        print(metainit.stats(model[0].weight), "torch._dynamo" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout.split()
+    assert out[-1] == "False"
+    assert "0.02)" in out[-2]  # (0.0, 0.02): the statistics are still recorded
+
+
 def test_init_recording_restores_torch_nn_init():
     before = {n: getattr(nn.init, n) for n in ("normal_", "kaiming_uniform_", "trunc_normal_")}
     with pytest.raises(RuntimeError), metainit.record_init():
