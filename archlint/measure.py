@@ -59,7 +59,7 @@ import time
 import types
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -291,6 +291,7 @@ def measure(
     samples: int | None = None,
     probes: int = PROBES,
     population_probes: int = POPULATION_PROBES,
+    nodes: Iterable[str] | None = None,
 ) -> Report:
     """Measure every node of ``model`` (see the module docstring).
 
@@ -303,6 +304,8 @@ def measure(
     at the start node with directions drawn from that node's batch distribution.
     ``population``: for train-mode BatchNorm models, also measure the eval-mode model with
     populated running statistics.
+    ``nodes``: the nodes whose statistics are wanted (default: every node); the output is
+    always measured. Fewer nodes cost less: each one's statistics read its values and tangents.
     """
     started = time.perf_counter()
     if probes < 1:
@@ -310,12 +313,14 @@ def measure(
     target = _resolve_device(device)
     # Tracing runs the model as it is (dropout included): the global RNG is put back after.
     with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
-        report = _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes, population_probes)
+        report = _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes,
+                          population_probes, nodes)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes, population_probes) -> Report:
+def _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes, population_probes,
+             nodes) -> Report:
     home = _model_device(model)
     args, batch_dims = _resolve_inputs(model, inputs, batch_size, samples, seed)
     n_rows = args[0].shape[batch_dims[0]]
@@ -331,7 +336,13 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         if start not in graph.ancestors(end):
             raise ValueError(f"segment {start!r} -> {end!r}: {end!r} does not depend on {start!r}")
 
-    plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population)
+    wanted = None
+    if nodes is not None:
+        wanted = set(nodes) | {graph.output}
+        unknown = sorted(wanted - {node.name for node in graph})
+        if unknown:
+            raise ValueError(f"not nodes of the graph: {', '.join(unknown)}")
+    plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population, wanted)
     result = plan.run(_Runnable(graph, model, target))
     if result.needs_float64 and result.dtype != torch.float64:
         try:
@@ -541,8 +552,10 @@ class _PassResult:
 
 
 class _Plan:
-    def __init__(self, graph, args, batch_dims, batch_size, seed, segments, probes, population_probes, population):
+    def __init__(self, graph, args, batch_dims, batch_size, seed, segments, probes, population_probes, population, wanted):
         self.graph = graph
+        # The nodes measured, in graph order.
+        self.wanted = [node.name for node in graph if wanted is None or node.name in wanted]
         self.args = args
         self.batch_dims = batch_dims
         self.seed = seed
@@ -601,7 +614,7 @@ class _Plan:
             # pass instead of a second full pass (see _fusable).
             fused = populatable and len(groups) == 1 and _fusable(graph, run, batch_bns, self.batch_size)
             starts = {s for s, _ in self.segments}
-            every = {node.name for node in graph}
+            every = set(self.wanted)
             pop_probes = self.population_probes if fused else 0
             main = runner.run_pass(self.probes + pop_probes, want=every, pool_names=starts,
                                    bn_modules=batch_bns if populatable and not fused else [], bn_nodes=bn_nodes,
@@ -1192,10 +1205,10 @@ class _Result:
         self.dtype = run.dtype
         self.mode = mode
         self.notes = notes + _run_notes(run)
-        self.main = {node.name: _evaluate(main.accs.get(node.name), main.info, node.name, run.dtype) for node in self.graph}
+        self.main = {name: _evaluate(main.accs.get(name), main.info, name, run.dtype) for name in plan.wanted}
         self.pop = None
         if pop is not None:
-            self.pop = {node.name: _evaluate(pop.accs.get(node.name), pop.info, node.name, run.dtype) for node in self.graph}
+            self.pop = {name: _evaluate(pop.accs.get(name), pop.info, name, run.dtype) for name in plan.wanted}
         self.segs = {k: _evaluate(r.acc, r.info, r.name, run.dtype) for k, r in segs.items()}
         self.pop_segs = {k: _evaluate(r.acc, r.info, r.name, run.dtype) for k, r in pop_segs.items()}
         self.reasons = self._doubts(run)
@@ -1218,7 +1231,9 @@ class _Result:
             reasons.append(f"{'/'.join(low)} computation (precision check)")
         for values in [self.main] + ([self.pop] if self.pop else []):
             for node in self.graph:
-                v = values[node.name]
+                v = values.get(node.name)
+                if v is None:
+                    continue  # not asked for
                 if v.status == "vanished" and (_zero_weight(run.module(node)) or any(i in structural for i in node.inputs)):
                     structural.add(node.name)
                     continue
@@ -1235,8 +1250,8 @@ class _Result:
 
     def report_nodes(self) -> dict[str, NodeStats]:
         nodes = {}
-        for node in self.graph:
-            v = self.main[node.name]
+        for name in self.plan.wanted:
+            node, v = self.graph[name], self.main[name]
             s = NodeStats(name=node.name, kind=node.kind.value, op=node.op, status=v.status, nlc=v.nlc, nlc_se=v.se,
                           dtype=_dtype_name(self.dtype), **v.stats)
             if self.pop is not None:

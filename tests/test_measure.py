@@ -167,6 +167,20 @@ def test_segment_nlc_matches_exact_reference_of_the_sub_network():
     assert seg.nlc < report.nodes["_9"].nlc
 
 
+def test_only_the_nodes_asked_for_are_measured_with_the_same_numbers():
+    model = mlp(4, 32, nn.Tanh, sigma_w2=3.0, batchnorm=True)
+    x = gaussian(128, 16)
+    full = measure(model, x)
+    inner = [name for name, s in full.nodes.items() if s.kind == "activation"][1]
+    some = measure(model, x, nodes=[inner])
+    assert set(some.nodes) == {inner, full.output}
+    for name in some.nodes:
+        assert some.nodes[name] == full.nodes[name]
+    assert set(measure(model, x, nodes=()).nodes) == {full.output}
+    with pytest.raises(ValueError, match="not nodes of the graph: nope"):
+        measure(model, x, nodes=["nope"])
+
+
 def test_segment_validation():
     model = mlp(2, 8)
     with pytest.raises(ValueError, match="not in the graph"):
