@@ -482,9 +482,11 @@ def discover(module: ModuleType, path: str) -> Discovery:
         missing = _required_params(cls.__init__, skip_first=True)
         if missing is None:
             continue
+        if name in components:
+            continue
         if not missing:
             entries.append(ModelEntry(name, "class", span, builder=cls, target=cls))
-        elif name not in components:
+        else:
             needs_args.append(ClassNeedingArgs(cls, span, missing))
     factory_calls = _factories(index, module)
     for name in factory_calls:
@@ -496,8 +498,10 @@ def discover(module: ModuleType, path: str) -> Discovery:
 
 def _component_classes(index: _SourceIndex, module: ModuleType) -> set[str]:
     """Names of this file's classes that another model class of the file refers to in its
-    body: building blocks, not models to configure on their own."""
-    used: set[str] = set()
+    body, reached from a model class that no other refers to: building blocks, checked as
+    part of that model (or configured with it), not on their own. (Without such a root, as
+    in classes that refer to each other, none is a block: something is always checked.)"""
+    refers: dict[str, set[str]] = {}
     for name, node in index.classes.items():
         if not _is_model_class(vars(module).get(name)):
             continue
@@ -507,8 +511,16 @@ def _component_classes(index: _SourceIndex, module: ModuleType) -> set[str]:
                 names.add(sub.id)
             elif isinstance(sub, ast.Attribute):  # blocks.Block, self.Block
                 names.add(sub.attr)
-        used.update(n for n in names & set(index.classes) if n != name)
-    return used
+        refers[name] = {n for n in names & set(index.classes) if n != name}
+    referred = set().union(*refers.values()) if refers else set()
+    blocks: set[str] = set()
+    todo = [n for name in refers if name not in referred for n in refers[name]]
+    while todo:
+        name = todo.pop()
+        if name not in blocks:
+            blocks.add(name)
+            todo.extend(refers.get(name, ()))
+    return blocks
 
 
 # Calling these builds a plain value and runs no user code.

@@ -258,12 +258,80 @@ def test_discovers_no_argument_classes_with_name_spans():
     path = DATA / "classes.py"
     with load.isolated_import(path) as module:
         d = load.discover(module, str(path))
-    assert [(e.name, e.kind) for e in d.entries] == [("Block", "class"), ("MLP", "class"), ("Broken", "class")]
-    mlp = d.entries[1]
+    # Block is a component of MLP: checked as part of it, never built on its own.
+    assert [(e.name, e.kind) for e in d.entries] == [("MLP", "class"), ("Broken", "class")]
+    mlp = d.entries[0]
     line = line_of(path, "class MLP(")
     assert (mlp.span.line, mlp.span.col, mlp.span.end_line, mlp.span.end_col) == (line, 6, line, 9)
     # ConvNet needs arguments; Mixin has no forward and is not a model.
     assert [(c.cls.__name__, c.missing) for c in d.needs_args] == [("ConvNet", ["channels", "depth"])]
+
+
+def test_a_block_whose_model_needs_arguments_is_not_checked_on_its_own(tmp_path):
+    # kuangliu's ShuffleNetV2: ShuffleBlock() builds, but alone it is a channel permutation
+    # whose input cannot be inferred (a false ARC904); the model gets ARC903 instead.
+    path = tmp_path / "shuffle.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class ShuffleBlock(nn.Module):
+            def __init__(self, groups=2):
+                super().__init__()
+                self.groups = groups
+
+            def forward(self, x):
+                n, c, h, w = x.shape
+                return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+        class Unit(nn.Module):
+            def __init__(self, channels):
+                super().__init__()
+                self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+                self.shuffle = ShuffleBlock()
+
+            def forward(self, x):
+                return self.shuffle(torch.relu(self.conv(x)))
+
+        class Net(nn.Module):
+            def __init__(self, width):
+                super().__init__()
+                self.stem = nn.Conv2d(3, width, 3, padding=1)
+                self.units = nn.Sequential(Unit(width), Unit(width))
+
+            def forward(self, x):
+                return self.units(self.stem(x)).mean((2, 3))
+    """))
+    with load.isolated_import(path) as module:
+        d = load.discover(module, str(path))
+    assert d.entries == []
+    assert [c.cls.__name__ for c in d.needs_args] == ["Net"]
+
+
+def test_classes_that_refer_to_each_other_are_still_checked(tmp_path):
+    path = tmp_path / "mutual.py"
+    path.write_text(textwrap.dedent("""
+        from torch import nn
+
+        class A(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                return self.fc(x) if not isinstance(x, B) else x
+
+        class B(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                return self.fc(x) if not isinstance(x, A) else x
+    """))
+    with load.isolated_import(path) as module:
+        d = load.discover(module, str(path))
+    assert [e.name for e in d.entries] == ["A", "B"]
 
 
 def test_build_all_reports_only_top_level_models_and_what_needs_arguments():
