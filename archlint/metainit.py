@@ -123,9 +123,9 @@ _SAME_VALUES = {"clone", "detach", "to", "contiguous", "float", "double", "half"
 # In-place methods that do not change values.
 _VALUE_PRESERVING = {"requires_grad_", "share_memory_", "retain_grad", "detach_"}
 # In-place ops that only write values, which a meta tensor does not have: not run on one (nor
-# are torch.nn.init's functions: see record_init). Some
-# (normal_, erfinv_, clamp_, exponential_) dispatch to torch's Python references on the meta
-# device, whose first use imports torch's compiler stack: ~2 s for one nn.init.normal_.
+# are torch.nn.init's functions, see record_init). On the meta device some (normal_, erfinv_,
+# clamp_, exponential_) dispatch to torch's Python references, whose first use imports torch's
+# compiler stack: ~2 s for one nn.init.normal_.
 _VALUES_ONLY = {"normal_", "uniform_", "exponential_", "log_normal_", "cauchy_", "geometric_", "random_",
                 "bernoulli_", "erfinv_", "clamp_", "clamp_min_", "clamp_max_", "clip_", "fill_", "zero_"}
 _SCALE = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}

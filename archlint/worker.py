@@ -227,6 +227,7 @@ _TRIM_OVER = 256 << 20
 
 
 def keep_freed_memory() -> None:
+    """Let the heap serve and keep large blocks (glibc; elsewhere nothing happens)."""
     import ctypes
 
     try:
