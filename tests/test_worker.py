@@ -195,28 +195,30 @@ def test_limit_options_are_validated_and_documented():
     assert "--timeout" in help_text and "--memory-limit" in help_text and "--no-isolation" not in help_text
 
 
-FAULTS_OF_A_REUSED_BLOCK = """
+FAULTS_OF_REUSED_BLOCKS = """
 import resource, sys, torch
 from archlint import worker
 if sys.argv[1] == "tuned":
     worker.keep_freed_memory()
-def faults_of_one_block():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(100 << 18).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
     torch.empty(100 << 18).fill_(1.0)  # 100 MiB, freed at once
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults_of_one_block()
-print(faults_of_one_block())
+    small = [str(i) for i in range(1000)]  # small allocations in between, as in real work
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_analysing_processes_reuse_large_freed_blocks():
-    # A 100 MiB tensor freed and allocated again: glibc's default maps it afresh (a page
-    # fault per 4 KiB page, 25600), archlint's processes take it back from the heap.
+    # Ten 100 MiB tensors, one after the other: glibc's default maps each afresh (a page
+    # fault per 4 KiB page, 25600 each); archlint's processes take most from the heap (a
+    # small allocation landing in a freed block can make the heap grow once more).
     def faults(mode):
-        out = subprocess.run([sys.executable, "-c", FAULTS_OF_A_REUSED_BLOCK, mode], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_REUSED_BLOCKS, mode], capture_output=True, text=True,
                              check=True, cwd=REPO)
         return int(out.stdout)
 
-    assert faults("default") > 20000
-    assert faults("tuned") < 2000
+    default = faults("default")
+    assert default > 200000
+    assert faults("tuned") < default / 3
