@@ -246,6 +246,9 @@ def keep_freed_memory() -> None:
 def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, dump_path: str, log_level: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides, the child just dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The user's environment, without what the fork server needed (_start_forkserver).
+    for key in os.environ.pop(ADDED_ENVIRONMENT, "").split(","):
+        os.environ.pop(key, None)
     _die_with_parent()
     # Anything the model writes to stdout (print, or C code writing to fd 1) goes to stderr.
     sys.stdout.flush()
@@ -454,16 +457,23 @@ class Isolated:
 def _start_forkserver() -> None:
     """Start the fork server, which imports torch once for the whole run.
 
-    OpenBLAS starts a thread pool when numpy is imported; a fork server must stay
-    single-threaded, so it is told to use one thread (only in the fork server's environment).
+    Its environment differs from the parent's in two variables (ADDED_ENVIRONMENT names
+    them, and each child takes them out again, so the model's code sees the user's):
+    - OpenBLAS starts a thread pool when numpy is imported; a fork server must stay
+      single-threaded, so it is told to use one thread;
+    - the fork server is ``python -c ...``, which puts the working directory first on
+      sys.path, and Python 3.11 does not apply the parent's sys.path to it: run from a
+      checkout of archlint itself, the preloaded modules came from the source tree (which has
+      no archlint.rules) instead of the installed package. PYTHONSAFEPATH (3.11+) leaves the
+      working directory out.
     A Ctrl-C while it imports torch would print a traceback from it: it is started with
     SIGINT ignored (inherited across exec; Python then installs no KeyboardInterrupt), and
     the parent, which gets the Ctrl-C too, stops everything.
     """
     from multiprocessing import forkserver
 
-    saved = os.environ.get("OPENBLAS_NUM_THREADS")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    added = [k for k in _FORKSERVER_ENVIRONMENT if k not in os.environ]
+    os.environ.update({k: _FORKSERVER_ENVIRONMENT[k] for k in added}, **{ADDED_ENVIRONMENT: ",".join(added)})
     main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
@@ -471,8 +481,12 @@ def _start_forkserver() -> None:
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, old_handler)
-        if saved is None:
-            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        for key in added + [ADDED_ENVIRONMENT]:
+            os.environ.pop(key, None)
+
+
+_FORKSERVER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}
+ADDED_ENVIRONMENT = "ARCHLINT_FORKSERVER_ADDED"
 
 
 _OS_EXIT = "archlint: os._exit"

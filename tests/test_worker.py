@@ -222,3 +222,39 @@ def test_analysing_processes_reuse_large_freed_blocks():
     default = faults("default")
     assert default > 200000
     assert faults("tuned") < default / 3
+
+
+def test_fork_server_leaves_the_working_directory_off_sys_path(monkeypatch):
+    # The fork server is `python -c`: without PYTHONSAFEPATH its sys.path starts with the
+    # working directory, and run from a checkout of archlint it imported the source tree's
+    # archlint (no archlint.rules) instead of the installed one. The parent's environment is
+    # left as it was.
+    from multiprocessing import forkserver
+
+    seen = {}
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: seen.update(os.environ))
+    worker._start_forkserver()
+    assert seen["PYTHONSAFEPATH"] == "1" and seen["OPENBLAS_NUM_THREADS"] == "1"
+    assert "PYTHONSAFEPATH" not in os.environ and worker.ADDED_ENVIRONMENT not in os.environ
+
+
+def test_model_code_sees_the_users_environment(isolated, tmp_path):
+    path = tmp_path / "env_model.py"
+    path.write_text(textwrap.dedent("""
+        import os
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                leaked = [k for k in ("PYTHONSAFEPATH", "ARCHLINT_FORKSERVER_ADDED") if k in os.environ]
+                if leaked:
+                    raise RuntimeError(f"archlint's fork-server variables leaked: {leaked}")
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                return self.fc(x)
+    """))
+    report = isolated.analyse(path, Settings(verify=False))
+    assert [f.code for f in report.findings] == []
