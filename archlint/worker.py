@@ -352,6 +352,8 @@ class _State:
     line: int | None = None
     findings: list[Finding] = field(default_factory=list)
     pending: list[Finding] = field(default_factory=list)
+    # Models the child started to run (their findings may be among the reported ones).
+    models: frozenset[str] = frozenset()
 
 
 class Isolated:
@@ -431,6 +433,7 @@ class Isolated:
                         message["stage"], message["model"], message["line"],
                         [finding_from_dict(d) for d in message["findings"]],
                         [finding_from_dict(d) for d in message["pending"]],
+                        state.models | ({message["model"]} if message["model"] else set()),
                     )
                 elif "done" in message:
                     done = message["done"]
@@ -561,7 +564,7 @@ def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_lin
 
     # The same finishing as a file that completes: selected, suppressions applied.
     kept = suppress.finalise(findings, path, settings, read_source(Path(path)))
-    return FileReport(path, kept, failure=cause)
+    return FileReport(path, kept, n_models=len(state.models), failure=cause)
 
 
 def analyse_in_process(path: str | Path, settings: Settings) -> FileReport:

@@ -100,6 +100,7 @@ def test_findings_before_a_crash_are_kept(isolated, tmp_path):
     assert [(f.code, f.span.line) for f in report.findings] == [("ARC901", 6), ("ARC904", 23)]
     assert "SIGSEGV" in report.findings[1].message and report.findings[1].model == "Crasher"
     assert report.failure and "SIGSEGV" in report.failure  # a cache must not keep this report
+    assert report.n_models == 2  # both were run ("0 models" in the summary was wrong)
 
 
 def test_a_bug_in_archlint_inside_the_worker_is_an_internal_error(isolated):
