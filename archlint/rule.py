@@ -217,7 +217,17 @@ def compose(f: Finding) -> Finding:
     if f.code.startswith("ARC9"):
         return f
     # Fractions (dead units) read better as percentages.
-    show = (lambda v: f"{100 * v:.0f}%") if f.data.get("percent") else fmt
+    if f.data.get("percent"):
+        show = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    else:
+        def show(v: float) -> str:
+            # A value on the other side of the threshold never reads as equal to it: a block
+            # NLC of 1.2996 dismissed against 1.3 shows as 1.2996, not 1.3.
+            for digits in range(3, 7):
+                text = fmt(v, digits)
+                if f.threshold is None or v == f.threshold or text != fmt(f.threshold, digits):
+                    return text
+            return text
     # The sentence states the standing value: the measured one when it confirms, the
     # predicted one otherwise; a dismissing measurement is then named beside it.
     best = f.measured if f.measured is not None and f.status != "dismissed" else f.predicted

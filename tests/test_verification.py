@@ -47,3 +47,18 @@ def test_models_are_built_from_the_seed_so_runs_repeat():
     first = predicted(0)
     assert predicted(0) == first
     assert predicted(1) != first
+
+
+def test_a_value_beside_its_threshold_never_reads_as_equal_to_it():
+    from archlint.graph import Span
+    from archlint.rule import Finding, compose
+
+    def message(status, measured):
+        f = Finding(code="ARC105", message="block NLC {value}", span=Span("net.py", 1), status=status,
+                    predicted=1.31, measured=measured, threshold=1.3)
+        return compose(f).message
+
+    # 3 significant digits would print "measured 1.3; threshold 1.3 [dismissed]".
+    assert message("dismissed", 1.2996) == "block NLC 1.31 (measured 1.2996; threshold 1.3)"
+    assert message("confirmed", 1.3004) == "block NLC 1.3004 (predicted 1.31; threshold 1.3)"
+    assert message("confirmed", 1.45) == "block NLC 1.45 (predicted 1.31; threshold 1.3)"
