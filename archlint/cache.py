@@ -38,7 +38,6 @@ from typing import Any, Iterator
 
 from archlint import __version__
 from archlint.config import Settings, find_config
-from archlint.graph import Span
 from archlint.rule import Finding
 
 log = logging.getLogger("archlint")
@@ -123,10 +122,6 @@ def _settings_for(settings: Settings, path: str) -> Any:
     return data
 
 
-def _finding_from(data: dict[str, Any]) -> Finding:
-    return Finding(**{**data, "span": Span(**data["span"])})
-
-
 class Cache:
     """Entries for the files of one run.
 
@@ -193,7 +188,7 @@ class Cache:
                 return None
             if any(_sha256_file(dep) != digest for dep, digest in entry["deps"].items()):
                 return None
-            findings = [_finding_from(f) for f in entry["findings"]]
+            findings = [Finding.from_dict(f) for f in entry["findings"]]
             return Outcome(findings, int(entry["n_models"]), bool(entry["skipped"]), from_cache=True)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.debug("ignoring corrupt cache entry %s: %s", entry_path, exc)

@@ -66,6 +66,11 @@ class Finding:
     def sort_key(self) -> tuple:
         return (self.span.path, self.span.line, self.span.col, self.code, self.message)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        """A finding from its fields as JSON gave them back (a worker's report, a cache entry)."""
+        return cls(**{**d, "span": Span(**d["span"])})
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -172,10 +172,6 @@ def finding_to_dict(f: Finding) -> dict[str, Any]:
     return out
 
 
-def finding_from_dict(d: dict[str, Any]) -> Finding:
-    return Finding(**{**d, "span": Span(**d["span"])})
-
-
 def _send(conn: Any, message: dict[str, Any]) -> None:
     try:
         conn.send_bytes(json.dumps(message).encode())
@@ -431,13 +427,13 @@ class Isolated:
                 if "stage" in message:
                     state = _State(
                         message["stage"], message["model"], message["line"],
-                        [finding_from_dict(d) for d in message["findings"]],
-                        [finding_from_dict(d) for d in message["pending"]],
+                        [Finding.from_dict(d) for d in message["findings"]],
+                        [Finding.from_dict(d) for d in message["pending"]],
                         state.models | ({message["model"]} if message["model"] else set()),
                     )
                 elif "done" in message:
                     done = message["done"]
-                    findings = [finding_from_dict(d) for d in done["findings"]]
+                    findings = [Finding.from_dict(d) for d in done["findings"]]
                     return FileReport(path, findings, done["n_models"], done["skipped"], done["local_modules"])
                 elif "internal_error" in message:
                     raise WorkerError(f"while checking {path}:\n{message['internal_error']}")

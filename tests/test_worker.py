@@ -48,7 +48,7 @@ def test_findings_survive_the_json_round_trip():
         status="predicted", name="model-import-failed", predicted=float("inf"), measured=2.5,
         reason="r", data={"segment": ("a", "b"), "opaque": Opaque()},
     )
-    back = worker.finding_from_dict(json.loads(json.dumps(worker.finding_to_dict(f))))
+    back = Finding.from_dict(json.loads(json.dumps(worker.finding_to_dict(f))))
     assert back.span == f.span
     assert (back.code, back.message, back.status, back.predicted, back.measured, back.reason) == (
         "ARC900", "m", "predicted", float("inf"), 2.5, "r")

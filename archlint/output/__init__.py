@@ -55,6 +55,22 @@ def finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def evidence(f: Finding) -> dict:
+    """archlint's own fields of a finding, as the machine-readable formats give them (JSON
+    beside ruff's fields, SARIF as result properties): one list for both."""
+    return {
+        "status": f.status,
+        "predicted": finite(f.predicted),
+        "measured": finite(f.measured),
+        "threshold": finite(f.threshold),
+        "model": f.model,
+        "node": f.node,
+        "explanation": f.explanation or None,
+        "help": f.fix or None,
+        "reason": f.reason,
+    }
+
+
 def fails(f: Finding) -> bool:
     """Whether a finding makes the run fail (exit 1): not dismissed, and its rule counts.
 

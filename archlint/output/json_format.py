@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from archlint.output import Context, finite, rule_url
+from archlint.output import Context, evidence, rule_url
 from archlint.rule import Finding
 
 
@@ -28,15 +28,7 @@ def finding_dict(f: Finding) -> dict:
         "noqa_row": f.span.line,
         "url": rule_url(f.name),
         "severity": f.severity,
-        "status": f.status,
-        "predicted": finite(f.predicted),
-        "measured": finite(f.measured),
-        "threshold": finite(f.threshold),
-        "model": f.model,
-        "node": f.node,
-        "explanation": f.explanation or None,
-        "help": f.fix or None,
-        "reason": f.reason,
+        **evidence(f),
     }
 
 

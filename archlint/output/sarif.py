@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from archlint import __version__
 from archlint.graph import Span
-from archlint.output import HOMEPAGE, Context, finite, rule_url
+from archlint.output import HOMEPAGE, Context, evidence, rule_url
 from archlint.rule import Finding, Rule
 
 SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -84,18 +84,7 @@ def result(f: Finding, ctx: Context, index: dict[str, int]) -> dict:
         out["level"] = LEVELS[f.severity]
     out["message"] = {"text": f.message}
     out["locations"] = [{"physicalLocation": {"artifactLocation": artifact_location(f.span.path, ctx.root), "region": region(f.span)}}]
-    properties = {
-        "status": f.status,
-        "predicted": finite(f.predicted),
-        "measured": finite(f.measured),
-        "threshold": finite(f.threshold),
-        "model": f.model,
-        "node": f.node,
-        "explanation": f.explanation or None,
-        "help": f.fix or None,
-        "reason": f.reason,
-    }
-    out["properties"] = {k: v for k, v in properties.items() if v is not None}
+    out["properties"] = {k: v for k, v in evidence(f).items() if v is not None}
     return out
 
 
