@@ -234,11 +234,16 @@ def compose(f: Finding) -> Finding:
                     return text
             return text
     # The sentence states the standing value: the measured one when it confirms, the
-    # predicted one otherwise; a dismissing measurement is then named beside it.
-    best = f.measured if f.measured is not None and f.status != "dismissed" else f.predicted
+    # predicted one otherwise; a dismissing measurement is then named beside it. Where the
+    # static pass could not predict (the rule asked the measurement), the value is the
+    # measured one either way, and the parenthesis says so.
+    unpredicted = f.predicted is None and f.measured is not None
+    best = f.measured if f.measured is not None and (f.status != "dismissed" or unpredicted) else f.predicted
     message = f.message.replace("{value}", show(best) if best is not None else "(not predicted)")
     extras = []
-    if f.status == "dismissed" and f.measured is not None:
+    if unpredicted:
+        extras.append("measured; not predicted")
+    elif f.status == "dismissed" and f.measured is not None:
         extras.append(f"measured {show(f.measured)}")
     elif f.measured is not None and f.predicted is not None:
         extras.append(f"predicted {show(f.predicted)}")

@@ -62,3 +62,17 @@ def test_a_value_beside_its_threshold_never_reads_as_equal_to_it():
     assert message("dismissed", 1.2996) == "block NLC 1.31 (measured 1.2996; threshold 1.3)"
     assert message("confirmed", 1.3004) == "block NLC 1.3004 (predicted 1.31; threshold 1.3)"
     assert message("confirmed", 1.45) == "block NLC 1.45 (predicted 1.31; threshold 1.3)"
+
+
+def test_a_finding_the_static_pass_could_not_predict_states_its_measured_value():
+    from archlint.graph import Span
+    from archlint.rule import Finding, compose
+
+    def message(status, measured):
+        f = Finding(code="ARC101", message="Net has NLC {value}", span=Span("net.py", 1), status=status,
+                    predicted=None, measured=measured, threshold=100.0)
+        return compose(f).message
+
+    # Was "Net has NLC (not predicted) (measured 39; threshold 100)" when dismissed.
+    assert message("dismissed", 39.0) == "Net has NLC 39 (measured; not predicted; threshold 100)"
+    assert message("confirmed", 127.0) == "Net has NLC 127 (measured; not predicted; threshold 100)"
