@@ -680,10 +680,34 @@ def explicit_entry(module: ModuleType, path: str, build: str, inputs: str | None
         entry.name = cls.__name__
         if cls.__module__ == module.__name__:
             entry.span = index.spans.get(cls.__qualname__, entry.span)
+        elif factory in index.functions:
+            # A function of this file that assembles library modules (``def MLPMixer(...):
+            # return nn.Sequential(...)``): findings name it and point at it, not at
+            # "Sequential" on line 1.
+            entry.name, entry.span = factory, index.spans[factory]
         return model
+
+    factory = _called_function(text)
 
     entry = ModelEntry(text.splitlines()[0], "explicit", Span(path, 1, 0), builder=builder, inputs=inputs)
     return entry
+
+
+def _called_function(text: str) -> str | None:
+    """The name ``f`` of a build that calls it: ``f(...)`` or statements ending in
+    ``model = f(...)``."""
+    tree = ast.parse(text)
+    body = tree.body
+    value = None
+    if len(body) == 1 and isinstance(body[0], ast.Expr):
+        value = body[0].value
+    else:
+        for node in body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model" for t in node.targets):
+                value = node.value
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+        return value.func.id
+    return None
 
 
 def _assigns_model(text: str) -> bool:

@@ -465,3 +465,20 @@ def test_explicit_errors():
         bad = load.explicit_entry(module, str(path), "GPT(GPTConfig(n_embd=-1))", None)
         built, not_built = load.build_all(load.Discovery(entries=[bad]))
     assert built == [] and len(not_built) == 1 and "RuntimeError" in not_built[0].message
+
+
+def test_explicit_build_of_a_factory_function_is_named_and_located_at_it(tmp_path):
+    # MLP-Mixer's reference code: a function of the file that returns an nn.Sequential.
+    path = tmp_path / "mixer.py"
+    path.write_text(
+        "from torch import nn\n"
+        "\n"
+        "def MLPMixer(*, dim, depth):\n"
+        "    return nn.Sequential(*[nn.Linear(dim, dim) for _ in range(depth)])\n"
+    )
+    for build in ("MLPMixer(dim=4, depth=2)", "d = 4\nmodel = MLPMixer(dim=d, depth=2)"):
+        with load.isolated_import(path) as module:
+            entry = load.explicit_entry(module, str(path), build, None)
+            built, not_built = load.build_all(load.Discovery(entries=[entry]))
+        assert not_built == [] and isinstance(built[0].model, nn.Sequential)
+        assert (built[0].name, built[0].span.line, built[0].span.col) == ("MLPMixer", 3, 4)
