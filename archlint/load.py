@@ -347,11 +347,16 @@ class ModelEntry:
 
 @dataclass
 class ClassNeedingArgs:
-    """A model class of the file whose constructor has required parameters."""
+    """A model class of the file whose constructor has required parameters, or a function
+    of the file with required parameters that returns a model (``cls`` None)."""
 
-    cls: type
+    cls: type | None
     span: Span
     missing: list[str]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or (self.cls.__name__ if self.cls is not None else "")
 
 
 @dataclass
@@ -492,8 +497,50 @@ def discover(module: ModuleType, path: str) -> Discovery:
     for name in factory_calls:
         func = vars(module)[name]
         entries.append(ModelEntry(name, "factory", index.spans[name], builder=func, target=func))
+    for name, missing in _factories_needing_args(index, module).items():
+        needs_args.append(ClassNeedingArgs(None, index.spans[name], missing, name=name))
+        # Its blocks are configured with it, not on their own.
+        needs_args = [c for c in needs_args if c.cls is None or c.name not in _names_in(index.functions[name])]
     entries.sort(key=lambda e: (e.span.line, e.span.col))
     return Discovery(entries, needs_args, module, path, factory_calls)
+
+
+def _names_in(node: ast.AST) -> set[str]:
+    """The names a definition's body refers to (``Block``, ``blocks.Block``, ``self.Block``)."""
+    names = set()
+    for sub in (n for stmt in getattr(node, "body", []) for n in ast.walk(stmt)):
+        if isinstance(sub, ast.Name):
+            names.add(sub.id)
+        elif isinstance(sub, ast.Attribute):
+            names.add(sub.attr)
+    return names
+
+
+def _factories_needing_args(index: _SourceIndex, module: ModuleType) -> dict[str, list[str]]:
+    """Top-level functions with required parameters that end in ``return Model(...)`` (a
+    model class not of this file: MLP-Mixer's ``def MLPMixer(*, dim, depth, ...): return
+    nn.Sequential(...)``)
+    and that nothing else of the file calls (a ``conv3x3(in_planes, out_planes)`` helper is
+    part of the blocks that use it): models to configure, with their missing arguments.
+    They are not called."""
+    used = set().union(*(_names_in(n) for n in (*index.classes.values(), *index.functions.values())))
+    out: dict[str, list[str]] = {}
+    for name, node in index.functions.items():
+        func = vars(module).get(name)
+        if name in used or not inspect.isfunction(func) or func.__module__ != module.__name__ or func.__qualname__ != name:
+            continue
+        last = node.body[-1] if node.body else None
+        if not (isinstance(last, ast.Return) and isinstance(last.value, ast.Call)):
+            continue
+        parts = _dotted(last.value.func)
+        target: Any = vars(module).get(parts[0]) if parts else None
+        for attr in (parts or [])[1:]:
+            target = getattr(target, attr, None)
+        missing = _required_params(func)
+        # A wrapper of a class of this file adds nothing to that class's own ARC903.
+        if _is_model_class(target) and target.__module__ != module.__name__ and missing:
+            out[name] = missing
+    return out
 
 
 def _component_classes(index: _SourceIndex, module: ModuleType) -> set[str]:
@@ -773,7 +820,7 @@ def build_all(discovery: Discovery, seed: int | None = None, memory_budget: int 
             continue
         not_built.append(nb)
     for c in discovery.needs_args:
-        if any(isinstance(m, c.cls) for m in every_module):
+        if c.cls is not None and any(isinstance(m, c.cls) for m in every_module):
             continue
         not_built.append(_needs_args(c, discovery.path or c.span.path))
     not_built.sort(key=lambda n: (n.span.line, n.span.col))
@@ -879,11 +926,12 @@ def _build_on_meta(entry: ModelEntry) -> nn.Module | None:
 
 
 def _needs_args(c: ClassNeedingArgs, path: str) -> NotBuilt:
-    name = c.cls.__name__
+    name = c.name
     call = f"{name}({', '.join(f'{p}=...' for p in c.missing)})"
     s = "s" if len(c.missing) > 1 else ""
+    what = "its constructor needs" if c.cls is not None else "it needs"
     message = (
-        f"{name} was not built: its constructor needs argument{s} {', '.join(c.missing)}; "
+        f"{name} was not built: {what} argument{s} {', '.join(c.missing)}; "
         f'configure it with --model "{call}" or a [[tool.archlint.models]] entry with '
         f'path = "{_display(path, project_root(path))}" and build = "{call}"'
     )

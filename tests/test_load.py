@@ -482,3 +482,35 @@ def test_explicit_build_of_a_factory_function_is_named_and_located_at_it(tmp_pat
             built, not_built = load.build_all(load.Discovery(entries=[entry]))
         assert not_built == [] and isinstance(built[0].model, nn.Sequential)
         assert (built[0].name, built[0].span.line, built[0].span.col) == ("MLPMixer", 3, 4)
+
+
+def test_a_function_that_needs_arguments_to_return_a_model_is_the_model_to_configure(tmp_path):
+    path = tmp_path / "mixer.py"
+    path.write_text(textwrap.dedent('''\
+        from torch import nn
+
+        class PreNormResidual(nn.Module):
+            def __init__(self, dim, fn):
+                super().__init__()
+                self.fn, self.norm = fn, nn.LayerNorm(dim)
+
+            def forward(self, x):
+                return self.fn(self.norm(x)) + x
+
+        def conv3x3(c_in, c_out):  # a helper the model calls: not a model of its own
+            return nn.Conv2d(c_in, c_out, 3, padding=1)
+
+        def MLPMixer(*, dim, depth):
+            assert depth > 0
+            return nn.Sequential(conv3x3(3, dim), *[PreNormResidual(dim, nn.Linear(dim, dim)) for _ in range(depth)])
+
+        def make_optimizer(params, lr):  # returns no model
+            return None
+    '''))
+    with load.isolated_import(path) as module:
+        discovery = load.discover(module, str(path))
+        built, not_built = load.build_all(discovery)
+    assert built == []
+    # Was "PreNormResidual was not built: its constructor needs arguments dim, fn".
+    assert [(nb.name, nb.missing, nb.span.line) for nb in not_built] == [("MLPMixer", ["dim", "depth"], 14)]
+    assert 'it needs arguments dim, depth; configure it with --model "MLPMixer(dim=..., depth=...)"' in not_built[0].message
