@@ -120,21 +120,56 @@ theirs, but the others each need one (469 in the CIFAR ResNet-18, against 17 pos
 evaluated per node in one call of the activation (_hermite_moments_into_cache), about
 0.2 s of its 0.25-0.3 s (benchmarks/RESULTS_meanfield.md has the timings).
 
+Finite width: the samples' scale modes. Everything above is the wide-layer limit, where
+every sample's units have the same statistics. A layer of n units is finite: one sample's
+mean square over its units differs from another's by O(1/sqrt(n)), a ReLU-like network
+passes such a per-sample scale on through every layer, and the neuron offsets it moves
+become data variance that the limit does not have. In deep MLPs that is what the limit
+misses: a He-ReLU MLP of depth 20 and width 256 is 4.40 in the limit and measures 3.7 on
+average over inits, and with each sample's overall scale divided out its variance is the
+limit's (benchmarks/RESULTS_meanfield.md). At (batch, features) nodes the recursion
+therefore also tracks, for sample x,
+
+    h_i(x) = m_i (1 + b_x) + sqrt(v_f (1 + a_x)) z_i(x),     v_f = v - Var(b) M,
+
+b_x a shift of the sample's units along their offsets, a_x a change of their fluctuation
+variance, as linear combinations of independent sources (``_Modes``; branches that share a
+source add its coefficients): the input's norm (Var a = 2 / d for d Gaussian features) and
+each elementwise layer's n units (the (co)variances of a sample's b and a from one unit's
+moments, over n). Op by op:
+
+- Linear: b scales by the share of M that the weights make (a bias does not move); a stays.
+- Elementwise: M', v', mean' and E tau'^2 to second order in (b, a), from the integrals on
+  a 3 x 3 stencil of (b, a); the output's b' is its offsets' share of the input's shift, a'
+  the relative change of its fluctuation variance (first order); then the layer's sources.
+- BatchNorm: b -> 0 (the offsets become beta's: the shift is a random pattern now, i.e.
+  fluctuation), a stays. LayerNorm / RMSNorm divide each sample by its own spread, which
+  removes a pure scale (a = 2 b). Sums and concatenations: weighted by M (b) and v (a).
+- Maps, sequences, pooling, and ops not listed: not tracked (the limit).
+
+Second order holds while Var(b) <= 0.05 and Var(a) <= 0.25; beyond that (layers narrower
+than ~100 units, or a scale that the activations amplify, as in a decaying GELU stack) the
+modes are dropped and the recursion goes on in the limit. ``predict(finite_width=False)``
+gives the limit everywhere.
+
 Not predicted (``predicted=False`` with a reason, and everything downstream of it too):
 max/LP pooling, attention, softmax, products of two different signals, recurrent layers,
 instance norm, reductions over features, unknown ops. The NLC is never silently 1.
 
-Known limits (numbers in benchmarks/RESULTS_meanfield.md): it is a wide-layer prediction, so
-one realised network scatters around it, more with depth over width (a depth-20 He-ReLU MLP
-of width 256: 3.4-4.0 measured over three inits, 4.40 predicted) and with narrow layers (a
-CNN's per-channel means with 16 channels); zero-padding borders are modelled only on maps
+Known limits (numbers in benchmarks/RESULTS_meanfield.md): it predicts the mean over inits,
+and one realised network scatters around it, more with depth over width (a depth-20 He-ReLU
+MLP of width 256: standard deviation ~15% over inits) and with narrow layers (a CNN's
+per-channel means with 16 channels); the finite width is modelled for MLP layers only
+(above), not for maps (a CNN's channels) or sequences; zero-padding borders are modelled only on maps
 of at most _MAX_POSITIONS positions; average pooling is taken as NLC factor 1, while it
 really lowers the NLC: in the wide-layer limit the fluctuations of different positions are
-uncorrelated for white inputs (above), and pooling them leaves the NLC unchanged; measured,
-that holds with a wide input layer, but an image's 3-channel input layer (fan-in 27) gives
-each channel sizeable correlations between neighbouring positions that lower the pooled NLC
-(about 17% after a depth-10 BN-ReLU CNN), and spatially correlated data does the same; a
-static pass does not know either. A sum whose inputs are not Gaussian over the data
+uncorrelated for white inputs (above), and pooling them leaves the NLC unchanged; measured
+(after a depth-10 BN-ReLU CNN on 3 x 8 x 8 inputs, 17% lower), neighbouring positions are
+hardly correlated (0.02-0.03), but every pair of positions of a channel a little, more with
+depth: a sample's channel shifts as a whole, which pooling does not average away. A third
+of that excess is the sample's overall scale (dividing it out); the rest is per channel,
+the finite-width effect above with a map's positions as the units, not modelled for maps.
+Spatially correlated data (1/f images) adds its own. A sum whose inputs are not Gaussian over the data
 (a ResNet's skip carrying a ReLU's output) goes into the next activation as if it were (A3):
 in the CIFAR ResNet-18 the per-node M and v match measurement closely up to the activation
 after each residual sum, where v comes out 7-15% low and the NLC a few percent high per
@@ -158,7 +193,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -207,12 +242,14 @@ class Prediction:
         return node.nlc if node is not None else None
 
 
-def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None) -> Prediction:
+def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None, finite_width: bool = True) -> Prediction:
     """Run the mean-field recursion over ``graph``; also stored in ``graph.predicted``.
 
     ``input_moments``: (M0, v0) of the floating-point inputs: mean over features of the
     squared feature mean and of the feature variance; optionally a third value, the mean
     over features of the feature mean (default 0). Default (0, 1): standardised inputs.
+    ``finite_width``: with the samples' scale modes of (batch, features) layers (module
+    docstring, "Finite width"); False gives the wide-layer limit everywhere.
     """
     moments = tuple(float(x) for x in input_moments) if input_moments is not None else (0.0, 1.0)
     if len(moments) not in (2, 3) or moments[0] < 0 or moments[1] < 0:
@@ -220,9 +257,10 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None)
     m0, v0 = moments[:2]
     mean0 = moments[2] if len(moments) == 3 else 0.0
     given: dict[str, _State | _Missing] = {}
-    for node in graph.of_kind(OpKind.INPUT):
+    for k, node in enumerate(graph.of_kind(OpKind.INPUT)):
         if _is_float(node.dtype):
-            given[node.name] = _State(M=m0, v=v0, mean=mean0, N=v0)
+            modes = _input_modes(node, m0, v0, -2 * k - 2) if finite_width else None
+            given[node.name] = _State(M=m0, v=v0, mean=mean0, N=v0, modes=modes)
         else:
             given[node.name] = _Missing(f"{node.dtype} input: not a signal (the NLC starts at the embedding)")
     results = _Recursion(graph, given).run(graph.nodes)
@@ -230,6 +268,17 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None)
     graph.predicted = dict(nodes)
     graph.prediction = Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph, states=results)
     return graph.prediction
+
+
+def _input_modes(node: Node, M0: float, v0: float, first_id: int) -> _Modes | None:
+    """How d Gaussian input features differ in scale between samples: a sample's
+    fluctuation variance mean_i (x_i - m_i)^2 has relative variance 2 / d, and its shift
+    along the offsets (M0 > 0) variance v0 / (d M0)."""
+    if node.shape is None or len(node.shape) != 2 or node.shape[1] <= 0:
+        return None
+    d = node.shape[1]
+    cov = np.diag([v0 / (d * M0) if M0 > 0 else 0.0, 2.0 / d])
+    return _Modes(np.zeros(0, dtype=int), np.zeros((0, 2))).plus(cov, first_id)
 
 
 def segment_nlc(prediction_or_graph: Prediction | ArchGraph, start: str, end: str) -> float | None:
@@ -295,6 +344,56 @@ class _State:
     # Per-position statistics of a (batch, channel, *spatial) node downstream of a
     # convolution; None: every position alike (M, v, mean, N hold for each).
     sp: _Spatial | None = field(default=None, compare=False)
+    # How samples differ in scale at a (batch, features) node (module docstring, "Finite
+    # width"); None: not tracked (maps, sequences, and downstream of them).
+    modes: _Modes | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class _Modes:
+    """Sample x's pre-activations are m_i (1 + b_x) + sqrt(v (1 + a_x)) z_i(x): b_x shifts
+    its units along the neuron offsets m_i, a_x scales their fluctuation variance. (b, a)
+    = sum_l coef[l] xi_l(x) over independent sources of unit variance (the input's norm, the
+    finite width of each layer), identified by ``ids``, so that branches that share a source
+    add its coefficients."""
+
+    ids: np.ndarray     # (L,) int
+    coef: np.ndarray    # (L, 2): columns b, a
+
+    def cov(self) -> np.ndarray:
+        return self.coef.T @ self.coef
+
+    def small(self) -> bool:
+        """Whether the second-order expansion holds: Var(b) <= _MAX_SHIFT_VAR (a sample's
+        shift along the offsets within about +-22%) and Var(a) <= _MAX_SPREAD_VAR (its
+        fluctuation variance within about +-50%)."""
+        var_b, var_a = (self.coef**2).sum(axis=0) if len(self.coef) else (0.0, 0.0)
+        return bool(var_b <= _MAX_SHIFT_VAR and var_a <= _MAX_SPREAD_VAR)
+
+    def mapped(self, J: np.ndarray) -> _Modes:
+        """(b', a') = J (b, a)."""
+        return _Modes(self.ids, self.coef @ np.asarray(J, dtype=float).T)
+
+    def plus(self, cov: np.ndarray, first_id: int) -> _Modes:
+        """With new independent sources of covariance ``cov`` (2 x 2)."""
+        lam, vec = np.linalg.eigh(cov)
+        rows = [math.sqrt(l) * vec[:, k] for k, l in enumerate(lam) if l > 0]
+        if not rows:
+            return self
+        ids = np.arange(first_id, first_id + len(rows))
+        return _Modes(np.concatenate([self.ids, ids]), np.vstack([self.coef, np.array(rows)]))
+
+
+def _combined_modes(parts: list[tuple[_Modes | None, np.ndarray]]) -> _Modes | None:
+    """sum_k J_k (b_k, a_k) over inputs that may share sources; None if any is not tracked."""
+    tracked = [(m, J) for m, J in parts if m is not None]
+    if len(tracked) < len(parts):
+        return None
+    ids = np.unique(np.concatenate([m.ids for m, _ in tracked]))
+    coef = np.zeros((len(ids), 2))
+    for m, J in tracked:
+        coef[np.searchsorted(ids, m.ids)] += m.coef @ np.asarray(J, dtype=float).T
+    return _Modes(ids, coef)
 
 
 @dataclass(frozen=True, eq=False)
@@ -348,7 +447,13 @@ def _uniform_map(s: _State, shape: tuple[int, ...]) -> _Spatial:
 
 def _scalar(s: _State) -> _State:
     """The same averages, position structure dropped (an op that does not keep the layout)."""
-    return _State(M=s.M, v=s.v, mean=s.mean, N=s.N)
+    return _State(M=s.M, v=s.v, mean=s.mean, N=s.N, modes=s.modes)
+
+
+def _offset_share(M_out: float, part: float) -> float:
+    """The share of a node's mean squared neuron offset M_out that ``part`` (the part that
+    moves with a sample's shift along the input's offsets) makes: b' = share * b."""
+    return min(max(part, 0.0) / M_out, 1.0) if M_out > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -433,6 +538,7 @@ class _Recursion:
         gm = graph.graph_module
         self.gm = gm
         self.fx_nodes = {n.name: n for n in gm.graph.nodes} if gm is not None else {}
+        self.sources = 0  # scale-mode sources handed out (ids, see _Modes)
 
     def run(self, nodes: list[Node]) -> dict[str, _State | _Missing]:
         for node in nodes:
@@ -459,6 +565,10 @@ class _Recursion:
             self.chains[node.name] = chain
             root = self.results[chain.root]
             assert isinstance(root, _State)
+            units = self._features(node)
+            if root.modes is not None and units:
+                self.sources += 2
+                return _gaussian_map(chain.fn, root, chain.key, units=units, first_id=self.sources - 2)
             return _gaussian_map(chain.fn, root, chain.key)
         handler = {
             OpKind.LINEAR: self._linear,
@@ -595,6 +705,15 @@ class _Recursion:
         rows = w.shape[0]
         return _State(M=w.mean**2 + var / rows, v=var * (1 - 1 / rows), mean=_systematic_mean(w), N=var * (1 - 1 / rows))
 
+    def _features(self, node: Node) -> int | None:
+        """Units per sample of a (batch, features) node, the layout whose scale modes are
+        tracked; None for others."""
+        shape = self.graph[node.name].shape
+        return shape[1] if shape is not None and len(shape) == 2 and shape[1] > 0 else None
+
+    def _vector(self, node: Node, modes: _Modes | None) -> _Modes | None:
+        return modes if self._features(node) is not None else None
+
     def _depends_on_input(self, node: Node) -> bool:
         return any(self.graph[a].kind is OpKind.INPUT for a in self.graph.ancestors(node.name))
 
@@ -624,7 +743,9 @@ class _Recursion:
         mean = fan_in * w_mean * s.mean + b_mean
         # E_i (sum_j W_ij m_j + b_i)^2 with the systematic means taken out of the spreads.
         M = mean**2 + fan_in * (w_sq - w_mean**2) * s.M + b_sq - b_mean**2
-        return _State(M=M, v=gain * s.v, mean=mean, N=gain * s.N)
+        # A sample's shift along the input offsets moves the weights' part of M, not the bias.
+        modes = s.modes.mapped(np.diag([_offset_share(M, M - b_sq), 1.0])) if s.modes is not None else None
+        return _State(M=M, v=gain * s.v, mean=mean, N=gain * s.N, modes=self._vector(node, modes))
 
     def _conv_taps(self, node: Node) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]] | None:
         """(input position of each tap at each output position, input and output map shapes)
@@ -666,15 +787,24 @@ class _Recursion:
                 return _batch_norm_map(s.sp, g_mean, g_sq, b_mean, b_sq, eps)
             # Per-neuron statistics of the data: offsets removed, spread normalised.
             scale = g_sq / (s.v + eps)
-            return _State(M=b_sq, v=scale * s.v, mean=b_mean, N=scale * s.N)
+            # The offsets become beta's, which no sample's shift moves (the shift is now a
+            # random pattern over the units, i.e. fluctuation); a sample's fluctuation
+            # variance scales with all the others'.
+            modes = s.modes.mapped(np.diag([0.0, 1.0])) if s.modes is not None else None
+            return _State(M=b_sq, v=scale * s.v, mean=b_mean, N=scale * s.N, modes=modes)
         s = _scalar(s)  # normalised over all units of a sample: positions not modelled
         if norm == "rms":
             r2 = s.M + s.v + eps
             mean = g_mean * s.mean / math.sqrt(r2)
-            return _State(M=g_sq * s.M / r2 + 2 * mean * b_mean + b_sq, v=g_sq * s.v / r2, mean=mean + b_mean, N=g_sq * s.N / r2)
+            M = g_sq * s.M / r2 + 2 * mean * b_mean + b_sq
+            modes = _per_sample_normalised(s.modes, s.M, s.v, M, M - b_sq)
+            return _State(M=M, v=g_sq * s.v / r2, mean=mean + b_mean, N=g_sq * s.N / r2, modes=modes)
         # layer / group: the per-sample mean over units is the common offset `mean`.
-        s2 = max(s.M - s.mean**2, 0.0) + s.v + eps
-        return _State(M=g_sq * max(s.M - s.mean**2, 0.0) / s2 + b_sq, v=g_sq * s.v / s2, mean=b_mean, N=g_sq * s.N / s2)
+        spread = max(s.M - s.mean**2, 0.0)
+        s2 = spread + s.v + eps
+        M = g_sq * spread / s2 + b_sq
+        modes = _per_sample_normalised(s.modes, spread, s.v, M, M - b_sq) if norm == "layer" else None
+        return _State(M=M, v=g_sq * s.v / s2, mean=b_mean, N=g_sq * s.N / s2, modes=modes)
 
     def _affine(self, node: Node) -> tuple[float, float, float, float] | None:
         """(mean g, mean g^2, mean beta, mean beta^2) of a norm's affine parameters."""
@@ -712,7 +842,16 @@ class _Recursion:
         # Independent branches: the per-neuron offsets around the common offset add in
         # square, and so do the fluctuations and the linearised variances.
         spread = sum(max(s.M - s.mean**2, 0.0) for s in ins)
-        return _State(M=mean**2 + spread, v=sum(s.v for s in ins), mean=mean, N=sum(s.N for s in ins))
+        M, v = mean**2 + spread, sum(s.v for s in ins)
+        # A sample's shift of each input, projected on the sum's offsets (the branches'
+        # offsets are uncorrelated but for their common offsets); fluctuation variances add.
+        parts = []
+        for k, (sg, s) in enumerate(zip(signs, ins)):
+            others = sum(sg2 * s2.mean for j, (sg2, s2) in enumerate(zip(signs, ins)) if j != k)
+            share = (s.M + sg * s.mean * others) / M if M > 0 else 0.0
+            parts.append((s.modes, np.diag([share, s.v / v if v > 0 else 0.0])))
+        modes = self._vector(node, _combined_modes(parts))
+        return _State(M=M, v=v, mean=mean, N=sum(s.N for s in ins), modes=modes)
 
     def _maps(self, node: Node, ins: list[_State]) -> list[_Spatial] | None:
         """The inputs' maps, where one has a map and all have this node's shape."""
@@ -753,13 +892,15 @@ class _Recursion:
             if node.attrs.get("op", node.op) in _DIV_OPS:
                 return _Missing(f"{node.op} of a signal by a constant tensor: not read")
             # Independent of which neuron it scales: means scale by E[c], squares by E[c^2].
-            return _State(M=c_sq * s.M, v=c_sq * s.v, mean=c_mean * s.mean, N=c_sq * s.N)
+            return _State(M=c_sq * s.M, v=c_sq * s.v, mean=c_mean * s.mean, N=c_sq * s.N, modes=s.modes)
         name = node.attrs.get("op", node.op)
         signal_first = fxn.args and isinstance(fxn.args[0], fx.Node) and fxn.args[0].name == node.inputs[0]
         sign_x = -1.0 if (name in _SUB_OPS and not signal_first) or name in _RSUB_OPS else 1.0
         sign_c = -1.0 if name in _SUB_OPS and signal_first else 1.0
         mean = sign_x * s.mean + sign_c * c_mean
-        return _State(M=s.M + 2 * sign_x * sign_c * s.mean * c_mean + c_sq, v=s.v, mean=mean, N=s.N)
+        M = s.M + 2 * sign_x * sign_c * s.mean * c_mean + c_sq
+        modes = s.modes.mapped(np.diag([_offset_share(M, s.M + sign_x * sign_c * s.mean * c_mean), 1.0])) if s.modes is not None else None
+        return _State(M=M, v=s.v, mean=mean, N=s.N, modes=modes)
 
     def _pool(self, node: Node, ins: list[_State]) -> _State | _Missing:
         kind = node.attrs.get("pool")
@@ -777,7 +918,7 @@ class _Recursion:
             return _State(M=float(sp.count @ sp.Q @ sp.count) / len(sp.cls) ** 2, v=s.v, mean=s.mean, N=s.N)
         # Linear, NLC factor 1; M is exact (a channel's neuron mean the same at every
         # position), v an upper bound (spatial correlation unknown).
-        return _scalar(s)
+        return replace(_scalar(s), modes=None)
 
     def _spatial_mean(self, node: Node) -> bool:
         """x.mean(dims) over spatial dims only (dims >= 2 of an N, C, ... tensor)."""
@@ -792,20 +933,37 @@ class _Recursion:
     def _reshape(self, node: Node, ins: list[_State]) -> _State | _Missing:
         if len(ins) == 1 or node.op in _SHAPE_LIKE_OPS:
             # A map stays with the node only while the layout does (the averages always hold).
-            return ins[0] if node.shape == self.graph[node.inputs[0]].shape else _scalar(ins[0])
+            if node.shape == self.graph[node.inputs[0]].shape:
+                return ins[0]
+            return replace(_scalar(ins[0]), modes=self._vector(node, ins[0].modes))
         ins = [_scalar(x) for x in ins]
         if node.op in _CONCAT_OPS:
             sizes = [math.prod(self.graph[i].shape or (0,)) for i in node.inputs]
             if not all(sizes):
                 return _Missing(f"{node.op}: input sizes unknown")
             w = [n / sum(sizes) for n in sizes]
+            M, v = sum(a * s.M for a, s in zip(w, ins)), sum(a * s.v for a, s in zip(w, ins))
+            parts = [(s.modes, np.diag([a * s.M / M if M > 0 else 0.0, a * s.v / v if v > 0 else 0.0])) for a, s in zip(w, ins)]
             return _State(
-                M=sum(a * s.M for a, s in zip(w, ins)),
-                v=sum(a * s.v for a, s in zip(w, ins)),
+                M=M,
+                v=v,
                 mean=sum(a * s.mean for a, s in zip(w, ins)),
                 N=sum(a * s.N for a, s in zip(w, ins)),
+                modes=self._vector(node, _combined_modes(parts)),
             )
         return _Missing(f"{node.op} of {len(ins)} signals: not covered")
+
+
+def _per_sample_normalised(modes: _Modes | None, C: float, v: float, M_out: float, weight_part: float) -> _Modes | None:
+    """A norm that divides each sample by its own spread C (1 + b)^2 + v (1 + a) (LayerNorm:
+    C the offsets' spread around their common offset; RMSNorm: C = M): the relative change
+    delta = (2 C b + v a) / (C + v) leaves b - delta / 2, a - delta (a pure scale, a = 2 b,
+    is removed); then the affine's bias dilutes b as in a Linear."""
+    if modes is None or C + v <= 0:
+        return None
+    t = C + v
+    J = np.array([[v / t, -v / (2 * t)], [-2 * C / t, C / t]])
+    return modes.mapped(np.diag([_offset_share(M_out, weight_part), 1.0]) @ J)
 
 
 def _tap_index(s_in, s_out, kernel, stride, dilation, left, mode) -> np.ndarray:
@@ -945,9 +1103,15 @@ _MAX_POSITIONS = 1024   # larger maps: positions not modelled (Q has P^2 entries
 _TAPS: dict[Any, np.ndarray] = {}
 _BATCH = 16          # states per evaluation in _hermite_moments_into_cache (bounds its temporaries)
 _HERMITE_TERMS = 24     # terms of the Mehler expansion of neuron-mean correlations
-_CACHE: dict[Any, tuple[_State, np.ndarray] | _Missing] = {}
+# Integrals: _moments results by (key, M, v, mean), _moments_with_modes ones by (key,
+# "modes", M, v, mean, the modes' covariance).
+_CACHE: dict[Any, Any] = {}
 _MODULES64: dict[Any, nn.Module] = {}
 _CACHE_SIZE = 20000
+_MODE_STEP = 0.02       # the (b, a) stencil of _moments_with_modes
+_MAX_SHIFT_VAR = 0.05   # scale modes beyond these are dropped (_Modes.small)
+_MAX_SPREAD_VAR = 0.25
+_MODE_FLOOR = 1e-9      # M' below this share of M' + v': no offsets for a sample to shift along
 _HERMITE = np.polynomial.hermite_e.hermegauss(_GH_NODES)
 
 
@@ -955,16 +1119,34 @@ def _round(x: float) -> float:
     return float(f"{x:.9g}")
 
 
-def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: Any) -> _State | _Missing:
+def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: Any, units: int | None = None,
+                  first_id: int = 0) -> _State | _Missing:
     """The state after an elementwise function, N' = N E tau'^2 (cached per key and state).
 
     The integral runs at (M, v, mean) rounded to 9 significant digits, so that a cached value
     does not depend on which call computed it. A state with a map is mapped position by
     position, and the neuron means' correlations between positions by their Hermite
-    expansion (module docstring).
+    expansion; a state with scale modes to second order in them, and the output's ``units``
+    add two sources (ids ``first_id``, ``first_id + 1``; module docstring).
     """
     if s.sp is not None:
         return _gaussian_map_spatial(fn, s.sp, key)
+    if s.modes is not None and units and s.modes.small():
+        cov = s.modes.cov()
+        args = tuple(_round(float(x)) for x in (s.M, s.v, s.mean, cov[0, 0], cov[0, 1], cov[1, 1]))
+        cache_key = (key, "modes", *args) if key is not None else None
+        if cache_key is not None and cache_key in _CACHE:
+            mixed = _CACHE[cache_key]
+        else:
+            mixed = _moments_with_modes(fn, *args)
+            if cache_key is not None:
+                if len(_CACHE) >= _CACHE_SIZE:
+                    _CACHE.clear()
+                _CACHE[cache_key] = mixed
+        if mixed is not None:
+            out, J, unit = mixed
+            modes = s.modes.mapped(J).plus(unit / units, first_id)
+            return _State(M=out.M, v=out.v, mean=out.mean, N=s.N * out.N, modes=modes)
     unit = _unit_moments(fn, s.M, s.v, s.mean, key)
     if isinstance(unit, _Missing):
         return unit
@@ -1135,6 +1317,83 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
             herm[n - 1] = float(wm @ (e_tau * h))
             h_prev, h = h, (u * h - math.sqrt(n) * h_prev) / math.sqrt(n + 1)
     return out, herm
+
+
+def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float,
+                        var_b: float, cov: float, var_a: float) -> tuple[_State, np.ndarray, np.ndarray] | None:
+    """_moments for a state whose samples differ in scale (module docstring, "Finite
+    width"): sample x's pre-activations are m_i (1 + b_x) + sqrt(v_f (1 + a_x)) z, where
+    (b, a) has covariance [[var_b, cov], [cov, var_a]] over the samples and v_f = v - var_b M
+    is what the shifts leave of the population's v. To second order in
+    (b, a), from the 3 x 3 stencil of the integrals at b, a in {-h, 0, h}: returns the
+    population statistics (M', v', mean', E tau'^2) as a _State, the 2 x 2 map J of (b, a)
+    to the output's (b', a'), and the covariance of (b', a') that one output unit adds
+    (finite width: divided by the units). None where the stencil cannot resolve the
+    neurons (a z-grid too coarse for them; the caller then drops the modes)."""
+    # The population's v holds the shifts' variance var_b M: the rest is the fluctuation.
+    v = v - var_b * M
+    sv, sm = math.sqrt(max(v, 0.0)), math.sqrt(max(M - mean * mean, 0.0))
+    ms, wm = _m_grid(mean, sm, sv)
+    if sv <= _LINEAR_BELOW * float(np.abs(ms).max()) or sv == 0.0:
+        return None
+    z, wz = _z_grid(_z_count(len(ms)))
+    steps = np.array([-_MODE_STEP, 0.0, _MODE_STEP])
+    b, a = np.meshgrid(steps, steps, indexing="ij")  # [b-index, a-index]
+    h = ms[None, None, :, None] * (1 + b)[..., None, None] + np.sqrt(v * (1 + a))[..., None, None] * z
+    try:
+        y, dy = _values_and_slopes(fn, torch.from_numpy(np.ascontiguousarray(h)))
+    except Exception:
+        return None
+    f = np.einsum("bamz,z->bam", y, wz)
+    g = np.einsum("bamz,z->bam", y * y, wz)
+    p = np.einsum("bamz,z->bam", dy * dy, wz)
+    if not all(np.isfinite(x).all() for x in (f, g, p)):
+        return None
+    d = _MODE_STEP
+
+    def d1(x):  # (d/db, d/da) at 0, per neuron mean
+        return (x[2, 1] - x[0, 1]) / (2 * d), (x[1, 2] - x[1, 0]) / (2 * d)
+
+    def second_order(x):  # E_{b,a} x to second order, per neuron mean
+        xbb = (x[2, 1] - 2 * x[1, 1] + x[0, 1]) / d**2
+        xaa = (x[1, 2] - 2 * x[1, 1] + x[1, 0]) / d**2
+        xba = (x[2, 2] - x[2, 0] - x[0, 2] + x[0, 0]) / (4 * d * d)
+        return x[1, 1] + 0.5 * (xbb * var_b + 2 * xba * cov + xaa * var_a)
+
+    f0 = f[1, 1]
+    Ef = second_order(f)
+    M1 = float(wm @ (f0 * f0 + 2 * f0 * (Ef - f0)))  # E_m (E f)^2 to second order
+    mean1 = float(wm @ Ef)
+    q1 = float(wm @ second_order(g))
+    out = _State(M=max(M1, 0.0), v=max(q1 - M1, 0.0), mean=mean1, N=float(wm @ second_order(p)))
+    gv = g - f * f  # Var_z tau: a sample's fluctuation variance, per neuron mean
+    f_b, f_a = d1(f)
+    gv_b, gv_a = d1(gv)
+    vf = float(wm @ gv[1, 1])  # the output's fluctuation variance (v' less the shifts)
+    J = np.zeros((2, 2))
+    # b' = the output offsets' share of a sample's shift (raw moments: the common offset
+    # scales too); a' = the relative change of its fluctuation variance.
+    aligned = out.M > _MODE_FLOOR * (out.M + out.v)
+    if aligned:
+        J[0] = wm @ (f0 * f_b) / out.M, wm @ (f0 * f_a) / out.M
+    if vf > 0:
+        J[1] = wm @ gv_b / vf, wm @ gv_a / vf
+    # One unit's share of a sample's (b', a'): over n independent units i, b'_x =
+    # mean_i m'_i (y_i(x) - m'_i) / M' and a'_x = mean_i (y_i(x) - m'_i)^2 / vf - 1 have
+    # these (co)variances times n.
+    c = y[1, 1] - f0[:, None]
+    var_tau = np.einsum("mz,z->m", c * c, wz)
+    c3, c4 = np.einsum("mz,z->m", c**3, wz), np.einsum("mz,z->m", c**4, wz)
+    unit = np.zeros((2, 2))
+    if aligned:
+        unit[0, 0] = wm @ (f0 * f0 * var_tau) / out.M**2
+    if vf > 0:
+        unit[1, 1] = wm @ (c4 - var_tau**2) / vf**2
+        if aligned:
+            unit[0, 1] = unit[1, 0] = wm @ (f0 * c3) / (out.M * vf)
+    if not (np.isfinite(J).all() and np.isfinite(unit).all()):
+        return None
+    return out, J, unit
 
 
 def _m_grid(mean: float, sm: float, sv: float) -> tuple[np.ndarray, np.ndarray]:

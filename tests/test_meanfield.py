@@ -4,6 +4,8 @@ Reference values: digest §2.2 (activation tables), §6 (closed forms, validatio
 §1.6 (residual dilution) and reference/nlc_checks/results.txt (mf_examples, exp2).
 """
 
+import copy
+import functools
 import math
 
 import numpy as np
@@ -13,7 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import archlint.meanfield as mf
+from archlint.graph import OpKind
 from archlint.meanfield import activation_nlc, predict, segment_nlc
+
+# The closed forms of the digest are the wide-layer limit: these tests compare with them
+# exactly, without the finite-width scale modes (tested on their own below).
+wide_limit = functools.partial(predict, finite_width=False)
 from archlint.trace import trace
 
 RELU0 = math.sqrt(math.pi / (math.pi - 1))  # 1.2112
@@ -86,7 +93,7 @@ def test_bn_relu_chain_is_relu_nlc_to_the_depth():
     torch.manual_seed(0)
     model = _mlp(nn.ReLU, 10, 1.0, norm="bn")
     graph = _graph(model, torch.randn(8, 64))
-    pred = predict(graph)
+    pred = wide_limit(graph)
     assert pred.output_nlc == pytest.approx(RELU0**10, rel=1e-4)
     relus = [n.name for n in graph if n.op == "ReLU"]
     assert [pred.nodes[r].nlc for r in relus] == pytest.approx([RELU0 ** (k + 1) for k in range(10)], rel=1e-4)
@@ -97,14 +104,14 @@ def test_bn_relu_chain_is_relu_nlc_to_the_depth():
 
 def test_tanh_sw2_4_depth_10_matches_digest():
     torch.manual_seed(0)
-    pred = predict(_graph(_mlp(nn.Tanh, 10, 4.0), torch.randn(8, 64)))
+    pred = wide_limit(_graph(_mlp(nn.Tanh, 10, 4.0), torch.randn(8, 64)))
     assert pred.output_nlc == pytest.approx(5.27, rel=0.01)  # digest §6: measured 5.24, mean-field 5.27
 
 
 def test_he_relu_and_selu_depth_20_match_digest():
     torch.manual_seed(0)
-    assert predict(_graph(_mlp(nn.ReLU, 20, 2.0), torch.randn(8, 64))).output_nlc == pytest.approx(4.40, rel=0.01)
-    assert predict(_graph(_mlp(nn.SELU, 20, 1.0), torch.randn(8, 64))).output_nlc == pytest.approx(2.00, rel=0.01)
+    assert wide_limit(_graph(_mlp(nn.ReLU, 20, 2.0), torch.randn(8, 64))).output_nlc == pytest.approx(4.40, rel=0.01)
+    assert wide_limit(_graph(_mlp(nn.SELU, 20, 1.0), torch.randn(8, 64))).output_nlc == pytest.approx(2.00, rel=0.01)
 
 
 def test_default_init_relu_collapses():
@@ -207,7 +214,7 @@ def _resnet(blocks, alpha, width=256):
 def test_residual_dilution_formula():
     torch.manual_seed(0)
     graph = _graph(_resnet(3, 0.5), torch.randn(8, 64))
-    pred = predict(graph)
+    pred = wide_limit(graph)
     adds = [n for n in graph if n.op == "add"]
     block = adds[1]
     skip, branch = block.inputs  # x and alpha * r(x)
@@ -286,7 +293,7 @@ def test_custom_elementwise_module_is_integrated_on_a_grid():
     graph = _graph(_Net(_Swish17()), torch.randn(8, 64))
     assert graph.traced_with == "fx"
     assert any(n.op == "mul" and n.attrs.get("elementwise_product") for n in graph)  # traced through
-    pred = predict(graph)
+    pred = wide_limit(graph)
     std = math.sqrt(pred.nodes["bn"].v)  # 1 up to BatchNorm's eps
     expected = activation_nlc(lambda x: x * torch.sigmoid(1.7 * x), 0.0, std)
     assert expected == pytest.approx(1.146, abs=2e-3)  # not a silent 1
@@ -294,12 +301,12 @@ def test_custom_elementwise_module_is_integrated_on_a_grid():
     # The same model captured eagerly (fx fails on the branch) gives the same number.
     eager = _graph(_Untraceable(_Swish17()), torch.randn(8, 64))
     assert eager.traced_with == "eager"
-    assert predict(eager).output_nlc == pytest.approx(expected, rel=1e-6)
+    assert wide_limit(eager).output_nlc == pytest.approx(expected, rel=1e-6)
 
 
 def test_functional_activation_uses_its_real_arguments():
     torch.manual_seed(0)
-    pred = predict(_graph(_FunctionalLeaky(), torch.randn(8, 64)))
+    pred = wide_limit(_graph(_FunctionalLeaky(), torch.randn(8, 64)))
     assert pred.output_nlc == pytest.approx(activation_nlc(nn.LeakyReLU(0.2), 0.0, 1.0), rel=1e-5)
     assert pred.output_nlc < 1.12  # slope 0.2, not leaky_relu's default 0.01 (1.206)
 
@@ -308,7 +315,7 @@ def test_activation_modules_in_the_table_and_out_of_it():
     torch.manual_seed(0)
     for act in (nn.Mish(), nn.Hardswish(), nn.Softplus(beta=2.0), nn.CELU(0.5), nn.RReLU()):
         net = _Net(act)
-        pred = predict(_graph(net, torch.randn(8, 64)))
+        pred = wide_limit(_graph(net, torch.randn(8, 64)))
         assert pred.output_nlc == pytest.approx(activation_nlc(act, 0.0, math.sqrt(pred.nodes["bn"].v)), rel=1e-6)
         assert pred.output_nlc > 1.01
         # Evaluated on a float64 eval-mode copy: the user's module is left as it was.
@@ -330,14 +337,14 @@ def test_constant_bias_shifts_all_neurons_alike():
     first = _set_std(nn.Linear(64, 256), 2.0)
     nn.init.constant_(first.bias, 0.5)
     graph = _graph(nn.Sequential(first, nn.ReLU(), nn.Linear(256, 10)), torch.randn(8, 64))
-    pred = predict(graph)
+    pred = wide_limit(graph)
     h = pred.nodes[graph.nodes[1].name]
     assert h.mean == pytest.approx(0.5) and h.M == pytest.approx(0.25) and h.v == pytest.approx(2.0, rel=1e-5)
     assert pred.output_nlc == pytest.approx(activation_nlc(nn.ReLU(), 0.5, math.sqrt(h.v)), rel=1e-5)
     # A zero-mean random bias of the same mean square is a spread: neurons on both sides.
     with torch.no_grad():
         first.bias.copy_(0.5 * torch.randn(256).sign())
-    spread = predict(_graph(nn.Sequential(first, nn.ReLU(), nn.Linear(256, 10)), torch.randn(8, 64)))
+    spread = wide_limit(_graph(nn.Sequential(first, nn.ReLU(), nn.Linear(256, 10)), torch.randn(8, 64)))
     assert spread.nodes[graph.nodes[1].name].mean == 0.0
     assert spread.output_nlc > pred.output_nlc * 1.02
 
@@ -545,3 +552,74 @@ def test_zero_output_layer_is_predicted_without_an_nlc():
     pred = predict(_graph(model, torch.randn(8, 64)))
     out = pred.nodes[pred.output]
     assert out.predicted and out.v == 0.0 and out.nlc is None and pred.output_nlc is None
+
+
+# -- finite width: the samples' scale modes ---------------------------------------------
+
+
+def _exact_nlc(model, x):
+    """NLC of ``model`` on the sample ``x`` from exact per-sample Jacobians, float64."""
+    from torch.func import jacrev, vmap
+
+    model, x = copy.deepcopy(model).double(), x.double()
+    with torch.no_grad():
+        y = model(x)
+    J = vmap(jacrev(model))(x).detach()
+    return math.sqrt(float(torch.einsum("boi,ij,boj->", J, torch.cov(x.T), J)) / len(x) / float(y.var(0).sum()))
+
+
+def _he_relu_mlp(depth, width=256, d_in=64):
+    """PyTorch's Linear layers, kaiming_normal_ weights and zero biases in the hidden ones."""
+    layers, n_in = [], d_in
+    for _ in range(depth):
+        layers += [nn.Linear(n_in, width), nn.ReLU()]
+        nn.init.kaiming_normal_(layers[-2].weight, nonlinearity="relu")
+        nn.init.zeros_(layers[-2].bias)
+        n_in = width
+    return nn.Sequential(*layers, nn.Linear(n_in, 10))
+
+
+def test_finite_width_brings_a_deep_relu_mlp_to_its_measured_nlc():
+    # He-init ReLU, depth 20, width 256 (the benchmark's model): each layer's 256 units
+    # make the samples' overall scale differ, a ReLU net passes that scale on, and the
+    # offsets it moves become data variance. One network scatters by ~15% around the mean
+    # over inits, so the prediction is held against that mean.
+    exact, finite, wide = [], [], []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        model = _he_relu_mlp(20)
+        graph = _graph(model, torch.randn(4, 64))
+        finite.append(predict(graph).output_nlc)
+        wide.append(wide_limit(graph).output_nlc)
+        exact.append(_exact_nlc(model, torch.randn(512, 64, generator=torch.Generator().manual_seed(seed))))
+    measured = sum(exact) / len(exact)
+    assert sum(wide) / len(wide) > 1.12 * measured
+    assert sum(finite) / len(finite) == pytest.approx(measured, rel=0.12)
+
+
+def test_layer_norm_removes_a_sample_scale_and_batch_norm_keeps_it():
+    scale = mf._Modes(np.array([0]), np.array([[0.1, 0.2]]))  # a = 2 b: the whole sample scaled
+    normalised = mf._per_sample_normalised(scale, C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
+    assert np.abs(normalised.coef).max() < 1e-12
+    # A shift along the offsets alone (b) is only partly a scale: part of it stays.
+    shift = mf._per_sample_normalised(mf._Modes(np.array([0]), np.array([[0.1, 0.0]])), C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
+    assert shift.coef[0, 0] == pytest.approx(0.1 * 0.3) and shift.coef[0, 1] == pytest.approx(-0.2 * 0.7)
+    graph = _graph(_mlp(nn.ReLU, 4, 2.0, norm="bn"), torch.randn(8, 64))
+    bn = [n for n in graph.nodes if n.kind is OpKind.NORM][-1]
+    states = predict(graph).states
+    assert states[bn.name].modes.cov()[1, 1] == pytest.approx(states[bn.inputs[0]].modes.cov()[1, 1])
+
+
+def test_branches_that_share_a_source_add_its_coefficients():
+    a = mf._Modes(np.array([3, 7]), np.array([[0.1, 0.2], [0.3, 0.0]]))
+    b = mf._Modes(np.array([7, 9]), np.array([[0.5, 0.1], [0.0, 0.4]]))
+    both = mf._combined_modes([(a, np.eye(2)), (b, np.eye(2))])
+    assert both.ids.tolist() == [3, 7, 9]
+    assert both.coef.ravel().tolist() == pytest.approx([0.1, 0.2, 0.8, 0.1, 0.0, 0.4])
+    assert mf._combined_modes([(a, np.eye(2)), (None, np.eye(2))]) is None
+
+
+def test_maps_and_the_wide_limit_are_unchanged_by_the_scale_modes():
+    graph = _graph(_bn_relu_cnn(4), torch.randn(4, 3, 8, 8))
+    assert predict(graph).output_nlc == wide_limit(graph).output_nlc
+    assert all(s.modes is None for s in predict(graph).states.values() if isinstance(s, mf._State))
