@@ -1109,6 +1109,7 @@ _CACHE: dict[Any, Any] = {}
 _MODULES64: dict[Any, nn.Module] = {}
 _CACHE_SIZE = 20000
 _MODE_STEP = 0.02       # the (b, a) stencil of _moments_with_modes
+_STENCIL_COARSER = 8    # its z-grid against _moments'
 _MAX_SHIFT_VAR = 0.05   # scale modes beyond these are dropped (_Modes.small)
 _MAX_SPREAD_VAR = 0.25
 _MODE_FLOOR = 1e-9      # M' below this share of M' + v': no offsets for a sample to shift along
@@ -1138,7 +1139,7 @@ def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: An
         if cache_key is not None and cache_key in _CACHE:
             mixed = _CACHE[cache_key]
         else:
-            mixed = _moments_with_modes(fn, *args)
+            mixed = _moments_with_modes(fn, key, *args)
             if cache_key is not None:
                 if len(_CACHE) >= _CACHE_SIZE:
                     _CACHE.clear()
@@ -1319,7 +1320,7 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
     return out, herm
 
 
-def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float,
+def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M: float, v: float, mean: float,
                         var_b: float, cov: float, var_a: float) -> tuple[_State, np.ndarray, np.ndarray] | None:
     """_moments for a state whose samples differ in scale (module docstring, "Finite
     width"): sample x's pre-activations are m_i (1 + b_x) + sqrt(v_f (1 + a_x)) z, where
@@ -1329,14 +1330,22 @@ def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v:
     population statistics (M', v', mean', E tau'^2) as a _State, the 2 x 2 map J of (b, a)
     to the output's (b', a'), and the covariance of (b', a') that one output unit adds
     (finite width: divided by the units). None where the stencil cannot resolve the
-    neurons (a z-grid too coarse for them; the caller then drops the modes)."""
+    neurons (a z-grid too coarse for them; the caller then drops the modes).
+
+    The statistics at b = a = 0 are _moments' (cached per ``key``); the stencil, which only
+    supplies corrections of a few percent and relative changes, runs on a z-grid
+    _STENCIL_COARSER times coarser, on the same nodes at every stencil point."""
     # The population's v holds the shifts' variance var_b M: the rest is the fluctuation.
     v = v - var_b * M
     sv, sm = math.sqrt(max(v, 0.0)), math.sqrt(max(M - mean * mean, 0.0))
     ms, wm = _m_grid(mean, sm, sv)
     if sv <= _LINEAR_BELOW * float(np.abs(ms).max()) or sv == 0.0:
         return None
-    z, wz = _z_grid(_z_count(len(ms)))
+    base = _unit_moments(fn, M, v, mean, key)
+    if isinstance(base, _Missing):
+        return None
+    base = base[0]
+    z, wz = _z_grid(max(64, _z_count(len(ms)) // _STENCIL_COARSER // 2 * 2))
     steps = np.array([-_MODE_STEP, 0.0, _MODE_STEP])
     b, a = np.meshgrid(steps, steps, indexing="ij")  # [b-index, a-index]
     h = ms[None, None, :, None] * (1 + b)[..., None, None] + np.sqrt(v * (1 + a))[..., None, None] * z
@@ -1361,11 +1370,12 @@ def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v:
         return x[1, 1] + 0.5 * (xbb * var_b + 2 * xba * cov + xaa * var_a)
 
     f0 = f[1, 1]
-    Ef = second_order(f)
-    M1 = float(wm @ (f0 * f0 + 2 * f0 * (Ef - f0)))  # E_m (E f)^2 to second order
-    mean1 = float(wm @ Ef)
-    q1 = float(wm @ second_order(g))
-    out = _State(M=max(M1, 0.0), v=max(q1 - M1, 0.0), mean=mean1, N=float(wm @ second_order(p)))
+    df = second_order(f) - f0
+    dM = 2 * float(wm @ (f0 * df))  # E_m (E f)^2 - E_m f^2 to second order
+    dq = float(wm @ (second_order(g) - g[1, 1]))
+    M1 = base.M + dM
+    out = _State(M=max(M1, 0.0), v=max(base.v + dq - dM, 0.0), mean=base.mean + float(wm @ df),
+                 N=base.N + float(wm @ (second_order(p) - p[1, 1])))
     gv = g - f * f  # Var_z tau: a sample's fluctuation variance, per neuron mean
     f_b, f_a = d1(f)
     gv_b, gv_a = d1(gv)
