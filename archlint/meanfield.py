@@ -278,7 +278,8 @@ def _input_modes(node: Node, M0: float, v0: float, first_id: int) -> _Modes | No
         return None
     d = node.shape[1]
     cov = np.diag([v0 / (d * M0) if M0 > 0 else 0.0, 2.0 / d])
-    return _Modes(np.zeros(0, dtype=int), np.zeros((0, 2))).plus(cov, first_id)
+    # A sample's norm is a quadratic form of its features: NLC^2 2.
+    return _Modes(np.zeros(0, dtype=int), np.zeros((0, 2)), np.zeros(0)).plus(cov, first_id, 2.0)
 
 
 def segment_nlc(prediction_or_graph: Prediction | ArchGraph, start: str, end: str) -> float | None:
@@ -359,6 +360,9 @@ class _Modes:
 
     ids: np.ndarray     # (L,) int
     coef: np.ndarray    # (L, 2): columns b, a
+    # (L,): each source's NLC^2 where it arose (N / v there): a shift b_x is a function of
+    # the input with that NLC, and the data variance it turns into downstream carries it.
+    nlc2: np.ndarray
 
     def cov(self) -> np.ndarray:
         return self.coef.T @ self.coef
@@ -372,16 +376,17 @@ class _Modes:
 
     def mapped(self, J: np.ndarray) -> _Modes:
         """(b', a') = J (b, a)."""
-        return _Modes(self.ids, self.coef @ np.asarray(J, dtype=float).T)
+        return _Modes(self.ids, self.coef @ np.asarray(J, dtype=float).T, self.nlc2)
 
-    def plus(self, cov: np.ndarray, first_id: int) -> _Modes:
-        """With new independent sources of covariance ``cov`` (2 x 2)."""
+    def plus(self, cov: np.ndarray, first_id: int, nlc2: float) -> _Modes:
+        """With new independent sources of covariance ``cov`` (2 x 2) and NLC^2 ``nlc2``."""
         lam, vec = np.linalg.eigh(cov)
         rows = [math.sqrt(l) * vec[:, k] for k, l in enumerate(lam) if l > 0]
         if not rows:
             return self
         ids = np.arange(first_id, first_id + len(rows))
-        return _Modes(np.concatenate([self.ids, ids]), np.vstack([self.coef, np.array(rows)]))
+        return _Modes(np.concatenate([self.ids, ids]), np.vstack([self.coef, np.array(rows)]),
+                      np.concatenate([self.nlc2, np.full(len(rows), nlc2)]))
 
 
 def _combined_modes(parts: list[tuple[_Modes | None, np.ndarray]]) -> _Modes | None:
@@ -390,10 +395,12 @@ def _combined_modes(parts: list[tuple[_Modes | None, np.ndarray]]) -> _Modes | N
     if len(tracked) < len(parts):
         return None
     ids = np.unique(np.concatenate([m.ids for m, _ in tracked]))
-    coef = np.zeros((len(ids), 2))
+    coef, nlc2 = np.zeros((len(ids), 2)), np.zeros(len(ids))
     for m, J in tracked:
-        coef[np.searchsorted(ids, m.ids)] += m.coef @ np.asarray(J, dtype=float).T
-    return _Modes(ids, coef)
+        at = np.searchsorted(ids, m.ids)
+        coef[at] += m.coef @ np.asarray(J, dtype=float).T
+        nlc2[at] = m.nlc2
+    return _Modes(ids, coef, nlc2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -501,6 +508,13 @@ def _state_of(pred: Prediction, name: str, *, fresh_nlc: bool) -> _State | _Miss
     if isinstance(state, _State) and state.sp is not None:
         sp = state.sp
         return sp.like(sp.mu, sp.Q, sp.v, sp.v.copy() if fresh_nlc else np.zeros_like(sp.N)).state()
+    if isinstance(state, _State):
+        # Its scale modes too: a sample's shift there is linear in the node's value (NLC 1
+        # from it), and does not vary with the segment's start where N = 0.
+        modes = state.modes
+        if modes is not None:
+            modes = _Modes(modes.ids, modes.coef, np.full(len(modes.ids), 1.0 if fresh_nlc else 0.0))
+        return replace(state, N=state.v if fresh_nlc else 0.0, modes=modes)
     p = pred.nodes[name]
     if not p.predicted:
         return _Missing(p.reason or "not predicted")
@@ -538,7 +552,9 @@ class _Recursion:
         gm = graph.graph_module
         self.gm = gm
         self.fx_nodes = {n.name: n for n in gm.graph.nodes} if gm is not None else {}
-        self.sources = 0  # scale-mode sources handed out (ids, see _Modes)
+        # Scale-mode sources handed out (ids, see _Modes), after those the given states carry.
+        self.sources = 1 + max((int(r.modes.ids.max()) for r in given.values()
+                                if isinstance(r, _State) and r.modes is not None and len(r.modes.ids)), default=-1)
 
     def run(self, nodes: list[Node]) -> dict[str, _State | _Missing]:
         for node in nodes:
@@ -1145,9 +1161,12 @@ def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: An
                     _CACHE.clear()
                 _CACHE[cache_key] = mixed
         if mixed is not None:
-            out, J, unit = mixed
-            modes = s.modes.mapped(J).plus(unit / units, first_id)
-            return _State(M=out.M, v=out.v, mean=out.mean, N=s.N * out.N, modes=modes)
+            out, J, unit, H = mixed
+            # The offsets' variance each source turns into data variance, with its NLC.
+            converted = np.clip(-np.einsum("lb,bc,lc->l", s.modes.coef, H, s.modes.coef), 0.0, None)
+            N = s.N * out.N + float(converted @ s.modes.nlc2)
+            modes = s.modes.mapped(J).plus(unit / units, first_id, N / max(out.v, 1e-300))
+            return _State(M=out.M, v=out.v, mean=out.mean, N=N, modes=modes)
     unit = _unit_moments(fn, s.M, s.v, s.mean, key)
     if isinstance(unit, _Missing):
         return unit
@@ -1401,9 +1420,14 @@ def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M:
         unit[1, 1] = wm @ (c4 - var_tau**2) / vf**2
         if aligned:
             unit[0, 1] = unit[1, 0] = wm @ (f0 * c3) / (out.M * vf)
-    if not (np.isfinite(J).all() and np.isfinite(unit).all()):
+    # dM = -sum_l c_l^T H c_l over the sources' coefficients c_l (second order).
+    f_bb = (f[2, 1] - 2 * f0 + f[0, 1]) / d**2
+    f_aa = (f[1, 2] - 2 * f0 + f[1, 0]) / d**2
+    f_ba = (f[2, 2] - f[2, 0] - f[0, 2] + f[0, 0]) / (4 * d * d)
+    H = np.array([[wm @ (f0 * f_bb), wm @ (f0 * f_ba)], [wm @ (f0 * f_ba), wm @ (f0 * f_aa)]])
+    if not (np.isfinite(J).all() and np.isfinite(unit).all() and np.isfinite(H).all()):
         return None
-    return out, J, unit
+    return out, J, unit, H
 
 
 def _m_grid(mean: float, sm: float, sv: float) -> tuple[np.ndarray, np.ndarray]:

@@ -598,11 +598,11 @@ def test_finite_width_brings_a_deep_relu_mlp_to_its_measured_nlc():
 
 
 def test_layer_norm_removes_a_sample_scale_and_batch_norm_keeps_it():
-    scale = mf._Modes(np.array([0]), np.array([[0.1, 0.2]]))  # a = 2 b: the whole sample scaled
+    scale = mf._Modes(np.array([0]), np.array([[0.1, 0.2]]), np.ones(1))  # a = 2 b: the whole sample scaled
     normalised = mf._per_sample_normalised(scale, C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
     assert np.abs(normalised.coef).max() < 1e-12
     # A shift along the offsets alone (b) is only partly a scale: part of it stays.
-    shift = mf._per_sample_normalised(mf._Modes(np.array([0]), np.array([[0.1, 0.0]])), C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
+    shift = mf._per_sample_normalised(mf._Modes(np.array([0]), np.array([[0.1, 0.0]]), np.ones(1)), C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
     assert shift.coef[0, 0] == pytest.approx(0.1 * 0.3) and shift.coef[0, 1] == pytest.approx(-0.2 * 0.7)
     graph = _graph(_mlp(nn.ReLU, 4, 2.0, norm="bn"), torch.randn(8, 64))
     bn = [n for n in graph.nodes if n.kind is OpKind.NORM][-1]
@@ -611,11 +611,12 @@ def test_layer_norm_removes_a_sample_scale_and_batch_norm_keeps_it():
 
 
 def test_branches_that_share_a_source_add_its_coefficients():
-    a = mf._Modes(np.array([3, 7]), np.array([[0.1, 0.2], [0.3, 0.0]]))
-    b = mf._Modes(np.array([7, 9]), np.array([[0.5, 0.1], [0.0, 0.4]]))
+    a = mf._Modes(np.array([3, 7]), np.array([[0.1, 0.2], [0.3, 0.0]]), np.array([2.0, 5.0]))
+    b = mf._Modes(np.array([7, 9]), np.array([[0.5, 0.1], [0.0, 0.4]]), np.array([5.0, 3.0]))
     both = mf._combined_modes([(a, np.eye(2)), (b, np.eye(2))])
     assert both.ids.tolist() == [3, 7, 9]
     assert both.coef.ravel().tolist() == pytest.approx([0.1, 0.2, 0.8, 0.1, 0.0, 0.4])
+    assert both.nlc2.tolist() == [2.0, 5.0, 3.0]
     assert mf._combined_modes([(a, np.eye(2)), (None, np.eye(2))]) is None
 
 
