@@ -142,12 +142,16 @@ moments, over n). Op by op:
 - Elementwise: M', v', mean' and E tau'^2 to second order in (b, a), from the integrals on
   a 3 x 3 stencil of (b, a); the output's b' is its offsets' share of the input's shift, a'
   the relative change of its fluctuation variance (first order); then the layer's sources.
+  The offsets' variance that a source's shifts turn into data variance is a function of the
+  input with that source's NLC (a shift b_x is a projection of its layer's units: N / v
+  there; a sample's norm: NLC^2 2), so N gains it times that NLC^2.
 - BatchNorm: b -> 0 (the offsets become beta's: the shift is a random pattern now, i.e.
   fluctuation), a stays. LayerNorm / RMSNorm divide each sample by its own spread, which
   removes a pure scale (a = 2 b). Sums and concatenations: weighted by M (b) and v (a).
 - Maps, sequences, pooling, and ops not listed: not tracked (the limit).
 
-Second order holds while Var(b) <= 0.05 and Var(a) <= 0.25; beyond that (layers narrower
+A segment (segment_nlc) restarts with the modes of its start, each linear in the start's
+value. Second order holds while Var(b) <= 0.05 and Var(a) <= 0.25; beyond that (layers narrower
 than ~100 units, or a scale that the activations amplify, as in a decaying GELU stack) the
 modes are dropped and the recursion goes on in the limit. ``predict(finite_width=False)``
 gives the limit everywhere.
@@ -1238,7 +1242,6 @@ def _hermite_moments_into_cache(fn: Callable[[torch.Tensor], torch.Tensor], args
 
 
 def _hermite_moments_batch(fn: Callable[[torch.Tensor], torch.Tensor], todo: list, key: Any) -> None:
-    K = len(todo)
     mean = np.array([a[2] for a, _, _ in todo])[:, None]
     sv, sm = (np.array(c)[:, None] for c in list(zip(*todo))[1:])
     x, w = _HERMITE
@@ -1346,7 +1349,7 @@ def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M:
     (b, a) has covariance [[var_b, cov], [cov, var_a]] over the samples and v_f = v - var_b M
     is what the shifts leave of the population's v. To second order in
     (b, a), from the 3 x 3 stencil of the integrals at b, a in {-h, 0, h}: returns the
-    population statistics (M', v', mean', E tau'^2) as a _State, the 2 x 2 map J of (b, a)
+    population statistics (M', v', mean', and E tau'^2 at b = a = 0) as a _State, the 2 x 2 map J of (b, a)
     to the output's (b', a'), and the covariance of (b', a') that one output unit adds
     (finite width: divided by the units). None where the stencil cannot resolve the
     neurons (a z-grid too coarse for them; the caller then drops the modes).
@@ -1369,13 +1372,13 @@ def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M:
     b, a = np.meshgrid(steps, steps, indexing="ij")  # [b-index, a-index]
     h = ms[None, None, :, None] * (1 + b)[..., None, None] + np.sqrt(v * (1 + a))[..., None, None] * z
     try:
-        y, dy = _values_and_slopes(fn, torch.from_numpy(np.ascontiguousarray(h)))
+        with torch.no_grad():  # values only: no slopes are needed here
+            y = fn(torch.from_numpy(h.reshape(-1))).view(h.shape).numpy()
     except Exception:
         return None
     f = np.einsum("bamz,z->bam", y, wz)
     g = np.einsum("bamz,z->bam", y * y, wz)
-    p = np.einsum("bamz,z->bam", dy * dy, wz)
-    if not all(np.isfinite(x).all() for x in (f, g, p)):
+    if not (np.isfinite(f).all() and np.isfinite(g).all()):
         return None
     d = _MODE_STEP
 
@@ -1393,8 +1396,9 @@ def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M:
     dM = 2 * float(wm @ (f0 * df))  # E_m (E f)^2 - E_m f^2 to second order
     dq = float(wm @ (second_order(g) - g[1, 1]))
     M1 = base.M + dM
-    out = _State(M=max(M1, 0.0), v=max(base.v + dq - dM, 0.0), mean=base.mean + float(wm @ df),
-                 N=base.N + float(wm @ (second_order(p) - p[1, 1])))
+    # E tau'^2 is taken at b = a = 0: tau'^2 is often a step (ReLU), whose second
+    # differences on a finite grid are noise, and for a scale-free tau it does not change.
+    out = _State(M=max(M1, 0.0), v=max(base.v + dq - dM, 0.0), mean=base.mean + float(wm @ df), N=base.N)
     gv = g - f * f  # Var_z tau: a sample's fluctuation variance, per neuron mean
     f_b, f_a = d1(f)
     gv_b, gv_a = d1(gv)
