@@ -242,6 +242,8 @@ def keep_freed_memory() -> None:
 def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, dump_path: str, log_level: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides, the child just dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked when the fork server started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     # The user's environment, without what the fork server needed (_start_forkserver).
     for key in os.environ.pop(ADDED_ENVIRONMENT, "").split(","):
         os.environ.pop(key, None)
@@ -467,19 +469,31 @@ def _start_forkserver() -> None:
       working directory out.
     A Ctrl-C while it imports torch would print a traceback from it: it is started with
     SIGINT ignored (inherited across exec; Python then installs no KeyboardInterrupt), and
-    the parent, which gets the Ctrl-C too, stops everything.
+    the parent, which gets the Ctrl-C too, stops everything. The parent must not lose a
+    Ctrl-C that comes while it ignores SIGINT: SIGINT is also blocked meanwhile, so it stays
+    pending (Linux keeps a blocked signal even when it is ignored) and arrives as
+    KeyboardInterrupt once the handler is back. The fork server inherits the mask (harmless:
+    it ignores SIGINT); the children it forks unblock SIGINT again (_child).
     """
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, resource_tracker
 
     added = [k for k in _FORKSERVER_ENVIRONMENT if k not in os.environ]
     os.environ.update({k: _FORKSERVER_ENVIRONMENT[k] for k in added}, **{ADDED_ENVIRONMENT: ",".join(added)})
     main_thread = threading.current_thread() is threading.main_thread()
+    # The resource tracker starts first, outside the window: it blocks and unblocks SIGINT
+    # around its own start, which would unblock ours (and then a Ctrl-C is ignored, lost).
+    resource_tracker.ensure_running()
+    blockable = main_thread and hasattr(signal, "pthread_sigmask")
+    if blockable:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
         forkserver.ensure_running()
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, old_handler)
+        if blockable:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         for key in added + [ADDED_ENVIRONMENT]:
             os.environ.pop(key, None)
 

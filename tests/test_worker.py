@@ -240,10 +240,41 @@ def test_fork_server_leaves_the_working_directory_off_sys_path(monkeypatch):
     assert "PYTHONSAFEPATH" not in os.environ and worker.ADDED_ENVIRONMENT not in os.environ
 
 
+CTRL_C_WHILE_THE_FORK_SERVER_STARTS = """
+import os, signal, time
+from multiprocessing import forkserver, resource_tracker
+from archlint import worker
+
+def ctrl_c_during_start():  # what forkserver.ensure_running does, and a Ctrl-C
+    resource_tracker.ensure_running()
+    os.kill(os.getpid(), signal.SIGINT)  # process-directed, as from a terminal
+    time.sleep(0.05)
+
+forkserver.ensure_running = ctrl_c_during_start
+try:
+    worker._start_forkserver()
+    time.sleep(2.0)
+    print("lost")
+except KeyboardInterrupt:
+    print("interrupted", signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_while_the_fork_server_starts_is_not_lost():
+    # SIGINT is ignored while the servers start (so they inherit SIG_IGN); a Ctrl-C in that
+    # window used to vanish, and archlint went on checking an endless import. Run in a
+    # process of its own: like the archlint command, it has one thread (a process-directed
+    # signal goes to a thread that does not block it, and pytest's process has two).
+    run = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_THE_FORK_SERVER_STARTS], capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["interrupted", "False"], run.stderr
+
+
 def test_model_code_sees_the_users_environment(isolated, tmp_path):
     path = tmp_path / "env_model.py"
     path.write_text(textwrap.dedent("""
         import os
+        import signal
         from torch import nn
 
         class Net(nn.Module):
@@ -252,6 +283,8 @@ def test_model_code_sees_the_users_environment(isolated, tmp_path):
                 leaked = [k for k in ("PYTHONSAFEPATH", "ARCHLINT_FORKSERVER_ADDED") if k in os.environ]
                 if leaked:
                     raise RuntimeError(f"archlint's fork-server variables leaked: {leaked}")
+                if hasattr(signal, "pthread_sigmask") and signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+                    raise RuntimeError("SIGINT is still blocked, as it was while the fork server started")
                 self.fc = nn.Linear(4, 4)
 
             def forward(self, x):
