@@ -49,11 +49,13 @@ Propagation (cross terms between independent random weights are 0 in expectation
 - Multiplication by a constant tensor (layer scale) or addition of one: closed forms with its
   mean and mean square.
 - Dropout, identity, reshapes, concatenation (a size-weighted average): unchanged.
-- Average pooling: linear, NLC factor 1. Global pooling of a map (below) gets
-  M' = mean_c (mean_p m_cp)^2 exactly; otherwise M is unchanged (a channel's neuron mean
-  taken as the same at every position). v, N are left unchanged, while v really shrinks by
-  the spatial correlation of the pooled positions, which a static pass does not know:
-  downstream of average pooling, v is an upper bound and NB a lower bound.
+- Average pooling: linear, NLC factor 1 in this wide-layer limit. Global pooling of a map
+  (below) gets M' = mean_c (mean_p m_cp)^2 exactly; otherwise M is unchanged (a channel's
+  neuron mean taken as the same at every position). v, N are left on the scale of one
+  position, while v really shrinks by the spatial correlation of the pooled positions,
+  which a static pass does not know: downstream of average pooling, v is an upper bound
+  and NB a lower bound. (With finite width, global pooling keeps what a sample shifts at
+  every position: below.)
 
 Positions (zero padding). A unit of a convolution's output is a (channel c, position p)
 pair, and the scalars above average over both. A zero-padded convolution gives its border
@@ -134,9 +136,9 @@ therefore also tracks, for sample x,
 
 b_x a shift of the sample's units along their offsets, a_x a change of their fluctuation
 variance, as linear combinations of independent sources (``_Modes``; branches that share a
-source add its coefficients): the input's norm (Var a = 2 / d for d Gaussian features) and
-each elementwise layer's n units (the (co)variances of a sample's b and a from one unit's
-moments, over n). Op by op:
+source add its coefficients): the input's norm (Var a = 2 / d for d Gaussian features; a
+map's d = channels x positions) and each elementwise layer's n units (the (co)variances of
+a sample's b and a from one unit's moments, over n). Op by op:
 
 - Linear: b scales by the share of M that the weights make (a bias does not move); a stays.
 - Elementwise: M', v', mean' and E tau'^2 to second order in (b, a), from the integrals on
@@ -148,7 +150,25 @@ moments, over n). Op by op:
 - BatchNorm: b -> 0 (the offsets become beta's: the shift is a random pattern now, i.e.
   fluctuation), a stays. LayerNorm / RMSNorm divide each sample by its own spread, which
   removes a pure scale (a = 2 b). Sums and concatenations: weighted by M (b) and v (a).
-- Maps, sequences, pooling, and ops not listed: not tracked (the limit).
+- Maps (batch, channels, *positions) carry the same modes, shared by all channels and
+  positions of a sample, and a third quantity, D: the variance of a sample's shift of a
+  whole channel, the same at all of its positions (with N_D, its linearised part). A
+  BatchNorm of a map turns the shift m_cp b_x of a channel's offsets into exactly that (a
+  random pattern over channels, per sample), D = Var(b) mean_c (mean_p m_cp)^2, and the
+  part of the offsets that varies over positions (borders) keeps b. Convolutions: b as
+  Linear, D and N_D times sigma_w^2 (a shift sums over the taps as the fluctuations do).
+  Elementwise: the modes as above at the map's averages (the per-position statistics stay
+  the limit's, plus the variance the shifts turn into data variance); D passes with
+  E_m (E_z tau')^2, and the offsets' shifts that are not along the output's offsets (not
+  b') add to D: a neuron's offset is its channel's. Sums add D.
+- Global average pooling divides the variance of the positions' independent fluctuations
+  by their number P but keeps a sample's shifts: with v and N on one position's scale (the
+  limit's convention, above), v' = v - D - Var(b) M + P (D + Var(b) M'), and N' likewise
+  with N_D and each source's NLC^2. This is why pooling lowers the NLC: measured, a
+  BN-ReLU CNN of depth 10 (64 channels, 8 x 8) loses 18-22% of its NLC in the pooling
+  (predicted 19%, the limit 0%).
+- Sequences, LayerNorm / GroupNorm / RMSNorm of a map, Linear layers per position, other
+  reshapes, and ops not listed: not tracked (the limit).
 
 A segment (segment_nlc) restarts with the modes of its start, each linear in the start's
 value. Second order holds while Var(b) <= 0.05 and Var(a) <= 0.25; beyond that (layers narrower
@@ -164,15 +184,14 @@ Known limits (numbers in benchmarks/RESULTS_meanfield.md): it predicts the mean 
 and one realised network scatters around it, more with depth over width (a depth-20 He-ReLU
 MLP of width 256: standard deviation ~15% over inits) and with narrow layers (a CNN's
 per-channel means with 16 channels); the finite width is modelled for MLP layers only
-(above), not for maps (a CNN's channels) or sequences; zero-padding borders are modelled only on maps
-of at most _MAX_POSITIONS positions; average pooling is taken as NLC factor 1, while it
-really lowers the NLC: in the wide-layer limit the fluctuations of different positions are
-uncorrelated for white inputs (above), and pooling them leaves the NLC unchanged; measured
-(after a depth-10 BN-ReLU CNN on 3 x 8 x 8 inputs, 17% lower), neighbouring positions are
-hardly correlated (0.02-0.03), but every pair of positions of a channel a little, more with
-depth: a sample's channel shifts as a whole, which pooling does not average away. A third
-of that excess is the sample's overall scale (dividing it out); the rest is per channel,
-the finite-width effect above with a map's positions as the units, not modelled for maps.
+(above) and for maps (sample-wide modes and channel shifts, above), not for sequences; a
+map's modes come from the input's norm and the layers' units only, and measured they grow
+about twice as fast with depth (Var a at the last ReLU of a depth-10 BN-ReLU CNN: 0.020
+predicted, 0.045 measured), while the channel shifts come out larger than measured: the
+pooled total is right there (P times the variance share of a channel's mean over its
+positions at the last map: 1.69 predicted, 1.64 measured), its split is not. In the 4-block ResNet the pooling lowers the NLC by 16%
+predicted and 4-12% measured, which happens to cancel most of the skip's error below.
+Zero-padding borders are modelled only on maps of at most _MAX_POSITIONS positions.
 Spatially correlated data (1/f images) adds its own. A sum whose inputs are not Gaussian over the data
 (a ResNet's skip carrying a ReLU's output) goes into the next activation as if it were (A3):
 in the CIFAR ResNet-18 the per-node M and v match measurement closely up to the activation
@@ -198,7 +217,7 @@ import copy
 import functools
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -275,12 +294,12 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None,
 
 
 def _input_modes(node: Node, M0: float, v0: float, first_id: int) -> _Modes | None:
-    """How d Gaussian input features differ in scale between samples: a sample's
+    """How d Gaussian input features (a map's channels x positions) differ in scale between samples: a sample's
     fluctuation variance mean_i (x_i - m_i)^2 has relative variance 2 / d, and its shift
     along the offsets (M0 > 0) variance v0 / (d M0)."""
-    if node.shape is None or len(node.shape) != 2 or node.shape[1] <= 0:
+    if node.shape is None or len(node.shape) < 2 or math.prod(node.shape[1:]) <= 0:
         return None
-    d = node.shape[1]
+    d = math.prod(node.shape[1:])
     cov = np.diag([v0 / (d * M0) if M0 > 0 else 0.0, 2.0 / d])
     # A sample's norm is a quadratic form of its features: NLC^2 2.
     return _Modes(np.zeros(0, dtype=int), np.zeros((0, 2)), np.zeros(0)).plus(cov, first_id, 2.0)
@@ -349,9 +368,14 @@ class _State:
     # Per-position statistics of a (batch, channel, *spatial) node downstream of a
     # convolution; None: every position alike (M, v, mean, N hold for each).
     sp: _Spatial | None = field(default=None, compare=False)
-    # How samples differ in scale at a (batch, features) node (module docstring, "Finite
-    # width"); None: not tracked (maps, sequences, and downstream of them).
+    # How samples differ in scale at a (batch, features) node or a map (module docstring,
+    # "Finite width"); None: not tracked (sequences, and downstream of them).
     modes: _Modes | None = field(default=None, compare=False)
+    # Of a map: the part of v (and of N) that is a sample's shift of a whole channel, the
+    # same at every position (its scale modes' shifts that a BatchNorm turned into a random
+    # pattern over the channels); average pooling keeps it all.
+    D: float = field(default=0.0, compare=False)
+    N_D: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -377,6 +401,12 @@ class _Modes:
         fluctuation variance within about +-50%)."""
         var_b, var_a = (self.coef**2).sum(axis=0) if len(self.coef) else (0.0, 0.0)
         return bool(var_b <= _MAX_SHIFT_VAR and var_a <= _MAX_SPREAD_VAR)
+
+    def shift_variances(self) -> tuple[float, float]:
+        """(Var b, its linearised variance): per unit of M, the variance of a sample's shift
+        along the offsets and the N it carries (each source's share times its NLC^2)."""
+        b2 = self.coef[:, 0] ** 2
+        return float(b2.sum()), float(b2 @ self.nlc2)
 
     def mapped(self, J: np.ndarray) -> _Modes:
         """(b', a') = J (b, a)."""
@@ -458,7 +488,7 @@ def _uniform_map(s: _State, shape: tuple[int, ...]) -> _Spatial:
 
 def _scalar(s: _State) -> _State:
     """The same averages, position structure dropped (an op that does not keep the layout)."""
-    return _State(M=s.M, v=s.v, mean=s.mean, N=s.N, modes=s.modes)
+    return _State(M=s.M, v=s.v, mean=s.mean, N=s.N, modes=s.modes, D=s.D, N_D=s.N_D)
 
 
 def _offset_share(M_out: float, part: float) -> float:
@@ -509,16 +539,18 @@ def _node_prediction(result: _State | _Missing) -> NodePrediction:
 def _state_of(pred: Prediction, name: str, *, fresh_nlc: bool) -> _State | _Missing:
     """The predicted state of node ``name``, its N reset: N = v (the NLC starts there) or 0."""
     state = pred.states.get(name)
-    if isinstance(state, _State) and state.sp is not None:
-        sp = state.sp
-        return sp.like(sp.mu, sp.Q, sp.v, sp.v.copy() if fresh_nlc else np.zeros_like(sp.N)).state()
     if isinstance(state, _State):
-        # Its scale modes too: a sample's shift there is linear in the node's value (NLC 1
-        # from it), and does not vary with the segment's start where N = 0.
+        # Its scale modes and channel shifts too: a sample's shift there is linear in the
+        # node's value (NLC 1 from it), and does not vary with the segment's start where N = 0.
         modes = state.modes
         if modes is not None:
             modes = _Modes(modes.ids, modes.coef, np.full(len(modes.ids), 1.0 if fresh_nlc else 0.0))
-        return replace(state, N=state.v if fresh_nlc else 0.0, modes=modes)
+        restarted = replace(state, N=state.v if fresh_nlc else 0.0, modes=modes, N_D=state.D if fresh_nlc else 0.0)
+        if state.sp is not None:
+            sp = state.sp
+            sp = sp.like(sp.mu, sp.Q, sp.v, sp.v.copy() if fresh_nlc else np.zeros_like(sp.N))
+            restarted = replace(restarted, sp=sp)
+        return restarted
     p = pred.nodes[name]
     if not p.predicted:
         return _Missing(p.reason or "not predicted")
@@ -589,6 +621,10 @@ class _Recursion:
             if root.modes is not None and units:
                 self.sources += 2
                 return _gaussian_map(chain.fn, root, chain.key, units=units, first_id=self.sources - 2)
+            if root.modes is not None and self._is_map(node):
+                self.sources += 2
+                out = _gaussian_map(chain.fn, root, chain.key)
+                return _with_map_modes(chain.fn, chain.key, root, out, self._units(node), self.sources - 2)
             return _gaussian_map(chain.fn, root, chain.key)
         handler = {
             OpKind.LINEAR: self._linear,
@@ -734,6 +770,21 @@ class _Recursion:
     def _vector(self, node: Node, modes: _Modes | None) -> _Modes | None:
         return modes if self._features(node) is not None else None
 
+    def _is_map(self, node: Node) -> bool:
+        """(batch, channels, *positions): a convolution's layout."""
+        shape = self.graph[node.name].shape
+        return shape is not None and len(shape) >= 3 and math.prod(shape[1:]) > 0
+
+    def _units(self, node: Node) -> int:
+        return math.prod(self.graph[node.name].shape[1:])
+
+    def _on_map(self, node: Node, state: _State, modes: _Modes | None, D: float, N_D: float) -> _State:
+        """``state`` with scale modes and channel shifts, on the layouts that keep them: both on
+        a map, the modes alone on a (batch, features) node, neither on others."""
+        if self._is_map(node):
+            return replace(state, modes=modes, D=D, N_D=N_D)
+        return replace(state, modes=self._vector(node, modes), D=0.0, N_D=0.0)
+
     def _depends_on_input(self, node: Node) -> bool:
         return any(self.graph[a].kind is OpKind.INPUT for a in self.graph.ancestors(node.name))
 
@@ -759,13 +810,18 @@ class _Recursion:
         gain = fan_in * w_sq  # sigma_w^2 of the real weights
         taps = self._conv_taps(node)
         if taps is not None:
-            return _conv_map(s, taps, fan_in / len(taps[0]), w_sq, w_mean, b_sq, b_mean)
-        mean = fan_in * w_mean * s.mean + b_mean
-        # E_i (sum_j W_ij m_j + b_i)^2 with the systematic means taken out of the spreads.
-        M = mean**2 + fan_in * (w_sq - w_mean**2) * s.M + b_sq - b_mean**2
-        # A sample's shift along the input offsets moves the weights' part of M, not the bias.
-        modes = s.modes.mapped(np.diag([_offset_share(M, M - b_sq), 1.0])) if s.modes is not None else None
-        return _State(M=M, v=gain * s.v, mean=mean, N=gain * s.N, modes=self._vector(node, modes))
+            out = _conv_map(s, taps, fan_in / len(taps[0]), w_sq, w_mean, b_sq, b_mean)
+        else:
+            mean = fan_in * w_mean * s.mean + b_mean
+            # E_i (sum_j W_ij m_j + b_i)^2 with the systematic means taken out of the spreads.
+            M = mean**2 + fan_in * (w_sq - w_mean**2) * s.M + b_sq - b_mean**2
+            out = _State(M=M, v=gain * s.v, mean=mean, N=gain * s.N)
+        # A sample's shift along the input offsets moves the weights' part of M, not the bias;
+        # a channel's shift sums over the taps like the fluctuations (gain).
+        modes = s.modes.mapped(np.diag([_offset_share(out.M, out.M - b_sq), 1.0])) if s.modes is not None else None
+        if node.kind is not OpKind.CONV:  # a Linear on a map or a sequence: per position
+            return replace(out, modes=self._vector(node, modes))
+        return self._on_map(node, out, modes, gain * s.D, gain * s.N_D)
 
     def _conv_taps(self, node: Node) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]] | None:
         """(input position of each tap at each output position, input and output map shapes)
@@ -804,26 +860,37 @@ class _Recursion:
         s = ins[0]
         if norm == "batch":
             if s.sp is not None:
-                return _batch_norm_map(s.sp, g_mean, g_sq, b_mean, b_sq, eps)
-            # Per-neuron statistics of the data: offsets removed, spread normalised.
-            scale = g_sq / (s.v + eps)
-            # The offsets become beta's, which no sample's shift moves (the shift is now a
-            # random pattern over the units, i.e. fluctuation); a sample's fluctuation
-            # variance scales with all the others'.
-            modes = s.modes.mapped(np.diag([0.0, 1.0])) if s.modes is not None else None
-            return _State(M=b_sq, v=scale * s.v, mean=b_mean, N=scale * s.N, modes=modes)
+                out = _batch_norm_map(s.sp, g_mean, g_sq, b_mean, b_sq, eps)
+                scale = out.v / s.v if s.v > 0 else 0.0
+                # mean_c (mean_p m_cp)^2: the offsets a channel has at all of its positions.
+                channel = float(s.sp.count @ s.sp.Q @ s.sp.count) / len(s.sp.cls) ** 2
+            else:
+                # Per-neuron statistics of the data: offsets removed, spread normalised.
+                scale = g_sq / (s.v + eps)
+                out, channel = _State(M=b_sq, v=scale * s.v, mean=b_mean, N=scale * s.N), s.M
+            if s.modes is None:
+                return out
+            # The offsets become beta's, which no sample's shift moves: the shift m_i b_x is a
+            # random pattern over the units now, i.e. fluctuation; on a map, the part a
+            # channel has at every position shifts the whole channel (D). A map's offsets
+            # that vary over positions (zero-padding borders) stay, and move with b.
+            var_b, n_b = s.modes.shift_variances()
+            kept = _offset_share(out.M, scale * (s.M - channel)) if s.sp is not None else 0.0
+            modes = s.modes.mapped(np.diag([kept, 1.0]))
+            D, N_D = scale * (s.D + var_b * channel), scale * (s.N_D + n_b * channel)
+            return self._on_map(node, out, modes, D, N_D)
         s = _scalar(s)  # normalised over all units of a sample: positions not modelled
         if norm == "rms":
             r2 = s.M + s.v + eps
             mean = g_mean * s.mean / math.sqrt(r2)
             M = g_sq * s.M / r2 + 2 * mean * b_mean + b_sq
-            modes = _per_sample_normalised(s.modes, s.M, s.v, M, M - b_sq)
+            modes = self._vector(node, _per_sample_normalised(s.modes, s.M, s.v, M, M - b_sq))
             return _State(M=M, v=g_sq * s.v / r2, mean=mean + b_mean, N=g_sq * s.N / r2, modes=modes)
         # layer / group: the per-sample mean over units is the common offset `mean`.
         spread = max(s.M - s.mean**2, 0.0)
         s2 = spread + s.v + eps
         M = g_sq * spread / s2 + b_sq
-        modes = _per_sample_normalised(s.modes, spread, s.v, M, M - b_sq) if norm == "layer" else None
+        modes = self._vector(node, _per_sample_normalised(s.modes, spread, s.v, M, M - b_sq)) if norm == "layer" else None
         return _State(M=M, v=g_sq * s.v / s2, mean=b_mean, N=g_sq * s.N / s2, modes=modes)
 
     def _affine(self, node: Node) -> tuple[float, float, float, float] | None:
@@ -849,29 +916,29 @@ class _Recursion:
         elif name in _RSUB_OPS and len(ins) == 2:
             signs = [-1.0, 1.0]
         maps = self._maps(node, ins)
+        scalars = [_scalar(s) for s in ins]
+        mean = sum(sg * s.mean for sg, s in zip(signs, scalars))
+        # Independent branches: the per-neuron offsets around the common offset add in
+        # square, and so do the fluctuations, the linearised variances and channel shifts.
+        spread = sum(max(s.M - s.mean**2, 0.0) for s in scalars)
+        M, v = mean**2 + spread, sum(s.v for s in scalars)
         if maps is not None:
             # Each input's statistics on the classes of the sum (pairs of the inputs' classes).
             cls, count, keys = _classes(np.stack([m.cls for m in maps]))
             parts = [(m.mu[k], m.Q[np.ix_(k, k)], m.v[k], m.N[k]) for m, k in zip(maps, keys)]
             mu = sum(sg * p[0] for sg, p in zip(signs, parts))
             Q = np.outer(mu, mu) + sum(p[1] - np.outer(p[0], p[0]) for p in parts)
-            out = _Spatial(maps[0].shape, cls, count, mu, Q, sum(p[2] for p in parts), sum(p[3] for p in parts))
-            return out.state()
-        ins = [_scalar(s) for s in ins]
-        mean = sum(sg * s.mean for sg, s in zip(signs, ins))
-        # Independent branches: the per-neuron offsets around the common offset add in
-        # square, and so do the fluctuations and the linearised variances.
-        spread = sum(max(s.M - s.mean**2, 0.0) for s in ins)
-        M, v = mean**2 + spread, sum(s.v for s in ins)
+            out = _Spatial(maps[0].shape, cls, count, mu, Q, sum(p[2] for p in parts), sum(p[3] for p in parts)).state()
+        else:
+            out = _State(M=M, v=v, mean=mean, N=sum(s.N for s in scalars))
         # A sample's shift of each input, projected on the sum's offsets (the branches'
         # offsets are uncorrelated but for their common offsets); fluctuation variances add.
         parts = []
-        for k, (sg, s) in enumerate(zip(signs, ins)):
-            others = sum(sg2 * s2.mean for j, (sg2, s2) in enumerate(zip(signs, ins)) if j != k)
+        for k, (sg, s) in enumerate(zip(signs, scalars)):
+            others = sum(sg2 * s2.mean for j, (sg2, s2) in enumerate(zip(signs, scalars)) if j != k)
             share = (s.M + sg * s.mean * others) / M if M > 0 else 0.0
             parts.append((s.modes, np.diag([share, s.v / v if v > 0 else 0.0])))
-        modes = self._vector(node, _combined_modes(parts))
-        return _State(M=M, v=v, mean=mean, N=sum(s.N for s in ins), modes=modes)
+        return self._on_map(node, out, _combined_modes(parts), sum(s.D for s in scalars), sum(s.N_D for s in scalars))
 
     def _maps(self, node: Node, ins: list[_State]) -> list[_Spatial] | None:
         """The inputs' maps, where one has a map and all have this node's shape."""
@@ -912,7 +979,8 @@ class _Recursion:
             if node.attrs.get("op", node.op) in _DIV_OPS:
                 return _Missing(f"{node.op} of a signal by a constant tensor: not read")
             # Independent of which neuron it scales: means scale by E[c], squares by E[c^2].
-            return _State(M=c_sq * s.M, v=c_sq * s.v, mean=c_mean * s.mean, N=c_sq * s.N, modes=s.modes)
+            return _State(M=c_sq * s.M, v=c_sq * s.v, mean=c_mean * s.mean, N=c_sq * s.N, modes=s.modes,
+                          D=c_sq * s.D, N_D=c_sq * s.N_D)
         name = node.attrs.get("op", node.op)
         signal_first = fxn.args and isinstance(fxn.args[0], fx.Node) and fxn.args[0].name == node.inputs[0]
         sign_x = -1.0 if (name in _SUB_OPS and not signal_first) or name in _RSUB_OPS else 1.0
@@ -920,7 +988,7 @@ class _Recursion:
         mean = sign_x * s.mean + sign_c * c_mean
         M = s.M + 2 * sign_x * sign_c * s.mean * c_mean + c_sq
         modes = s.modes.mapped(np.diag([_offset_share(M, s.M + sign_x * sign_c * s.mean * c_mean), 1.0])) if s.modes is not None else None
-        return _State(M=M, v=s.v, mean=mean, N=s.N, modes=modes)
+        return _State(M=M, v=s.v, mean=mean, N=s.N, modes=modes, D=s.D, N_D=s.N_D)
 
     def _pool(self, node: Node, ins: list[_State]) -> _State | _Missing:
         kind = node.attrs.get("pool")
@@ -931,14 +999,31 @@ class _Recursion:
         if node.op == "mean" and not self._spatial_mean(node):
             return _Missing("mean over features or unknown dimensions: not covered")
         s = ins[0]
-        if s.sp is not None and node.shape is not None and math.prod(node.shape[2:]) == 1:
-            # Global: a channel's output mean is its neuron means' average over positions,
-            # M = mean_c (mean_p m_cp)^2 = mean_pq Q[p, q]; v, N as below.
-            sp = s.sp
-            return _State(M=float(sp.count @ sp.Q @ sp.count) / len(sp.cls) ** 2, v=s.v, mean=s.mean, N=s.N)
+        src = self.graph[node.inputs[0]].shape
+        if node.shape is not None and src is not None and len(src) >= 3 and math.prod(node.shape[2:]) == 1:
+            return self._global_pool(node, s, math.prod(src[2:]))
         # Linear, NLC factor 1; M is exact (a channel's neuron mean the same at every
-        # position), v an upper bound (spatial correlation unknown).
-        return replace(_scalar(s), modes=None)
+        # position), v an upper bound (spatial correlation unknown). A sample's scale and
+        # channel shifts are the same at the positions pooled: kept.
+        return _scalar(s)
+
+    def _global_pool(self, node: Node, s: _State, positions: int) -> _State:
+        """Average over all positions of a map. A channel's output mean is its neuron means'
+        average over positions, M = mean_c (mean_p m_cp)^2 = mean_pq Q[p, q]. The
+        fluctuations of different positions are uncorrelated in the wide-layer limit and
+        pooling divides their variance by the positions, but not that of what a sample shifts
+        at every position alike: its shift along the offsets (Var b M) and its channels'
+        shifts (D). v and N stay on the scale of one position (the limit's NLC factor 1;
+        v is an upper bound where the data's positions are correlated), so those two are
+        multiplied by the positions instead."""
+        M = float(s.sp.count @ s.sp.Q @ s.sp.count) / len(s.sp.cls) ** 2 if s.sp is not None else s.M
+        var_b, n_b = s.modes.shift_variances() if s.modes is not None else (0.0, 0.0)
+        v_each = max(s.v - s.D - var_b * s.M, 0.0)
+        N_each = max(s.N - s.N_D - n_b * s.M, 0.0)
+        v = v_each + positions * (s.D + var_b * M)
+        N = N_each + positions * (s.N_D + n_b * M)
+        modes = s.modes.mapped(np.diag([1.0, v_each / v if v > 0 else 0.0])) if s.modes is not None else None
+        return self._on_map(node, _State(M=M, v=v, mean=s.mean, N=N), modes, 0.0, 0.0)
 
     def _spatial_mean(self, node: Node) -> bool:
         """x.mean(dims) over spatial dims only (dims >= 2 of an N, C, ... tensor)."""
@@ -953,9 +1038,13 @@ class _Recursion:
     def _reshape(self, node: Node, ins: list[_State]) -> _State | _Missing:
         if len(ins) == 1 or node.op in _SHAPE_LIKE_OPS:
             # A map stays with the node only while the layout does (the averages always hold).
-            if node.shape == self.graph[node.inputs[0]].shape:
+            src = self.graph[node.inputs[0]].shape
+            if node.shape == src:
                 return ins[0]
-            return replace(_scalar(ins[0]), modes=self._vector(node, ins[0].modes))
+            s = _scalar(ins[0])
+            if self._is_map(node) and src is not None and tuple(src[:2]) == tuple(node.shape[:2]):
+                return s  # the channels stay: (batch, channels, positions in another layout)
+            return replace(s, modes=self._vector(node, s.modes), D=0.0, N_D=0.0)
         ins = [_scalar(x) for x in ins]
         if node.op in _CONCAT_OPS:
             sizes = [math.prod(self.graph[i].shape or (0,)) for i in node.inputs]
@@ -1153,19 +1242,9 @@ def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: An
     if s.sp is not None:
         return _gaussian_map_spatial(fn, s.sp, key)
     if s.modes is not None and units and s.modes.small():
-        cov = s.modes.cov()
-        args = tuple(_round(float(x)) for x in (s.M, s.v, s.mean, cov[0, 0], cov[0, 1], cov[1, 1]))
-        cache_key = (key, "modes", *args) if key is not None else None
-        if cache_key is not None and cache_key in _CACHE:
-            mixed = _CACHE[cache_key]
-        else:
-            mixed = _moments_with_modes(fn, key, *args)
-            if cache_key is not None:
-                if len(_CACHE) >= _CACHE_SIZE:
-                    _CACHE.clear()
-                _CACHE[cache_key] = mixed
+        mixed = _mixed_moments(fn, key, s)
         if mixed is not None:
-            out, J, unit, H = mixed
+            out, J, unit, H = mixed.out, mixed.J, mixed.unit, mixed.H
             # The offsets' variance each source turns into data variance, with its NLC.
             converted = np.clip(-np.einsum("lb,bc,lc->l", s.modes.coef, H, s.modes.coef), 0.0, None)
             N = s.N * out.N + float(converted @ s.modes.nlc2)
@@ -1177,6 +1256,51 @@ def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: An
     # _moments returns the gain E tau'^2 in the N slot.
     out, _ = unit
     return _State(M=out.M, v=out.v, mean=out.mean, N=s.N * out.N)
+
+
+def _mixed_moments(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, s: _State):
+    """_moments_with_modes at state ``s`` (its averages and its modes' covariance), cached."""
+    cov = s.modes.cov()
+    args = tuple(_round(float(x)) for x in (s.M, s.v, s.mean, cov[0, 0], cov[0, 1], cov[1, 1]))
+    cache_key = (key, "modes", *args) if key is not None else None
+    if cache_key is not None and cache_key in _CACHE:
+        return _CACHE[cache_key]
+    mixed = _moments_with_modes(fn, key, *args)
+    if cache_key is not None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[cache_key] = mixed
+    return mixed
+
+
+def _with_map_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, root: _State, out: _State | _Missing,
+                    units: int, first_id: int) -> _State | _Missing:
+    """``out``, an elementwise function of a map with scale modes (``root``), with its modes
+    and channel shifts (module docstring, "Finite width"). The statistics per position stay
+    the wide limit's; the modes map as in a (batch, features) layer, at the map's averages;
+    a channel's shift d passes with the slope, E_c (E tau'_c)^2 D; and the offsets' variance
+    that the modes' shifts turn into data variance is the same at every position of a channel
+    (a neuron's offset is its channel's), so it is a channel shift too."""
+    if isinstance(out, _Missing) or not root.modes.small():
+        return out
+    mixed = _mixed_moments(fn, key, root)
+    if mixed is None:
+        return out
+    coef, nlc2 = root.modes.coef, root.modes.nlc2
+    converted = np.clip(-np.einsum("lb,bc,lc->l", coef, mixed.H, coef), 0.0, None)
+    dv, dN = float(converted.sum()), float(converted @ nlc2)
+    if out.sp is not None:
+        out = out.sp.like(out.sp.mu, out.sp.Q, out.sp.v + dv, out.sp.N + dN).state()
+    else:
+        out = replace(out, v=out.v + dv, N=out.N + dN)
+    # The shifts along the output's offsets are the mode b'; the rest of the offsets' shifts,
+    # a random pattern over the channels, is a channel shift.
+    modes = root.modes.mapped(mixed.J)
+    along = modes.coef[:, 0] ** 2 * out.M
+    rest = np.clip(np.einsum("lb,bc,lc->l", coef, mixed.gram, coef) - along, 0.0, None)
+    modes = modes.plus(mixed.unit / units, first_id, out.N / max(out.v, 1e-300))
+    return replace(out, modes=modes, D=mixed.slope2 * root.D + float(rest.sum()),
+                   N_D=mixed.slope2 * root.N_D + float(rest @ nlc2))
 
 
 def _unit_moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float, key: Any):
@@ -1342,16 +1466,26 @@ def _moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mea
     return out, herm
 
 
+class _Mixed(NamedTuple):
+    """What _moments_with_modes returns besides the population statistics ``out``."""
+
+    out: _State
+    J: np.ndarray      # (b, a) -> the output's (b', a'), 2 x 2
+    unit: np.ndarray   # the covariance of (b', a') one output unit adds (over n units: / n)
+    H: np.ndarray      # second order of the output offsets: dM = -c^T H c per source c
+    gram: np.ndarray   # c^T gram c: the variance of the neuron offsets' shifts per source c
+    slope2: float      # E_m (E_z tau')^2: the gain of a shift of all of a neuron's inputs
+
+
 def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M: float, v: float, mean: float,
-                        var_b: float, cov: float, var_a: float) -> tuple[_State, np.ndarray, np.ndarray] | None:
+                        var_b: float, cov: float, var_a: float) -> _Mixed | None:
     """_moments for a state whose samples differ in scale (module docstring, "Finite
     width"): sample x's pre-activations are m_i (1 + b_x) + sqrt(v_f (1 + a_x)) z, where
     (b, a) has covariance [[var_b, cov], [cov, var_a]] over the samples and v_f = v - var_b M
     is what the shifts leave of the population's v. To second order in
     (b, a), from the 3 x 3 stencil of the integrals at b, a in {-h, 0, h}: returns the
-    population statistics (M', v', mean', and E tau'^2 at b = a = 0) as a _State, the 2 x 2 map J of (b, a)
-    to the output's (b', a'), and the covariance of (b', a') that one output unit adds
-    (finite width: divided by the units). None where the stencil cannot resolve the
+    population statistics (M', v', mean', and E tau'^2 at b = a = 0) as a _State, and the
+    maps of _Mixed. None where the stencil cannot resolve the
     neurons (a z-grid too coarse for them; the caller then drops the modes).
 
     The statistics at b = a = 0 are _moments' (cached per ``key``); the stencil, which only
@@ -1429,9 +1563,14 @@ def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M:
     f_aa = (f[1, 2] - 2 * f0 + f[1, 0]) / d**2
     f_ba = (f[2, 2] - f[2, 0] - f[0, 2] + f[0, 0]) / (4 * d * d)
     H = np.array([[wm @ (f0 * f_bb), wm @ (f0 * f_ba)], [wm @ (f0 * f_ba), wm @ (f0 * f_aa)]])
-    if not (np.isfinite(J).all() and np.isfinite(unit).all() and np.isfinite(H).all()):
+    # E_m of the outer product of (d/db, d/da) E_z tau: the variance of the offsets' shifts.
+    gram = np.array([[wm @ (f_b * f_b), wm @ (f_b * f_a)], [wm @ (f_b * f_a), wm @ (f_a * f_a)]])
+    # E_m (E_z tau')^2, the gain of a shift of a whole channel (Stein: E_z tau' = E_z tau z / sqrt(v)).
+    slope2 = float(wm @ (np.einsum("mz,z->m", y[1, 1] * z, wz) / sv) ** 2)
+    mixed = _Mixed(out, J, unit, H, gram, slope2)
+    if not all(np.isfinite(x).all() for x in mixed[1:]):
         return None
-    return out, J, unit, H
+    return mixed
 
 
 def _m_grid(mean: float, sm: float, sv: float) -> tuple[np.ndarray, np.ndarray]:
