@@ -165,7 +165,7 @@ a sample's b and a from one unit's moments, over n). Op by op:
   by their number P but keeps a sample's shifts: with v and N on one position's scale (the
   limit's convention, above), v' = v - D - Var(b) M + P (D + Var(b) M'), and N' likewise
   with N_D and each source's NLC^2. This is why pooling lowers the NLC: measured, a
-  BN-ReLU CNN of depth 10 (64 channels, 8 x 8) loses 18-22% of its NLC in the pooling
+  BN-ReLU CNN of depth 10 (64 channels, 8 x 8) loses 14-22% of its NLC in the pooling
   (predicted 19%, the limit 0%).
 - Sequences, LayerNorm / GroupNorm / RMSNorm of a map, Linear layers per position, other
   reshapes, and ops not listed: not tracked (the limit).
@@ -183,14 +183,14 @@ instance norm, reductions over features, unknown ops. The NLC is never silently 
 Known limits (numbers in benchmarks/RESULTS_meanfield.md): it predicts the mean over inits,
 and one realised network scatters around it, more with depth over width (a depth-20 He-ReLU
 MLP of width 256: standard deviation ~15% over inits) and with narrow layers (a CNN's
-per-channel means with 16 channels); the finite width is modelled for MLP layers only
-(above) and for maps (sample-wide modes and channel shifts, above), not for sequences; a
-map's modes come from the input's norm and the layers' units only, and measured they grow
-about twice as fast with depth (Var a at the last ReLU of a depth-10 BN-ReLU CNN: 0.020
-predicted, 0.045 measured), while the channel shifts come out larger than measured: the
-pooled total is right there (P times the variance share of a channel's mean over its
-positions at the last map: 1.69 predicted, 1.64 measured), its split is not. In the 4-block ResNet the pooling lowers the NLC by 16%
-predicted and 4-12% measured, which happens to cancel most of the skip's error below.
+per-channel means with 16 channels); the finite width is modelled for MLP layers and for
+maps (sample-wide modes and channel shifts, above), not for sequences. A
+map's modes come from the input's norm and the layers' units only; measured, the share of a
+channel's mean in the variance before global pooling (R, the pooled variance being R v / P)
+is 1.46-1.82 over four inits of a depth-10 BN-ReLU CNN (predicted 1.69; pooling's NLC factor
+0.78-0.86, predicted 0.81), but 1.27-1.61 in the 4-block ResNet (predicted 1.74; factor
+0.88-0.96, predicted 0.84), whose NLC before the pooling is over-predicted by 12% (below):
+the two errors cancel there (benchmarks/RESULTS_meanfield.md, "Global average pooling").
 Zero-padding borders are modelled only on maps of at most _MAX_POSITIONS positions.
 Spatially correlated data (1/f images) adds its own. A sum whose inputs are not Gaussian over the data
 (a ResNet's skip carrying a ReLU's output) goes into the next activation as if it were (A3):
