@@ -148,10 +148,18 @@ def _session_processes(sid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def _as_in_a_terminal() -> None:
+    """SIGINT as a terminal's foreground process has it. A test run started as a background
+    job of a non-interactive shell (``pytest &``) has SIGINT ignored, and a child inherits
+    that: archlint then rightly ignores the Ctrl-C (these tests failed in such runs only)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly():
     proc = subprocess.Popen(
         [sys.executable, "-m", "archlint", "check", str(HOSTILE / "import_infinite_loop.py"), "--timeout", "300"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
     )
     try:
         assert "checking" in proc.stderr.readline()  # the worker is being started
@@ -266,7 +274,8 @@ def test_a_ctrl_c_while_the_fork_server_starts_is_not_lost():
     # window used to vanish, and archlint went on checking an endless import. Run in a
     # process of its own: like the archlint command, it has one thread (a process-directed
     # signal goes to a thread that does not block it, and pytest's process has two).
-    run = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_THE_FORK_SERVER_STARTS], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_THE_FORK_SERVER_STARTS], capture_output=True, text=True,
+                         timeout=60, preexec_fn=_as_in_a_terminal)
     assert run.stdout.split() == ["interrupted", "False"], run.stderr
 
 
