@@ -191,6 +191,8 @@ is 1.46-1.82 over four inits of a depth-10 BN-ReLU CNN (predicted 1.69; pooling'
 0.78-0.86, predicted 0.81), but 1.27-1.61 in the 4-block ResNet (predicted 1.74; factor
 0.88-0.96, predicted 0.84), whose NLC before the pooling is over-predicted by 12% (below):
 the two errors cancel there (benchmarks/RESULTS_meanfield.md, "Global average pooling").
+MobileNetV2's inverted-residual blocks (16 x 16, mean over positions) come out 8% under the
+measured NLC, where the wide-layer limit is right.
 Zero-padding borders are modelled only on maps of at most _MAX_POSITIONS positions.
 Spatially correlated data (1/f images) adds its own. A sum whose inputs are not Gaussian over the data
 (a ResNet's skip carrying a ReLU's output) goes into the next activation as if it were (A3):

@@ -146,6 +146,38 @@ def resnet(blocks):
     )
 
 
+class InvertedResiduals(nn.Module):
+    """MobileNetV2's blocks at one width: 1 x 1 expansion, depthwise 3 x 3, 1 x 1 projection,
+    BatchNorm after each, ReLU6 inside the branch, an identity skip; mean over positions."""
+
+    def __init__(self, blocks: int = 4, c: int = 32, expand: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU6())
+        self.blocks = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(c, expand * c, 1, bias=False), nn.BatchNorm2d(expand * c), nn.ReLU6(),
+            nn.Conv2d(expand * c, expand * c, 3, padding=1, groups=expand * c, bias=False), nn.BatchNorm2d(expand * c), nn.ReLU6(),
+            nn.Conv2d(expand * c, c, 1, bias=False), nn.BatchNorm2d(c)) for _ in range(blocks))
+        self.head = nn.Linear(c, OUT)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h.mean((2, 3)))
+
+
+class Conv1dNet(nn.Module):
+    """A 1-channel signal of 128 samples: Conv1d-BN-GELU x depth, mean over time."""
+
+    def __init__(self, depth: int = 6, c: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(*[m for i in range(depth) for m in (nn.Conv1d(1 if i == 0 else c, c, 5, padding=2), nn.BatchNorm1d(c), nn.GELU())])
+        self.head = nn.Linear(c, OUT)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean(-1))
+
+
 @dataclass
 class Case:
     name: str
@@ -404,7 +436,7 @@ def run_case(case: Case) -> tuple[str, bool]:
 
 def finite_width_rows() -> list[str]:
     """Models over many inits: one network scatters, the mean is what is predicted. The He-ReLU
-    MLPs, and CNNs that end in global average pooling (the last two are not in the main table)."""
+    MLPs, and CNNs that end in global average pooling (the last four are not in the main table)."""
     rows = ["| model | inits | measured (exact, fp64): mean +- sd | predicted: mean | rel. error | wide-layer limit: mean | rel. error |",
             "|---|---|---|---|---|---|---|"]
     cases = [
@@ -414,6 +446,8 @@ def finite_width_rows() -> list[str]:
         ("CNN ResNet 4 blocks + avg pool", lambda: resnet(4), IMAGE, 4),
         ("CNN BN-ReLU d6, 32 channels + avg pool", lambda: cnn(nn.ReLU, 6, gap=True, channels=32), IMAGE, 4),
         ("CNN ReLU He d6, 32 channels + avg pool", lambda: init_he(cnn(nn.ReLU, 6, norm=False, gap=True, channels=32)), IMAGE, 4),
+        ("CNN inverted residuals x4 (MobileNetV2's blocks), 3 x 16 x 16 + mean", InvertedResiduals, (3, 16, 16), 3),
+        ("CNN 1-d BN-GELU d6, 1 x 128 + mean", Conv1dNet, (1, 128), 3),
     ]
     for name, build, shape, inits in cases:
         exact, finite, wide = [], [], []
@@ -557,7 +591,11 @@ the shift into a channel shift at each BatchNorm, and pooling keeps both
 0.78-0.86). With circular padding (only the pooling acts) the pooled prediction is 0.2% off
 (the limit 20%), and models not in the main table confirm it over four inits
 (finite-width table): a BN-ReLU and a He-ReLU CNN of depth 6 with 32 channels are 1.5% and
-8% from the mean, where the limit is 14% and 24% over. The sources are the input's norm and
+8% from the mean, where the limit is 14% and 24% over. Two more held out, over three inits:
+a 1-d BN-GELU net on 128 samples is 9.7% under (the limit 13% over), and MobileNetV2's
+inverted-residual blocks 8.3% under, where the limit is right (0.4%): there, as in the
+ResNet, the pooling's reduction is over-predicted. Of these six pooled models the
+prediction is nearer the measured mean than the limit in five. The sources are the input's norm and
 the layers' units; inputs of one norm (diagnostics) measure 9% (CNN) and 8% (ResNet) higher
 than Gaussian ones, so the input's norm is a large part of the effect, but the predictor,
 which does not see the data, cannot know a dataset's norms are all alike. Pink-noise inputs
