@@ -531,8 +531,8 @@ def test_maps_carry_the_scale_modes_and_channel_shifts():
     pred = predict(graph)
     maps = [n for n in graph.nodes if n.shape is not None and len(n.shape) == 4]
     assert all(pred.states[n.name].modes is not None for n in maps)
-    # The first BatchNorm turns the input's scale, shifted by no ReLU yet, into no channel
-    # shift; the ones after a ReLU do.
+    # Before the first ReLU nothing moves a channel's offsets with a sample's scale (b = 0),
+    # so the first BatchNorm makes no channel shift; the ones after a ReLU do.
     bns = [n.name for n in maps if n.kind is OpKind.NORM]
     assert pred.states[bns[0]].D == 0 and all(pred.states[b].D > 0 for b in bns[1:])
     # Without pooling, every position's statistics stay the limit's but for the offsets'
