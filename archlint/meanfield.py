@@ -404,6 +404,10 @@ class _Modes:
         var_b, var_a = (self.coef**2).sum(axis=0) if len(self.coef) else (0.0, 0.0)
         return bool(var_b <= _MAX_SHIFT_VAR and var_a <= _MAX_SPREAD_VAR)
 
+    def per_source(self, A: np.ndarray) -> np.ndarray:
+        """c_l^T A c_l for each source's coefficients c_l (A: 2 x 2 over (b, a))."""
+        return np.einsum("lb,bc,lc->l", self.coef, A, self.coef)
+
     def shift_variances(self) -> tuple[float, float]:
         """(Var b, its linearised variance): per unit of M, the variance of a sample's shift
         along the offsets and the N it carries (each source's share times its NLC^2)."""
@@ -459,6 +463,11 @@ class _Spatial:
     Q: np.ndarray
     v: np.ndarray
     N: np.ndarray
+
+    def channel_offsets_sq(self) -> float:
+        """mean_c (mean_p m_cp)^2 = mean_pq Q[p, q]: the offsets a channel has at all of its
+        positions (what global pooling keeps of M)."""
+        return float(self.count @ self.Q @ self.count) / len(self.cls) ** 2
 
     def average(self, a: np.ndarray) -> float:
         """The average over positions of a per-class array."""
@@ -864,8 +873,7 @@ class _Recursion:
             if s.sp is not None:
                 out = _batch_norm_map(s.sp, g_mean, g_sq, b_mean, b_sq, eps)
                 scale = out.v / s.v if s.v > 0 else 0.0
-                # mean_c (mean_p m_cp)^2: the offsets a channel has at all of its positions.
-                channel = float(s.sp.count @ s.sp.Q @ s.sp.count) / len(s.sp.cls) ** 2
+                channel = s.sp.channel_offsets_sq()
             else:
                 # Per-neuron statistics of the data: offsets removed, spread normalised.
                 scale = g_sq / (s.v + eps)
@@ -1018,7 +1026,7 @@ class _Recursion:
         shifts (D). v and N stay on the scale of one position (the limit's NLC factor 1;
         v is an upper bound where the data's positions are correlated), so those two are
         multiplied by the positions instead."""
-        M = float(s.sp.count @ s.sp.Q @ s.sp.count) / len(s.sp.cls) ** 2 if s.sp is not None else s.M
+        M = s.sp.channel_offsets_sq() if s.sp is not None else s.M
         var_b, n_b = s.modes.shift_variances() if s.modes is not None else (0.0, 0.0)
         v_each = max(s.v - s.D - var_b * s.M, 0.0)
         N_each = max(s.N - s.N_D - n_b * s.M, 0.0)
@@ -1248,7 +1256,7 @@ def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: An
         if mixed is not None:
             out, J, unit, H = mixed.out, mixed.J, mixed.unit, mixed.H
             # The offsets' variance each source turns into data variance, with its NLC.
-            converted = np.clip(-np.einsum("lb,bc,lc->l", s.modes.coef, H, s.modes.coef), 0.0, None)
+            converted = np.clip(-s.modes.per_source(H), 0.0, None)
             N = s.N * out.N + float(converted @ s.modes.nlc2)
             modes = s.modes.mapped(J).plus(unit / units, first_id, N / max(out.v, 1e-300))
             return _State(M=out.M, v=out.v, mean=out.mean, N=N, modes=modes)
@@ -1264,15 +1272,7 @@ def _mixed_moments(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, s: _Sta
     """_moments_with_modes at state ``s`` (its averages and its modes' covariance), cached."""
     cov = s.modes.cov()
     args = tuple(_round(float(x)) for x in (s.M, s.v, s.mean, cov[0, 0], cov[0, 1], cov[1, 1]))
-    cache_key = (key, "modes", *args) if key is not None else None
-    if cache_key is not None and cache_key in _CACHE:
-        return _CACHE[cache_key]
-    mixed = _moments_with_modes(fn, key, *args)
-    if cache_key is not None:
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.clear()
-        _CACHE[cache_key] = mixed
-    return mixed
+    return _cached((key, "modes", *args) if key is not None else None, lambda: _moments_with_modes(fn, key, *args))
 
 
 def _with_map_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, root: _State, out: _State | _Missing,
@@ -1288,8 +1288,8 @@ def _with_map_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, root: 
     mixed = _mixed_moments(fn, key, root)
     if mixed is None:
         return out
-    coef, nlc2 = root.modes.coef, root.modes.nlc2
-    converted = np.clip(-np.einsum("lb,bc,lc->l", coef, mixed.H, coef), 0.0, None)
+    nlc2 = root.modes.nlc2
+    converted = np.clip(-root.modes.per_source(mixed.H), 0.0, None)
     dv, dN = float(converted.sum()), float(converted @ nlc2)
     if out.sp is not None:
         out = out.sp.like(out.sp.mu, out.sp.Q, out.sp.v + dv, out.sp.N + dN).state()
@@ -1299,7 +1299,7 @@ def _with_map_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, root: 
     # a random pattern over the channels, is a channel shift.
     modes = root.modes.mapped(mixed.J)
     along = modes.coef[:, 0] ** 2 * out.M
-    rest = np.clip(np.einsum("lb,bc,lc->l", coef, mixed.gram, coef) - along, 0.0, None)
+    rest = np.clip(root.modes.per_source(mixed.gram) - along, 0.0, None)
     modes = modes.plus(mixed.unit / units, first_id, out.N / max(out.v, 1e-300))
     return replace(out, modes=modes, D=mixed.slope2 * root.D + float(rest.sum()),
                    N_D=mixed.slope2 * root.N_D + float(rest @ nlc2))
@@ -1307,15 +1307,23 @@ def _with_map_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, root: 
 
 def _unit_moments(fn: Callable[[torch.Tensor], torch.Tensor], M: float, v: float, mean: float, key: Any):
     M, v, mean = _round(M), _round(v), _round(mean)
-    cache_key = (key, M, v, mean) if key is not None else None
-    if cache_key in _CACHE:
+    return _cached((key, M, v, mean) if key is not None else None, lambda: _moments(fn, M, v, mean))
+
+
+def _cached(cache_key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept in _CACHE under ``cache_key`` (None: not kept)."""
+    if cache_key is not None and cache_key in _CACHE:
         return _CACHE[cache_key]
-    unit = _moments(fn, M, v, mean)
+    value = compute()
     if cache_key is not None:
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.clear()
-        _CACHE[cache_key] = unit
-    return unit
+        _cache_put(cache_key, value)
+    return value
+
+
+def _cache_put(cache_key: Any, value: Any) -> None:
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.clear()
+    _CACHE[cache_key] = value
 
 
 def _gaussian_map_spatial(fn: Callable[[torch.Tensor], torch.Tensor], sp: _Spatial, key: Any) -> _State | _Missing:
@@ -1401,9 +1409,7 @@ def _hermite_moments_batch(fn: Callable[[torch.Tensor], torch.Tensor], todo: lis
     for k, (a, _, _) in enumerate(todo):
         out = _State(*(float(c[k]) for c in stats))
         if all(math.isfinite(c) for c in (out.M, out.v, out.mean, out.N)):
-            if len(_CACHE) >= _CACHE_SIZE:
-                _CACHE.clear()
-            _CACHE[(key, *a)] = (out, herm[k])
+            _cache_put((key, *a), (out, herm[k]))
 
 
 def _z_count(m_nodes: int) -> int:
