@@ -38,7 +38,7 @@ from typing import Any, Iterator
 
 from archlint import __version__
 from archlint.config import Settings, find_config
-from archlint.rule import Finding
+from archlint.results import FileResult
 
 log = logging.getLogger("archlint")
 
@@ -52,17 +52,6 @@ CACHEDIR_TAG = (
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
 )
 GITIGNORE = "# Automatically created by archlint.\n*\n"
-
-
-@dataclass
-class Outcome:
-    """What a run needs of one checked file: its findings and how many models it analysed
-    (the same fields as ``worker.FileReport``, which ``Cache.put`` stores)."""
-
-    findings: list[Finding]
-    n_models: int
-    skipped: bool = False
-    from_cache: bool = False
 
 
 def _sha256_file(path: str) -> str | None:
@@ -168,7 +157,7 @@ class Cache:
 
     # Reading and writing
 
-    def get(self, path: str | os.PathLike) -> Outcome | None:
+    def get(self, path: str | os.PathLike) -> FileResult | None:
         """The stored outcome for ``path``, or None when there is none that is still valid.
         A corrupt entry counts as none (the next ``put`` rewrites it)."""
         path = str(Path(path).resolve())
@@ -188,17 +177,17 @@ class Cache:
                 return None
             if any(_sha256_file(dep) != digest for dep, digest in entry["deps"].items()):
                 return None
-            findings = [Finding.from_dict(f) for f in entry["findings"]]
-            return Outcome(findings, int(entry["n_models"]), bool(entry["skipped"]), from_cache=True)
+            return FileResult.from_dict(entry["result"], from_cache=True)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.debug("ignoring corrupt cache entry %s: %s", entry_path, exc)
             return None
 
-    def put(self, path: str | os.PathLike, outcome: Outcome, local_modules: list[str] = ()) -> None:
-        """Store ``outcome`` for ``path``, keyed on the file and the ``local_modules`` it
+    def put(self, path: str | os.PathLike, result: FileResult) -> None:
+        """Store ``result`` for ``path``, keyed on the file and the local modules it
         imported. Import failures are not stored (see the module docstring)."""
-        if not self._writable or any(f.code == "ARC900" for f in outcome.findings):
+        if not self._writable or any(f.code == "ARC900" for f in result.findings):
             return
+        local_modules = result.local_modules
         path = str(Path(path).resolve())
         source_hash = _sha256_file(path)
         deps = {dep: _sha256_file(dep) for dep in sorted(set(local_modules)) if dep != os.path.realpath(path)}
@@ -209,9 +198,7 @@ class Cache:
                 "key": self._key(path, source_hash),
                 "path": path,
                 "deps": deps,
-                "n_models": outcome.n_models,
-                "skipped": outcome.skipped,
-                "findings": [dataclasses.asdict(f) for f in outcome.findings],
+                "result": result.to_dict(),
             }, indent=1)
         except (TypeError, ValueError) as exc:
             # A rule put something into Finding.data that JSON cannot hold: run it again

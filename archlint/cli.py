@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from archlint import __version__, worker
+from archlint import __version__, memory, worker
 from archlint.cache import CACHE_DIR_NAME
 from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, exclude_patterns, find_config, resolve_settings, validate_codes, validate_device
 from archlint.files import is_excluded, iter_python_files, mentions_torch, read_source
@@ -24,6 +24,8 @@ from archlint.worker import DEFAULT_TIMEOUT
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 # What shells report for a process ended by SIGINT (128 + 2).
 EXIT_INTERRUPTED = 130
+# A worker needs this much to import torch at all: a lower --memory-limit is a mistake.
+MIN_MEMORY_LIMIT = 256 * 1024**2
 
 
 class _DefaultToCheck(click.Group):
@@ -101,17 +103,16 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     logging.basicConfig(level=log_level, format="archlint: %(message)s", stream=sys.stderr)
     try:
         cli_options = _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
-        memory_bytes = worker.default_memory_limit() if memory_limit == "auto" else worker.parse_size(memory_limit)
+        memory_bytes = memory.default_memory_limit() if memory_limit == "auto" else memory.parse_size(
+            memory_limit, allow_none=True, minimum=MIN_MEMORY_LIMIT)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
     except ValueError as exc:
         raise click.UsageError(f"--memory-limit: {exc}") from exc
     budget = None
     if memory_budget is not None:
-        from archlint.load import parse_bytes
-
         try:
-            budget = parse_bytes(memory_budget)
+            budget = memory.parse_size(memory_budget)
         except ValueError as exc:
             raise click.UsageError(f"--memory-budget: {exc}") from exc
 
@@ -219,7 +220,7 @@ def _file_settings(files: list[Path], cli_options: dict) -> dict[Path, Settings]
 
 
 def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, analyse: worker.Analyse, store=None) -> int:
-    """``analyse(path, settings) -> FileReport`` is the per-file seam: in a worker process
+    """``analyse(path, settings) -> FileResult`` is the per-file seam: in a worker process
     (the default) or in this one (``--no-isolation``); ``store`` answers unchanged files
     from the cache."""
     from archlint import output
@@ -237,7 +238,7 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
             result = analyse(path, settings[path])
             # A crash, timeout or memory stop depends on the machine: not kept.
             if store is not None and result.failure is None:
-                store.put(path, result, result.local_modules)
+                store.put(path, result)
         if result.skipped:
             continue
         n_models += result.n_models

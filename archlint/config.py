@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from archlint import device
+
 # ARC4xx rules are off unless selected explicitly (by code, by prefix, or by ALL).
 DEFAULT_SELECT = ("ARC1", "ARC2", "ARC3", "ARC9")
 
@@ -119,9 +121,10 @@ def validate_codes(values: Iterable[str], known: Iterable[str], what: str) -> tu
 
 
 def validate_device(value: str, what: str) -> str:
-    if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
-        raise UsageError(f"{what}: {value!r} is not one of auto, cpu, cuda, cuda:N")
-    return value
+    try:
+        return device.validate(value, what)
+    except device.DeviceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from archlint import device, memory
 from archlint import rule as rules_api
 from archlint.config import Settings
 from archlint.files import mentions_torch
 from archlint.graph import ArchGraph, Span
+from archlint.results import FileResult
 from archlint.rule import Finding
 
 log = logging.getLogger("archlint")
@@ -32,17 +34,6 @@ class ModelResult:
     name: str
     graph: ArchGraph | None
     measured: Any = None
-
-
-@dataclass
-class FileResult:
-    path: str
-    findings: list[Finding] = field(default_factory=list)
-    models: list[ModelResult] = field(default_factory=list)
-    skipped: bool = False
-    # Files of the project's own modules the file imported (itself included): the cache
-    # keys on their content.
-    local_modules: list[str] = field(default_factory=list)
 
 
 def _no_progress(stage: str, model: str | None = None, span: Span | None = None, findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
@@ -97,9 +88,11 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         discovery = load.Discovery(entries=entries)
     else:
         discovery = load.discover(module, path)
+    # The device is resolved once: the budget and the verification pass use the same one.
+    target = device.resolve(settings.device) if settings.verify else torch.device("cpu")
     budget = settings.memory_budget
     if budget is None:
-        budget = load.default_memory_budget(settings.device if settings.verify else "cpu")
+        budget = memory.default_memory_budget(target)
     progress("build", findings=result.findings)
     built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget)
     for nb in not_built:
@@ -131,7 +124,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
                 findings = [f if f.code.startswith("ARC9") else f.with_status("predicted", reason=reason) for f in findings]
             else:
                 progress("measure", graph.name, graph.span, result.findings, findings)
-                findings = _verify(graph, bm.entry, findings, settings, model_result)
+                findings = _verify(graph, bm.entry, findings, settings, target, model_result)
         result.findings.extend(rules_api.settle(findings))
 
 
@@ -206,7 +199,7 @@ def _rule_options(rule: Any, settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, model_result: ModelResult) -> list[Finding]:
+def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, target: torch.device, model_result: ModelResult) -> list[Finding]:
     """Measure the model once and let each rule confirm or dismiss its own findings."""
     from archlint import inputs as inputs_mod
     from archlint import measure as measure_mod
@@ -224,7 +217,7 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         batch = None
     try:
         report = measure_mod.measure(
-            graph.model, batch, graph=graph, device=settings.device,
+            graph.model, batch, graph=graph, device=target,
             batch_size=settings.batch_size, seed=settings.seed, segments=segments,
         )
     except Exception as exc:  # the model's code may fail on the measurement batch
@@ -245,11 +238,11 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     return out
 
 
-# Meta diagnostics that mean a model of the file was not analysed, so its rules never ran.
 def _finish(result: FileResult, settings: Settings, source: str | None) -> FileResult:
     from archlint import suppress
 
     result.findings = suppress.finalise(result.findings, result.path, settings, source)
+    result.n_models = sum(1 for m in result.models if m.graph is not None)
     return result
 
 

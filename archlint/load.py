@@ -37,6 +37,7 @@ from torch import nn
 
 from archlint import metainit
 from archlint.graph import Span
+from archlint.memory import format_size
 
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
 
@@ -827,66 +828,12 @@ def build_all(discovery: Discovery, seed: int | None = None, memory_budget: int 
     return top, not_built
 
 
-# Parameters and buffers may take at most this share of the available memory: measuring
-# needs room for a copy (float64 re-check, another device) and the activations besides.
-MEMORY_FRACTION = 0.25
-
-
-def available_memory() -> int:
-    """Bytes of RAM available to new allocations (MemAvailable on Linux)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 8 GiB
-        return 8 << 30
-
-
-def default_memory_budget(device: str = "cpu") -> int:
-    """MEMORY_FRACTION of the available RAM, and of the free memory of the GPU the
-    verification pass will use, whichever is smaller."""
-    budget = MEMORY_FRACTION * available_memory()
-    if device != "cpu" and torch.cuda.is_available():
-        index = int(device.split(":")[1]) if device.startswith("cuda:") else None
-        budget = min(budget, MEMORY_FRACTION * torch.cuda.mem_get_info(index)[0])
-    return int(budget)
-
-
 def model_bytes(model: nn.Module) -> int:
     """Bytes of a model's parameters and buffers, shared (tied) tensors counted once."""
     seen: dict[int, int] = {}
     for t in list(model.parameters()) + list(model.buffers()):
         seen[id(t)] = t.numel() * t.element_size()
     return sum(seen.values())
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} TiB"
-
-
-def parse_bytes(text: str) -> int:
-    """``"4GiB"``, ``"512MB"``, ``"1e9"`` -> bytes (binary and decimal units)."""
-    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 10**6, "mb": 10**6, "mib": 1 << 20,
-             "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12, "tb": 10**12, "tib": 1 << 40}
-    stripped = text.strip().lower().replace(" ", "")
-    number = stripped.rstrip("kmgtib")
-    unit = stripped[len(number):]
-    try:
-        value = float(number) * units[unit]
-    except (ValueError, KeyError):
-        raise ValueError(f"{text!r} is not a size (e.g. 4GiB, 512MB or a number of bytes)") from None
-    if value <= 0:
-        raise ValueError(f"{text!r}: a memory budget must be positive")
-    return int(value)
 
 
 def _seeded_build(entry: ModelEntry, seed: int | None) -> nn.Module:
@@ -905,8 +852,8 @@ def _build(entry: ModelEntry, budget: int, seed: int | None = None) -> BuiltMode
         del meta
         return BuiltModel(entry, _seeded_build(entry, seed), size=size)
     meta.to("meta")  # a tensor the constructor put on a device explicitly
-    reason = (f"its parameters and buffers take {format_bytes(size)}, above the memory budget of "
-              f"{format_bytes(budget)}: analysed on the meta device (shapes and init formulas), "
+    reason = (f"its parameters and buffers take {format_size(size)}, above the memory budget of "
+              f"{format_size(budget)}: analysed on the meta device (shapes and init formulas), "
               f"not built or measured")
     return BuiltModel(entry, meta, size=size, meta_reason=reason)
 

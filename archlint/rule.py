@@ -18,10 +18,12 @@ metadata and documentation, and ``check`` returns nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import pkgutil
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from types import ModuleType
 from typing import Any, Callable
 
@@ -66,10 +68,34 @@ class Finding:
     def sort_key(self) -> tuple:
         return (self.span.path, self.span.line, self.span.col, self.code, self.message)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The finding as plain JSON values: how it crosses the worker's process boundary
+        and how the cache stores it. Values a rule computed as tensors or numpy scalars
+        become floats; rule data that JSON cannot hold is dropped (tuples become lists)."""
+        out = {k.name: getattr(self, k.name) for k in fields(self)}
+        out["span"] = asdict(self.span)
+        for key in ("predicted", "measured", "threshold"):
+            out[key] = _float(out[key])
+        data = {}
+        for key, value in self.data.items():
+            with contextlib.suppress(TypeError, ValueError):
+                data[str(key)] = json.loads(json.dumps(value))
+        out["data"] = data
+        return out
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Finding":
         """A finding from its fields as JSON gave them back (a worker's report, a cache entry)."""
         return cls(**{**d, "span": Span(**d["span"])})
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from archlint import device
 from archlint import rule as rules_api
 from archlint.config import Settings
 from archlint.files import read_source
 from archlint.graph import Span
+from archlint.memory import format_size
+from archlint.results import FileResult
 from archlint.rule import Finding
 
 DEFAULT_TIMEOUT = 120.0
@@ -61,76 +64,10 @@ PRELOAD = (
     "torch", "archlint.engine", "archlint.load", "archlint.trace", "archlint.sourcemap",
     "archlint.inputs", "archlint.meanfield", "archlint.state",
 )
-# Stages a file goes through in the child, and the diagnostic a death in each becomes.
-STAGE_CODES = {"import": "ARC900", "build": "ARC903", "forward": "ARC904", "measure": "ARC904"}
-
-
-@dataclass
-class FileReport:
-    """What the CLI needs from one analysed file (the parent never sees torch objects)."""
-
-    path: str
-    findings: list[Finding] = field(default_factory=list)
-    n_models: int = 0
-    skipped: bool = False
-    # Files of the project's own modules the file imported, when the engine reports them
-    # (a cache keys on their content).
-    local_modules: list[str] = field(default_factory=list)
-    # Why the worker did not finish (crash, exit, timeout, memory), else None. A cache
-    # should not keep such a report: a timeout or memory stop depends on the machine.
-    failure: str | None = None
 
 
 class WorkerError(RuntimeError):
     """A bug in archlint itself surfaced in the worker (the CLI exits 2 with its traceback)."""
-
-
-# --------------------------------------------------------------------------------------
-# Sizes and limits
-
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
-
-
-def parse_size(text: str) -> int | None:
-    """``"4GiB"`` -> bytes; ``"none"`` (or ``0``) -> no limit. Raises ValueError."""
-    value = text.strip().lower()
-    if value in ("none", "0", "off"):
-        return None
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
-    if not match or match.group(2) not in _UNITS:
-        raise ValueError(f"{text!r} is not a size like 4GiB, 512MiB or none")
-    size = int(float(match.group(1)) * _UNITS[match.group(2)])
-    if size < 256 * 1024**2:
-        raise ValueError(f"{text!r} is below 256MiB, too little to import torch")
-    return size
-
-
-def format_size(size: float) -> str:
-    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2)):
-        if size >= factor:
-            return f"{size / factor:.3g} {unit}"
-    return f"{size / 1024:.3g} KiB"
-
-
-def physical_memory() -> int | None:
-    """The memory this machine (or its cgroup, in a container) has, in bytes."""
-    total = None
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        with contextlib.suppress(OSError, ValueError):
-            raw = Path(limit_file).read_text().strip()
-            if raw.isdigit() and (total is None or int(raw) < total):
-                total = int(raw)
-    return total
-
-
-def default_memory_limit() -> int | None:
-    """Half the physical memory: room for the model, and the machine stays usable."""
-    total = physical_memory()
-    return total // 2 if total else None
 
 
 def _rss(pid: int) -> int | None:
@@ -147,29 +84,6 @@ def _rss(pid: int) -> int | None:
 
 # --------------------------------------------------------------------------------------
 # Findings across the process boundary (plain JSON: no pickles from the model's process)
-
-
-def _float(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def finding_to_dict(f: Finding) -> dict[str, Any]:
-    out = {k.name: getattr(f, k.name) for k in dataclasses.fields(f)}
-    out["span"] = dataclasses.asdict(f.span)
-    for key in ("predicted", "measured", "threshold"):
-        out[key] = _float(out[key])
-    # Rule data is free-form: keep what survives JSON (tuples become lists), drop the rest.
-    data = {}
-    for key, value in f.data.items():
-        with contextlib.suppress(TypeError, ValueError):
-            data[str(key)] = json.loads(json.dumps(value))
-    out["data"] = data
-    return out
 
 
 def _send(conn: Any, message: dict[str, Any]) -> None:
@@ -274,7 +188,7 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
     from archlint import engine
 
     prepare_process()
-    if memory_limit and _cpu_only(settings.device):
+    if memory_limit and not device.may_use_cuda(settings.device):
         import resource
 
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
@@ -285,8 +199,8 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
                  findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
         _send(conn, {
             "stage": stage, "model": model, "line": span.line if span else None,
-            "findings": [finding_to_dict(f) for f in findings],
-            "pending": [finding_to_dict(f) for f in pending],
+            "findings": [f.to_dict() for f in findings],
+            "pending": [f.to_dict() for f in pending],
         })
 
     try:
@@ -300,24 +214,7 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
         _send(conn, {"raised": load.describe_exception(exc, path), "line": load._innermost_line_in(exc, path)})
         return
     findings = _mention_memory_limit(result.findings, memory_limit)
-    _send(conn, {"done": {
-        "findings": [finding_to_dict(f) for f in findings],
-        "n_models": sum(1 for m in result.models if m.graph is not None),
-        "skipped": result.skipped,
-        "local_modules": list(getattr(result, "local_modules", [])),
-    }})
-
-
-def _cpu_only(device: str) -> bool:
-    """True when the run will not touch CUDA (the address-space accounting of the CUDA
-    driver does not mix with RLIMIT_DATA; the parent's RSS polling covers that case)."""
-    if device == "cpu":
-        return True
-    if device == "auto":
-        import torch
-
-        return torch.version.cuda is None  # a CPU build: no driver to initialise
-    return False
+    _send(conn, {"done": dataclasses.replace(result, findings=findings).to_dict()})
 
 
 _ALLOC_FAILED = re.compile(r"can't allocate memory|not enough memory|MemoryError|out of memory", re.IGNORECASE)
@@ -383,7 +280,7 @@ class Isolated:
             proc.kill()
             proc.join(5)
 
-    def analyse(self, path: str | Path, settings: Settings) -> FileReport:
+    def analyse(self, path: str | Path, settings: Settings) -> FileResult:
         path = str(Path(path).resolve())  # as check_file names it in its findings
         if not self._started and self._ctx.get_start_method() == "forkserver":
             # On the first file, not before: a run answered by a cache never imports torch.
@@ -408,7 +305,7 @@ class Isolated:
             with contextlib.suppress(OSError):
                 os.unlink(dump_path)
 
-    def _watch(self, proc: Any, conn: Any, path: str, settings: Settings, dump_path: str) -> FileReport:
+    def _watch(self, proc: Any, conn: Any, path: str, settings: Settings, dump_path: str) -> FileResult:
         state = _State()
         deadline = time.monotonic() + self.timeout
         while True:
@@ -434,9 +331,7 @@ class Isolated:
                         state.models | ({message["model"]} if message["model"] else set()),
                     )
                 elif "done" in message:
-                    done = message["done"]
-                    findings = [Finding.from_dict(d) for d in done["findings"]]
-                    return FileReport(path, findings, done["n_models"], done["skipped"], done["local_modules"])
+                    return FileResult.from_dict(message["done"])
                 elif "internal_error" in message:
                     raise WorkerError(f"while checking {path}:\n{message['internal_error']}")
                 elif "raised" in message:
@@ -552,7 +447,7 @@ def _line_span(path: str, line: int) -> Span:
     return Span(path, line, len(text) - len(text.lstrip()), line, len(text) if text else None)
 
 
-def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_line: int | None) -> FileReport:
+def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_line: int | None) -> FileResult:
     """The findings the child reported before it died, plus the death as a diagnostic."""
     line = stack_line or state.line or 1
     span = _line_span(path, line)
@@ -574,17 +469,15 @@ def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_lin
 
     # The same finishing as a file that completes: selected, suppressions applied.
     kept = suppress.finalise(findings, path, settings, read_source(Path(path)))
-    return FileReport(path, kept, n_models=len(state.models), failure=cause)
+    return FileResult(path, kept, n_models=len(state.models), failure=cause)
 
 
-def analyse_in_process(path: str | Path, settings: Settings) -> FileReport:
+def analyse_in_process(path: str | Path, settings: Settings) -> FileResult:
     """The same analysis without a child process (library use, debugging, tests that
     monkeypatch the engine). Nothing is isolated: the model's code runs in this process."""
     from archlint import engine
 
-    result = engine.check_file(path, settings)
-    n_models = sum(1 for m in result.models if m.graph is not None)
-    return FileReport(result.path, result.findings, n_models, result.skipped, list(getattr(result, "local_modules", [])))
+    return engine.check_file(path, settings)
 
 
-Analyse = Callable[[Path, Settings], FileReport]
+Analyse = Callable[[Path, Settings], FileResult]

@@ -239,12 +239,3 @@ def test_huge_fixture_peak_memory_stays_under_2_gib():
     assert [f["code"] for f in findings] == ["ARC901"]
     print(f"peak RSS linting {HUGE.name}: {maxrss_kib / 1024:.0f} MiB")
     assert maxrss_kib < 2 * 1024 * 1024
-
-
-def test_parse_bytes():
-    assert load.parse_bytes("4GiB") == 4 << 30
-    assert load.parse_bytes("512 MB") == 512 * 10**6
-    assert load.parse_bytes("1e9") == 10**9
-    for bad in ("lots", "-1GiB", "0"):
-        with pytest.raises(ValueError):
-            load.parse_bytes(bad)

@@ -13,30 +13,13 @@ import time
 
 import pytest
 
-from archlint import worker
+from archlint import memory, worker
 from archlint.config import Settings
 from archlint.graph import Span
 from archlint.rule import Finding
 from conftest import FIXTURES, REPO
 
 HOSTILE = FIXTURES / "hostile"
-
-
-def test_parse_size():
-    assert worker.parse_size("4GiB") == 4 * 1024**3
-    assert worker.parse_size("512 MiB") == 512 * 1024**2
-    assert worker.parse_size("2G") == 2 * 1000**3
-    assert worker.parse_size("1.5gib") == int(1.5 * 1024**3)
-    assert worker.parse_size("none") is None
-    for bad in ("lots", "4 parsecs", "-1GiB", "1MiB"):
-        with pytest.raises(ValueError):
-            worker.parse_size(bad)
-
-
-def test_default_memory_limit_is_half_the_machine():
-    total = worker.physical_memory()
-    assert total and total > 0
-    assert worker.default_memory_limit() == total // 2
 
 
 def test_findings_survive_the_json_round_trip():
@@ -48,7 +31,7 @@ def test_findings_survive_the_json_round_trip():
         status="predicted", name="model-import-failed", predicted=float("inf"), measured=2.5,
         reason="r", data={"segment": ("a", "b"), "opaque": Opaque()},
     )
-    back = Finding.from_dict(json.loads(json.dumps(worker.finding_to_dict(f))))
+    back = Finding.from_dict(json.loads(json.dumps(f.to_dict())))
     assert back.span == f.span
     assert (back.code, back.message, back.status, back.predicted, back.measured, back.reason) == (
         "ARC900", "m", "predicted", float("inf"), 2.5, "r")
@@ -58,7 +41,7 @@ def test_findings_survive_the_json_round_trip():
 
 @pytest.fixture(scope="module")
 def isolated():
-    with worker.Isolated(timeout=60, memory_limit=worker.parse_size("1GiB")) as iso:
+    with worker.Isolated(timeout=60, memory_limit=memory.parse_size("1GiB")) as iso:
         yield iso
 
 
@@ -114,7 +97,7 @@ def test_a_bug_in_archlint_inside_the_worker_is_an_internal_error(isolated):
 def test_resident_memory_above_the_limit_stops_the_worker():
     # With a CUDA device the address-space cap is not set (it breaks the driver): polling
     # the resident set is what stops the memory hog, here at import time.
-    with worker.Isolated(timeout=60, memory_limit=worker.parse_size("768MiB")) as iso:
+    with worker.Isolated(timeout=60, memory_limit=memory.parse_size("768MiB")) as iso:
         report = iso.analyse(HOSTILE / "import_memory_hog.py", Settings(device="cuda", verify=False))
     (f,) = report.findings
     assert f.code == "ARC900" and "more than archlint's limit of 768 MiB" in f.message, f.message
@@ -206,7 +189,7 @@ def test_limit_options_are_validated_and_documented():
 
 FAULTS_OF_REUSED_BLOCKS = """
 import resource, sys, torch
-from archlint import worker
+from archlint import memory, worker
 if sys.argv[1] == "tuned":
     worker.keep_freed_memory()
 torch.empty(100 << 18).fill_(1.0)
@@ -251,7 +234,7 @@ def test_fork_server_leaves_the_working_directory_off_sys_path(monkeypatch):
 CTRL_C_WHILE_THE_FORK_SERVER_STARTS = """
 import os, signal, time
 from multiprocessing import forkserver, resource_tracker
-from archlint import worker
+from archlint import memory, worker
 
 def ctrl_c_during_start():  # what forkserver.ensure_running does, and a Ctrl-C
     resource_tracker.ensure_running()

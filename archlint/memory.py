@@ -1,0 +1,123 @@
+"""Byte sizes and the memory archlint may use: one grammar, one notion of "available".
+
+Two settings take sizes: ``--memory-limit`` (the cap on a worker process; ``none`` lifts
+it) and ``--memory-budget`` (how large a model may be and still be built for real). Both are
+read by ``parse_size`` and printed by ``format_size``, and both follow the container's
+cgroup limit when there is one, so a run inside a 4 GiB container never plans for the
+host's 64 GiB.
+
+Importing this module is cheap (no torch): the CLI parses sizes before any worker exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+# Decimal units (k, MB, G) are powers of 1000, binary ones (KiB, MiB) of 1024, as in ruff and
+# most tools; a bare number (or scientific notation, "1e9") is bytes.
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE = re.compile(r"(\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*([a-z]*)")
+# "none"/"off" (or 0) lifts a limit where ``allow_none`` says it may be lifted.
+_NO_LIMIT = ("none", "off", "0")
+
+# cgroup v2, then v1: the limit and the current use of the container the process runs in.
+_CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+# Parameters and buffers may take at most this share of the available memory: measuring
+# needs room for a copy (float64 re-check, another device) and the activations besides.
+MEMORY_FRACTION = 0.25
+
+
+def parse_size(text: str, *, allow_none: bool = False, minimum: int = 1) -> int | None:
+    """``"4GiB"``, ``"512 MB"``, ``"1e9"`` -> bytes. With ``allow_none``, ``"none"``/``"off"``/
+    ``"0"`` -> None (no limit). Raises ValueError naming the text for anything else, and for
+    sizes below ``minimum``."""
+    value = text.strip().lower()
+    if allow_none and value in _NO_LIMIT:
+        return None
+    match = _SIZE.fullmatch(value)
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"{text!r} is not a size like 4GiB, 512MB or 1e9 (bytes)")
+    size = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if size < minimum:
+        raise ValueError(f"{text!r} is below {format_size(minimum)}" if minimum > 1 else f"{text!r} must be positive")
+    return size
+
+
+def format_size(n: float) -> str:
+    """Bytes in binary units, three significant digits: ``4 GiB``, ``512 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"
+
+
+def _cgroup() -> tuple[int, int] | None:
+    """(limit, current use) of this process's memory cgroup, when it has a limit."""
+    for limit_file, usage_file in _CGROUP_FILES:
+        with contextlib.suppress(OSError, ValueError):
+            raw = Path(limit_file).read_text().strip()
+            if not raw.isdigit():  # "max": no limit at this level
+                continue
+            usage = 0
+            with contextlib.suppress(OSError, ValueError):
+                usage = int(Path(usage_file).read_text().strip())
+            return int(raw), usage
+    return None
+
+
+def physical_memory() -> int | None:
+    """The memory this machine (or its cgroup, in a container) has, in bytes."""
+    total = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cgroup = _cgroup()
+    if cgroup is not None and (total is None or cgroup[0] < total):
+        total = cgroup[0]
+    return total
+
+
+def available_memory() -> int:
+    """Bytes available to new allocations: MemAvailable on Linux, and no more than what the
+    container's cgroup limit leaves."""
+    available = None
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 8 GiB
+            available = 8 << 30
+    cgroup = _cgroup()
+    if cgroup is not None:
+        available = min(available, max(cgroup[0] - cgroup[1], 0))
+    return available
+
+
+def default_memory_limit() -> int | None:
+    """Half the physical memory: room for the model, and the machine stays usable."""
+    total = physical_memory()
+    return total // 2 if total else None
+
+
+def default_memory_budget(device: "str | object" = "cpu") -> int:
+    """MEMORY_FRACTION of the available RAM, and of the free memory of the GPU the
+    verification pass will use (a resolved ``torch.device``), whichever is smaller."""
+    budget = MEMORY_FRACTION * available_memory()
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
+        budget = min(budget, MEMORY_FRACTION * torch.cuda.mem_get_info(getattr(device, "index", None))[0])
+    return int(budget)

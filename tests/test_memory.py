@@ -1,0 +1,74 @@
+"""Byte sizes and available memory: one grammar for --memory-limit and --memory-budget, and
+the container's cgroup limit respected by both."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from archlint import cli, memory
+
+
+def test_one_size_grammar():
+    assert memory.parse_size("4GiB") == 4 * 1024**3
+    assert memory.parse_size("512 MiB") == 512 * 1024**2
+    assert memory.parse_size("512 MB") == 512 * 10**6
+    assert memory.parse_size("2G") == 2 * 1000**3
+    assert memory.parse_size("1.5gib") == int(1.5 * 1024**3)
+    assert memory.parse_size("1e9") == 10**9
+    assert memory.parse_size("2.5e3 KiB") == 2500 * 1024
+    for bad in ("lots", "4 parsecs", "-1GiB", "0", "", "GiB"):
+        with pytest.raises(ValueError):
+            memory.parse_size(bad)
+
+
+def test_a_limit_may_be_lifted_and_has_a_floor():
+    assert memory.parse_size("none", allow_none=True) is None
+    assert memory.parse_size("off", allow_none=True) is None
+    assert memory.parse_size("0", allow_none=True) is None
+    with pytest.raises(ValueError, match="none"):
+        memory.parse_size("none")
+    with pytest.raises(ValueError, match="below 256 MiB"):
+        memory.parse_size("1MiB", minimum=256 * 1024**2)
+
+
+@pytest.mark.parametrize("option", ["--memory-limit", "--memory-budget"])
+def test_both_options_take_the_same_sizes(tmp_path, option):
+    # The two options used to have two parsers: --memory-limit refused 1e9, --memory-budget took it.
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    for good in ("1e9", "4GiB", "2G"):
+        result = CliRunner().invoke(cli.main, ["check", str(empty), option, good, "--no-isolation"])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli.main, ["check", str(empty), option, "lots"])
+    assert result.exit_code == 2 and option in result.output
+
+
+def test_format_size():
+    assert memory.format_size(4 * 1024**3) == "4 GiB"
+    assert memory.format_size(512 * 1024**2) == "512 MiB"
+    assert memory.format_size(100) == "100 B"
+
+
+def _fake_cgroup(tmp_path, monkeypatch, limit: str, usage: str):
+    limit_file, usage_file = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit_file.write_text(limit + "\n")
+    usage_file.write_text(usage + "\n")
+    monkeypatch.setattr(memory, "_CGROUP_FILES", ((str(limit_file), str(usage_file)),))
+
+
+def test_budget_and_limit_follow_the_containers_cgroup(tmp_path, monkeypatch):
+    # A 1 GiB container with 256 MiB in use leaves 768 MiB, whatever the host has free.
+    _fake_cgroup(tmp_path, monkeypatch, str(1024**3), str(256 * 1024**2))
+    assert memory.available_memory() == 768 * 1024**2
+    assert memory.default_memory_budget("cpu") == int(memory.MEMORY_FRACTION * 768 * 1024**2)
+    assert memory.physical_memory() == 1024**3
+    assert memory.default_memory_limit() == 1024**3 // 2
+
+
+def test_without_a_cgroup_limit_the_machine_counts(tmp_path, monkeypatch):
+    _fake_cgroup(tmp_path, monkeypatch, "max", "0")
+    total = memory.physical_memory()
+    assert total and total > 1024**3
+    assert memory.default_memory_limit() == total // 2
+    assert 0 < memory.available_memory() <= total
