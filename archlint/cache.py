@@ -32,7 +32,6 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -177,7 +176,7 @@ class Cache:
                 return None
             if any(_sha256_file(dep) != digest for dep, digest in entry["deps"].items()):
                 return None
-            return FileResult.from_dict(entry["result"], from_cache=True)
+            return FileResult.from_dict(entry, from_cache=True)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.debug("ignoring corrupt cache entry %s: %s", entry_path, exc)
             return None
@@ -194,12 +193,7 @@ class Cache:
         if source_hash is None or None in deps.values():
             return  # a file vanished while it was checked: nothing stable to key on
         try:
-            text = json.dumps({
-                "key": self._key(path, source_hash),
-                "path": path,
-                "deps": deps,
-                "result": result.to_dict(),
-            }, indent=1)
+            text = json.dumps({"key": self._key(path, source_hash), "deps": deps, **result.to_dict(), "path": path}, indent=1)
         except (TypeError, ValueError) as exc:
             # A rule put something into Finding.data that JSON cannot hold: run it again
             # next time rather than store a lossy copy.

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from archlint import device, memory
+from archlint import device, memory, patterns
 from archlint import rule as rules_api
 from archlint.config import Settings
 from archlint.files import mentions_torch
@@ -118,10 +118,10 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
         findings = _run_rules(graph, settings)
         # The verification pass exists to confirm or dismiss findings: a model with none
         # is not run again (a clean ResNet-18 costs a trace, not a measurement).
-        if settings.verify and any(not f.code.startswith("ARC9") for f in findings):
+        if settings.verify and any(not f.is_meta for f in findings):
             if bm.meta_reason:
                 reason = f"not verified: {bm.meta_reason}"
-                findings = [f if f.code.startswith("ARC9") else f.with_status("predicted", reason=reason) for f in findings]
+                findings = [f if f.is_meta else f.with_status("predicted", reason=reason) for f in findings]
             else:
                 progress("measure", graph.name, graph.span, result.findings, findings)
                 findings = _verify(graph, bm.entry, findings, settings, target, model_result)
@@ -180,23 +180,17 @@ def _predict(graph: ArchGraph) -> None:
 
 
 def _run_rules(graph: ArchGraph, settings: Settings) -> list[Finding]:
+    context = _run_context(settings)
     findings: list[Finding] = []
     for code, rule in rules_api.registry().items():
         if rule.is_meta or not settings.is_selected(code):
             continue
-        for f in rule.check(graph, _rule_options(rule, settings)):
-            f.model = f.model or graph.name
-            findings.append(f)
+        findings.extend(rule.check(graph, settings.rule_options.get(rule.name), context))
     return findings
 
 
-def _rule_options(rule: Any, settings: Settings) -> dict[str, Any]:
-    """A rule's configured options. A rule that declares a ``batch_size`` option (ARC303)
-    gets the run's ``--batch-size``: the batch the model is trained with, and measured with."""
-    options = dict(settings.rule_options.get(rule.name, {}))
-    if "batch_size" in rule.options:
-        options["batch_size"] = settings.batch_size
-    return options
+def _run_context(settings: Settings) -> rules_api.RunContext:
+    return rules_api.RunContext(batch_size=settings.batch_size)
 
 
 def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, target: torch.device, model_result: ModelResult) -> list[Finding]:
@@ -204,7 +198,10 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     from archlint import inputs as inputs_mod
     from archlint import measure as measure_mod
 
-    segments = sorted({tuple(f.data["segment"]) for f in findings if "segment" in f.data})
+    # A segment that starts where the signal enters is the end node's own NLC, which every
+    # measurement has: only the others need their own probes.
+    sources = set(patterns.sources(graph))
+    segments = sorted({f.segment for f in findings if f.segment is not None and f.segment[0] not in sources})
     if entry.inputs or settings.inputs:
         # Explicit inputs are the batch the user wants measured.
         batch: Any = graph.example_inputs
@@ -223,16 +220,16 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     except Exception as exc:  # the model's code may fail on the measurement batch
         reason = f"not verified: the measurement failed ({type(exc).__name__}: {exc})"
         log.warning("%s: %s", graph.name, reason)
-        return [f.with_status("predicted", reason=reason) if not f.code.startswith("ARC9") else f for f in findings]
+        return [f.with_status("predicted", reason=reason) if not f.is_meta else f for f in findings]
     graph.measured = report
     model_result.measured = report
     out = []
     for f in findings:
-        if f.code.startswith("ARC9"):
+        if f.is_meta:
             out.append(f)
             continue
         rule = rules_api.get(f.code)
-        verdict = rule.confirm(f, report, _rule_options(rule, settings))
+        verdict = rule.confirm(f, report, settings.rule_options.get(rule.name))
         status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
     return out

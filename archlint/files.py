@@ -4,8 +4,11 @@ must not pay for importing it."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
+import site
+import sysconfig
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -13,6 +16,28 @@ from typing import Iterable, Iterator
 _MENTIONS_TORCH = re.compile(r"\btorch\b|\bnn\.Module\b")
 # Directories never worth walking into (virtual environments, caches, build output).
 _SKIP_DIRS = {"__pycache__", "node_modules", "build", "dist", "site-packages", ".archlint_cache"}
+
+
+def dir_prefix(path: str) -> str:
+    """``path`` resolved, with a trailing separator: a prefix that matches only what is inside."""
+    return os.path.join(os.path.realpath(path), "")
+
+
+@functools.lru_cache(maxsize=None)
+def environment_roots() -> tuple[str, ...]:
+    """Where installed code lives (the standard library, site-packages, distribution and user
+    site directories), longest first: never the user's code, never theirs to change.
+
+    Import isolation never deletes modules from there (a virtualenv inside the project root
+    is common, and deleting torch's lazily imported submodules would give torch two copies of
+    its own classes), and a finding never points at a line there.
+    """
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    # Distribution pythons (Debian's dist-packages) keep packages outside sysconfig's paths.
+    roots.update(getattr(site, "getsitepackages", lambda: [])())
+    roots.add(site.getusersitepackages())
+    return tuple(sorted((dir_prefix(r) for r in roots), key=len, reverse=True))
 
 
 def mentions_torch(source: str) -> bool:

@@ -26,6 +26,13 @@ class Span:
     end_line: int | None = None
     end_col: int | None = None
 
+    @classmethod
+    def whole_line(cls, path: str, line: int, source_lines: list[str]) -> "Span":
+        """Line ``line`` of ``source_lines`` from its first non-blank character to its last
+        (where a problem has a line but no finer location: an import error, a crash)."""
+        text = source_lines[line - 1].rstrip() if 0 < line <= len(source_lines) else ""
+        return cls(path, line, len(text) - len(text.lstrip()), line, len(text) if text else None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,

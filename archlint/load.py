@@ -22,9 +22,7 @@ import functools
 import importlib
 import inspect
 import os
-import site
 import sys
-import sysconfig
 import tokenize
 import traceback
 import warnings
@@ -36,8 +34,9 @@ import torch
 from torch import nn
 
 from archlint import metainit
+from archlint.files import dir_prefix, environment_roots
 from archlint.graph import Span
-from archlint.memory import format_size
+from archlint.memory import default_memory_budget, format_size
 
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
 
@@ -59,26 +58,7 @@ class BuildError(Exception):
 # Import in isolation
 
 
-def _dir_prefix(path: str) -> str:
-    return os.path.join(os.path.realpath(path), "")
-
-
-def _environment_roots() -> tuple[str, ...]:
-    """Where installed code lives: its modules are never ours to delete.
-
-    A virtualenv inside the project root is common, so "under the project root" alone would
-    also catch torch's lazily imported submodules; deleting those would give torch two
-    copies of its own classes.
-    """
-    paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    roots.update(site.getsitepackages())
-    roots.add(site.getusersitepackages())
-    # Longest first, so that _display names site-packages files from site-packages.
-    return tuple(sorted((_dir_prefix(r) for r in roots), key=len, reverse=True))
-
-
-_ENVIRONMENT_ROOTS = _environment_roots()
+_ENVIRONMENT_ROOTS = environment_roots()
 
 
 def module_name_for(path: str) -> tuple[str, str]:
@@ -168,7 +148,7 @@ def isolated_import(path: str | os.PathLike, imported: list[str] | None = None) 
     name, basedir = module_name_for(abspath)
     root = project_root(abspath)
     dirs = tuple(dict.fromkeys(d for d in (basedir, root) if d))
-    tree = tuple(_dir_prefix(d) for d in dirs)
+    tree = tuple(dir_prefix(d) for d in dirs)
 
     def ours(name: str, module: Any) -> bool:
         # archlint's own modules (imported lazily while linting a file of archlint's own
@@ -258,13 +238,6 @@ def _read_source(path: str) -> str:
         return f.read()
 
 
-def _line_span(span_path: str, source_lines: list[str], line: int) -> Span:
-    """The line from its first non-blank character to its last."""
-    text = source_lines[line - 1] if 0 < line <= len(source_lines) else ""
-    stripped = text.rstrip()
-    return Span(span_path, line, len(stripped) - len(stripped.lstrip()), line, len(stripped))
-
-
 def _display(path: str, start: str | None = None) -> str:
     """A short name for a file in a message: from site-packages for installed code
     (``torch/nn/modules/linear.py``), else relative to ``start`` (the cwd) when inside it."""
@@ -319,7 +292,7 @@ def _load_error(exc: BaseException, abspath: str, span_path: str) -> LoadError:
         return LoadError(f"{type(exc).__name__}: {exc.msg}", Span(span_path, line, col, line, end_col))
     line = _innermost_line_in(exc, abspath) or 1
     prefix = "cannot import the file: "
-    return LoadError(prefix + describe_exception(exc, abspath), _line_span(span_path, lines, line))
+    return LoadError(prefix + describe_exception(exc, abspath), Span.whole_line(span_path, line, lines))
 
 
 # --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from archlint import dtypes
 from archlint.graph import ArchGraph, Node, OpKind
 
 # Ops that cut the dependence on their input: their output carries no signal.
@@ -43,8 +44,8 @@ def is_elementwise_activation(node: Node) -> bool:
 
 
 def carries_signal(node: Node) -> bool:
-    """A floating-point tensor (token ids and shapes are not signals)."""
-    return node.dtype is not None and ("float" in node.dtype or "complex" in node.dtype or node.dtype in ("half", "bfloat16", "double"))
+    """A floating-point (or complex) tensor: token ids and shapes are not signals."""
+    return dtypes.is_floating(node.dtype) or dtypes.is_complex(node.dtype)
 
 
 def _may_carry_signal(node: Node) -> bool:
@@ -54,15 +55,17 @@ def _may_carry_signal(node: Node) -> bool:
 
 
 def sources(graph: ArchGraph) -> list[str]:
-    """Where the signal enters: floating-point inputs, and embeddings of integer inputs."""
-    out = []
-    inputs = {n.name for n in graph.inputs}
-    for node in graph.nodes:
-        if node.kind == OpKind.INPUT and carries_signal(node):
-            out.append(node.name)
-        elif node.kind == OpKind.EMBEDDING and graph.ancestors(node.name) & inputs:
-            out.append(node.name)
-    return out
+    """Where the signal enters, for the rules and the measurement alike: the floating-point
+    inputs; for integer inputs (token ids) the embeddings computed from them, else the first
+    floating-point node they feed (``x.float()``, ``one_hot(x).float()``). Empty when no
+    floating-point node depends on the inputs."""
+    floats = [n.name for n in graph.inputs if dtypes.is_floating(n.dtype)]
+    integer = {n.name for n in graph.inputs if not dtypes.is_floating(n.dtype)}
+    if not integer:
+        return floats
+    fed = [n for n in graph if n.kind != OpKind.INPUT and dtypes.is_floating(n.dtype) and graph.ancestors(n.name) & integer]
+    embeddings = [n.name for n in fed if n.kind == OpKind.EMBEDDING]
+    return floats + ((embeddings or [fed[0].name]) if fed else [])
 
 
 def signal_nodes(graph: ArchGraph) -> set[str]:

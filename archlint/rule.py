@@ -7,8 +7,10 @@ A rule is one module in ``rules/`` (installed as ``archlint.rules``) with:
   of option name to default value, e.g. ``{"threshold": 3.0}``);
 - its documentation as the module docstring, with the sections What it does / Why is this
   bad? / Example / Use instead / Options / References;
-- ``check(graph, options) -> list[Finding]``: a pure function over the ArchGraph that returns
-  findings with a predicted value (status ``predicted``);
+- ``check(graph, options, context) -> list[Finding]``: a pure function over the ArchGraph
+  that returns findings with a predicted value (status ``predicted``), built with
+  ``at_node``/``at_model``; ``options`` are the rule's own (kebab-case names), ``context`` the
+  run's settings a rule may read (``RunContext``);
 - ``confirm(finding, measurements, options) -> Verdict``: decides ``confirmed`` or
   ``dismissed`` from the measured value against the rule's threshold.
 
@@ -58,8 +60,22 @@ class Finding:
     node: str | None = None
     # Why the finding stayed ``predicted`` (no measurement possible) or was dismissed.
     reason: str | None = None
-    # Free-form data a rule hands from check() to confirm() (e.g. the segment it measured).
+    # What the engine reads, set by the rule's check():
+    # - the sub-network (start node, end node) whose NLC the finding is about: the
+    #   verification pass measures it, and the rule's confirm() reads it;
+    segment: tuple[str, str] | None = None
+    # - raised because the prediction was unavailable: a question for the measurement, dropped
+    #   when no measurement answers it (``settle``);
+    needs_measurement: bool = False
+    # - the value is a fraction, shown as a percentage.
+    percent: bool = False
+    # Free-form data a rule hands from its check() to its own confirm(); the engine never reads it.
     data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_meta(self) -> bool:
+        """A meta diagnostic (ARC9xx) about the analysis itself, not a rule's finding."""
+        return self.code.startswith("ARC9")
 
     def with_status(self, status: str, measured: float | None = None, reason: str | None = None) -> "Finding":
         assert status in STATUSES, status
@@ -86,7 +102,8 @@ class Finding:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Finding":
         """A finding from its fields as JSON gave them back (a worker's report, a cache entry)."""
-        return cls(**{**d, "span": Span(**d["span"])})
+        segment = tuple(d["segment"]) if d.get("segment") is not None else None
+        return cls(**{**d, "span": Span(**d["span"]), "segment": segment})
 
 
 def _float(value: Any) -> float | None:
@@ -110,6 +127,14 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class RunContext:
+    """The run's settings a rule may read; they are not the rule's options, which a user sets
+    per rule. ``batch_size``: the batch the model is trained with, and measured with."""
+
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
 class Rule:
     """A loaded rule module with its metadata."""
 
@@ -125,11 +150,11 @@ class Rule:
 
     @property
     def is_meta(self) -> bool:
-        return self.code.startswith("ARC9")
+        return self.code.startswith("ARC9")  # the same test as Finding.is_meta
 
-    def check(self, graph: ArchGraph, options: dict[str, Any] | None = None) -> list[Finding]:
-        findings = self.module.check(graph, {**self.options, **(options or {})})
-        return [_stamp(self, f) for f in findings]
+    def check(self, graph: ArchGraph, options: dict[str, Any] | None = None, context: RunContext | None = None) -> list[Finding]:
+        findings = self.module.check(graph, {**self.options, **(options or {})}, context or RunContext())
+        return [replace(f, name=f.name or self.name, model=f.model or graph.name) for f in findings]
 
     def confirm(self, finding: Finding, measurements: Any, options: dict[str, Any] | None = None) -> Verdict:
         confirm: Callable[..., Verdict] | None = getattr(self.module, "confirm", None)
@@ -137,12 +162,6 @@ class Rule:
             # Static-only rules (a pattern, not a number) are confirmed by construction.
             return Verdict(True, None)
         return confirm(finding, measurements, {**self.options, **(options or {})})
-
-
-def _stamp(rule: Rule, finding: Finding) -> Finding:
-    if not finding.name:
-        finding.name = rule.name
-    return finding
 
 
 def _load(module: ModuleType) -> Rule:
@@ -153,6 +172,9 @@ def _load(module: ModuleType) -> Rule:
         raise ValueError(f"{module.__name__}: bad rule code {code!r}")
     if not NAME_RE.match(name):
         raise ValueError(f"{module.__name__}: rule name {name!r} is not kebab-case")
+    for option in getattr(module, "OPTIONS", {}):
+        if not NAME_RE.match(option):
+            raise ValueError(f"{module.__name__}: option {option!r} is not kebab-case")
     if severity not in SEVERITIES:
         raise ValueError(f"{module.__name__}: severity {severity!r} not in {SEVERITIES}")
     return Rule(
@@ -207,6 +229,23 @@ def meta(code: str, message: str, span: Span, *, model: str | None = None, **ext
     )
 
 
+def at_node(graph: ArchGraph, where: Node | str | None, **fields: Any) -> Finding:
+    """A rule's finding about node ``where``, located at its line (the layer's construction or
+    the op in ``forward``; the model's line when the node has none). ``fields`` may name
+    another ``node`` the finding reports on."""
+    if isinstance(where, str):
+        where = graph[where]
+    located = {"span": node_span(graph, where), "node": where.name if where is not None else None, "model": graph.name}
+    return Finding(**{**located, **fields})
+
+
+def at_model(graph: ArchGraph, about: str | None = None, **fields: Any) -> Finding:
+    """A rule's finding about the model as a whole, located at its class (or factory) line;
+    ``about`` names the node whose value it reports (usually the output)."""
+    assert graph.span is not None, f"model {graph.name} has no source span"
+    return Finding(span=graph.span, node=about, model=graph.name, **fields)
+
+
 def node_span(graph: ArchGraph, node: Node | str | None) -> Span:
     """Where a finding about ``node`` points: the node's own span, else the model's line."""
     if isinstance(node, str):
@@ -220,18 +259,18 @@ def node_span(graph: ArchGraph, node: Node | str | None) -> Span:
 def settle(findings: list[Finding]) -> list[Finding]:
     """Drop what the static pass could not decide and what a more specific finding explains.
 
-    - A finding with ``data["needs_measurement"]`` was raised because the prediction was
+    - A finding with ``needs_measurement`` was raised because the prediction was
       unavailable (an op the mean-field predictor does not model): it is a question for the
       measurement, not a finding, and is dropped when no measurement answered it.
     - A rule's ``SUBSUMED_BY`` codes name more specific rules: when one of them stands for the
       same model (not dismissed), the general finding is redundant (ARC101 "the NLC is too
       high" beside ARC103 "this plain stack makes it so").
     """
-    kept = [f for f in findings if not (f.data.get("needs_measurement") and f.status == "predicted")]
+    kept = [f for f in findings if not (f.needs_measurement and f.status == "predicted")]
     standing = {(f.model, f.code) for f in kept if f.status != "dismissed"}
     out = []
     for f in kept:
-        subsumed_by = () if f.code.startswith("ARC9") else getattr(get(f.code).module, "SUBSUMED_BY", ())
+        subsumed_by = () if f.is_meta else getattr(get(f.code).module, "SUBSUMED_BY", ())
         if f.status != "dismissed" and any((f.model, code) in standing for code in subsumed_by):
             continue
         out.append(compose(f))
@@ -245,10 +284,10 @@ def compose(f: Finding) -> Finding:
     beside it: "... NLC 3.5 (measured 2.4; threshold 3)"."""
     from archlint.evidence import fmt
 
-    if f.code.startswith("ARC9"):
+    if f.is_meta:
         return f
     # Fractions (dead units) read better as percentages.
-    if f.data.get("percent"):
+    if f.percent:
         show = lambda v: f"{100 * v:.0f}%"  # noqa: E731
     else:
         def show(v: float) -> str:
@@ -277,5 +316,4 @@ def compose(f: Finding) -> Finding:
         extras.append(f"threshold {show(f.threshold)}")
     if extras:
         message += f" ({'; '.join(extras)})"
-    f.message = message
-    return f
+    return replace(f, message=message)

@@ -24,9 +24,7 @@ import io
 import itertools
 import os
 import re
-import site
 import sys
-import sysconfig
 import tokenize
 import weakref
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from typing import Iterable, Iterator, NamedTuple
 import torch
 from torch import nn
 
+from archlint.files import dir_prefix, environment_roots
 from archlint.graph import Span
 
 CONSTRUCTION = "construction"
@@ -62,22 +61,13 @@ class RawPosition(NamedTuple):
 # Which frames are the user's
 
 
-def _library_roots() -> tuple[str, ...]:
-    """Directories whose code is never "the line a user would change"."""
-    paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    # Distribution pythons (Debian's dist-packages) keep packages outside sysconfig's paths.
-    roots.update(getattr(site, "getsitepackages", lambda: [])())
-    roots.add(os.path.dirname(torch.__file__))
-    roots.add(os.path.dirname(os.path.abspath(__file__)))  # archlint itself
-    return tuple(_dir_prefix(r) for r in roots)
-
-
-def _dir_prefix(path: str) -> str:
-    return os.path.join(os.path.realpath(path), "")
-
-
-_LIBRARY_ROOTS = _library_roots()
+# Directories whose code is never "the line a user would change": installed code, and torch
+# and archlint themselves wherever they were installed from (an editable install lives in
+# a source tree).
+_LIBRARY_ROOTS = environment_roots() + (
+    dir_prefix(os.path.dirname(torch.__file__)),
+    dir_prefix(os.path.dirname(os.path.abspath(__file__))),
+)
 
 # Frame filenames repeat endlessly during a build or a trace; resolve each once.
 _realpath = functools.lru_cache(maxsize=4096)(os.path.realpath)

@@ -23,7 +23,7 @@ import torch.fx as fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from archlint import ops, sourcemap
+from archlint import dtypes, ops, sourcemap
 from archlint.graph import ArchGraph, Node, OpKind, Span
 from archlint.state import preserved_state
 
@@ -189,7 +189,7 @@ class _ValueInfo:
 
 def _describe_value(value: Any) -> _ValueInfo:
     if isinstance(value, torch.Tensor):
-        return _ValueInfo(True, True, tuple(value.shape), str(value.dtype).replace("torch.", ""), value.is_floating_point())
+        return _ValueInfo(True, True, tuple(value.shape), dtypes.name(value.dtype), value.is_floating_point())
     tensors = [t for t in _flatten(value) if isinstance(t, torch.Tensor)]
     return _ValueInfo(False, bool(tensors))
 
@@ -468,7 +468,7 @@ def _tensor_args(args: Any) -> list[torch.Tensor]:
 
 
 def _dtype(t: torch.Tensor) -> str:
-    return str(t.dtype).replace("torch.", "")
+    return dtypes.name(t.dtype)
 
 
 def _short(exc: BaseException) -> str:

@@ -441,21 +441,15 @@ def _read(path: str) -> str:
         return ""
 
 
-def _line_span(path: str, line: int) -> Span:
-    lines = (read_source(Path(path)) or "").splitlines()
-    text = lines[line - 1].rstrip() if 0 < line <= len(lines) else ""
-    return Span(path, line, len(text) - len(text.lstrip()), line, len(text) if text else None)
-
-
 def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_line: int | None) -> FileResult:
     """The findings the child reported before it died, plus the death as a diagnostic."""
     line = stack_line or state.line or 1
-    span = _line_span(path, line)
+    span = Span.whole_line(path, line, (read_source(Path(path)) or "").splitlines())
     findings = list(state.findings)
     if state.stage == "measure":
         # The model's findings were made; only their verification died with the process.
         reason = f"not verified: the measurement {cause}"
-        findings += rules_api.settle([f.with_status("predicted", reason=reason) if not f.code.startswith("ARC9") else f for f in state.pending])
+        findings += rules_api.settle([f.with_status("predicted", reason=reason) if not f.is_meta else f for f in state.pending])
     elif state.stage == "import":
         findings.append(rules_api.meta("ARC900", f"cannot import the file: importing it {cause}", span))
     elif state.stage == "build":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from archlint import load
+from archlint import load, memory
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "fixtures" / "architectures" / "good_resnet18_cifar.py"
@@ -35,7 +35,7 @@ def main() -> None:
             for case, run in (
                 ("plain", entry.build),
                 ("meta only", lambda: load._build_on_meta(entry)),
-                ("meta + real", lambda: load._build(entry, load.default_memory_budget())),
+                ("meta + real", lambda: load._build(entry, memory.default_memory_budget())),
             ):
                 start = time.perf_counter()
                 run()

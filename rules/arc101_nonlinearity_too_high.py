@@ -49,7 +49,7 @@ activation operated in its near-linear range (a smaller init gain for tanh: std
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.rule import Finding, Verdict
+from archlint.rule import at_model, Verdict
 
 CODE = "ARC101"
 NAME = "nonlinearity-too-high"
@@ -60,7 +60,7 @@ OPTIONS = {"threshold": 3.0, "conv-threshold": 100.0}
 SUBSUMED_BY = ("ARC103", "ARC104", "ARC105")
 
 
-def check(graph, options):
+def check(graph, options, context):
     if graph.output is None or not patterns.sources(graph):
         return []
     threshold = patterns.nlc_threshold(graph, options)
@@ -71,10 +71,9 @@ def check(graph, options):
     nonlinear = sum(1 for n in graph.nodes if n.is_nonlinear and n.name in patterns.signal_nodes(graph))
     if unpredicted and not patterns.worth_measuring(nonlinear, threshold):
         return []
-    return [Finding(
+    return [at_model(graph, graph.output,
         code=CODE,
         message=f"{graph.name} has NLC {{value}} from its input to its output",
-        span=graph.span,
         predicted=predicted,
         threshold=threshold,
         explanation=(
@@ -86,8 +85,7 @@ def check(graph, options):
             "near-linear range (smaller init gain for tanh/sigmoid, BatchNorm gain < 1), or "
             "normalise the nonlinearity"
         ),
-        node=graph.output,
-        data={"needs_measurement": unpredicted},
+        needs_measurement=unpredicted,
     )]
 
 

@@ -39,7 +39,7 @@ before the activations, or use fewer layers.
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.rule import Finding, Verdict
+from archlint.rule import at_model, Verdict
 
 CODE = "ARC102"
 NAME = "nonlinearity-too-low"
@@ -48,7 +48,7 @@ SUMMARY = "A plain deep network is effectively linear at initialisation"
 OPTIONS = {"threshold": 1.1, "min-layers": 3}
 
 
-def check(graph, options):
+def check(graph, options, context):
     if graph.output is None or patterns.has_skip_connections(graph):
         return []
     layers = sum(len(run.layers) for run in patterns.plain_runs(graph))
@@ -60,10 +60,9 @@ def check(graph, options):
     # predictor cannot follow just to ask whether it is too linear is not worth its cost.
     if predicted is None or predicted >= threshold:
         return []
-    return [Finding(
+    return [at_model(graph, graph.output,
         code=CODE,
         message=f"{graph.name} has {layers} nonlinear layers but NLC {{value}}: it is nearly linear",
-        span=graph.span,
         predicted=predicted,
         threshold=threshold,
         explanation=(
@@ -74,7 +73,6 @@ def check(graph, options):
             "initialise for the activation's working range (tanh: std 1/sqrt(fan_in)), "
             "normalise before the activations, or use fewer layers"
         ),
-        node=graph.output,
     )]
 
 

@@ -60,7 +60,7 @@ smaller gain so the activations run in their near-linear range.
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.rule import Finding, Verdict, node_span
+from archlint.rule import at_node, Verdict
 
 CODE = "ARC103"
 NAME = "deep-plain-stack"
@@ -75,10 +75,9 @@ EXPLANATION = (
 )
 
 
-def check(graph, options):
+def check(graph, options, context):
     threshold = patterns.nlc_threshold(graph, options)
     findings = []
-    sources = set(patterns.sources(graph))
     for run in patterns.plain_runs(graph):
         if len(run.layers) < int(options["min-layers"]):
             continue
@@ -89,13 +88,9 @@ def check(graph, options):
             continue
         first = patterns.first_op_after(graph, run.start, run.end)
         what = patterns.describe_layers(run.layers)
-        data = {"start": run.start, "end": run.end, "layers": len(run.layers)}
-        if run.start not in sources:
-            data["segment"] = (run.start, run.end)
-        findings.append(Finding(
+        findings.append(at_node(graph, first,
             code=CODE,
             message=f"{what} without a skip connection compound to NLC {{value}}",
-            span=node_span(graph, first),
             predicted=predicted,
             threshold=threshold,
             explanation=EXPLANATION,
@@ -104,17 +99,17 @@ def check(graph, options):
                 "wider layers; a less nonlinear activation or a smaller BatchNorm gain also "
                 "lowers the per-layer NLC"
             ),
-            node=first.name,
             reason=None if predicted is not None else "not predicted: the mean-field predictor does not model an op in this stack",
-            data=data,
+            segment=(run.start, run.end),
+            data={"layers": len(run.layers)},
         ))
     return findings
 
 
 def confirm(finding, report, options):
     threshold = finding.threshold
-    value = evidence.measured_segment_nlc(report, finding.data["start"], finding.data["end"])
+    value = evidence.measured_segment_nlc(report, *finding.segment)
     if value is None:
-        status = evidence.measured_status(report, finding.data["end"])
+        status = evidence.measured_status(report, finding.segment[1])
         return Verdict(None, None, f"the stack's NLC could not be measured (signal {status})")
     return Verdict(value > threshold, value, None if value > threshold else f"measured NLC {evidence.fmt(value)} is within the threshold {evidence.fmt(threshold)}")

@@ -45,7 +45,7 @@ activation that is less nonlinear at that operating point.
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.rule import Finding, Verdict, node_span
+from archlint.rule import at_node, Verdict
 
 CODE = "ARC104"
 NAME = "activation-operating-point"
@@ -73,7 +73,7 @@ def _fix(activation: str, mean: float, std: float) -> str:
     return "move the operating point: change the preceding layer's init or normalise before the activation"
 
 
-def check(graph, options):
+def check(graph, options, context):
     threshold = float(options["threshold"])
     signal = patterns.signal_nodes(graph)
     worst: dict[str, tuple[float, str, int]] = {}
@@ -88,7 +88,6 @@ def check(graph, options):
         best, where, count = worst.get(name, (0.0, node.name, 0))
         worst[name] = (layer_nlc, node.name, count + 1) if layer_nlc > best else (best, where, count + 1)
     findings = []
-    sources = set(patterns.sources(graph))
     total = {}
     for node in graph.nodes:
         if patterns.is_elementwise_activation(node):
@@ -101,16 +100,12 @@ def check(graph, options):
         std = evidence.predicted_std(graph, pre) or 0.0
         others = f"; {count} of {total[name]} {name} layers {'is' if count == 1 else 'are'} above the threshold" if total[name] > 1 else ""
         at = f" at {node.module_path}" if node.module_path else ""
-        data = {"start": pre, "end": where}
-        if pre not in sources:
-            data["segment"] = (pre, where)
-        findings.append(Finding(
+        findings.append(at_node(graph, node,
             code=CODE,
             message=(
                 f"{name}{at} runs at pre-activation mean "
                 f"{evidence.fmt(mean)}, std {evidence.fmt(std)}: layer NLC {{value}}{others}"
             ),
-            span=node_span(graph, node),
             predicted=layer_nlc,
             threshold=threshold,
             explanation=(
@@ -118,17 +113,16 @@ def check(graph, options):
                 "folding units make every layer more nonlinear, and layer NLCs multiply with depth"
             ),
             fix=_fix(name, mean, std if std > 0 else 1.0),
-            node=where,
-            data=data,
+            segment=(pre, where),
         ))
     return findings
 
 
 def confirm(finding, report, options):
-    value = evidence.measured_segment_nlc(report, finding.data["start"], finding.data["end"])
+    value = evidence.measured_segment_nlc(report, *finding.segment)
     if value is None:
         return Verdict(None, None, "the layer's NLC could not be measured")
-    stats = evidence.measured(report, finding.data["start"])
+    stats = evidence.measured(report, finding.segment[0])
     note = None
     if stats is not None and stats.mean is not None and stats.std is not None:
         note = f"measured pre-activation mean {evidence.fmt(stats.mean)}, std {evidence.fmt(stats.std)}"

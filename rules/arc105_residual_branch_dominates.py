@@ -46,7 +46,7 @@ import math
 
 from archlint import evidence, patterns
 from archlint.graph import OpKind
-from archlint.rule import Finding, Verdict, node_span
+from archlint.rule import at_node, Verdict
 
 CODE = "ARC105"
 NAME = "residual-branch-dominates"
@@ -89,7 +89,7 @@ def _block_name(graph, region) -> str:
     return ".".join(common) or "the model"
 
 
-def check(graph, options):
+def check(graph, options, context):
     threshold = float(options["threshold"])
     blocks = []
     for region in patterns.regions(graph):
@@ -110,13 +110,9 @@ def check(graph, options):
     where = patterns.producer(graph, region.end) if graph[branch].kind in (OpKind.IDENTITY, OpKind.RESHAPE) else graph[branch]
     ratio_text = f"its std is {ratio:.2f}x the skip's, so " if ratio is not None else ""
     more = f"; {len(blocks)} residual blocks are above the threshold" if len(blocks) > 1 else ""
-    data = {"start": region.start, "end": region.end, "branch_skip_ratio": ratio}
-    if region.start not in patterns.sources(graph):
-        data["segment"] = (region.start, region.end)
-    return [Finding(
+    return [at_node(graph, where,
         code=CODE,
         message=f"residual branch {_block_name(graph, region)}: {ratio_text}its block's NLC is {{value}}{more}",
-        span=node_span(graph, where),
         predicted=block_nlc,
         threshold=threshold,
         explanation=(
@@ -128,13 +124,13 @@ def check(graph, options):
             "scale the branch down at initialisation: zero-init its last BatchNorm weight or "
             "last layer, or multiply it by a small (learnable) factor such as 0.1"
         ),
-        node=where.name if where is not None else None,
-        data=data,
+        segment=(region.start, region.end),
+        data={"branch_skip_ratio": ratio},
     )]
 
 
 def confirm(finding, report, options):
-    value = evidence.measured_segment_nlc(report, finding.data["start"], finding.data["end"])
+    value = evidence.measured_segment_nlc(report, *finding.segment)
     if value is None:
         return Verdict(None, None, "the block's NLC could not be measured")
     return Verdict(value > float(options["threshold"]), value)

@@ -47,7 +47,7 @@ fewer layers.
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.rule import Finding, Verdict, node_span
+from archlint.rule import at_node, Verdict
 
 CODE = "ARC201"
 NAME = "collapsing-domain"
@@ -62,7 +62,7 @@ def _pre_activations(graph):
     return [(n, n.inputs[0]) for n in graph.nodes if n.name in main and patterns.is_elementwise_activation(n) and n.inputs]
 
 
-def check(graph, options):
+def check(graph, options, context):
     if graph.output is None or patterns.has_batchnorm(graph):
         return []
     layers = _pre_activations(graph)
@@ -80,13 +80,12 @@ def check(graph, options):
             where = act
             break
     at = f", from {where.module_path or where.name} on" if where is not None else ""
-    return [Finding(
+    return [at_node(graph, where, node=where.name if where is not None else last_act.name,
         code=CODE,
         message=(
             f"{graph.name}'s pre-activations have neuron bias {{value}}{at}: every unit is "
             "always on or always off, whatever the input"
         ),
-        span=node_span(graph, where),
         predicted=deepest.neuron_bias if deepest is not None else None,
         threshold=threshold,
         explanation=(
@@ -98,8 +97,8 @@ def check(graph, options):
             "re-centre with BatchNorm before the activations, add skip connections, or use "
             "He init (std sqrt(2/fan_in)) with zero biases"
         ),
-        node=where.name if where is not None else last_act.name,
-        data={"needs_measurement": deepest is None, "pre": last_pre},
+        needs_measurement=deepest is None,
+        data={"pre": last_pre},
     )]
 
 

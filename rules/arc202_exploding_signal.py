@@ -33,7 +33,7 @@ at the critical scale.
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.rule import Finding, Verdict
+from archlint.rule import at_model, Verdict
 
 CODE = "ARC202"
 NAME = "exploding-signal"
@@ -58,7 +58,7 @@ def _measured_rms(report, name):
     return stats.rms if stats is not None else None
 
 
-def check(graph, options):
+def check(graph, options, context):
     sources = patterns.sources(graph)
     if graph.output is None or not sources:
         return []
@@ -66,10 +66,9 @@ def check(graph, options):
     growth = _rms_ratio(_predicted_rms, graph, graph.output, sources)
     if growth is None or growth <= threshold:
         return []
-    return [Finding(
+    return [at_model(graph, graph.output,
         code=CODE,
         message=f"{graph.name}'s activations grow {{value}}x in RMS from the input to the output",
-        span=graph.span,
         predicted=growth,
         threshold=threshold,
         explanation=(
@@ -81,7 +80,6 @@ def check(graph, options):
             "normalise inside the blocks (pre-LN/pre-BN), scale residual branches down "
             "(zero-init their last layer, or x + alpha * f(x)), or initialise at the critical scale"
         ),
-        node=graph.output,
         data={"sources": sources},
     )]
 

@@ -42,7 +42,7 @@ import math
 
 from archlint import evidence, patterns
 from archlint.graph import OpKind
-from archlint.rule import Finding, Verdict
+from archlint.rule import at_model, Verdict
 
 CODE = "ARC203"
 NAME = "vanishing-signal"
@@ -64,7 +64,7 @@ def _predicted_std(graph, name):
     return math.sqrt(node.v) if node is not None and node.v is not None else None
 
 
-def check(graph, options):
+def check(graph, options, context):
     sources = patterns.sources(graph)
     if graph.output is None or not sources:
         return []
@@ -77,10 +77,9 @@ def check(graph, options):
     decay = out / max(ins)
     if decay >= threshold:
         return []
-    return [Finding(
+    return [at_model(graph, features,
         code=CODE,
         message=f"{graph.name}'s input-dependent signal shrinks to {{value}} of the input's before its output layer",
-        span=graph.span,
         predicted=decay,
         threshold=threshold,
         explanation=(
@@ -92,7 +91,6 @@ def check(graph, options):
             "initialise at the critical scale for the activation (ReLU: kaiming_normal_, "
             "tanh: std 1/sqrt(fan_in)) or normalise the layers"
         ),
-        node=features,
         data={"sources": sources, "features": features},
     )]
 

@@ -41,7 +41,7 @@ import functools
 import math
 
 from archlint import evidence, patterns
-from archlint.rule import Finding, Verdict, node_span
+from archlint.rule import at_node, Verdict
 
 CODE = "ARC204"
 NAME = "dead-units"
@@ -75,7 +75,7 @@ def dead_fraction(mean: float, spread_sq: float, v: float, batch: int) -> float:
     return float(np.sum(w * p_off**batch))
 
 
-def check(graph, options):
+def check(graph, options, context):
     threshold = float(options["threshold"])
     batch = int(options["batch"])
     signal = patterns.signal_nodes(graph)
@@ -100,10 +100,9 @@ def check(graph, options):
     fraction, node = worst
     more = f"; {count} of {total} ReLU-family layers are above the threshold" if count > 1 else ""
     at = f" at {node.module_path}" if node.module_path else ""
-    return [Finding(
+    return [at_node(graph, node,
         code=CODE,
         message=f"{{value}} of the units of the {patterns.activation_name(node)}{at} are never active on a batch of {batch}{more}",
-        span=node_span(graph, node),
         predicted=fraction,
         threshold=threshold,
         explanation=(
@@ -114,8 +113,8 @@ def check(graph, options):
             "centre the pre-activations (zero biases, BatchNorm before the activation), use "
             "He init, or an activation without a dead region (LeakyReLU, ELU, GELU)"
         ),
-        node=node.name,
-        data={"pre": node.inputs[0], "percent": True},
+        percent=True,
+        data={"pre": node.inputs[0]},
     )]
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from archlint import evidence, patterns
 from archlint.graph import OpKind
-from archlint.rule import Finding, Verdict, node_span
+from archlint.rule import at_node, Verdict
 
 CODE = "ARC205"
 NAME = "output-scale"
@@ -52,21 +52,19 @@ def _head_input(graph):
     return out.inputs[0] if out.kind in (OpKind.LINEAR, OpKind.CONV) and out.inputs else None
 
 
-def check(graph, options):
+def check(graph, options, context):
     if graph.output is None or not patterns.sources(graph):
         return []
     out = graph[graph.output]
     std = evidence.predicted_std(graph, graph.output)
     if std is not None and std > float(options["max-std"]):
-        return [Finding(
+        return [at_node(graph, out,
             code=CODE,
             message=f"{graph.name}'s outputs have std {{value}} at initialisation",
-            span=node_span(graph, out),
             predicted=std,
             threshold=float(options["max-std"]),
             explanation="large logits saturate the softmax: the first losses are huge and the gradients come from a few samples",
             fix="initialise the output layer small (std 1/sqrt(fan_in) or less, or zeros) with a zero bias",
-            node=out.name,
             data={"kind": "std"},
         )]
     nb = evidence.predicted(graph, graph.output)
@@ -77,15 +75,13 @@ def check(graph, options):
         return []
     if nb.neuron_bias <= limit or before.neuron_bias > limit:
         return []
-    return [Finding(
+    return [at_node(graph, out,
         code=CODE,
         message=f"{graph.name}'s output layer adds a constant that makes up {{value}} of the output's RMS",
-        span=node_span(graph, out),
         predicted=nb.neuron_bias,
         threshold=limit,
         explanation="an output dominated by an input-independent constant is the same for every input, so the first gradients mostly move that constant",
         fix="initialise the output layer's bias at zero (or at the log class priors) and its weights at std 1/sqrt(fan_in)",
-        node=out.name,
         data={"kind": "neuron-bias"},
     )]
 

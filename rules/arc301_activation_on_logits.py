@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from archlint import patterns
 from archlint.graph import OpKind
-from archlint.rule import Finding, node_span
+from archlint.rule import at_node
 
 CODE = "ARC301"
 NAME = "activation-on-logits"
@@ -52,7 +52,7 @@ def _reduces_width(node) -> bool:
     return weight is not None and len(weight.shape) >= 2 and weight.shape[0] < weight.shape[1]
 
 
-def check(graph, options):
+def check(graph, options, context):
     if graph.output is None:
         return []
     out = graph[graph.output]
@@ -62,14 +62,12 @@ def check(graph, options):
     head = patterns.producer(graph, out.name)
     if head is None or head.kind not in (OpKind.LINEAR, OpKind.CONV) or not _reduces_width(head):
         return []
-    return [Finding(
+    return [at_node(graph, out,
         code=CODE,
         message=f"{graph.name} applies {name} to the logits computed by {head.module_path or head.op}",
-        span=node_span(graph, out),
         explanation=(
             "the loss supplies the output nonlinearity; a one-sided activation on the logits "
             "cuts negative logits to a constant, so those classes get no gradient"
         ),
         fix=f"remove the {name} after the output layer and return its output unchanged (the loss applies softmax)",
-        node=out.name,
     )]

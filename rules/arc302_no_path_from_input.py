@@ -34,7 +34,7 @@ None.
 from __future__ import annotations
 
 from archlint import patterns
-from archlint.rule import Finding, Verdict
+from archlint.rule import at_model, Verdict
 
 CODE = "ARC302"
 NAME = "no-path-from-input"
@@ -47,18 +47,16 @@ def _computed_by(node) -> str:
     return f" (computed by {node.module_path})" if node.module_path else ""
 
 
-def check(graph, options):
+def check(graph, options, context):
     if graph.output is None or not patterns.sources(graph):
         return []
     if graph.output in patterns.signal_nodes(graph):
         return []
-    return [Finding(
+    return [at_model(graph, graph.output,
         code=CODE,
         message=f"{graph.name}'s output{_computed_by(graph[graph.output])} does not depend on its input",
-        span=graph.span,
         explanation="an output that is not a function of the input cannot be learned from it: no gradient flows through the input path",
         fix="make the output a function of the input: remove the detach/zeros_like, or use the argument you meant to use",
-        node=graph.output,
     )]
 
 

@@ -46,10 +46,12 @@ BatchNorm still sees the micro-batch). If the pretrained statistics are good, fr
 BatchNorm layers in eval mode while fine-tuning.
 
 ## Options
-- ``warn_below`` (32): batch sizes below this are a warning.
-- ``error_at_most`` (4): batch sizes at or below this are an error.
+- ``warn-below`` (32): batch sizes below this are a warning.
+- ``error-at-most`` (4): batch sizes at or below this are an error.
 - ``threshold`` (1.1): the batch/population NLC ratio above which the measurement confirms.
-- ``batch_size``: the run's ``--batch-size``, filled in by archlint.
+
+The batch size itself is the run's ``--batch-size`` (``batch-size`` in the config), not an
+option of this rule.
 
 ## References
 - archlint NLC digest §1.5 (batch-dependent networks; the measured table above).
@@ -63,13 +65,13 @@ from __future__ import annotations
 import math
 
 from archlint.graph import OpKind
-from archlint.rule import Finding, Verdict, node_span
+from archlint.rule import at_node, Verdict
 
 CODE = "ARC303"
 NAME = "small-batch-batchnorm"
 SEVERITY = "warning"
 SUMMARY = "Train-mode BatchNorm with a batch size below 32 trains a more nonlinear function"
-OPTIONS = {"warn_below": 32, "error_at_most": 4, "threshold": 1.1, "batch_size": 128}
+OPTIONS = {"warn-below": 32, "error-at-most": 4, "threshold": 1.1}
 
 
 def inflation(counts: list[int]) -> float | None:
@@ -87,9 +89,10 @@ def _count(node, batch: int) -> int:
     return batch * math.prod(shape[2:])
 
 
-def check(graph, options):
-    batch = int(options["batch_size"])
-    if batch >= options["warn_below"] or graph.output is None:
+def check(graph, options, context):
+    # The batch the model is trained with: the run's --batch-size (also the measured batch).
+    batch = context.batch_size
+    if batch >= options["warn-below"] or graph.output is None:
         return []
     upstream = graph.ancestors(graph.output) | {graph.output}
     bns = [n for n in graph.of_kind(OpKind.NORM)
@@ -97,23 +100,21 @@ def check(graph, options):
     if not bns:
         return []
     predicted = inflation([_count(n, batch) for n in bns])
-    severity = "error" if batch <= options["error_at_most"] else "warning"
+    severity = "error" if batch <= options["error-at-most"] else "warning"
     s = "s" if len(bns) > 1 else ""
     # {value}: the engine fills in the measured ratio, else the predicted one.
     effect = ("{value}x as nonlinear as the eval-mode network (batch/population NLC)" if predicted is not None
               else "degenerate: with 3 or fewer samples BatchNorm leaves the gradient almost no information")
-    return [Finding(
+    return [at_node(graph, bns[0],
         code=CODE,
         message=(f"{len(bns)} train-mode BatchNorm layer{s} with batch size {batch}: "
                  f"the function that is trained is {effect}"),
-        span=node_span(graph, bns[0]),
         severity=severity,
         predicted=predicted,
         threshold=float(options["threshold"]),
         explanation=("in train mode BatchNorm normalises over the batch, so each sample's output depends "
                      "on the others; small batches make the trained function far more nonlinear"),
         fix="use nn.GroupNorm or nn.LayerNorm, or train with batches of 32 or more",
-        node=bns[0].name,
         data={"batch_size": batch, "layers": [n.name for n in bns]},
     )]
 

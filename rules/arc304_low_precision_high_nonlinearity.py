@@ -40,7 +40,8 @@ normalisation and the loss in float32).
 
 from __future__ import annotations
 
-from archlint.rule import Finding, Verdict
+from archlint.dtypes import LOW_PRECISION
+from archlint.rule import at_model, Verdict
 
 CODE = "ARC304"
 NAME = "low-precision-high-nonlinearity"
@@ -48,17 +49,14 @@ SEVERITY = "warning"
 SUMMARY = "A highly nonlinear network computed in float16/bfloat16 is dominated by rounding"
 OPTIONS = {"threshold": 100.0, "disagreement": 0.1}
 
-LOW = ("float16", "bfloat16")
-
-
 def low_precision_dtypes(graph) -> list[str]:
     """The half-precision dtypes of the graph's parameters and operation outputs."""
-    found = {n.dtype for n in graph if n.dtype in LOW}
-    found |= {p.dtype for n in graph for p in n.params.values() if p.dtype in LOW}
+    found = {n.dtype for n in graph if n.dtype in LOW_PRECISION}
+    found |= {p.dtype for n in graph for p in n.params.values() if p.dtype in LOW_PRECISION}
     return sorted(found)
 
 
-def check(graph, options):
+def check(graph, options, context):
     dtypes = low_precision_dtypes(graph)
     if not dtypes:
         return []
@@ -74,17 +72,15 @@ def check(graph, options):
     # {value} (the engine fills in the output NLC measured in the model's precision, else the
     # predicted one) only where the prediction is the output's.
     value = "{value} at the output" if node == graph.output else f"{nlc:.3g} at {node}"
-    return [Finding(
+    return [at_model(graph, node,
         code=CODE,
         message=(f"{graph.name} computes in {'/'.join(dtypes)} with an NLC of {value}: "
                  f"rounding is amplified as much as the signal"),
-        span=graph.span,
         predicted=nlc,
         threshold=float(options["threshold"]),
         explanation=("a high NLC amplifies rounding noise relative to the output's spread; half precision "
                      "keeps 2-3 significant digits"),
         fix="lower the NLC (skip connections, gentler activations) or keep the model in float32",
-        node=node,
         data={"dtypes": dtypes},
     )]
 

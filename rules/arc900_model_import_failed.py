@@ -39,6 +39,6 @@ SUMMARY = "The model file could not be imported"
 OPTIONS: dict = {}
 
 
-def check(graph, options):
+def check(graph, options, context):
     # Raised by the engine when importing a file fails; there is no graph to check.
     return []

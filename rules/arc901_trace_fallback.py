@@ -40,6 +40,6 @@ OPTIONS: dict = {}
 AFFECTS_EXIT = False
 
 
-def check(graph, options):
+def check(graph, options, context):
     # Raised by the engine from graph.traced_with; it never depends on rule options.
     return []

@@ -65,6 +65,6 @@ SUMMARY = "A suppression comment suppressed nothing"
 OPTIONS: dict = {}
 
 
-def check(graph, options):
+def check(graph, options, context):
     # Raised by the engine after suppressions are applied; it needs the whole file's findings.
     return []

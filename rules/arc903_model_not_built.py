@@ -47,6 +47,6 @@ SUMMARY = "A top-level model needs constructor arguments that were not configure
 OPTIONS: dict = {}
 
 
-def check(graph, options):
+def check(graph, options, context):
     # Raised by the engine during discovery, before any graph exists.
     return []

@@ -40,6 +40,6 @@ SUMMARY = "The model raised on the example inputs"
 OPTIONS: dict = {}
 
 
-def check(graph, options):
+def check(graph, options, context):
     # Raised by the engine when the trace's forward pass fails; no graph exists then.
     return []
