@@ -251,7 +251,8 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
     if not quiet:
         by_status: dict[str, int] = {}
         for f in findings:
-            by_status[f.status] = by_status.get(f.status, 0) + 1
+            status = f.status or "diagnostic"
+            by_status[status] = by_status.get(status, 0) + 1
         detail = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
         click.echo(
             f"archlint: {len(findings)} finding{'s' if len(findings) != 1 else ''}"

@@ -116,12 +116,12 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
             ))
         _predict(graph)
         findings = _run_rules(graph, settings)
-        # The verification pass exists to confirm or dismiss findings: a model with none
-        # is not run again (a clean ResNet-18 costs a trace, not a measurement).
-        if settings.verify and any(not f.is_meta for f in findings):
+        # Every model is measured when verification is on, not only those with findings:
+        # what the predictor misses or cannot model (a NaN, a collapse after pooling) is
+        # only seen there.
+        if settings.verify:
             if bm.meta_reason:
-                reason = f"not verified: {bm.meta_reason}"
-                findings = [f if f.is_meta else f.with_status("predicted", reason=reason) for f in findings]
+                findings = rules_api.not_verified(graph.name, findings, bm.meta_reason, graph.span)
             else:
                 progress("measure", graph.name, graph.span, result.findings, findings)
                 findings = _verify(graph, bm.entry, findings, settings, target, model_result)
@@ -162,7 +162,7 @@ def _example_inputs(model: torch.nn.Module, entry: Any, module: Any, settings: S
 
     expr = entry.inputs or settings.inputs
     if expr:
-        return inputs_mod.eval_inputs(expr, module, model)
+        return inputs_mod.eval_inputs(expr, module, model, settings.seed)
     spec = inputs_mod.parse_input_shape(settings.input_shape) if settings.input_shape else inputs_mod.infer_inputs(model)
     gen = torch.Generator().manual_seed(settings.seed)
     return inputs_mod.make_batch(spec, TRACE_BATCH, gen)
@@ -194,7 +194,40 @@ def _run_context(settings: Settings) -> rules_api.RunContext:
 
 
 def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, target: torch.device, model_result: ModelResult) -> list[Finding]:
-    """Measure the model once and let each rule confirm or dismiss its own findings."""
+    """Measure the model; let each rule confirm or dismiss its own findings, and find what
+    the static pass missed.
+
+    A model without static findings gets a screening measurement first (one batch, no
+    population pass, only the nodes the rules' ``find`` reads): a clean model costs that
+    much. Where a static finding stands or the screening finds something, the full
+    measurement decides, and its numbers are the ones reported.
+    """
+    static = [f for f in findings if not f.is_meta]
+    try:
+        report = None
+        if not static:
+            report = _measure(graph, entry, settings, target, [], screening=True)
+            if not _found_by_measurement(graph, report, settings, static):
+                graph.measured = model_result.measured = report
+                return findings
+        report = _measure(graph, entry, settings, target, static, screening=False)
+    except Exception as exc:  # the model's code may fail on the measurement batch
+        where = _user_frame_span(exc, graph.span.path) if graph.span is not None else None
+        return rules_api.not_verified(graph.name, findings, f"the measurement failed ({type(exc).__name__}: {exc})", where or graph.span)
+    graph.measured = model_result.measured = report
+    out = []
+    for f in findings:
+        if f.is_meta:
+            out.append(f)
+            continue
+        rule = rules_api.get(f.code)
+        verdict = rule.confirm(f, report, settings.rule_options.get(rule.name))
+        status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
+        out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
+    return out + _found_by_measurement(graph, report, settings, static)
+
+
+def _measure(graph: ArchGraph, entry: Any, settings: Settings, target: torch.device, findings: list[Finding], *, screening: bool) -> Any:
     from archlint import inputs as inputs_mod
     from archlint import measure as measure_mod
 
@@ -212,27 +245,27 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
     else:
         batch = None
-    try:
-        report = measure_mod.measure(
+    screen = {"samples": settings.batch_size, "population": False, "nodes": patterns.screened_nodes(graph)} if screening else {}
+    # Seeded like the build: --data's function may draw random numbers too.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        return measure_mod.measure(
             graph.model, batch, graph=graph, device=target,
-            batch_size=settings.batch_size, seed=settings.seed, segments=segments,
+            batch_size=settings.batch_size, seed=settings.seed, segments=segments, **screen,
         )
-    except Exception as exc:  # the model's code may fail on the measurement batch
-        reason = f"not verified: the measurement failed ({type(exc).__name__}: {exc})"
-        log.warning("%s: %s", graph.name, reason)
-        return [f.with_status("predicted", reason=reason) if not f.is_meta else f for f in findings]
-    graph.measured = report
-    model_result.measured = report
-    out = []
-    for f in findings:
-        if f.is_meta:
-            out.append(f)
+
+
+def _found_by_measurement(graph: ArchGraph, report: Any, settings: Settings, static: list[Finding]) -> list[Finding]:
+    """The rules' findings from the measurement alone, for rules whose static check found
+    nothing in this model (where it did, that finding was judged by the same measurement)."""
+    context = _run_context(settings)
+    judged = {f.code for f in static}
+    found: list[Finding] = []
+    for code, rule in rules_api.registry().items():
+        if rule.is_meta or code in judged or not settings.is_selected(code):
             continue
-        rule = rules_api.get(f.code)
-        verdict = rule.confirm(f, report, settings.rule_options.get(rule.name))
-        status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
-        out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
-    return out
+        found.extend(rule.find(graph, report, settings.rule_options.get(rule.name), context))
+    return found
 
 
 def _finish(result: FileResult, settings: Settings, source: str | None) -> FileResult:
@@ -244,7 +277,11 @@ def _finish(result: FileResult, settings: Settings, source: str | None) -> FileR
 
 
 def _user_frame_span(exc: BaseException, path: str) -> Span | None:
-    """The deepest frame of ``exc``'s traceback in a user file, preferring ``path``."""
+    """The deepest frame of ``exc``'s traceback in a user file, preferring ``path``; an
+    exception that wraps the user's (``raise ... from exc``) is followed to its cause."""
+    while exc.__traceback__ is not None and (exc.__cause__ or exc.__context__) is not None and not any(
+            f.filename == path for f in traceback.extract_tb(exc.__traceback__)):
+        exc = exc.__cause__ or exc.__context__
     frames = traceback.extract_tb(exc.__traceback__)
     in_file = [f for f in frames if f.filename == path]
     frame = in_file[-1] if in_file else None

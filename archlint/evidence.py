@@ -19,11 +19,25 @@ def fmt(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "-"
     if 0.99 < abs(value) < 1:
-        # Neuron biases and fractions near 1: 0.9996 must not read as 1.
-        return f"{value:.4f}"
+        # Neuron biases and fractions near 1: 0.9996 must not read as 1, nor 0.9999994.
+        for places in range(4, 10):
+            text = f"{value:.{places}f}"
+            if abs(float(text)) < 1:
+                return text
+        return text
     if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}g}"
+
+
+def fmt_beside(value: float, threshold: float | None) -> str:
+    """``fmt(value)`` with as many digits as it takes not to read as the threshold it is
+    compared with: a block NLC of 1.2996 dismissed against 1.3 shows as 1.2996, not 1.3."""
+    for digits in range(3, 7):
+        text = fmt(value, digits)
+        if threshold is None or value == threshold or text != fmt(threshold, digits):
+            return text
+    return text
 
 
 def predicted(graph: ArchGraph, name: str | None) -> Any:

@@ -235,14 +235,17 @@ def pink_noise(batch_size: int, channels: int, spatial: tuple[int, ...], g: torc
     return x / x.std(dim=over, keepdim=True).clamp_min(1e-12)
 
 
-def eval_inputs(expr: str, module: ModuleType, model: nn.Module) -> tuple[Any, ...]:
+def eval_inputs(expr: str, module: ModuleType, model: nn.Module, seed: int = 0) -> tuple[Any, ...]:
     """The forward arguments from the user's ``--inputs`` expression, evaluated in the model
-    file's namespace with ``torch`` and the built ``model`` in scope."""
+    file's namespace with ``torch`` and the built ``model`` in scope, with torch's RNG seeded
+    by ``seed`` (``torch.randn(64, 41)`` gives the same batch on every run) and put back after."""
     namespace = dict(vars(module))
     namespace["torch"] = torch
     namespace["model"] = model
     try:
-        value = eval(expr, namespace)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            value = eval(expr, namespace)
     except Exception as exc:
         raise InputsError(f"--inputs {expr!r} failed: {type(exc).__name__}: {exc}") from exc
     return value if isinstance(value, tuple) else (value,)

@@ -27,6 +27,9 @@ _TRANSPARENT = {OpKind.IDENTITY, OpKind.RESHAPE}
 # The ReLU family: piecewise linear with a kink at 0 and (near-)zero slope below it, so units
 # whose pre-activation stays negative are dead.
 RELU_FAMILY = {"relu", "relu6", "leaky_relu", "prelu", "rrelu", "threshold"}
+# Bounded activations: too large an input saturates them, and their collapse is units pinned
+# near one value rather than switched on or off.
+SATURATING = {"tanh", "sigmoid", "hardtanh", "softsign", "hardsigmoid"}
 # Maps that are commonly and deliberately applied to a model's output (probabilities, a
 # bounded range): not "an activation on the logits".
 OUTPUT_MAPS = {"sigmoid", "tanh", "softmax", "log_softmax", "softmin", "logsigmoid", "hardsigmoid", "hardtanh"}
@@ -304,3 +307,26 @@ def worth_measuring(layers: int, threshold: float) -> bool:
     reach ``threshold`` at the BN-ReLU rate? Shorter ones are not measured on a guess: a
     measurement costs several forward passes, and most such stacks stay below."""
     return layers * math.log(BN_RELU_NLC) > math.log(threshold)
+
+
+def pre_activations(graph: ArchGraph) -> list[tuple[Node, str]]:
+    """(activation, its input) for the elementwise activations on the main path, in forward order."""
+    main = set(main_path(graph))
+    return [(n, n.inputs[0]) for n in graph.nodes if n.name in main and is_elementwise_activation(n) and n.inputs]
+
+
+def features_after_activations(graph: ArchGraph) -> list[str]:
+    """The main-path nodes after the last activation, up to the output: pooled features, the
+    flattened map, the head's input and the logits."""
+    path = main_path(graph)
+    layers = pre_activations(graph)
+    start = path.index(layers[-1][0].name) + 1 if layers else 0
+    return path[start:]
+
+
+def screened_nodes(graph: ArchGraph) -> list[str]:
+    """The nodes a screening measurement needs: what the rules' ``find`` reads (the output,
+    the pre-activations, the features after the last activation). The output is always
+    measured."""
+    names = [pre for _, pre in pre_activations(graph)] + features_after_activations(graph)
+    return list(dict.fromkeys(names))

@@ -12,7 +12,11 @@ A rule is one module in ``rules/`` (installed as ``archlint.rules``) with:
   ``at_node``/``at_model``; ``options`` are the rule's own (kebab-case names), ``context`` the
   run's settings a rule may read (``RunContext``);
 - ``confirm(finding, measurements, options) -> Verdict``: decides ``confirmed`` or
-  ``dismissed`` from the measured value against the rule's threshold.
+  ``dismissed`` from the measured value against the rule's threshold;
+- optionally ``find(graph, report, options, context) -> list[Finding]``: findings from the
+  measurement alone, for what the static pass missed or could not predict (every model is
+  measured when verification is on). They are reported ``confirmed``, with the measured
+  value, and only where the rule's ``check`` found nothing for the model.
 
 Meta rules (ARC9xx) are raised by the engine, not by ``check``: their modules carry the
 metadata and documentation, and ``check`` returns nothing.
@@ -46,7 +50,8 @@ class Finding:
     message: str
     span: Span
     severity: str = "warning"
-    status: str = "predicted"
+    # predicted | confirmed | dismissed; None for meta diagnostics, which nothing measures.
+    status: str | None = "predicted"
     # The rule's kebab-case name, filled from the registry when empty.
     name: str = ""
     predicted: float | None = None
@@ -67,8 +72,10 @@ class Finding:
     # - raised because the prediction was unavailable: a question for the measurement, dropped
     #   when no measurement answers it (``settle``);
     needs_measurement: bool = False
-    # - the value is a fraction, shown as a percentage.
+    # - the value is a fraction, shown as a percentage;
     percent: bool = False
+    # - raised by the rule's find() from the measurement, not by the static pass.
+    found_by_measurement: bool = False
     # Free-form data a rule hands from its check() to its own confirm(); the engine never reads it.
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -156,6 +163,14 @@ class Rule:
         findings = self.module.check(graph, {**self.options, **(options or {})}, context or RunContext())
         return [replace(f, name=f.name or self.name, model=f.model or graph.name) for f in findings]
 
+    def find(self, graph: ArchGraph, report: Any, options: dict[str, Any] | None = None, context: RunContext | None = None) -> list[Finding]:
+        find: Callable[..., list[Finding]] | None = getattr(self.module, "find", None)
+        if find is None:
+            return []
+        findings = find(graph, report, {**self.options, **(options or {})}, context or RunContext())
+        return [replace(f, name=f.name or self.name, model=f.model or graph.name, status="confirmed", found_by_measurement=True)
+                for f in findings]
+
     def confirm(self, finding: Finding, measurements: Any, options: dict[str, Any] | None = None) -> Verdict:
         confirm: Callable[..., Verdict] | None = getattr(self.module, "confirm", None)
         if confirm is None:
@@ -223,7 +238,7 @@ def meta(code: str, message: str, span: Span, *, model: str | None = None, **ext
         message=message,
         span=span,
         severity=rule.severity,
-        status="confirmed",
+        status=None,
         model=model,
         **extra,
     )
@@ -246,6 +261,15 @@ def at_model(graph: ArchGraph, about: str | None = None, **fields: Any) -> Findi
     return Finding(span=graph.span, node=about, model=graph.name, **fields)
 
 
+def not_verified(model: str, findings: list[Finding], reason: str, where: Span) -> list[Finding]:
+    """A model the verification pass could not measure (over the memory budget, the
+    measurement raised, died or timed out): its findings stay ``predicted`` with the reason,
+    none dropped, and the info diagnostic ARC905 says so, so that no output format reads as a
+    measured "clean"."""
+    kept = [f if f.is_meta else f.with_status("predicted", reason=f"not verified: {reason}") for f in findings]
+    return kept + [meta("ARC905", f"{model} was not measured: {reason}; its verdicts are static predictions", where, model=model)]
+
+
 def node_span(graph: ArchGraph, node: Node | str | None) -> Span:
     """Where a finding about ``node`` points: the node's own span, else the model's line."""
     if isinstance(node, str):
@@ -261,12 +285,14 @@ def settle(findings: list[Finding]) -> list[Finding]:
 
     - A finding with ``needs_measurement`` was raised because the prediction was
       unavailable (an op the mean-field predictor does not model): it is a question for the
-      measurement, not a finding, and is dropped when no measurement answered it.
+      measurement, not a finding, and is dropped when no measurement was asked (--no-verify).
+      When the measurement was asked and could not answer, it stays ``predicted`` with the
+      reason: a verdict that needed the measurement is never dropped silently.
     - A rule's ``SUBSUMED_BY`` codes name more specific rules: when one of them stands for the
       same model (not dismissed), the general finding is redundant (ARC101 "the NLC is too
       high" beside ARC103 "this plain stack makes it so").
     """
-    kept = [f for f in findings if not (f.needs_measurement and f.status == "predicted")]
+    kept = [f for f in findings if not (f.needs_measurement and f.status == "predicted" and not f.reason)]
     standing = {(f.model, f.code) for f in kept if f.status != "dismissed"}
     out = []
     for f in kept:
@@ -282,7 +308,7 @@ def compose(f: Finding) -> Finding:
     the predicted value and the threshold: "... compound to NLC 47.7 (predicted 46.1;
     threshold 3)". A dismissed finding keeps the predicted value and names the measured one
     beside it: "... NLC 3.5 (measured 2.4; threshold 3)"."""
-    from archlint.evidence import fmt
+    from archlint.evidence import fmt_beside
 
     if f.is_meta:
         return f
@@ -290,14 +316,8 @@ def compose(f: Finding) -> Finding:
     if f.percent:
         show = lambda v: f"{100 * v:.0f}%"  # noqa: E731
     else:
-        def show(v: float) -> str:
-            # A value on the other side of the threshold never reads as equal to it: a block
-            # NLC of 1.2996 dismissed against 1.3 shows as 1.2996, not 1.3.
-            for digits in range(3, 7):
-                text = fmt(v, digits)
-                if f.threshold is None or v == f.threshold or text != fmt(f.threshold, digits):
-                    return text
-            return text
+        # A value on the other side of the threshold never reads as equal to it.
+        show = lambda v: fmt_beside(v, f.threshold)  # noqa: E731
     # The sentence states the standing value: the measured one when it confirms, the
     # predicted one otherwise; a dismissing measurement is then named beside it. Where the
     # static pass could not predict (the rule asked the measurement), the value is the
@@ -306,7 +326,9 @@ def compose(f: Finding) -> Finding:
     best = f.measured if f.measured is not None and (f.status != "dismissed" or unpredicted) else f.predicted
     message = f.message.replace("{value}", show(best) if best is not None else "(not predicted)")
     extras = []
-    if unpredicted:
+    if f.found_by_measurement:
+        extras.append("found by measurement" + (f"; predicted {show(f.predicted)}" if f.predicted is not None else ""))
+    elif unpredicted:
         extras.append("measured; not predicted")
     elif f.status == "dismissed" and f.measured is not None:
         extras.append(f"measured {show(f.measured)}")

@@ -290,6 +290,9 @@ class _EagerRunner(TorchFunctionMode):
         self.tracked: set[int] = set()
         # Keep every tracked tensor alive during the run so that ids are never reused.
         self._alive: list[torch.Tensor] = []
+        # True while the listener runs: what it computes (a measurement unpacking forward-mode
+        # tangents, its statistics) is not part of the model's forward pass.
+        self._in_listener = False
 
     def track(self, t: Any) -> None:
         if isinstance(t, torch.Tensor):
@@ -328,6 +331,8 @@ class _EagerRunner(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if self._in_listener:
+            return out
         name = ops.func_name(func)
         if self.depth == 0 and name not in ("__get__", "__set__", "__setitem__") and any(
             isinstance(t, torch.Tensor) for t in _flatten(out)
@@ -343,7 +348,11 @@ class _EagerRunner(TorchFunctionMode):
 
     def _emit(self, event: _Event) -> Any:
         """Report an event; returns the replacement output, if the listener gave one."""
-        replacement = self.on_event(event)
+        self._in_listener = True
+        try:
+            replacement = self.on_event(event)
+        finally:
+            self._in_listener = False
         for t in _flatten(event.output if replacement is None else replacement):
             self.track(t)
         return replacement

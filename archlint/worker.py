@@ -448,8 +448,8 @@ def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_lin
     findings = list(state.findings)
     if state.stage == "measure":
         # The model's findings were made; only their verification died with the process.
-        reason = f"not verified: the measurement {cause}"
-        findings += rules_api.settle([f.with_status("predicted", reason=reason) if not f.is_meta else f for f in state.pending])
+        model = state.model or "the model"
+        findings += rules_api.settle(rules_api.not_verified(model, state.pending, f"the measurement {cause}", span))
     elif state.stage == "import":
         findings.append(rules_api.meta("ARC900", f"cannot import the file: importing it {cause}", span))
     elif state.stage == "build":

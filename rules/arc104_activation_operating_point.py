@@ -53,12 +53,11 @@ SEVERITY = "warning"
 SUMMARY = "An activation runs in a highly nonlinear regime (saturated, mostly off, or even)"
 OPTIONS = {"threshold": 1.25}
 
-SATURATING = {"tanh", "sigmoid", "hardtanh", "softsign", "hardsigmoid"}
 EVEN = {"abs", "square", "cos"}
 
 
 def _fix(activation: str, mean: float, std: float) -> str:
-    if activation in SATURATING:
+    if activation in patterns.SATURATING:
         return (
             f"scale the pre-activations down (std {evidence.fmt(std)} now): initialise the preceding "
             "layer with std 1/sqrt(fan_in), or normalise before the activation with a gain of at most 1"

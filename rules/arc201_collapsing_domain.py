@@ -9,6 +9,16 @@ input, sqrt(M / (M + v)) in the mean-field state (digest §4.4). Reports it abov
 finding points at the first activation whose input is already collapsed. The output layer
 is not looked at: a constant added there is ARC205's business.
 
+Every model is measured when verification is on, so the rule also reports from the
+measurement alone: the first pre-activation, or feature after the last activation (pooled
+or flattened, the head's input), whose measured neuron bias is above ``threshold``. Pooling
+averages the input-dependent part away faster than the offsets, so a deep plain CNN can be
+collapsed after its pooling while its last pre-activation is just under the threshold.
+
+The wording follows the activations: ReLU-family units collapse to always on or always off
+(re-centre them); tanh and sigmoid units get pinned near one value by their offsets (give
+the weights std 1/sqrt(fan_in) and zero biases; He init would be the wrong fix there).
+
 ## Why is this bad?
 Without re-centring, every layer adds input-independent offsets (biases, the positive mean of
 ReLU outputs) while the input-dependent part shrinks or stays: after enough layers each unit
@@ -52,21 +62,56 @@ from archlint.rule import at_node, Verdict
 CODE = "ARC201"
 NAME = "collapsing-domain"
 SEVERITY = "warning"
-SUMMARY = "Units are always on or always off, whatever the input: the domain collapsed with depth"
+SUMMARY = "Every input looks the same deep in the network: units are stuck, the domain collapsed with depth"
 OPTIONS = {"threshold": 0.98, "min-layers": 3}
 
 
-def _pre_activations(graph):
-    """(activation, its input) along the main path, in forward order."""
-    main = set(patterns.main_path(graph))
-    return [(n, n.inputs[0]) for n in graph.nodes if n.name in main and patterns.is_elementwise_activation(n) and n.inputs]
+def _saturating(layers) -> bool:
+    """Whether the main path's activations are mostly bounded ones (tanh, sigmoid)."""
+    names = [patterns.activation_name(act) for act, _ in layers]
+    return sum(name in patterns.SATURATING for name in names) * 2 > len(names)
+
+
+def _finding(graph, layers, where, options, **fields):
+    """The finding at node ``where``, in the words of the network's activations: ReLU units
+    switch always on or off and want re-centring; tanh/sigmoid units get pinned near one
+    value by their offsets and want weights that outweigh the biases (He init, the ReLU fix,
+    would be wrong there)."""
+    if _saturating(layers):
+        symptom = "each unit sits near one value whatever the input (tanh/sigmoid pinned by its offsets)"
+        fix = ("initialise the weights at std 1/sqrt(fan_in) with zero biases, so that they outweigh the "
+               "offsets, or normalise (BatchNorm) before the activations")
+    else:
+        symptom = "every unit is always on or always off, whatever the input"
+        fix = ("re-centre with BatchNorm before the activations, add skip connections, or use "
+               "He init (std sqrt(2/fan_in)) with zero biases")
+    node = graph[where] if isinstance(where, str) else where
+    at = f" at {node.module_path or node.op}" if node is not None else ""
+    return at_node(graph, node,
+        code=CODE,
+        message=f"{graph.name}'s signal has neuron bias {{value}}{at}: {symptom}",
+        threshold=float(options["threshold"]),
+        explanation=(
+            "without re-centring, input-independent offsets grow while the input-dependent "
+            "part shrinks, until units are stuck and the layers are pseudo-linear: the "
+            "effective depth is far below the real depth, and every input looks the same"
+        ),
+        fix=fix,
+        **fields,
+    )
+
+
+def _looked_at(graph, options):
+    """The main path's (activation, pre-activation) pairs when the rule applies, else None."""
+    if graph.output is None or patterns.has_batchnorm(graph):
+        return None
+    layers = patterns.pre_activations(graph)
+    return layers if len(layers) >= int(options["min-layers"]) else None
 
 
 def check(graph, options, context):
-    if graph.output is None or patterns.has_batchnorm(graph):
-        return []
-    layers = _pre_activations(graph)
-    if len(layers) < int(options["min-layers"]):
+    layers = _looked_at(graph, options)
+    if layers is None:
         return []
     threshold = float(options["threshold"])
     last_act, last_pre = layers[-1]
@@ -79,27 +124,28 @@ def check(graph, options, context):
         if state is not None and state.neuron_bias is not None and state.neuron_bias > threshold:
             where = act
             break
-    at = f", from {where.module_path or where.name} on" if where is not None else ""
-    return [at_node(graph, where, node=where.name if where is not None else last_act.name,
-        code=CODE,
-        message=(
-            f"{graph.name}'s pre-activations have neuron bias {{value}}{at}: every unit is "
-            "always on or always off, whatever the input"
-        ),
-        predicted=deepest.neuron_bias if deepest is not None else None,
-        threshold=threshold,
-        explanation=(
-            "without re-centring, input-independent offsets grow while the input-dependent "
-            "part shrinks, until units are always on or always off and the layers are "
-            "pseudo-linear: the effective depth is far below the real depth"
-        ),
-        fix=(
-            "re-centre with BatchNorm before the activations, add skip connections, or use "
-            "He init (std sqrt(2/fan_in)) with zero biases"
-        ),
-        needs_measurement=deepest is None,
-        data={"pre": last_pre},
-    )]
+    return [_finding(graph, layers, where, options, node=where.name if where is not None else last_act.name,
+                     predicted=deepest.neuron_bias if deepest is not None else None,
+                     needs_measurement=deepest is None, data={"pre": last_pre})]
+
+
+def find(graph, report, options, context):
+    """From the measurement: the first pre-activation, or feature after the last activation
+    (pooled, flattened, the head's input), whose neuron bias is above the threshold. Pooling
+    averages the input-dependent part away faster than the offsets: a plain CNN whose last
+    pre-activation is just under the threshold can be collapsed after its pooling."""
+    layers = _looked_at(graph, options)
+    if layers is None:
+        return []
+    threshold = float(options["threshold"])
+    candidates = [pre for _, pre in layers] + [n for n in patterns.features_after_activations(graph) if n != graph.output]
+    for name in candidates:
+        stats = evidence.measured(report, name)
+        if stats is not None and stats.neuron_bias is not None and stats.neuron_bias > threshold:
+            state = evidence.predicted(graph, name)
+            return [_finding(graph, layers, name, options, measured=stats.neuron_bias,
+                             predicted=state.neuron_bias if state is not None else None, data={"pre": name})]
+    return []
 
 
 def confirm(finding, report, options):

@@ -41,7 +41,9 @@ def test_two_inputs_need_explicit_inputs():
     (model,) = given.models
     assert [n.shape for n in model.graph.inputs] == [(64, 16), (64, 8)]
     report = _measure(model, model.graph.example_inputs)
-    assert report.status == "ok" and report.output_nlc >= 1.0
+    # A nearly linear two-tower model: NLC 1, within the estimate's sampling error (the
+    # --inputs batch is a seeded draw).
+    assert report.status == "ok" and report.output_nlc >= 1.0 - 3 * report.output_nlc_se
 
 
 def test_keyword_only_arguments():

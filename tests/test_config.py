@@ -234,7 +234,7 @@ def node_count_rule(monkeypatch):
     ``max_nodes`` graph nodes."""
     module = types.ModuleType("fake_node_count")
 
-    def check(graph, options):
+    def check(graph, options, context):
         n = len(graph.nodes)
         if n <= options["max_nodes"]:
             return []

@@ -93,3 +93,29 @@ def test_token_models_start_at_the_embedding():
     sources = patterns.sources(g)
     assert len(sources) == 1 and g[sources[0]].kind.value == "embedding"
     assert patterns.main_path(g)[0] == sources[0]
+
+
+class OneHot(nn.Module):
+    """Token ids turned into floats without an embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(10, 32), nn.Linear(32, 4)
+
+    def forward(self, ids):
+        return self.fc2(torch.relu(self.fc1(nn.functional.one_hot(ids, 10).float())))
+
+
+def test_integer_inputs_without_an_embedding_enter_at_their_first_float_node():
+    # The rules and the measurement used to disagree here: the rules saw no source at all
+    # (so nothing downstream carried a signal), the measurement started at the first float.
+    import archlint
+
+    model = OneHot()
+    ids = torch.randint(0, 10, (64,))
+    g = graph_of(model, ids)
+    sources = patterns.sources(g)
+    assert len(sources) == 1 and g[sources[0]].dtype == "float32" and g[sources[0]].kind.value != "input"
+    assert g.output in patterns.signal_nodes(g)
+    report = archlint.measure(model, ids, graph=g)
+    assert report.sources == sources

@@ -169,9 +169,11 @@ def test_a_death_during_verification_keeps_the_findings_as_predicted(tmp_path):
     pending = Finding(code="ARC101", message="too nonlinear", span=Span(str(path), 1), status="predicted", predicted=9.0)
     state = worker._State(stage="measure", model="Net", line=1, pending=[pending])
     report = worker._crashed(str(path), Settings(), state, "crashed: killed by SIGSEGV (Segmentation fault)", None)
-    (f,) = report.findings
+    f, note = report.findings
     assert (f.code, f.status, f.predicted) == ("ARC101", "predicted", 9.0)
     assert f.reason == "not verified: the measurement crashed: killed by SIGSEGV (Segmentation fault)"
+    # ...and the results say that Net was not measured, in every format.
+    assert note.code == "ARC905" and note.status is None and "Net was not measured" in note.message
 
 
 def test_limit_options_are_validated_and_documented():

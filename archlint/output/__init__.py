@@ -46,6 +46,12 @@ def render(fmt: str, findings: list[Finding], ctx: Context) -> str:
     return renderers[fmt](findings, ctx)
 
 
+def status_tag(f: Finding) -> str:
+    """`` [confirmed]`` after a rule's finding; nothing after a meta diagnostic (ARC9xx),
+    which has no measurement status."""
+    return f" [{f.status}]" if f.status else ""
+
+
 def rule_url(name: str) -> str:
     return f"{HOMEPAGE}/rules/{name}"
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from archlint.output import Context
+from archlint.evidence import fmt, fmt_beside
+from archlint.output import Context, status_tag
 from archlint.output.concise import location
 from archlint.rule import Finding
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
 
 
 def render(findings: list[Finding], ctx: Context) -> str:
     out = []
     for f in findings:
-        out.append(f"{location(f, ctx)}: {f.code} [{f.status}] {f.message}\n")
+        out.append(f"{location(f, ctx)}: {f.code}{status_tag(f)} {f.message}\n")
         lines = ctx.sources.get(f.span.path, "").splitlines()
         if 1 <= f.span.line <= len(lines):
             text = lines[f.span.line - 1]
@@ -24,11 +21,11 @@ def render(findings: list[Finding], ctx: Context) -> str:
             out.append(f"{gutter} |\n{f.span.line} | {text}\n{gutter} | {' ' * f.span.col}{'^' * width}\n")
         numbers = []
         if f.predicted is not None:
-            numbers.append(f"predicted {_fmt(f.predicted)}")
+            numbers.append(f"predicted {fmt_beside(f.predicted, f.threshold)}")
         if f.measured is not None:
-            numbers.append(f"measured {_fmt(f.measured)}")
+            numbers.append(f"measured {fmt_beside(f.measured, f.threshold)}")
         if f.threshold is not None:
-            numbers.append(f"threshold {_fmt(f.threshold)}")
+            numbers.append(f"threshold {fmt(f.threshold)}")
         if numbers:
             out.append(f"  = values: {', '.join(numbers)}\n")
         if f.reason:

@@ -11,7 +11,7 @@ most 10 annotations of each kind per step: pair this with a SARIF upload for the
 
 from __future__ import annotations
 
-from archlint.output import Context, display_path, fails
+from archlint.output import Context, display_path, fails, status_tag
 from archlint.rule import Finding
 
 COMMANDS = {"error": "error", "warning": "warning", "info": "notice"}
@@ -37,7 +37,7 @@ def command(f: Finding, ctx: Context) -> str:
     props["title"] = f"{f.code} {f.name}" if f.name else f.code
     # A finding that does not fail the run (dismissed, or informational) is only a notice.
     kind = COMMANDS[f.severity] if fails(f) else "notice"
-    message = f"{f.message} [{f.status}]"
+    message = f"{f.message}{status_tag(f)}"
     if f.fix:
         message += f"\nhelp: {f.fix}"
     fields = ",".join(f"{key}={escape_property(value)}" for key, value in props.items())

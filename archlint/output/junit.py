@@ -12,7 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from itertools import groupby
 
-from archlint.output import Context, display_path, fails
+from archlint.output import Context, display_path, fails, status_tag
 from archlint.rule import Finding
 
 # Characters XML 1.0 cannot hold even escaped (e.g. ANSI escapes in an exception message).
@@ -24,7 +24,7 @@ def _text(value: str) -> str:
 
 
 def _details(f: Finding) -> str:
-    lines = [f"line {f.span.line}, col {f.span.col + 1}, {f.message} [{f.status}]"]
+    lines = [f"line {f.span.line}, col {f.span.col + 1}, {f.message}{status_tag(f)}"]
     values = [f"{label} {value:.3g}" for label, value in (("predicted", f.predicted), ("measured", f.measured), ("threshold", f.threshold)) if value is not None]
     if values:
         lines.append("values: " + ", ".join(values))
