@@ -304,6 +304,7 @@ def rule_cmd(code: str | None, show_all: bool, output_format: str) -> None:
     import json
 
     from archlint import rule as rules_api
+    from archlint.ruledocs import page
 
     reg = rules_api.registry()
     if show_all:
@@ -325,7 +326,7 @@ def rule_cmd(code: str | None, show_all: bool, output_format: str) -> None:
             for r in chosen
         ], indent=2))
     else:
-        click.echo("\n\n".join(f"# {r.code} {r.name} ({r.severity})\n\n{r.doc}" for r in chosen))
+        click.echo("\n\n".join(page(r) for r in chosen))
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def main() -> None:
         "`archlint check` (verify on; no findings, so no measurement)": check,
         "`archlint check --no-verify`": check + ["--no-verify"],
         # OpenMP's worker threads spin after each parallel region; on a shared machine they
-        # take the core from the main thread (see the README's speed section).
+        # take the core from the main thread (see docs/speed.md).
         "`OMP_WAIT_POLICY=PASSIVE archlint check --no-verify`": (check + ["--no-verify"], {"OMP_WAIT_POLICY": "PASSIVE"}),
         "forced measurement, batch 128 (`archlint.measure(model)`, in the process)": [sys.executable, "-c", (
             "import torch, importlib.util as u; torch.set_num_threads(1);"

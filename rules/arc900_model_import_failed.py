@@ -29,7 +29,7 @@ training-time side effects under `if __name__ == "__main__":`, which archlint ne
 None.
 
 ## References
-- archlint: "Loading" in the README: how files are imported in isolation.
+- archlint docs: docs/models.md, "Loading": how files are imported in isolation.
 """
 
 CODE = "ARC900"

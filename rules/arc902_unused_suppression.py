@@ -55,7 +55,7 @@ None.
 ## References
 - ruff: unused-noqa (RUF100); mypy: ``--warn-unused-ignores``; pylint:
   ``useless-suppression``.
-- archlint README: "Suppressing findings".
+- archlint docs: docs/suppressions.md, "Suppressing findings".
 """
 
 CODE = "ARC902"

@@ -37,7 +37,7 @@ or add a factory function with no required arguments to the file
 None.
 
 ## References
-- archlint README: "Which models are checked".
+- archlint docs: docs/models.md, "Which models are checked".
 """
 
 CODE = "ARC903"

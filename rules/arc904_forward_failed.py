@@ -30,7 +30,7 @@ Give the inputs explicitly: ``--input-shape 3,224,224`` or
 None.
 
 ## References
-- archlint README: "Example inputs".
+- archlint docs: docs/models.md, "Example inputs".
 """
 
 CODE = "ARC904"

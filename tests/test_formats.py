@@ -338,11 +338,11 @@ def test_statistics_counts_per_code_match_the_findings(monkeypatch):
     assert codes != sorted(codes), "pick files whose counts are not already in code order"
 
 
-# --- README -------------------------------------------------------------------------------
+# --- The documented VS Code task ------------------------------------------------------------
 
 
-def test_readme_problem_matcher_reads_concise_output(monkeypatch):
-    blocks = re.findall(r"```json\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+def test_documented_problem_matcher_reads_concise_output(monkeypatch):
+    blocks = re.findall(r"```json\n(.*?)```", (REPO / "docs" / "output-formats.md").read_text(), re.S)
     (tasks,) = [json.loads(b) for b in blocks if "problemMatcher" in b]
     pattern = tasks["tasks"][0]["problemMatcher"]["pattern"]
     monkeypatch.chdir(REPO)
