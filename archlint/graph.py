@@ -4,8 +4,8 @@ A trace (``archlint.trace``) turns a built ``nn.Module`` into an ``ArchGraph``. 
 and never touch torch themselves; the mean-field predictor and the measurement pass attach
 their per-node statistics to it (``predicted`` / ``measured``), keyed by node name.
 
-Positions inside archlint are 1-based lines and 0-based columns (libcst's and Python's
-convention); ``Span.end_col`` is exclusive. Output formats convert columns to 1-based at the
+Positions inside archlint are 1-based lines and 0-based columns (Python's ``ast``
+convention, in code points); ``Span.end_col`` is exclusive. Output formats convert columns to 1-based at the
 edge.
 """
 
@@ -32,15 +32,6 @@ class Span:
         (where a problem has a line but no finer location: an import error, a crash)."""
         text = source_lines[line - 1].rstrip() if 0 < line <= len(source_lines) else ""
         return cls(path, line, len(text) - len(text.lstrip()), line, len(text) if text else None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "line": self.line,
-            "col": self.col,
-            "end_line": self.end_line if self.end_line is not None else self.line,
-            "end_col": self.end_col,
-        }
 
 
 class OpKind(str, enum.Enum):
@@ -111,33 +102,6 @@ class Node:
             self.kind == OpKind.MUL and bool(self.attrs.get("elementwise_product"))
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind.value,
-            "op": self.op,
-            "inputs": list(self.inputs),
-            "module_path": self.module_path,
-            "params": {
-                k: {
-                    "shape": list(p.shape),
-                    "dtype": p.dtype,
-                    "mean": p.mean,
-                    "std": p.std,
-                    "fan_in": p.fan_in,
-                }
-                for k, p in self.params.items()
-            },
-            "attrs": {k: v for k, v in self.attrs.items() if _jsonable(v)},
-            "shape": list(self.shape) if self.shape is not None else None,
-            "dtype": self.dtype,
-            "span": self.span.to_dict() if self.span else None,
-        }
-
-
-def _jsonable(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool, type(None), list, tuple))
-
 
 @dataclass
 class ArchGraph:
@@ -207,13 +171,3 @@ class ArchGraph:
             seen.add(cur)
             stack.extend(self._by_name[cur].inputs)
         return seen
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "traced_with": self.traced_with,
-            "fallback_reason": self.fallback_reason,
-            "output": self.output,
-            "span": self.span.to_dict() if self.span else None,
-            "nodes": [n.to_dict() for n in self.nodes],
-        }
