@@ -89,6 +89,19 @@ def test_smoke_run_resumes_and_analysis_writes_summary(tmp_path):
     assert out.read_text() == before
     assert f"{config.SMOKE_N} already in" in second.stderr
 
+    # An interruption that cut the last line: that architecture runs again, on a line of its own.
+    out.write_text(before[:-40])
+    third = _run("run.py", "--smoke", "--out", str(out))
+    assert third.returncode == 0, third.stderr
+    assert f"{config.SMOKE_N - 1} already in" in third.stderr
+    parsed = []
+    for line in out.read_text().splitlines():
+        try:
+            parsed.append(json.loads(line)["id"])
+        except json.JSONDecodeError:
+            pass
+    assert sorted(parsed) == sorted(r["id"] for r in lines)
+
     summary_dir = tmp_path / "analysis"
     res = _run("analyze.py", "--results", str(out), "--out-dir", str(summary_dir))
     assert res.returncode == 0, res.stderr

@@ -439,6 +439,8 @@ def main(argv=None) -> int:
     jobs = [(s, steps or config.STEPS[s["dataset"]], args.device, args.train) for s in todo]
     started = time.perf_counter()
     with args.out.open("a") as fh:
+        if args.out.stat().st_size and not args.out.read_bytes().endswith(b"\n"):
+            fh.write("\n")  # a line cut by an interruption stays on its own (and is ignored)
         if args.workers > 1:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(args.workers, maxtasksperchild=20) as pool:
