@@ -1,0 +1,433 @@
+"""Analyse the validation study's results (run.py's JSONL): labels, calibration, evaluation.
+
+    python benchmarks/validation/analyze.py                       # results.jsonl -> summary.*
+    python benchmarks/validation/analyze.py --results /tmp/quick.jsonl --out-dir /tmp/quick
+
+Works on partial results: every number says how many architectures it rests on.
+
+1. Outcome: each architecture's best test error over the rate grid (seed 0); a run that
+   diverged at every rate has no error and is "bad". Labels (config.BAD_RULE and the two
+   config.ALTERNATIVE_RULES) are computed per dataset and family over all results.
+2. Halves: each id goes to the calibration or the evaluation half by a hash of
+   (config.HALVES_SEED, id), so the split does not depend on which results exist yet.
+3. Calibration half: each rule's threshold on its value (the measured value, else the
+   predicted one; config.RULE_DIRECTION says which side is bad) maximises F1 against
+   "bad", globally and per family branch (mlp / cnn x with / without BatchNorm) where the
+   branch has at least config.MIN_GROUP bad and good architectures.
+4. Evaluation half: precision and recall (Wilson intervals) of "any warning-level finding"
+   against "bad": archlint as it is (default thresholds, its findings from check_file) and
+   with the calibrated thresholds; per rule and overall.
+5. Spearman of the measured NLC at initialisation with the best test error, per dataset and
+   family, beside parameter count, depth, synflow and jacob_cov.
+6. Sensitivity of 4. to the label; outcome noise from the architectures trained twice.
+
+Writes summary.json, summary.md and nlc_vs_error.png into --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import config  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+BRANCHES = ("mlp", "cnn")
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def load(path: Path) -> tuple[list[dict], list[dict]]:
+    """(usable records, records that failed)."""
+    good, failed = [], []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by an interruption
+        (failed if "error" in rec or not rec.get("train") else good).append(rec)
+    return good, failed
+
+
+def _f(v) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return {"inf": math.inf, "-inf": -math.inf}.get(v, math.nan)
+    return float(v)
+
+
+def best_error(rec: dict, seed_index: int = 0) -> float:
+    """Best test error at seed ``seed_index``; inf when every rate diverged."""
+    best = rec["train"][seed_index]["best"]
+    return math.inf if best["diverged_all"] else float(best["test_error"])
+
+
+def group(rec: dict) -> tuple:
+    return tuple(rec["spec"][k] for k in config.GROUP_KEYS)
+
+
+def branch(rec: dict) -> str:
+    return f"{rec['spec']['family']}-{'bn' if rec['spec']['norm'] == 'batch' else 'nobn'}"
+
+
+def half(rec_id: str) -> str:
+    h = hashlib.sha256(f"{config.HALVES_SEED}:{rec_id}".encode()).digest()
+    return "calibration" if h[0] % 2 == 0 else "evaluation"
+
+
+# ---------------------------------------------------------------------------------------
+# Labels
+
+
+def labels(records: list[dict], rule: dict) -> dict[str, bool]:
+    by_group = defaultdict(list)
+    for r in records:
+        by_group[group(r)].append(r)
+    out = {}
+    for members in by_group.values():
+        errs = sorted(best_error(r) for r in members)
+        finite = [e for e in errs if math.isfinite(e)]
+        if rule["kind"] == "relative":
+            top = finite[: max(1, math.ceil(rule["top_share"] * len(errs)))]
+            cut = rule["factor"] * float(np.median(top)) if top else math.inf
+        else:
+            cut = (finite[0] + rule["margin"]) if finite else math.inf
+        for r in members:
+            e = best_error(r)
+            out[r["id"]] = (not math.isfinite(e)) or e >= cut
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Rule values and verdicts
+
+
+def rule_value(rec: dict, code: str) -> float | None:
+    """The rule's value for the model: the worst over its entries (max, or min for rules
+    whose value is bad when low), measured where measured, else predicted."""
+    entries = rec["archlint"]["values"].get(code, [])
+    vals = []
+    for e in entries:
+        v = _f(e.get("measured"))
+        if v is None:
+            v = _f(e.get("predicted"))
+        if v is not None and not math.isnan(v):
+            vals.append(v)
+    if not vals:
+        return None
+    return max(vals) if config.RULE_DIRECTION[code] > 0 else min(vals)
+
+
+def default_fires(rec: dict, code: str | None = None) -> bool:
+    """archlint as it is: a warning-level finding (not dismissed) of ``code`` (any code)."""
+    if code is None:
+        return bool(rec["archlint"]["warning"])
+    return any(f["code"] == code and f["status"] != "dismissed" and f["severity"] in ("warning", "error")
+               for f in rec["archlint"]["findings"])
+
+
+def beyond(value: float | None, threshold: float | None, direction: int) -> bool:
+    if value is None or threshold is None:
+        return False
+    return value > threshold if direction > 0 else value < threshold
+
+
+def best_threshold(values: list[float | None], bad: list[bool], direction: int) -> dict | None:
+    """The threshold that maximises F1 of "value beyond threshold" against bad."""
+    pairs = [(v, b) for v, b in zip(values, bad) if v is not None]
+    if not pairs or not any(b for _, b in pairs):
+        return None
+    vs = sorted({v for v, _ in pairs})
+    # Candidates: midpoints between neighbouring values, and just outside the ends.
+    finite = [v for v in vs if math.isfinite(v)]
+    cands = [(a + b) / 2 for a, b in zip(finite, finite[1:])]
+    if finite:
+        cands += [finite[0] - 1e-9 * (abs(finite[0]) + 1), finite[-1] + 1e-9 * (abs(finite[-1]) + 1)]
+    best = None
+    for t in cands:
+        tp = sum(1 for v, b in pairs if b and beyond(v, t, direction))
+        fp = sum(1 for v, b in pairs if not b and beyond(v, t, direction))
+        fn = sum(1 for v, b in pairs if b and not beyond(v, t, direction))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        if best is None or f1 > best["f1"]:
+            best = {"threshold": t, "f1": f1, "tp": tp, "fp": fp, "fn": fn, "n": len(pairs)}
+    return best
+
+
+def calibrate(records: list[dict], bad: dict[str, bool]) -> dict:
+    """Per rule: a global threshold and per-branch ones where the branch has enough data."""
+    out = {}
+    for code, direction in config.RULE_DIRECTION.items():
+        vals = [rule_value(r, code) for r in records]
+        ys = [bad[r["id"]] for r in records]
+        glob = best_threshold(vals, ys, direction)
+        per = {}
+        for br in {branch(r) for r in records}:
+            idx = [i for i, r in enumerate(records) if branch(r) == br and vals[i] is not None]
+            nbad = sum(ys[i] for i in idx)
+            if nbad >= config.MIN_GROUP and len(idx) - nbad >= config.MIN_GROUP:
+                per[br] = best_threshold([vals[i] for i in idx], [ys[i] for i in idx], direction)
+        out[code] = {"global": glob, "branches": per}
+    return out
+
+
+def calibrated_fires(rec: dict, code: str, cal: dict) -> bool:
+    c = cal[code]
+    t = c["branches"].get(branch(rec)) or c["global"]
+    return t is not None and beyond(rule_value(rec, code), t["threshold"], config.RULE_DIRECTION[code])
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+
+
+def wilson(k: int, n: int, level: float = config.CI_LEVEL) -> list[float] | None:
+    if n == 0:
+        return None
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half_w = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half_w), min(1.0, centre + half_w)]
+
+
+def confusion(pred: list[bool], truth: list[bool]) -> dict:
+    tp = sum(p and t for p, t in zip(pred, truth))
+    fp = sum(p and not t for p, t in zip(pred, truth))
+    fn = sum(t and not p for p, t in zip(pred, truth))
+    n, bad = len(truth), sum(truth)
+    return {
+        "n": n, "bad": bad, "flagged": tp + fp, "tp": tp, "fp": fp, "fn": fn,
+        "precision": tp / (tp + fp) if tp + fp else None, "precision_ci": wilson(tp, tp + fp),
+        "recall": tp / bad if bad else None, "recall_ci": wilson(tp, bad),
+    }
+
+
+def spearman(x: list[float | None], y: list[float]) -> dict:
+    from scipy.stats import spearmanr
+
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and not math.isnan(a)]
+    if len(pairs) < 5:
+        return {"rho": None, "n": len(pairs)}
+    a, b = zip(*pairs)
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return {"rho": None, "n": len(pairs)}
+    rho, p = spearmanr(a, b)
+    return {"rho": float(rho), "p": float(p), "n": len(pairs)}
+
+
+def predictors(rec: dict) -> dict[str, float | None]:
+    s, b = rec["archlint"]["stats"], rec["baselines"]
+    nlc = _f(s.get("nlc"))
+    return {
+        "nlc": nlc,
+        # Distance from the guide's band (NLC 1-3): how far outside it, in log terms.
+        "nlc_off_band": None if nlc is None else max(0.0, math.log(nlc / 3.0), math.log(1.0 / nlc)) if nlc > 0 else None,
+        "nlc_population": _f(s.get("nlc_population")),
+        "params": float(b["params"]), "depth": float(b["depth"]),
+        "synflow": _f(b.get("synflow")), "jacob_cov": _f(b.get("jacob_cov")),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The analysis
+
+
+def analyze(records: list[dict], failed: list[dict]) -> dict:
+    primary = labels(records, config.BAD_RULE)
+    cal_recs = [r for r in records if half(r["id"]) == "calibration"]
+    ev_recs = [r for r in records if half(r["id"]) == "evaluation"]
+    summary: dict = {
+        "n_results": len(records) + len(failed), "n_usable": len(records), "n_failed": len(failed),
+        "n_calibration": len(cal_recs), "n_evaluation": len(ev_recs),
+        "label": config.BAD_RULE, "bad_total": sum(primary.values()),
+        "protocol": records[0]["protocol"] if records else None,
+    }
+
+    def evaluate(bad: dict[str, bool]) -> dict:
+        cal = calibrate(cal_recs, bad)
+        truth = [bad[r["id"]] for r in ev_recs]
+        calibrated = [any(calibrated_fires(r, c, cal) for c in config.RULE_DIRECTION) for r in ev_recs]
+        out = {
+            "calibrated": confusion(calibrated, truth),
+            "default": confusion([default_fires(r) for r in ev_recs], truth),
+            "thresholds": cal,
+            "per_rule": {
+                code: {"calibrated": confusion([calibrated_fires(r, code, cal) for r in ev_recs], truth),
+                       "default": confusion([default_fires(r, code) for r in ev_recs], truth)}
+                for code in config.RULE_DIRECTION
+            },
+        }
+        return out
+
+    main = evaluate(primary)
+    summary["evaluation"] = {**main["calibrated"], "verdict": "any rule beyond its calibrated threshold"}
+    summary["evaluation_default_thresholds"] = main["default"]
+    summary["per_rule"] = main["per_rule"]
+    summary["thresholds"] = main["thresholds"]
+    summary["sensitivity"] = {}
+    for rule in (config.BAD_RULE, *config.ALTERNATIVE_RULES):
+        ev = main if rule is config.BAD_RULE else evaluate(labels(records, rule))
+        bad = primary if rule is config.BAD_RULE else labels(records, rule)
+        summary["sensitivity"][rule["name"]] = {
+            "rule": rule, "bad_total": sum(bad.values()),
+            "calibrated": ev["calibrated"], "default": ev["default"],
+        }
+
+    # Rank correlations with the best test error (diverged-everywhere ranks last).
+    corr = {}
+    groups = defaultdict(list)
+    for r in records:
+        groups["/".join(group(r))].append(r)
+        groups[f"{r['spec']['dataset']}/{branch(r)}"].append(r)
+    for name, members in sorted(groups.items()):
+        errs = [best_error(r) if math.isfinite(best_error(r)) else 2.0 for r in members]
+        preds = [predictors(r) for r in members]
+        corr[name] = {k: spearman([p[k] for p in preds], errs) for k in preds[0]}
+    summary["spearman_vs_test_error"] = corr
+
+    # Outcome noise: architectures trained with two seeds.
+    twice = [r for r in records if len(r["train"]) > 1]
+    if twice:
+        diffs = [abs(best_error(r, 0) - best_error(r, 1)) for r in twice
+                 if math.isfinite(best_error(r, 0)) and math.isfinite(best_error(r, 1))]
+        summary["seed_noise"] = {
+            "n": len(twice),
+            "median_abs_diff": float(np.median(diffs)) if diffs else None,
+            "p90_abs_diff": float(np.percentile(diffs, 90)) if diffs else None,
+        }
+    summary["composition"] = {
+        "by_group": {"/".join(k): sum(1 for r in records if group(r) == k) for k in sorted({group(r) for r in records})},
+        "bad_by_group": {"/".join(k): sum(1 for r in records if group(r) == k and primary[r["id"]]) for k in sorted({group(r) for r in records})},
+        "residual": sum(r["spec"]["skip"] for r in records),
+        "batchnorm": sum(r["spec"]["norm"] == "batch" for r in records),
+    }
+    summary["different_init"] = [r["id"] for r in records if not r.get("same_init", True)]
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+
+def _pr(c: dict) -> str:
+    def one(v, ci):
+        if v is None:
+            return "-"
+        return f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.2f}"
+    return f"{one(c['precision'], c['precision_ci'])} | {one(c['recall'], c['recall_ci'])} | {c['tp']}/{c['flagged']}/{c['bad']}"
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        "# Validation study: does archlint predict training outcomes?",
+        "",
+        f"{summary['n_usable']} architectures analysed ({summary['n_failed']} failed), "
+        f"{summary['n_calibration']} in the calibration half, {summary['n_evaluation']} in the evaluation half; "
+        f"{summary['bad_total']} bad by the primary label "
+        f"({config.BAD_RULE['factor']}x the median of the best {config.BAD_RULE['top_share']:.0%} of the same dataset and family).",
+        "",
+        "## Evaluation half: a warning-level finding against \"bad\"",
+        "",
+        "Precision and recall with 95% Wilson intervals; tp/flagged/bad.",
+        "",
+        "| verdict | precision | recall | tp/flagged/bad |",
+        "|---|---|---|---|",
+        f"| any rule, calibrated thresholds | {_pr(summary['evaluation'])} |",
+        f"| any finding, default thresholds | {_pr(summary['evaluation_default_thresholds'])} |",
+    ]
+    for code, c in summary["per_rule"].items():
+        lines.append(f"| {code} calibrated | {_pr(c['calibrated'])} |")
+        lines.append(f"| {code} default | {_pr(c['default'])} |")
+    lines += ["", "## Sensitivity to the label", "",
+              "| label | bad | calibrated precision | recall | tp/flagged/bad | default precision | recall | tp/flagged/bad |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, s in summary["sensitivity"].items():
+        lines.append(f"| {name} | {s['bad_total']} | {_pr(s['calibrated'])} | {_pr(s['default'])} |")
+    lines += ["", "## Spearman rank correlation with the best test error", "",
+              "| group | n | NLC | NLC off the 1-3 band | population NLC | params | depth | synflow | jacob_cov |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in summary["spearman_vs_test_error"].items():
+        cells = [f"{c[k]['rho']:.2f}" if c[k]["rho"] is not None else "-" for k in
+                 ("nlc", "nlc_off_band", "nlc_population", "params", "depth", "synflow", "jacob_cov")]
+        lines.append(f"| {name} | {c['nlc']['n']} | " + " | ".join(cells) + " |")
+    if "seed_noise" in summary:
+        sn = summary["seed_noise"]
+        lines += ["", f"Outcome noise: {sn['n']} architectures trained with two seeds; median |difference| of the "
+                      f"best test error {sn['median_abs_diff']}, 90th percentile {sn['p90_abs_diff']}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], bad: dict[str, bool], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["spec"]["dataset"] for r in records}) or ["-"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for family, marker in (("mlp", "o"), ("cnn", "^")):
+            for warned, colour in ((False, "tab:blue"), (True, "tab:red")):
+                pts = [(_f(r["archlint"]["stats"]["nlc"]), best_error(r)) for r in records
+                       if r["spec"]["dataset"] == ds and r["spec"]["family"] == family and default_fires(r) == warned]
+                pts = [(x, y if math.isfinite(y) else 1.0) for x, y in pts if x is not None and x > 0]
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.scatter(xs, ys, s=14, marker=marker, c=colour, alpha=0.6,
+                               label=f"{family}, {'warning' if warned else 'no warning'}")
+        ax.set_xscale("log")
+        ax.axvspan(1, 3, color="0.9", zorder=0)
+        ax.set_xlabel("measured NLC at initialisation")
+        ax.set_ylabel("best test error (diverged = 1)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{ds} (colour: archlint's verdict with default thresholds; grey: NLC 1-3)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=HERE / "results.jsonl")
+    ap.add_argument("--out-dir", type=Path, default=HERE)
+    args = ap.parse_args(argv)
+    if not args.results.exists():
+        ap.error(f"{args.results}: no results file (run run.py first)")
+    records, failed = load(args.results)
+    summary = analyze(records, failed)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+    (args.out_dir / "summary.md").write_text(markdown(summary))
+    plot(records, labels(records, config.BAD_RULE), args.out_dir / "nlc_vs_error.png")
+    ev = summary["evaluation"]
+    print(f"{summary['n_usable']} usable ({summary['n_failed']} failed); evaluation half n={ev['n']} bad={ev['bad']} "
+          f"precision={ev['precision']} recall={ev['recall']}; wrote {args.out_dir}/summary.json, summary.md, nlc_vs_error.png",
+          file=sys.stderr)
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    raise TypeError(type(o))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The fixed protocol of the validation study. Committed before the first full run: nothing
+here may change after results exist, or the results no longer answer the question they were
+run for (a new protocol needs a new results file).
+
+What is fixed here:
+- the data (two offline datasets, standardised, with a fixed held-out test split);
+- the training protocol (optimiser, learning-rate grid, step budget, batch size);
+- the architecture population (size and generator seed; the generator is generate.py);
+- the outcome label "bad" and the two alternative labels of the sensitivity table;
+- the seed that splits the architectures into a calibration and an evaluation half.
+"""
+
+from __future__ import annotations
+
+import math
+
+# ---------------------------------------------------------------------------------------
+# Data. Both sets are generated locally (no download). Features are standardised with the
+# training split's per-feature mean and std (constant pixels keep std 1), which is also
+# the input archlint's mean-field predictor assumes by default (moments (0, 1)).
+
+DATASETS = {
+    # sklearn.datasets.load_digits: 1,797 images of 8x8. A fixed seeded permutation puts
+    # TEST_SIZE images in the test split. No upsampling: 3x3 convolutions with padding keep
+    # 8x8 maps, two 2x pooling steps still leave a 2x2 map, and upsampling would make every
+    # CNN 4-16x slower for no change in what the architectures are.
+    "digits": {"source": "sklearn.load_digits", "test_size": 497, "split_seed": 0,
+               "mlp_shape": (64,), "cnn_shape": (1, 8, 8), "classes": 10},
+    # mnist1d.data.make_dataset(get_dataset_args()): 4,000 train / 1,000 test of 40 features,
+    # the package's own split and seed. Its authors: MLP ~68%, CNN ~94% test accuracy.
+    "mnist1d": {"source": "mnist1d.make_dataset", "mlp_shape": (40,), "cnn_shape": (1, 40), "classes": 10},
+}
+
+# ---------------------------------------------------------------------------------------
+# Training: each architecture is trained from the same initialisation at every rate of the
+# grid and judged at its best rate (the guide's protocol). SGD with momentum, not Adam:
+# the guide's optimiser, and one that does not rescale away the gradient problems the
+# rules are about.
+
+OPTIMIZER = {"name": "sgd", "momentum": 0.9, "weight_decay": 0.0, "nesterov": False}
+# Log-spaced, a factor sqrt(10) apart (with momentum 0.9 the effective step is 10x these).
+# A trial over 0.001-0.1 put the best rate at the top of the grid for 4 of 5 architectures
+# and at 0.001 for none, so the grid spans 0.01-1 (two decades, five rates).
+LEARNING_RATES = (0.01, 0.0316, 0.1, 0.316, 1.0)
+# The training batch is also archlint's measurement batch (Settings.batch_size default
+# 128), so the train-mode BatchNorm NLC that archlint reports is that of the function that
+# is actually trained (digest §1.5).
+BATCH_SIZE = 128
+# A step budget, not epochs, so the two datasets get comparable optimisation: digits has
+# 1,300 training images (~10 steps an epoch: 20 epochs), MNIST-1D 4,000 (~31 steps an
+# epoch: ~6.5 epochs). 200 steps: the full run must fit in a few hours of one CPU core
+# (measured: a 1-D CNN of 250k multiply-adds per sample took 18 s of CPU for 4 rates x 300
+# steps; the population averages about 300k after the width caps of generate.py).
+STEPS = {"digits": 200, "mnist1d": 200}
+# The rate decays on a cosine from its grid value to 0 over the budget, so the final
+# weights are not at the noisiest point of a constant-rate walk.
+SCHEDULE = "cosine"
+# A run diverged if a training loss is not finite or exceeds this (ln 10 = 2.3 is chance).
+DIVERGED_LOSS = 1e4
+# Outcome seeds: every architecture trains with seed 0 (the initialisation archlint
+# measures, built right after torch.manual_seed(0)); this share also trains with seed 1
+# (another init and batch order) to measure the outcome noise.
+SEEDS = (0, 1)
+SECOND_SEED_EVERY = 8  # architectures whose index % 8 == 0: 12.5%
+
+# ---------------------------------------------------------------------------------------
+# archlint at initialisation: the default settings, on a batch of real training inputs.
+
+MEASURE_SAMPLES = 256  # two measurement batches of BATCH_SIZE
+MEASURE_SEED = 0
+
+# Baselines (validation notes): jacob_cov on one batch of this size; synflow on one input.
+JACOB_COV_BATCH = 128
+JACOB_COV_K = 1e-5
+
+# ---------------------------------------------------------------------------------------
+# Architecture population (generate.py). The generator is seeded per index, so the first n
+# architectures are the same whatever the total.
+
+N_ARCHITECTURES = 640
+GENERATOR_SEED = 15
+QUICK_N = 24   # --quick: a few dozen, for a human, under 5 minutes
+SMOKE_N = 6    # --smoke: the test's end-to-end run
+# Short training for --quick / --smoke: they check the pipeline, not outcomes.
+QUICK_STEPS = 40
+SMOKE_STEPS = 12
+
+# ---------------------------------------------------------------------------------------
+# The outcome label, fixed before any verdict was looked at.
+#
+# "bad": best test error (over the rate grid, seed 0) >= BAD_FACTOR x the median of the best
+# BAD_TOP_SHARE of the architectures of the same dataset and family (mlp / cnn). A run that
+# diverged at every rate is bad. Two alternatives for the sensitivity table.
+
+BAD_RULE = {"name": "primary", "kind": "relative", "factor": 1.5, "top_share": 0.20}
+ALTERNATIVE_RULES = (
+    # Stricter and looser relative cut-offs of the same shape.
+    {"name": "relative-1.25x-top10", "kind": "relative", "factor": 1.25, "top_share": 0.10},
+    # Absolute: more than 10 points of test error above the best architecture of the group.
+    {"name": "absolute-10pt", "kind": "absolute", "margin": 0.10},
+)
+GROUP_KEYS = ("dataset", "family")
+
+# ---------------------------------------------------------------------------------------
+# Calibration and evaluation
+
+HALVES_SEED = 20261206  # splits the architecture ids into calibration / evaluation halves
+BOOTSTRAP = 2000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
+# Threshold search on the calibration half: the value that maximises F1 of
+# "rule value beyond threshold" against "bad", per rule and (where it has >= MIN_GROUP of
+# each class) per family branch: mlp / cnn x with / without BatchNorm.
+THRESHOLD_OBJECTIVE = "f1"
+MIN_GROUP = 10
+GOALS = {"precision": 0.85, "recall": 0.75}
+
+# Direction of each rule's value: +1 the value is bad when high, -1 when low.
+RULE_DIRECTION = {"ARC101": 1, "ARC102": -1, "ARC103": 1, "ARC104": 1, "ARC105": 1, "ARC201": 1,
+                  "ARC202": 1, "ARC203": -1, "ARC204": 1, "ARC205": 1, "ARC303": 1}
+# A threshold above 0 (rules take its log) that every value exceeds.
+TINY = 1e-12
+# Options that make each rule report its value for every model it applies to (thresholds
+# past the end of the value's range, minimum sizes of 1), so the study sees every rule's
+# value, not only the findings that cross today's defaults.
+PERMISSIVE_OPTIONS = {
+    "ARC101": {"threshold": TINY, "conv-threshold": TINY},
+    "ARC102": {"threshold": math.inf, "min-layers": 1},
+    "ARC103": {"threshold": TINY, "conv-threshold": TINY, "min-layers": 1},
+    "ARC104": {"threshold": TINY},
+    "ARC105": {"threshold": TINY},
+    "ARC201": {"threshold": -1.0, "min-layers": 1},
+    "ARC202": {"threshold": TINY},
+    "ARC203": {"threshold": math.inf},
+    "ARC204": {"threshold": -1.0},
+    "ARC205": {"max-std": -1.0},
+    "ARC303": {"warn_below": 10**9, "threshold": TINY},
+}
+

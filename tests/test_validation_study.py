@@ -1,0 +1,133 @@
+"""The validation study's pipeline end to end (benchmarks/validation): a few architectures
+generated, measured by archlint, trained over the rate grid and analysed, so the study never
+rots. Uses run.py --smoke (a handful of architectures, a few training steps)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "benchmarks" / "validation"
+sys.path.insert(0, str(STUDY))
+
+import config  # noqa: E402
+import generate  # noqa: E402
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(STUDY / script), *args], capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+
+
+def test_generator_population_meets_the_protocol():
+    specs = generate.architectures(config.N_ARCHITECTURES)
+    counts = generate.summary(specs)
+    assert counts["total"] >= 600 and counts["cnn"] >= 200
+    assert counts["residual"] >= 100 and counts["batchnorm"] >= 100
+    assert counts["deep residual BN CNN (>= 16 layers)"] >= 30
+    assert {s["activation"] for s in specs} == set(generate.ACTIVATIONS)
+    assert {s["gain"] for s in specs} == {"cold", "standard", "hot"}
+    depths = [generate.layer_count(s) for s in specs]
+    assert min(depths) == 2 and max(depths) == 50
+    # Ids are unique and stable: the same index gives the same spec whatever the total.
+    assert len({s["id"] for s in specs}) == len(specs)
+    assert generate.architecture(123) == specs[123]
+
+
+def test_generated_sources_are_plain_pytorch_and_build_deterministically():
+    import torch
+
+    for index in (0, 9, 14):  # an MLP, a deep residual BN CNN, a BN MLP
+        spec = generate.architecture(index)
+        src = generate.source(spec)
+        assert "archlint" not in src.replace("benchmarks/validation", "")
+        a, b = generate.build(spec, 0), generate.build(spec, 0)
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        out = a(torch.randn(3, *generate.input_shape(spec)))
+        assert out.shape == (3, 10)
+
+
+def test_smoke_run_resumes_and_analysis_writes_summary(tmp_path):
+    out = tmp_path / "results.jsonl"
+    first = _run("run.py", "--smoke", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == config.SMOKE_N
+    ok = [r for r in lines if "error" not in r]
+    assert len(ok) == config.SMOKE_N, [r.get("traceback") for r in lines if "error" in r]
+    families = {(r["spec"]["family"], r["spec"]["norm"] == "batch", r["spec"]["skip"]) for r in ok}
+    assert ("cnn", True, True) in families  # the smoke run includes a residual BN CNN
+    for r in ok:
+        # archlint analysed the generated Net with the same initialisation that was trained.
+        assert r["same_init"] is True
+        stats = r["archlint"]["stats"]
+        assert stats["status"] == "ok" and stats["nlc"] > 0
+        assert r["archlint"]["values"]["ARC101"][0]["measured"] == pytest.approx(stats["nlc"])
+        if r["spec"]["norm"] == "batch":
+            assert stats["mode"] == "train-bn" and stats["nlc_population"] > 0
+        assert not any(f["code"] == "ARC903" for f in r["archlint"]["findings"])
+        base = r["baselines"]
+        assert base["params"] > 0 and base["depth"] == generate.layer_count(r["spec"])
+        runs = r["train"][0]["runs"]
+        assert [x["lr"] for x in runs] == list(config.LEARNING_RATES)
+        for x in runs:
+            assert x["diverged"] or 0 <= x["test_error"] <= 1
+        best = r["train"][0]["best"]
+        assert best["diverged_all"] or best["test_error"] == min(x["test_error"] for x in runs if not x["diverged"])
+    # Architecture 0 trains with a second seed (index % SECOND_SEED_EVERY == 0).
+    assert len(next(r for r in ok if r["spec"]["index"] == 0)["train"]) == 2
+
+    # Resume: a second invocation finds every id done and adds nothing.
+    before = out.read_text()
+    second = _run("run.py", "--smoke", "--out", str(out))
+    assert second.returncode == 0, second.stderr
+    assert out.read_text() == before
+    assert f"{config.SMOKE_N} already in" in second.stderr
+
+    # An interruption that cut the last line: that architecture runs again, on a line of its own.
+    out.write_text(before[:-40])
+    third = _run("run.py", "--smoke", "--out", str(out))
+    assert third.returncode == 0, third.stderr
+    assert f"{config.SMOKE_N - 1} already in" in third.stderr
+    parsed = []
+    for line in out.read_text().splitlines():
+        try:
+            parsed.append(json.loads(line)["id"])
+        except json.JSONDecodeError:
+            pass
+    assert sorted(parsed) == sorted(r["id"] for r in lines)
+
+    summary_dir = tmp_path / "analysis"
+    res = _run("analyze.py", "--results", str(out), "--out-dir", str(summary_dir))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((summary_dir / "summary.json").read_text())
+    ev = summary["evaluation"]
+    assert {"precision", "recall", "n", "bad"} <= set(ev)
+    assert summary["n_usable"] == config.SMOKE_N
+    assert ev["n"] == summary["n_evaluation"] and summary["n_calibration"] + summary["n_evaluation"] == config.SMOKE_N
+    assert 0 <= ev["bad"] <= ev["n"]
+    assert (summary_dir / "nlc_vs_error.png").stat().st_size > 1000
+    assert "Spearman" in (summary_dir / "summary.md").read_text()
+
+
+def test_labels_follow_the_committed_rule():
+    import analyze
+
+    def rec(i, err, dataset="digits", family="mlp"):
+        diverged = err is None
+        return {"id": f"r{i}", "spec": {"dataset": dataset, "family": family},
+                "train": [{"best": {"diverged_all": diverged, "test_error": err}}]}
+
+    # Ten MLPs: the best 20% are 0.10 and 0.12 (median 0.11), so bad is >= 0.165.
+    errs = [0.10, 0.12, 0.14, 0.16, 0.17, 0.2, 0.3, 0.5, 0.9, None]
+    recs = [rec(i, e) for i, e in enumerate(errs)]
+    # A CNN group of its own: its reference is its own best.
+    recs += [rec(100, 0.5, family="cnn"), rec(101, 0.6, family="cnn")]
+    bad = analyze.labels(recs, config.BAD_RULE)
+    assert [bad[f"r{i}"] for i in range(10)] == [False, False, False, False, True, True, True, True, True, True]
+    assert bad["r100"] is False and bad["r101"] is False  # 0.6 < 1.5 x 0.5
