@@ -134,6 +134,6 @@ PERMISSIVE_OPTIONS = {
     "ARC203": {"threshold": math.inf},
     "ARC204": {"threshold": -1.0},
     "ARC205": {"max-std": -1.0},
-    "ARC303": {"warn_below": 10**9, "threshold": TINY},
+    "ARC303": {"warn-below": 10**9, "threshold": TINY},
 }
 

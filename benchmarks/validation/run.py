@@ -122,7 +122,7 @@ def _num(v):
 def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.Module]:
     """Default findings, every rule's value, and the output statistics. Returns the record
     and the model archlint built (seed ``config.MEASURE_SEED``)."""
-    from archlint import evidence
+    from archlint import evidence, patterns
     from archlint import measure as measure_mod
     from archlint import rule as rules_api
     from archlint.config import Settings
@@ -154,13 +154,13 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
     for code, opts in config.PERMISSIVE_OPTIONS.items():
         rule = rules_api.get(code)
         options = {**rule.options, **opts}
-        if "batch_size" in rule.options:
-            options["batch_size"] = config.BATCH_SIZE
         try:
-            found += [(rule, options, f) for f in rule.check(graph, options)]
+            found += [(rule, options, f) for f in rule.check(graph, options, rules_api.RunContext(batch_size=config.BATCH_SIZE))]
         except Exception as exc:  # a rule that breaks out of its usual range is recorded, not fatal
             errors[code] = f"{type(exc).__name__}: {exc}"
-    segments = sorted({tuple(f.data["segment"]) for _, _, f in found if "segment" in f.data})
+    # As the engine does: a segment from where the signal enters is its end node's own NLC.
+    sources = set(patterns.sources(graph))
+    segments = sorted({f.segment for _, _, f in found if f.segment is not None and f.segment[0] not in sources})
     report = measure_mod.measure(model, batch, graph=graph, device=device, batch_size=config.BATCH_SIZE,
                                  seed=config.MEASURE_SEED, segments=segments)
     values: dict[str, list] = {}
