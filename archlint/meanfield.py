@@ -1,216 +1,11 @@
 """Static (no-run) mean-field prediction of the NLC and neuron bias (digest §6).
 
-The recursion runs over the ArchGraph in forward order and reads the model's *actual* initial
-parameters (``ParamInfo`` statistics of its modules), not assumed init schemes. Each node
-carries four scalars, averaged over its units ("neurons": elements of one sample's output):
-
-    M    = mean_i (E_x h_i)^2        squared per-neuron offsets (input-independent part)
-    v    = mean_i Var_x h_i          data-dependent spread
-    mean = mean_i E_x h_i            the common offset; the neuron means are taken to be
-                                     N(mean, M - mean^2) across neurons (digest A2 with a
-                                     non-zero centre, e.g. after a ReLU or a BatchNorm beta)
-    N    = mean_i tr(J_i Cov_x J_i^T) the "linearised variance" (J: d node / d input)
-
-so that NLC = sqrt(N / v), neuron bias NB = sqrt(M / (M + v)) (§4.4), rms = sqrt(M + v).
-
-Propagation (cross terms between independent random weights are 0 in expectation):
-
-- input: M0 = 0, v0 = 1 (standardised), or ``input_moments``; N = v (NLC 1).
-- embedding: the recursion starts there (token ids are not a signal): v = Var(weight),
-  M = mean(weight)^2 + Var(weight)/num_embeddings (the column means of a finite table), NLC 1,
-  assuming uniformly drawn tokens. An embedding looked up with indices that do not come from
-  the model input (positions) is a constant: M = E[weight^2], v = N = 0.
-- Linear / Conv with weights W and bias b of fan-in n: sigma_w^2 = n E[W^2] and
-  sigma_b^2 = E[b^2] = std(b)^2 + mean(b)^2 of the real tensors; v' = sigma_w^2 v and
-  N' = sigma_w^2 N (exact in expectation over zero-mean weights), M' = sigma_w^2 M + sigma_b^2.
-  A weight or bias mean shifts all neurons alike, so it moves the centre of the neuron-mean
-  distribution (mean' = n mu_w mean + mu_b, M' as above with mu_w, mu_b taken out of the
-  spread), but only where it stands out of the sampling noise of a zero-mean init
-  (|mean| > 3 std/sqrt(numel)): a realised mean of pure noise is part of the random spread,
-  and tracking it would add finite-width noise to the prediction.
-- Elementwise functions: any chain of elementwise ops (activations, scalar mul/add, and sums
-  or products of elementwise functions of the *same* node, such as x * sigmoid(1.7 x)) is
-  one function tau of its root node h = m + sqrt(v) z, evaluated on a grid in float64 with
-  tau' from autograd (central differences as a fallback):
-      N' = N E_m E_z tau'^2,   v' = E_m Var_z tau,   M' = E_m (E_z tau)^2,   mean' = E_m E_z tau.
-  No table of activation names is involved: whatever the module or function computes is
-  what gets integrated.
-- BatchNorm (the statistics of the data: train mode, or populated running statistics, as
-  ``archlint.measure`` reports ``nlc_population``): v' = E[g^2] v/(v+eps), N' = E[g^2] N/(v+eps),
-  M' = E[beta^2], mean' = mean(beta).
-- LayerNorm / GroupNorm subtract the per-sample mean over units, i.e. the common offset, not
-  the per-neuron offsets: with s2 = M - mean^2 + v + eps, M' = (M - mean^2)/s2, v' = v/s2,
-  N' = N/s2, mean' = 0, then the affine g, beta. RMSNorm divides by sqrt(M + v + eps) only.
-- Sum of different signals a +- b: v, N add; M = mean'^2 + sum (M_k - mean_k^2). The
-  per-neuron cross terms (between the branches' neuron offsets, and between their
-  fluctuations) are 0 at random init and ignored; only the common offsets' product is kept.
-  For x + alpha r(x) this gives the dilution formula NLC_block^2 = (k^2 + NLC_r^2)/(k^2 + 1),
-  k^2 = v_x/(alpha^2 v_r) (digest §1.6).
-- Multiplication by a constant tensor (layer scale) or addition of one: closed forms with its
-  mean and mean square.
-- Dropout, identity, reshapes, concatenation (a size-weighted average): unchanged.
-- Average pooling: linear, NLC factor 1 in this wide-layer limit. Global pooling of a map
-  (below) gets M' = mean_c (mean_p m_cp)^2 exactly; otherwise M is unchanged (a channel's
-  neuron mean taken as the same at every position). v, N are left on the scale of one
-  position, while v really shrinks by the spatial correlation of the pooled positions,
-  which a static pass does not know: downstream of average pooling, v is an upper bound
-  and NB a lower bound. (With finite width, global pooling keeps what a sample shifts at
-  every position: below.)
-
-Positions (zero padding). A unit of a convolution's output is a (channel c, position p)
-pair, and the scalars above average over both. A zero-padded convolution gives its border
-positions fewer taps inside the input, so a channel's neuron means m_cp = E_x h_cp differ
-between positions; BatchNorm removes only the channel's mean over positions, so these
-per-position offsets survive it and move the next activations' operating points, which a
-position-free recursion (M' = beta^2 after BatchNorm) misses. So, from the first Conv1d/2d/3d
-module on (maps of at most _MAX_POSITIONS positions), the state is kept per position:
-
-    mu[p]   = mean_c m_cp              Q[p, q] = mean_c m_cp m_cq   (P x P)
-    v[p]    = mean_c Var_x h_cp        N[p]    = mean_c tr(J_cp Cov J_cp^T)
-
-and the node's scalars are their averages over p (M = mean_p Q[p, p], v = mean_p v[p], ...),
-the same definitions as before. Derivation, op by op:
-
-- Convolution y_c'o = sum_{c,t} W_c'ct h_{c, i_t(o)} + b_c', where i_t(o) is the input
-  position tap t reads at output position o (from kernel size, stride, padding, dilation;
-  with zero padding, a zero where it falls outside; circular/reflect/replicate padding read
-  an input position). With the weights independent over (c', c, t), of mean mu_w and mean
-  square w2 (c_in input channels per tap), E_W[W_t W_t'] = 0 for t != t', so
-      v'[o] = w2 c_in sum_t v[i_t(o)],      N'[o] likewise,
-  i.e. sigma_w^2 v times the coverage of o (the share of its taps inside the input: a
-  ones-map convolved with a ones-kernel); an interior position of a uniform map gets the
-  old rule sigma_w^2 v. The means: m'_c'o = sum W m + b, where the same tap t (the same
-  weight) serves every position, so
-      mu'[o] = mu_w c_in sum_t mu[i_t(o)] + mu_b,
-      Q'[o, o'] = mu'[o] mu'[o'] + (w2 - mu_w^2) c_in sum_t Q[i_t(o), i_t(o')] + Var b;
-  two positions whose taps reach different inputs (a border and the interior) get
-  different neuron means in the same channel: Q'[o, o'] < Q'[o, o].
-  The fluctuations need only the diagonal v[p]: E_W Cov_x(y_o, y_o') sums
-  Cov_x(h_{i_t(o)}, h_{i_t(o')}) over the same tap only, so positions whose inputs are
-  uncorrelated (white inputs) stay uncorrelated in this wide-layer limit.
-- Elementwise tau, position by position: (Q[p, p], v[p], mu[p]) give M'[p] (the diagonal
-  of Q'), v'[p], mu'[p] and N'[p] = N[p] E tau'^2 with the 1-D integrals above. Off the
-  diagonal, Q'[p, q] = mean_c f_p(m_cp) f_q(m_cq) with f_p(m) = E_z tau(m + sqrt(v[p]) z).
-  Across channels (m_cp, m_cq) are taken jointly Gaussian (A2 for each pair) with
-  correlation rho = C[p, q] / sqrt(C[p, p] C[q, q]), C = Q - mu mu^T; Mehler's formula then
-  gives Cov_c = sum_{n >= 1} rho^n a_n(p) a_n(q) with a_n(p) = E_u[f_p(mu_p + s_p u) He_n(u)]
-  / sqrt(n!), s_p^2 = C[p, p], computed on the same m-grid as the integrals. _HERMITE_TERMS
-  terms are kept, and the rest of each Var_c f_p (its exact value minus sum a_n^2) as one
-  more term rho^(n+1) sqrt(rest_p rest_q): exact on the diagonal and at rho = 1, so that a
-  map without borders stays uniform (the old recursion's numbers, tested).
-- BatchNorm centres channel c by mu_c = mean_p m_cp and scales by its variance over the data
-  and the positions, mean_p (m_cp - mu_c)^2 + mean_p Var_x h_cp. Averaged over channels
-  (wide layers: the same for each), with r[p] = mean_q Q[p, q], R = mean_p r[p]:
-      s2 = mean_p Q[p, p] - R + mean_p v[p],
-      Q'[p, q] = E[g^2] (Q[p, q] - r[p] - r[q] + R) / (s2 + eps) + E[beta^2],
-      v' = E[g^2] v / (s2 + eps), N' likewise (and the terms of systematic g, beta means);
-  with a uniform map, Q = R everywhere and this is the scalar rule.
-- Sums of branches add the per-position centred kernels, v and N; identity, dropout and
-  reshapes that keep the shape keep the maps; global average pooling is above. Every other
-  op (a reshape to another layout, LayerNorm/GroupNorm/RMSNorm, constant tensors,
-  concatenation, non-global pooling, transposed or functional convolutions, and maps of more
-  than _MAX_POSITIONS positions, whose border share is small) continues from the averages,
-  all positions alike, with the scalar rules.
-Storage and cost. Positions are stored per class of identical positions (``_Spatial.cls``):
-two positions whose taps read the same input classes, all the way from a uniform map, have
-the same neuron mean in every channel, so Q, v, N and the integrals are per class, exactly.
-The interior beyond the borders' reach so far is one class: (2k + 1)^2 classes after k
-3 x 3 convolutions instead of P (121 instead of 1024 after five). The CIFAR ResNet-18 then
-keeps about 3.5 MB of maps (``states``, from which segment_nlc restarts) instead of 150 MB.
-What remains is the Gaussian integrals: classes related by the map's symmetries share
-theirs, but the others each need one (469 in the CIFAR ResNet-18, against 17 position-free),
-evaluated per node in one call of the activation (_hermite_moments_into_cache), about
-0.2 s of its 0.25-0.3 s (benchmarks/RESULTS_meanfield.md has the timings).
-
-Finite width: the samples' scale modes. Everything above is the wide-layer limit, where
-every sample's units have the same statistics. A layer of n units is finite: one sample's
-mean square over its units differs from another's by O(1/sqrt(n)), a ReLU-like network
-passes such a per-sample scale on through every layer, and the neuron offsets it moves
-become data variance that the limit does not have. In deep MLPs that is what the limit
-misses: a He-ReLU MLP of depth 20 and width 256 is 4.40 in the limit and measures 3.7 on
-average over inits, and with each sample's overall scale divided out its variance is the
-limit's (benchmarks/RESULTS_meanfield.md). At (batch, features) nodes the recursion
-therefore also tracks, for sample x,
-
-    h_i(x) = m_i (1 + b_x) + sqrt(v_f (1 + a_x)) z_i(x),     v_f = v - Var(b) M,
-
-b_x a shift of the sample's units along their offsets, a_x a change of their fluctuation
-variance, as linear combinations of independent sources (``_Modes``; branches that share a
-source add its coefficients): the input's norm (Var a = 2 / d for d Gaussian features; a
-map's d = channels x positions) and each elementwise layer's n units (the (co)variances of
-a sample's b and a from one unit's moments, over n). Op by op:
-
-- Linear: b scales by the share of M that the weights make (a bias does not move); a stays.
-- Elementwise: M', v', mean' and E tau'^2 to second order in (b, a), from the integrals on
-  a 3 x 3 stencil of (b, a); the output's b' is its offsets' share of the input's shift, a'
-  the relative change of its fluctuation variance (first order); then the layer's sources.
-  The offsets' variance that a source's shifts turn into data variance is a function of the
-  input with that source's NLC (a shift b_x is a projection of its layer's units: N / v
-  there; a sample's norm: NLC^2 2), so N gains it times that NLC^2.
-- BatchNorm: b -> 0 (the offsets become beta's: the shift is a random pattern now, i.e.
-  fluctuation), a stays. LayerNorm / RMSNorm divide each sample by its own spread, which
-  removes a pure scale (a = 2 b). Sums and concatenations: weighted by M (b) and v (a).
-- Maps (batch, channels, *positions) carry the same modes, shared by all channels and
-  positions of a sample, and a third quantity, D: the variance of a sample's shift of a
-  whole channel, the same at all of its positions (with N_D, its linearised part). A
-  BatchNorm of a map turns the shift m_cp b_x of a channel's offsets into exactly that (a
-  random pattern over channels, per sample), D = Var(b) mean_c (mean_p m_cp)^2, and the
-  part of the offsets that varies over positions (borders) keeps b. Convolutions: b as
-  Linear, D and N_D times sigma_w^2 (a shift sums over the taps as the fluctuations do).
-  Elementwise: the modes as above at the map's averages (the per-position statistics stay
-  the limit's, plus the variance the shifts turn into data variance); D passes with
-  E_m (E_z tau')^2, and the offsets' shifts that are not along the output's offsets (not
-  b') add to D: a neuron's offset is its channel's. Sums add D.
-- Global average pooling divides the variance of the positions' independent fluctuations
-  by their number P but keeps a sample's shifts: with v and N on one position's scale (the
-  limit's convention, above), v' = v - D - Var(b) M + P (D + Var(b) M'), and N' likewise
-  with N_D and each source's NLC^2. This is why pooling lowers the NLC: measured, a
-  BN-ReLU CNN of depth 10 (64 channels, 8 x 8) loses 14-22% of its NLC in the pooling
-  (predicted 19%, the limit 0%).
-- Sequences, LayerNorm / GroupNorm / RMSNorm of a map, Linear layers per position, other
-  reshapes, and ops not listed: not tracked (the limit).
-
-A segment (segment_nlc) restarts with the modes of its start, each linear in the start's
-value. Second order holds while Var(b) <= 0.05 and Var(a) <= 0.25; beyond that (layers narrower
-than ~100 units, or a scale that the activations amplify, as in a decaying GELU stack) the
-modes are dropped and the recursion goes on in the limit. ``predict(finite_width=False)``
-gives the limit everywhere.
-
-Not predicted (``predicted=False`` with a reason, and everything downstream of it too):
-max/LP pooling, attention, softmax, products of two different signals, recurrent layers,
-instance norm, reductions over features, unknown ops. The NLC is never silently 1.
-
-Known limits (numbers in benchmarks/RESULTS_meanfield.md): it predicts the mean over inits,
-and one realised network scatters around it, more with depth over width (a depth-20 He-ReLU
-MLP of width 256: standard deviation ~15% over inits) and with narrow layers (a CNN's
-per-channel means with 16 channels); the finite width is modelled for MLP layers and for
-maps (sample-wide modes and channel shifts, above), not for sequences. A
-map's modes come from the input's norm and the layers' units only; measured, the share of a
-channel's mean in the variance before global pooling (R, the pooled variance being R v / P)
-is 1.46-1.82 over four inits of a depth-10 BN-ReLU CNN (predicted 1.69; pooling's NLC factor
-0.78-0.86, predicted 0.81), but 1.27-1.61 in the 4-block ResNet (predicted 1.74; factor
-0.88-0.96, predicted 0.84), whose NLC before the pooling is over-predicted by 12% (below):
-the two errors cancel there (benchmarks/RESULTS_meanfield.md, "Global average pooling").
-MobileNetV2's inverted-residual blocks (16 x 16, mean over positions) come out 8% under the
-measured NLC, where the wide-layer limit is right.
-Zero-padding borders are modelled only on maps of at most _MAX_POSITIONS positions.
-Spatially correlated data (1/f images) adds its own. A sum whose inputs are not Gaussian over the data
-(a ResNet's skip carrying a ReLU's output) goes into the next activation as if it were (A3):
-in the CIFAR ResNet-18 the per-node M and v match measurement closely up to the activation
-after each residual sum, where v comes out 7-15% low and the NLC a few percent high per
-block, which compounds with depth (benchmarks/RESULTS_meanfield.md).
-BatchNorm is predicted with population statistics, not the train-mode batch NLC (digest §1.5).
-
-Numerics. E_z uses a midpoint rule on z in [-7, 7]. E_m uses Gauss-Hermite nodes only while
-the spread of neuron means sqrt(M - mean^2) is at most sqrt(v): then the integrand is smooth
-on the scale of the m-distribution. Beyond that (e.g. deep ReLU nets, where M >> v) it has
-features of width sqrt(v) at the activation's kink, and Gauss-Hermite over m is ~30% off
-(digest §6); there a uniform grid with step <= sqrt(v)/2 is used, and in the collapsed
-regime (spread > ~12 sqrt(v)) the two-scale grid of the digest: a coarse grid over the
-m-distribution plus a fine one of step sqrt(v)/2 around 0, where activations have their
-kinks (features elsewhere, like ReLU6's kink at 6, are then only resolved on the coarse
-grid). Neurons with sqrt(v) < 1e-7 |m| are linear (a z-grid cannot resolve them in float64).
-Integrals are cached per (function, M, v, mean), rounded to 9 significant digits.
+The recursion runs over the ArchGraph in forward order from the model's actual initial
+parameters; each node carries M (squared neuron offsets), v (data variance), mean (the common
+offset) and N (the linearised variance), so that NLC = sqrt(N / v), neuron bias
+NB = sqrt(M / (M + v)) and rms = sqrt(M + v). Zero-padded maps are followed position by
+position, and finite width by the samples' scale modes. The derivation, op by op, what is not
+predicted and the known limits: docs/predictor.md.
 """
 
 from __future__ import annotations
@@ -273,8 +68,8 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None,
     ``input_moments``: (M0, v0) of the floating-point inputs: mean over features of the
     squared feature mean and of the feature variance; optionally a third value, the mean
     over features of the feature mean (default 0). Default (0, 1): standardised inputs.
-    ``finite_width``: with the samples' scale modes of (batch, features) layers (module
-    docstring, "Finite width"); False gives the wide-layer limit everywhere.
+    ``finite_width``: with the samples' scale modes of (batch, features) layers (docs/predictor.md,
+    "Finite width"); False gives the wide-layer limit everywhere.
     """
     moments = tuple(float(x) for x in input_moments) if input_moments is not None else (0.0, 1.0)
     if len(moments) not in (2, 3) or moments[0] < 0 or moments[1] < 0:
@@ -370,7 +165,7 @@ class _State:
     # Per-position statistics of a (batch, channel, *spatial) node downstream of a
     # convolution; None: every position alike (M, v, mean, N hold for each).
     sp: _Spatial | None = field(default=None, compare=False)
-    # How samples differ in scale at a (batch, features) node or a map (module docstring,
+    # How samples differ in scale at a (batch, features) node or a map (docs/predictor.md,
     # "Finite width"); None: not tracked (sequences, and downstream of them).
     modes: _Modes | None = field(default=None, compare=False)
     # Of a map: the part of v (and of N) that is a sample's shift of a whole channel, the
@@ -445,7 +240,7 @@ def _combined_modes(parts: list[tuple[_Modes | None, np.ndarray]]) -> _Modes | N
 
 @dataclass(frozen=True, eq=False)
 class _Spatial:
-    """The state at each of the P positions of a map of shape ``shape`` (module docstring),
+    """The state at each of the P positions of a map of shape ``shape`` (docs/predictor.md),
     stored per class of identical positions: ``cls[p]`` is the class of position p, and
     positions of one class have the same neuron mean in every channel (the same taps read
     the same classes all the way from a uniform map), hence the same statistics. The
@@ -836,7 +631,7 @@ class _Recursion:
 
     def _conv_taps(self, node: Node) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]] | None:
         """(input position of each tap at each output position, input and output map shapes)
-        of a Conv1d/2d/3d module; None where positions are not modelled (module docstring)."""
+        of a Conv1d/2d/3d module; None where positions are not modelled (docs/predictor.md)."""
         conv = node.module
         src = self.graph[node.inputs[0]].shape
         if (node.kind is not OpKind.CONV or not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed
@@ -1108,7 +903,7 @@ def _tap_index(s_in, s_out, kernel, stride, dilation, left, mode) -> np.ndarray:
 
 
 def _conv_map(s: _State, taps_info, c_in: float, w_sq: float, w_mean: float, b_sq: float, b_mean: float) -> _State:
-    """A convolution position by position (module docstring): each output position sums the
+    """A convolution position by position (docs/predictor.md): each output position sums the
     taps that fall inside the input; ``c_in`` input channels per tap."""
     taps, s_in, s_out = taps_info
     sp = s.sp if s.sp is not None and s.sp.shape == s_in else _uniform_map(s, s_in)
@@ -1130,7 +925,7 @@ def _conv_map(s: _State, taps_info, c_in: float, w_sq: float, w_mean: float, b_s
 
 def _batch_norm_map(sp: _Spatial, g_mean: float, g_sq: float, b_mean: float, b_sq: float, eps: float) -> _State:
     """BatchNorm of a map: each channel centred by its mean over positions (and the data),
-    scaled by its variance over positions and data (module docstring)."""
+    scaled by its variance over positions and data (docs/predictor.md)."""
     row = sp.Q @ sp.count / len(sp.cls)  # mean over positions q of Q[p, q]
     total = sp.average(row)
     centred = sp.Q - row[:, None] - row[None, :] + total  # mean_c (m_cp - mu_c)(m_cq - mu_c)
@@ -1247,7 +1042,7 @@ def _gaussian_map(fn: Callable[[torch.Tensor], torch.Tensor], s: _State, key: An
     does not depend on which call computed it. A state with a map is mapped position by
     position, and the neuron means' correlations between positions by their Hermite
     expansion; a state with scale modes to second order in them, and the output's ``units``
-    add two sources (ids ``first_id``, ``first_id + 1``; module docstring).
+    add two sources (ids ``first_id``, ``first_id + 1``; docs/predictor.md).
     """
     if s.sp is not None:
         return _gaussian_map_spatial(fn, s.sp, key)
@@ -1278,7 +1073,7 @@ def _mixed_moments(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, s: _Sta
 def _with_map_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, root: _State, out: _State | _Missing,
                     units: int, first_id: int) -> _State | _Missing:
     """``out``, an elementwise function of a map with scale modes (``root``), with its modes
-    and channel shifts (module docstring, "Finite width"). The statistics per position stay
+    and channel shifts (docs/predictor.md, "Finite width"). The statistics per position stay
     the wide limit's; the modes map as in a (batch, features) layer, at the map's averages;
     a channel's shift d passes with the slope, E_c (E tau'_c)^2 D; and the offsets' variance
     that the modes' shifts turn into data variance is the same at every position of a channel
@@ -1487,7 +1282,7 @@ class _Mixed(NamedTuple):
 
 def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M: float, v: float, mean: float,
                         var_b: float, cov: float, var_a: float) -> _Mixed | None:
-    """_moments for a state whose samples differ in scale (module docstring, "Finite
+    """_moments for a state whose samples differ in scale (docs/predictor.md, "Finite
     width"): sample x's pre-activations are m_i (1 + b_x) + sqrt(v_f (1 + a_x)) z, where
     (b, a) has covariance [[var_b, cov], [cov, var_a]] over the samples and v_f = v - var_b M
     is what the shifts leave of the population's v. To second order in
@@ -1582,7 +1377,7 @@ def _moments_with_modes(fn: Callable[[torch.Tensor], torch.Tensor], key: Any, M:
 
 
 def _m_grid(mean: float, sm: float, sv: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights of E_m over m ~ N(mean, sm^2) (see the module docstring)."""
+    """Nodes and weights of E_m over m ~ N(mean, sm^2) (docs/predictor.md, "Numerics")."""
     # A spread below 1e-6 of the scale changes the integrals by < 1e-12 (and is often the
     # rounding error of a centring, e.g. a BatchNorm of a map): one node.
     if sm <= 1e-6 * (abs(mean) + sv):
