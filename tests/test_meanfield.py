@@ -1,4 +1,4 @@
-"""The mean-field predictor (archlint.meanfield) against closed forms and the digest's numbers.
+"""The mean-field predictor (archlint.predict) against closed forms and the digest's numbers.
 
 Reference values: digest §2.2 (activation tables), §6 (closed forms, validation table),
 §1.6 (residual dilution) and reference/nlc_checks/results.txt (mf_examples, exp2).
@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import archlint.meanfield as mf
 from archlint.graph import OpKind
-from archlint.meanfield import activation_nlc, predict, segment_nlc
-from archlint.predict import integrals, spatial
+from archlint.predict import activation_nlc, integrals, predict, segment_nlc, spatial
+from archlint.predict.layers import _per_sample_normalised
 from archlint.predict.state import _combined_modes, _Modes
 
 # The closed forms of the digest are the wide-layer limit: these tests compare with them
@@ -651,10 +650,10 @@ def test_finite_width_brings_a_deep_relu_mlp_to_its_measured_nlc():
 
 def test_layer_norm_removes_a_sample_scale_and_batch_norm_keeps_it():
     scale = _Modes(np.array([0]), np.array([[0.1, 0.2]]), np.ones(1))  # a = 2 b: the whole sample scaled
-    normalised = mf._per_sample_normalised(scale, C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
+    normalised = _per_sample_normalised(scale, C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
     assert np.abs(normalised.coef).max() < 1e-12
     # A shift along the offsets alone (b) is only partly a scale: part of it stays.
-    shift = mf._per_sample_normalised(_Modes(np.array([0]), np.array([[0.1, 0.0]]), np.ones(1)), C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
+    shift = _per_sample_normalised(_Modes(np.array([0]), np.array([[0.1, 0.0]]), np.ones(1)), C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
     assert shift.coef[0, 0] == pytest.approx(0.1 * 0.3) and shift.coef[0, 1] == pytest.approx(-0.2 * 0.7)
     graph = _graph(_mlp(nn.ReLU, 4, 2.0, norm="bn"), torch.randn(8, 64))
     bn = [n for n in graph.nodes if n.kind is OpKind.NORM][-1]
@@ -687,3 +686,14 @@ def test_scale_modes_keep_every_statistic_non_negative():
         pred = predict(_graph(model, torch.randn(4, 64)))
         assert all(n.M >= 0 and n.v >= 0 and n.N >= 0 for n in pred.nodes.values() if n.predicted), seed
         assert math.isfinite(pred.output_nlc)
+
+
+def test_the_former_module_name_gives_the_same_predictor():
+    import archlint.meanfield as former
+    import archlint.predict as current
+
+    for name in ("predict", "segment_nlc", "activation_nlc", "Prediction", "NodePrediction"):
+        assert getattr(former, name) is getattr(current, name)
+    torch.manual_seed(0)
+    graph = _graph(_mlp(nn.ReLU, 3, 2.0), torch.randn(8, 64))
+    assert former.predict(graph).output_nlc == predict(graph).output_nlc
