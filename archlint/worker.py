@@ -59,7 +59,7 @@ POLL_INTERVAL = 0.1
 # verification pass adds archlint.measure (~0.2 s of import a --no-verify run should not pay).
 PRELOAD = (
     "torch", "archlint.engine", "archlint.load", "archlint.trace", "archlint.sourcemap",
-    "archlint.inputs", "archlint.meanfield", "archlint.state",
+    "archlint.inputs", "archlint.predict", "archlint.state",
 )
 # Stages a file goes through in the child, and the diagnostic a death in each becomes.
 STAGE_CODES = {"import": "ARC900", "build": "ARC903", "forward": "ARC904", "measure": "ARC904"}
