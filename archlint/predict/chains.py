@@ -30,6 +30,8 @@ _MODULES64: dict[Any, nn.Module] = {}
 
 
 class _ChainRules(_RecursionBase):
+    """Whether a node is an elementwise function of one root node, and which (``_chain``)."""
+
     def _chain(self, node: Node) -> _Chain | None:
         """``node`` as an elementwise function of one root node, if it is one."""
         elementwise = (

@@ -20,6 +20,8 @@ from archlint.predict.state import _Missing, _Modes, _offset_share, _scalar, _St
 
 
 class _LayerRules(_RecursionBase):
+    """The rules of OpKind EMBEDDING, LINEAR, CONV and NORM, and of MUL / IDENTITY with a constant."""
+
     def _embedding(self, node: Node) -> _State | _Missing:
         w = node.params.get("weight")
         if node.op == "EmbeddingBag" or w is None or not math.isfinite(w.std):

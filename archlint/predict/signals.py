@@ -20,6 +20,8 @@ _SHAPE_LIKE_OPS = {"view_as", "type_as", "expand_as", "reshape_as"}
 
 
 class _SignalRules(_RecursionBase):
+    """The rules of OpKind ADD (of different signals), POOL and RESHAPE."""
+
     def _add(self, node: Node, ins: list[_State]) -> _State | _Missing:
         fxn = self.fx_nodes.get(node.name)
         if fxn is not None and fxn.kwargs.get("alpha", 1) != 1:
