@@ -170,10 +170,10 @@ def _example_inputs(model: torch.nn.Module, entry: Any, module: Any, settings: S
 
 def _predict(graph: ArchGraph) -> None:
     """The static mean-field prediction every rule reads (graph.prediction)."""
-    from archlint import meanfield
+    from archlint.predict import predict
 
     try:
-        meanfield.predict(graph)
+        predict(graph)
     except Exception as exc:  # a bug or an op the predictor chokes on: rules fall back to measuring
         log.warning("%s: mean-field prediction failed (%s: %s); rules rely on measurement", graph.name, type(exc).__name__, exc)
         graph.prediction = None

@@ -1,7 +1,7 @@
 """Predicted and measured values as rules read them.
 
 Rules read the static prediction from ``graph.prediction`` (set by the engine with
-``archlint.meanfield.predict``) and the measurement from the ``archlint.measure.Report``
+``archlint.predict.predict``) and the measurement from the ``archlint.measure.Report``
 handed to ``confirm``. These accessors return None where a value does not exist (not
 predicted, not measured, signal vanished), so that a rule can say so instead of guessing.
 """
@@ -56,12 +56,12 @@ def predicted_nlc(graph: ArchGraph, name: str | None) -> float | None:
 def predicted_segment_nlc(graph: ArchGraph, start: str, end: str) -> float | None:
     """The predicted NLC of the sub-network ``start`` -> ``end`` (the node's own NLC when
     ``start`` is a source, where the segment is everything before ``end``)."""
-    from archlint import meanfield
+    from archlint.predict import segment_nlc
 
     if graph.prediction is None:
         return None
     try:
-        return meanfield.segment_nlc(graph.prediction, start, end)
+        return segment_nlc(graph.prediction, start, end)
     except ValueError:
         return None
 

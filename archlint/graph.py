@@ -118,10 +118,10 @@ class ArchGraph:
     fallback_reason: str | None = None
     # The name of the node whose value is the model's (first floating-point) output.
     output: str | None = None
-    # Per-node statistics: filled by archlint.meanfield (predicted) and archlint.measure.
+    # Per-node statistics: filled by archlint.predict (predicted) and archlint.measure.
     predicted: dict[str, Any] = field(default_factory=dict)
     measured: Any = None
-    # The whole archlint.meanfield.Prediction (rules use it for segment predictions).
+    # The whole archlint.predict.Prediction (rules use it for segment predictions).
     prediction: Any = field(default=None, repr=False, compare=False)
     # Runtime objects, not serialised: the built model, the fx GraphModule (fx only), the
     # example inputs used for the trace.

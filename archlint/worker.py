@@ -62,7 +62,7 @@ POLL_INTERVAL = 0.1
 # verification pass adds archlint.measure (~0.2 s of import a --no-verify run should not pay).
 PRELOAD = (
     "torch", "archlint.engine", "archlint.load", "archlint.trace", "archlint.sourcemap",
-    "archlint.inputs", "archlint.meanfield", "archlint.state",
+    "archlint.inputs", "archlint.predict", "archlint.state",
 )
 
 

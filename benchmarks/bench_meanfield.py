@@ -1,4 +1,4 @@
-"""Mean-field predicted output NLC (archlint.meanfield) against the measured NLC.
+"""Mean-field predicted output NLC (archlint.predict) against the measured NLC.
 
     python benchmarks/bench_meanfield.py            # all models, writes RESULTS_meanfield.md
     python benchmarks/bench_meanfield.py --mlp-only # the MLPs only (about a minute), printed
@@ -37,10 +37,9 @@ from torch.func import functional_call, jacrev, vmap
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from archlint import meanfield  # noqa: E402
 from archlint.graph import OpKind  # noqa: E402
 from archlint.inputs import pink_noise  # noqa: E402
-from archlint.meanfield import predict  # noqa: E402
+from archlint.predict import chains, integrals, predict  # noqa: E402
 from archlint.trace import trace  # noqa: E402
 
 try:
@@ -396,8 +395,8 @@ def timing_rows() -> list[tuple[str, float, float]]:
         predict(graph)  # imports, first-call overheads
         cold, warm = [], []
         for _ in range(repeats):
-            meanfield._CACHE.clear()
-            meanfield._MODULES64.clear()
+            integrals._CACHE.clear()
+            chains._MODULES64.clear()
             t0 = time.perf_counter()
             predict(graph)
             cold.append(time.perf_counter() - t0)
@@ -515,9 +514,9 @@ Command: `{command}` ({env}; {seconds:.0f} s).
   a cumulative-average pass). archlint.measure: the same model and inputs, float32, JVP probes;
   for BatchNorm models its `nlc_population` (its train-mode batch NLC is another quantity,
   digest §1.5).
-- Predicted: `archlint.meanfield.predict(graph)` with the default input moments (0, 1), from
+- Predicted: `archlint.predict.predict(graph)` with the default input moments (0, 1), from
   the models' actual initial weights; "wide-layer limit": `predict(graph, finite_width=False)`,
-  without the samples' scale modes of MLP layers and maps (archlint/meanfield.py, "Finite width").
+  without the samples' scale modes of MLP layers and maps (docs/predictor.md, "Finite width").
 - MLPs: 64 standard Gaussian inputs, width 256, 10 outputs. CNNs: 3 x 8 x 8 inputs (standard
   Gaussian pixels, or `archlint.inputs.pink_noise` 1/f images), 64 channels, 3 x 3
   convolutions with zero padding, 10 outputs. "default-init": PyTorch's own init; "He":
@@ -571,7 +570,7 @@ modes, and there the prediction is the limit's.
 **Zero-padded CNNs: modelled.** A border position sums fewer taps, so its neuron means
 differ from the rest of its channel; BatchNorm removes the channel mean only, and the
 per-position offsets it leaves make the following ReLUs more linear. The predictor keeps
-per-position maps downstream of convolutions (archlint/meanfield.py docstring, "Positions"):
+per-position maps downstream of convolutions (docs/predictor.md, "Positions (zero padding)"):
 the BN-ReLU CNNs on 8 x 8 maps are now within 1% (depth 10) and 2% (depth 20), where the
 position-free recursion was 16% and 46% over. With circular padding (no borders) the maps stay
 uniform and the prediction is the position-free one (diagnostics).
@@ -587,7 +586,7 @@ which pooling does not average away: along the neuron offsets (the MLPs' mode b:
 norm moves a ReLU's output mean) and, once a BatchNorm has removed the offsets, as a random
 pattern over its channels. The predictor carries the MLPs' scale modes on maps too, turns
 the shift into a channel shift at each BatchNorm, and pooling keeps both
-(archlint/meanfield.py, "Finite width"): R 1.69, pooling's NLC factor 0.81 (measured
+(docs/predictor.md, "Finite width"): R 1.69, pooling's NLC factor 0.81 (measured
 0.78-0.86). With circular padding (only the pooling acts) the pooled prediction is 0.2% off
 (the limit 20%), and models not in the main table confirm it over four inits
 (finite-width table): a BN-ReLU and a He-ReLU CNN of depth 6 with 32 channels are 1.5% and

@@ -60,9 +60,9 @@ def check(graph, options, context):
     dtypes = low_precision_dtypes(graph)
     if not dtypes:
         return []
-    from archlint import meanfield
+    from archlint.predict import predict
 
-    predicted = graph.predicted or meanfield.predict(graph).nodes
+    predicted = graph.predicted or predict(graph).nodes
     nlcs = [(p.nlc, name) for name, p in predicted.items() if p.nlc is not None]
     if not nlcs:
         return []

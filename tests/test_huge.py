@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from archlint import load, meanfield, metainit, ops
+from archlint import load, metainit, ops
 from archlint import trace as trace_mod
 from archlint.config import Settings
 from archlint.engine import check_file
+from archlint.predict import predict
 from conftest import FIXTURES, REPO
 
 HUGE = FIXTURES / "huge" / "gpt_huge.py"
@@ -130,8 +131,8 @@ class _Residual(nn.Module):
 def test_meanfield_on_meta_matches_the_real_model():
     torch.manual_seed(0)
     x = torch.randn(4, 256)
-    real = meanfield.predict(trace_mod.trace(_Residual(), (x,), name="R"))
-    meta = meanfield.predict(trace_mod.trace(_meta_build(_Residual), (x.to("meta"),), name="R"))
+    real = predict(trace_mod.trace(_Residual(), (x,), name="R"))
+    meta = predict(trace_mod.trace(_meta_build(_Residual), (x.to("meta"),), name="R"))
     assert set(real.nodes) == set(meta.nodes)
     for name, r in real.nodes.items():
         m = meta.nodes[name]
@@ -153,7 +154,7 @@ def test_unknown_init_is_not_predicted_on_meta():
             return self.out(torch.relu(self.fc(x)))
 
     graph = trace_mod.trace(_meta_build(Custom), (torch.randn(2, 32, device="meta"),), name="Custom")
-    pred = meanfield.predict(graph)
+    pred = predict(graph)
     assert not pred.nodes["fc"].predicted and "meta" in pred.nodes["fc"].reason
     assert not pred.nodes["out"].predicted
 
@@ -216,7 +217,7 @@ def test_huge_fixture_is_analysed_on_meta(caplog):
     assert load.model_bytes(graph.model) == 4 * params
     assert params > 20e9
     # Mean-field from the init formulas: GPT's 0.02 embeddings, LayerNorm to unit scale.
-    pred = meanfield.predict(graph)
+    pred = predict(graph)
     assert pred.nodes["transformer_wte"].rms == pytest.approx(0.02)
     assert pred.nodes["transformer_h_0_ln_1"].rms == pytest.approx(1.0, rel=0.01)
     assert not pred.nodes[graph.output].predicted  # attention is not covered

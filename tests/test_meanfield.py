@@ -1,4 +1,4 @@
-"""The mean-field predictor (archlint.meanfield) against closed forms and the digest's numbers.
+"""The mean-field predictor (archlint.predict) against closed forms and the digest's numbers.
 
 Reference values: digest §2.2 (activation tables), §6 (closed forms, validation table),
 §1.6 (residual dilution) and reference/nlc_checks/results.txt (mf_examples, exp2).
@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import archlint.meanfield as mf
 from archlint.graph import OpKind
-from archlint.meanfield import activation_nlc, predict, segment_nlc
+from archlint.predict import activation_nlc, integrals, predict, segment_nlc, spatial
+from archlint.predict.layers import _per_sample_normalised
+from archlint.predict.state import _combined_modes, _Modes
 
 # The closed forms of the digest are the wide-layer limit: these tests compare with them
 # exactly, without the finite-width scale modes (tested on their own below).
@@ -352,17 +353,17 @@ def test_constant_bias_shifts_all_neurons_alike():
 def test_integral_cache():
     torch.manual_seed(0)
     graph = _graph(_mlp(nn.GELU, 20, 2.0), torch.randn(8, 64))
-    mf._CACHE.clear()
+    integrals._CACHE.clear()
     first = predict(graph).output_nlc
-    cached = len(mf._CACHE)
+    cached = len(integrals._CACHE)
     assert cached >= 20
     calls = []
-    real = mf._moments
-    mf._moments = lambda *a: calls.append(a) or real(*a)
+    real = integrals._moments
+    integrals._moments = lambda *a: calls.append(a) or real(*a)
     try:
         assert predict(graph).output_nlc == first
     finally:
-        mf._moments = real
+        integrals._moments = real
     assert calls == []
 
 
@@ -405,7 +406,7 @@ def test_circular_padding_keeps_every_position_alike(monkeypatch):
     graph = _graph(_bn_relu_cnn(6, "circular", gap=True), torch.randn(2, 3, 8, 8))
     pred = wide_limit(graph)
     assert pred.output_nlc == pytest.approx(RELU0**6, rel=1e-5)
-    monkeypatch.setattr(mf, "_MAX_POSITIONS", 0)  # positions not modelled
+    monkeypatch.setattr(spatial, "_MAX_POSITIONS", 0)  # positions not modelled
     flat = wide_limit(graph)
     for name, node in pred.nodes.items():
         for key in ("M", "v", "nlc"):
@@ -429,7 +430,7 @@ def test_maps_are_kept_per_class_of_identical_positions():
     cls = np.append(before.cls, len(before.mu))  # the padding: a zero class
     v = np.append(before.v, 0.0)[cls]
     Q = np.pad(before.Q, (0, 1))[np.ix_(cls, cls)]
-    taps = mf._tap_index((16, 16), (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), "zeros")
+    taps = spatial._tap_index((16, 16), (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), "zeros")
     w, b = graph[convs[-1]].params["weight"], graph[convs[-1]].params["bias"]
     w_sq, b_sq = w.std**2 + w.mean**2, b.std**2 + b.mean**2  # the statistics predict reads
     v1 = 8 * w_sq * v[taps].sum(axis=0)
@@ -648,11 +649,11 @@ def test_finite_width_brings_a_deep_relu_mlp_to_its_measured_nlc():
 
 
 def test_layer_norm_removes_a_sample_scale_and_batch_norm_keeps_it():
-    scale = mf._Modes(np.array([0]), np.array([[0.1, 0.2]]), np.ones(1))  # a = 2 b: the whole sample scaled
-    normalised = mf._per_sample_normalised(scale, C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
+    scale = _Modes(np.array([0]), np.array([[0.1, 0.2]]), np.ones(1))  # a = 2 b: the whole sample scaled
+    normalised = _per_sample_normalised(scale, C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
     assert np.abs(normalised.coef).max() < 1e-12
     # A shift along the offsets alone (b) is only partly a scale: part of it stays.
-    shift = mf._per_sample_normalised(mf._Modes(np.array([0]), np.array([[0.1, 0.0]]), np.ones(1)), C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
+    shift = _per_sample_normalised(_Modes(np.array([0]), np.array([[0.1, 0.0]]), np.ones(1)), C=0.7, v=0.3, M_out=1.0, weight_part=1.0)
     assert shift.coef[0, 0] == pytest.approx(0.1 * 0.3) and shift.coef[0, 1] == pytest.approx(-0.2 * 0.7)
     graph = _graph(_mlp(nn.ReLU, 4, 2.0, norm="bn"), torch.randn(8, 64))
     bn = [n for n in graph.nodes if n.kind is OpKind.NORM][-1]
@@ -661,13 +662,13 @@ def test_layer_norm_removes_a_sample_scale_and_batch_norm_keeps_it():
 
 
 def test_branches_that_share_a_source_add_its_coefficients():
-    a = mf._Modes(np.array([3, 7]), np.array([[0.1, 0.2], [0.3, 0.0]]), np.array([2.0, 5.0]))
-    b = mf._Modes(np.array([7, 9]), np.array([[0.5, 0.1], [0.0, 0.4]]), np.array([5.0, 3.0]))
-    both = mf._combined_modes([(a, np.eye(2)), (b, np.eye(2))])
+    a = _Modes(np.array([3, 7]), np.array([[0.1, 0.2], [0.3, 0.0]]), np.array([2.0, 5.0]))
+    b = _Modes(np.array([7, 9]), np.array([[0.5, 0.1], [0.0, 0.4]]), np.array([5.0, 3.0]))
+    both = _combined_modes([(a, np.eye(2)), (b, np.eye(2))])
     assert both.ids.tolist() == [3, 7, 9]
     assert both.coef.ravel().tolist() == pytest.approx([0.1, 0.2, 0.8, 0.1, 0.0, 0.4])
     assert both.nlc2.tolist() == [2.0, 5.0, 3.0]
-    assert mf._combined_modes([(a, np.eye(2)), (None, np.eye(2))]) is None
+    assert _combined_modes([(a, np.eye(2)), (None, np.eye(2))]) is None
 
 
 def test_scale_modes_keep_every_statistic_non_negative():
@@ -685,3 +686,14 @@ def test_scale_modes_keep_every_statistic_non_negative():
         pred = predict(_graph(model, torch.randn(4, 64)))
         assert all(n.M >= 0 and n.v >= 0 and n.N >= 0 for n in pred.nodes.values() if n.predicted), seed
         assert math.isfinite(pred.output_nlc)
+
+
+def test_the_former_module_name_gives_the_same_predictor():
+    import archlint.meanfield as former
+    import archlint.predict as current
+
+    for name in ("predict", "segment_nlc", "activation_nlc", "Prediction", "NodePrediction"):
+        assert getattr(former, name) is getattr(current, name)
+    torch.manual_seed(0)
+    graph = _graph(_mlp(nn.ReLU, 3, 2.0), torch.randn(8, 64))
+    assert former.predict(graph).output_nlc == predict(graph).output_nlc
