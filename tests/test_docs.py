@@ -67,7 +67,6 @@ def test_links_between_pages_resolve():
                 continue
             path, _, anchor = target.partition("#")
             resolved = (page.parent / path).resolve() if path else page
-            rel = resolved.relative_to(REPO).as_posix() if resolved.is_relative_to(REPO) else str(resolved)
             if not resolved.exists():
                 broken.append(f"{page.relative_to(REPO)}: {target}")
             elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
