@@ -118,11 +118,11 @@ class ArchGraph:
     fallback_reason: str | None = None
     # The name of the node whose value is the model's (first floating-point) output.
     output: str | None = None
-    # Per-node statistics: filled by archlint.predict (predicted) and archlint.measure.
-    predicted: dict[str, Any] = field(default_factory=dict)
-    measured: Any = None
-    # The whole archlint.predict.Prediction (rules use it for segment predictions).
+    # The static prediction (archlint.predict.Prediction: per-node statistics by name, and
+    # what segment predictions need), set by the engine; None when it failed.
     prediction: Any = field(default=None, repr=False, compare=False)
+    # The verification pass's archlint.measure.Report, when the model was measured.
+    measured: Any = None
     # Runtime objects, not serialised: the built model, the fx GraphModule (fx only), the
     # example inputs used for the trace.
     model: Any = field(default=None, repr=False, compare=False)

@@ -60,10 +60,10 @@ def check(graph, options, context):
     dtypes = low_precision_dtypes(graph)
     if not dtypes:
         return []
-    from archlint.predict import predict
-
-    predicted = graph.predicted or predict(graph).nodes
-    nlcs = [(p.nlc, name) for name, p in predicted.items() if p.nlc is not None]
+    # The engine's prediction; a rule never runs the predictor itself.
+    if graph.prediction is None:
+        return []
+    nlcs = [(p.nlc, name) for name, p in graph.prediction.nodes.items() if p.nlc is not None]
     if not nlcs:
         return []
     nlc, node = max(nlcs)

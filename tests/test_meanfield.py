@@ -100,7 +100,7 @@ def test_bn_relu_chain_is_relu_nlc_to_the_depth():
     assert [pred.nodes[r].nlc for r in relus] == pytest.approx([RELU0 ** (k + 1) for k in range(10)], rel=1e-4)
     # BatchNorm removes all offsets (beta = 0) and the graph carries the prediction.
     assert pred.nodes[graph.nodes[2].name].neuron_bias == pytest.approx(0.0, abs=1e-12)
-    assert graph.predicted[graph.output].nlc == pred.output_nlc
+    assert graph.prediction is pred and graph.prediction.nodes[graph.output].nlc == pred.output_nlc
 
 
 def test_tanh_sw2_4_depth_10_matches_digest():

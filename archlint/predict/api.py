@@ -54,7 +54,7 @@ class Prediction:
 
 
 def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None, finite_width: bool = True) -> Prediction:
-    """Run the mean-field recursion over ``graph``; also stored in ``graph.predicted``.
+    """Run the mean-field recursion over ``graph``; also stored in ``graph.prediction``.
 
     ``input_moments``: (M0, v0) of the floating-point inputs: mean over features of the
     squared feature mean and of the feature variance; optionally a third value, the mean
@@ -76,7 +76,6 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None,
             given[node.name] = _Missing(f"{node.dtype} input: not a signal (the NLC starts at the embedding)")
     results = _Recursion(graph, given).run(graph.nodes)
     nodes = {n.name: _node_prediction(results[n.name]) for n in graph.nodes}
-    graph.predicted = dict(nodes)
     graph.prediction = Prediction(nodes=nodes, output=graph.output, input_moments=moments, graph=graph, states=results)
     return graph.prediction
 
