@@ -105,6 +105,8 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
+        if bm.entry.built_as:
+            log.info("%s: built as %s", bm.entry.name, bm.entry.built_as)
         progress("forward", bm.entry.name, bm.entry.span, result.findings)
         graph = _trace_model(bm, module, path, settings, sites, result)
         model_result = ModelResult(bm.entry.name, graph)
@@ -133,6 +135,11 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
                 progress("measure", graph.name, graph.span, result.findings, findings)
                 findings = _verify(graph, bm.entry, findings, settings, model_result)
         result.findings.extend(rules_api.settle(findings))
+    # Each finding of a model built from a call in the file says which call (full, JSON and
+    # SARIF output show it).
+    built_as = {bm.entry.name: bm.entry.built_as for bm in built if bm.entry.built_as}
+    for f in result.findings:
+        f.built_as = built_as.get(f.model, f.built_as)
 
 
 def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> ArchGraph | None:
@@ -170,7 +177,8 @@ def _example_inputs(model: torch.nn.Module, entry: Any, module: Any, settings: S
     expr = entry.inputs or settings.inputs
     if expr:
         return inputs_mod.eval_inputs(expr, module, model)
-    spec = inputs_mod.parse_input_shape(settings.input_shape) if settings.input_shape else inputs_mod.infer_inputs(model)
+    shape = settings.input_shape or entry.input_shape
+    spec = inputs_mod.parse_input_shape(shape) if shape else inputs_mod.infer_inputs(model)
     gen = torch.Generator().manual_seed(settings.seed)
     return inputs_mod.make_batch(spec, TRACE_BATCH, gen)
 
@@ -217,8 +225,8 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         batch: Any = graph.example_inputs
     elif settings.data:
         batch = settings.data
-    elif settings.input_shape:
-        spec = inputs_mod.parse_input_shape(settings.input_shape)
+    elif settings.input_shape or entry.input_shape:
+        spec = inputs_mod.parse_input_shape(settings.input_shape or entry.input_shape)
         batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
     else:
         batch = None

@@ -56,6 +56,9 @@ class Finding:
     node: str | None = None
     # Why the finding stayed ``predicted`` (no measurement possible) or was dismissed.
     reason: str | None = None
+    # How the model was built when it was built from a call in the file ("VGG('VGG11') (from
+    # test() at line 141)"); None otherwise.
+    built_as: str | None = None
     # Free-form data a rule hands from check() to confirm() (e.g. the segment it measured).
     data: dict[str, Any] = field(default_factory=dict)
 
