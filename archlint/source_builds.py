@@ -13,8 +13,9 @@ expression itself is evaluated, and only once the tree proves that it is made of
 - calls of config or model classes (``GPTConfig(n_layer=2)``, ``SomeConfig()``) or of
   factories that ``archlint.load`` already proves safe, with such arguments.
 
-The first such call per class (in source order) becomes its build; the input created in the
-same function (``torch.randn(2, 3, 32, 32)``) becomes its example input shape.
+The first such call per class (in source order) becomes its build; the input that the built
+model is called on in the same function (``net(torch.randn(2, 3, 32, 32))``) gives its
+example input shape.
 
 ``is_block`` is the other half: a class needing arguments that no build covers and that
 looks like a building block is not worth an ARC903 (see that rule's documentation).
@@ -26,7 +27,7 @@ import ast
 import functools
 import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
@@ -58,16 +59,13 @@ class SourceBuild:
     where: str = ""
     # Other distinct builds of the same target found in the file.
     others: int = 0
-    # The per-sample input shape ("3,32,32") of an input made in the same function.
+    # The per-sample input shape ("3,32,32") of the input the model is called on in the
+    # same function, if any.
     input_shape: str | None = None
-    # id() of the function or block the call is in: inputs are looked for there.
-    scope: int = field(default=0, repr=False, compare=False)
 
     def describe(self) -> str:
-        text = f"{self.text} (from {self.where} at line {self.line})"
-        if self.others:
-            text += f", the first of {self.others + 1} builds found in the file"
-        return text
+        others = f"; {self.others} other build{'s' if self.others > 1 else ''} in the file" if self.others else ""
+        return f"{self.text} (from {self.where} at line {self.line}{others})"
 
     def builder(self, module: ModuleType, path: str) -> Callable[[], Any]:
         """Evaluates the call, and only it, in a copy of the module's namespace. Compiled
@@ -88,29 +86,59 @@ def find(tree: ast.Module, module: ModuleType, targets: set[str], factories: set
     factory_ids = {id(vars(module)[f]) for f in factories if f in vars(module)}
     found: dict[str, SourceBuild] = {}
     texts: dict[str, set[str]] = {}
-    inputs: dict[int, list[tuple[int, str]]] = {}
+    scopes: dict[str, ast.AST] = {}
     for call, scope, where, local_names in _calls(tree, module, factories):
-        shape = _input_shape(call)
-        if shape is not None:
-            inputs.setdefault(id(scope), []).append((call.lineno, shape))
-            continue
         parts = load._dotted(call.func)
         if parts is None or len(parts) != 1 or parts[0] not in targets or parts[0] in local_names:
             continue
-        checker = _Checker(module, own, local_names, factory_ids)
-        if not checker.safe_call_args(call):
+        if not _Checker(module, own, local_names, factory_ids).safe_call_args(call):
             continue
         text = ast.unparse(call)
         texts.setdefault(parts[0], set()).add(text)
         if parts[0] not in found:
-            found[parts[0]] = SourceBuild(parts[0], call, text, call.lineno, where, scope=id(scope))
+            found[parts[0]] = SourceBuild(parts[0], call, text, call.lineno, where)
+            scopes[parts[0]] = scope
     for name, build in found.items():
         build.others = len(texts[name]) - 1
-        shapes = inputs.get(build.scope, [])
-        # The input made after the build (net = Net(...); x = torch.randn(...)), else before.
-        after = [s for line, s in shapes if line >= build.line]
-        build.input_shape = (after or [s for _, s in shapes] or [None])[0]
+        build.input_shape = _input_for(build.call, _statements(scopes[name], tree))
     return found
+
+
+def _statements(scope: ast.AST, tree: ast.Module) -> list[ast.stmt]:
+    """The statements that run in ``scope``: a function's or main block's body; for the
+    module, its top-level code outside definitions and the main block."""
+    if scope is not tree:
+        return list(scope.body) if isinstance(scope.body, list) else [ast.Expr(scope.body)]
+    skip = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return [s for s in tree.body if not isinstance(s, skip) and not _is_main_guard(s)]
+
+
+def _input_for(build: ast.Call, statements: list[ast.stmt]) -> str | None:
+    """The shape of the input the built model is called on in the same function:
+    ``net = Net(...); x = torch.randn(2, 3, 32, 32); net(x)`` or ``Net(...)(torch.randn(...))``.
+    Only an input that provably reaches the model: another tensor made there (a mask, a
+    target) would give a wrong shape."""
+    nodes = [n for stmt in statements for n in ast.walk(stmt)]
+    model_names = {
+        t.id for n in nodes if isinstance(n, ast.Assign) and n.value is build
+        for t in n.targets if isinstance(t, ast.Name)
+    }
+    assigned: dict[str, list[ast.expr]] = {}
+    for n in nodes:
+        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+            assigned.setdefault(n.targets[0].id, []).append(n.value)
+    for n in nodes:
+        calls_model = n.func is build or (isinstance(n.func, ast.Name) and n.func.id in model_names) if isinstance(n, ast.Call) else False
+        if not calls_model or len(n.args) != 1 or n.keywords:
+            continue
+        arg = n.args[0]
+        # The argument itself, or what its name was assigned (also wrapped: Variable(x)).
+        for expr in [arg, *(assigned.get(arg.id, []) if isinstance(arg, ast.Name) else [])]:
+            for sub in ast.walk(expr):
+                shape = _input_shape(sub) if isinstance(sub, ast.Call) else None
+                if shape is not None:
+                    return shape
+    return None
 
 
 def _is_main_guard(node: ast.stmt) -> bool:

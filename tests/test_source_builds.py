@@ -101,6 +101,29 @@ def test():
     assert not marker.exists()
 
 
+def test_only_an_input_that_reaches_the_model_gives_the_shape(tmp_path, marker):
+    path = write(tmp_path, CNN + """
+def test():
+    mask = torch.zeros(5, 7)
+    net = Net(4)
+    target = torch.randn(2, 10)
+    x = torch.randn(2, 3, 28, 28)
+    loss = (net(x) - target).pow(2).mean()
+
+
+if __name__ == "__main__":
+    model = Net(2)
+    print(torch.ones(4, 3, 16, 16).shape)
+""")
+    d, _, _ = discover(path)
+    assert [e.input_shape for e in d.entries] == ["3,28,28"]
+
+    path.write_text(path.read_text().replace("net = Net(4)", "net = None"))
+    d, _, _ = discover(path)
+    # The __main__ block's build: its tensor never reaches the model, the first layer decides.
+    assert d.entries[0].built_as.startswith("Net(2) (from the __main__ block") and d.entries[0].input_shape is None
+
+
 def test_a_main_block_build_and_how_many_others(tmp_path, marker):
     path = write(tmp_path, """
 class MLP(nn.Module):
@@ -124,7 +147,7 @@ if __name__ == "__main__":
     d, built, not_built = discover(path)
     (entry,) = d.entries
     line = line_of(path, "model = MLP(")
-    assert entry.built_as == f"MLP([16, 32, 32, 4], act=nn.Tanh) (from the __main__ block at line {line}), the first of 2 builds found in the file"
+    assert entry.built_as == f"MLP([16, 32, 32, 4], act=nn.Tanh) (from the __main__ block at line {line}; 1 other build in the file)"
     assert [type(m).__name__ for m in built[0].model.net] == ["Linear", "Tanh"] * 3
     assert not_built == [] and not marker.exists()
 
@@ -306,7 +329,7 @@ def test():
     call_line = line_of(path, "bad = Net(-1)")
     assert nb.error_line == raise_line and nb.span.line == line_of(path, "class Net(")
     assert nb.message == (
-        f"Net was not built: Net(-1) (from test() at line {call_line}), the first of 2 builds found in the file "
+        f"Net was not built: Net(-1) (from test() at line {call_line}; 1 other build in the file) "
         f"raised at line {raise_line}: ValueError: width must be positive"
     )
     assert not marker.exists()
