@@ -51,12 +51,13 @@ class SourceBuild:
     """A construction of ``target`` found in the file, with literal arguments."""
 
     target: str
-    call: ast.Call = None  # type: ignore[assignment]
-    text: str = ""
-    line: int = 0
+    call: ast.Call
+    # The call as source text, and its line.
+    text: str
+    line: int
     # Where the call is: "test()", "Trainer.setup()", "the __main__ block", "module-level
     # code", "the defaults of train()".
-    where: str = ""
+    where: str
     # Other distinct builds of the same target found in the file.
     others: int = 0
     # The per-sample input shape ("3,32,32") of the input the model is called on in the
