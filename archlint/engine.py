@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,6 +98,8 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
+        if bm.entry.built_as:
+            log.info("%s: built as %s", bm.entry.name, bm.entry.built_as)
         progress("forward", bm.entry.name, bm.entry.span, result.findings)
         graph = _trace_model(bm, module, path, settings, sites, result)
         model_result = ModelResult(bm.entry.name, graph)
@@ -126,6 +128,10 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
                 progress("measure", graph.name, graph.span, result.findings, findings)
                 findings = _verify(graph, bm.entry, findings, settings, target, model_result)
         result.findings.extend(rules_api.settle(findings))
+    # Each finding of a model built from a call in the file says which call (full, JSON and
+    # SARIF output show it).
+    built_as = {bm.entry.name: bm.entry.built_as for bm in built if bm.entry.built_as}
+    result.findings = [replace(f, built_as=built_as[f.model]) if f.model in built_as else f for f in result.findings]
 
 
 def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any, result: FileResult) -> ArchGraph | None:
@@ -163,7 +169,8 @@ def _example_inputs(model: torch.nn.Module, entry: Any, module: Any, settings: S
     expr = entry.inputs or settings.inputs
     if expr:
         return inputs_mod.eval_inputs(expr, module, model, settings.seed)
-    spec = inputs_mod.parse_input_shape(settings.input_shape) if settings.input_shape else inputs_mod.infer_inputs(model)
+    shape = settings.input_shape or entry.input_shape
+    spec = inputs_mod.parse_input_shape(shape) if shape else inputs_mod.infer_inputs(model)
     gen = torch.Generator().manual_seed(settings.seed)
     return inputs_mod.make_batch(spec, TRACE_BATCH, gen)
 
@@ -240,8 +247,8 @@ def _measure(graph: ArchGraph, entry: Any, settings: Settings, target: torch.dev
         batch: Any = graph.example_inputs
     elif settings.data:
         batch = settings.data
-    elif settings.input_shape:
-        spec = inputs_mod.parse_input_shape(settings.input_shape)
+    elif settings.input_shape or entry.input_shape:
+        spec = inputs_mod.parse_input_shape(settings.input_shape or entry.input_shape)
         batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
     else:
         batch = None

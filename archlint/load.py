@@ -311,6 +311,11 @@ class ModelEntry:
     inputs: str | None = None
     # The class or factory function it was discovered from (None for explicit entries).
     target: Any = field(default=None, repr=False, compare=False)
+    # Built by a call the file itself shows (archlint.source_builds): that call and where it
+    # is ("VGG('VGG11') (from test() at line 141)"), and the per-sample shape ("3,32,32") of
+    # the input made next to it, if any.
+    built_as: str | None = None
+    input_shape: str | None = None
 
     def build(self) -> nn.Module:
         model = self.builder()
@@ -476,6 +481,10 @@ def discover(module: ModuleType, path: str) -> Discovery:
         # Its blocks are configured with it, not on their own.
         needs_args = [c for c in needs_args if c.cls is None or c.name not in _names_in(index.functions[name])]
     entries.sort(key=lambda e: (e.span.line, e.span.col))
+    # Builds the file shows for what needs arguments (test(), __main__, defaults...).
+    from archlint import source_builds
+
+    entries, needs_args = source_builds.apply(index, module, path, entries, needs_args, factory_calls)
     return Discovery(entries, needs_args, module, path, factory_calls)
 
 
@@ -863,6 +872,6 @@ def _raised(entry: ModelEntry, exc: BaseException) -> NotBuilt:
     error = describe_exception(exc, path)
     line = _innermost_line_in(exc, path)
     where = f" at line {line}" if line else ""
-    call = f"{entry.name}()" if entry.kind != "explicit" else f"build {entry.name!r}"
+    call = entry.built_as or (f"{entry.name}()" if entry.kind != "explicit" else f"build {entry.name!r}")
     message = f"{entry.name} was not built: {call} raised{where}: {error}"
     return NotBuilt(entry.name, entry.span, [], message, error=error, error_line=line)

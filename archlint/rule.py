@@ -76,6 +76,9 @@ class Finding:
     percent: bool = False
     # - raised by the rule's find() from the measurement, not by the static pass.
     found_by_measurement: bool = False
+    # How the model was built when it was built from a call in the file ("VGG('VGG11') (from
+    # test() at line 141)"); None otherwise.
+    built_as: str | None = None
     # Free-form data a rule hands from its check() to its own confirm(); the engine never reads it.
     data: dict[str, Any] = field(default_factory=dict)
 

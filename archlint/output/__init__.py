@@ -74,6 +74,7 @@ def evidence(f: Finding) -> dict:
         "explanation": f.explanation or None,
         "help": f.fix or None,
         "reason": f.reason,
+        "built_as": f.built_as,
     }
 
 

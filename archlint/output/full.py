@@ -30,6 +30,8 @@ def render(findings: list[Finding], ctx: Context) -> str:
             out.append(f"  = values: {', '.join(numbers)}\n")
         if f.reason:
             out.append(f"  = note: {f.reason}\n")
+        if f.built_as:
+            out.append(f"  = built as: {f.built_as}\n")
         if f.explanation:
             out.append(f"  = why: {f.explanation}\n")
         if f.fix:
