@@ -211,7 +211,7 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
     except BaseException as exc:  # SystemExit and friends raised by the model's code
         from archlint import load
 
-        _send(conn, {"raised": load.describe_exception(exc, path), "line": load._innermost_line_in(exc, path)})
+        _send(conn, {"raised": load.describe_exception(exc, path), "line": load.innermost_line_in(exc, path)})
         return
     findings = _mention_memory_limit(result.findings, memory_limit)
     _send(conn, {"done": dataclasses.replace(result, findings=findings).to_dict()})

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from archlint import load, memory
+from archlint.load import building
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "fixtures" / "architectures" / "good_resnet18_cifar.py"
@@ -34,8 +35,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for case, run in (
                 ("plain", entry.build),
-                ("meta only", lambda: load._build_on_meta(entry)),
-                ("meta + real", lambda: load._build(entry, memory.default_memory_budget())),
+                ("meta only", lambda: building._build_on_meta(entry)),
+                ("meta + real", lambda: building._build(entry, memory.default_memory_budget())),
             ):
                 start = time.perf_counter()
                 run()

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 from torch import nn
 
-from archlint import load
+from archlint.load import discovery
 
 # Tensor constructors whose positional arguments (or one tuple) are the shape.
 _INPUT_MAKERS = ("randn", "rand", "zeros", "ones", "empty")
@@ -83,13 +83,13 @@ def find(tree: ast.Module, module: ModuleType, targets: set[str], factories: set
     """The first safe construction of each name in ``targets`` (classes and functions of the
     file), skipping the bodies of the file's model classes (their parts, not builds) and of
     the ``factories`` already discovered (their builds are entries of their own)."""
-    own = {n.name for n in load._module_level_defs(tree)}
+    own = {n.name for n in discovery._module_level_defs(tree)}
     factory_ids = {id(vars(module)[f]) for f in factories if f in vars(module)}
     found: dict[str, SourceBuild] = {}
     texts: dict[str, set[str]] = {}
     scopes: dict[str, ast.AST] = {}
     for call, scope, where, local_names in _calls(tree, module, factories):
-        parts = load._dotted(call.func)
+        parts = discovery._dotted(call.func)
         if parts is None or len(parts) != 1 or parts[0] not in targets or parts[0] in local_names:
             continue
         if not _Checker(module, own, local_names, factory_ids).safe_call_args(call):
@@ -209,7 +209,7 @@ def _calls(tree: ast.Module, module: ModuleType, skip_functions: set[str]) -> It
 
 def _input_shape(call: ast.Call) -> str | None:
     """``torch.randn(2, 3, 32, 32)`` -> "3,32,32": the shape without its batch dimension."""
-    parts = load._dotted(call.func)
+    parts = discovery._dotted(call.func)
     if parts is None or len(parts) != 2 or parts[0] != "torch" or parts[1] not in _INPUT_MAKERS:
         return None
     args = call.args
@@ -254,7 +254,7 @@ class _Checker:
         if isinstance(node, (ast.Name, ast.Attribute)):
             return self._resolves(node)
         if isinstance(node, ast.Call):
-            return load._safe_callee(node.func, self.module, self.local_names, self.factory_ids) and self.safe_call_args(node)
+            return discovery._safe_callee(node.func, self.module, self.local_names, self.factory_ids) and self.safe_call_args(node)
         return False
 
     def _plain(self, node: ast.AST) -> bool:
@@ -270,7 +270,7 @@ class _Checker:
         return False
 
     def _resolves(self, node: ast.Name | ast.Attribute) -> bool:
-        parts = load._dotted(node)
+        parts = discovery._dotted(node)
         if parts is None or parts[0] in self.local_names:
             return False
         if len(parts) == 1 and parts[0] in self.own:
@@ -298,7 +298,7 @@ def apply(index: Any, module: ModuleType, path: str, entries: list[Any], needs_a
         return entries, needs_args
     # What a discovered factory builds is already checked: building it again from another
     # call would analyse the same model twice.
-    in_factories = set().union(*(load._names_in(index.functions[f]) for f in factory_calls)) if factory_calls else set()
+    in_factories = set().union(*(discovery._names_in(index.functions[f]) for f in factory_calls)) if factory_calls else set()
     functions = _factories_needing_args(index, module, set(factory_calls))
     # A function is called only when its body is provably safe, whatever its arguments.
     targets = {c.name for c in needs_args if c.cls is not None and c.name not in in_factories} | set(functions)
@@ -307,7 +307,7 @@ def apply(index: Any, module: ModuleType, path: str, entries: list[Any], needs_a
     for name, build in builds.items():
         obj = vars(module)[name]
         kind = "class" if isinstance(obj, type) else "factory"
-        new_entries.append(load.ModelEntry(
+        new_entries.append(discovery.ModelEntry(
             name, kind, index.spans[name], builder=build.builder(module, path), target=obj,
             built_as=build.describe(), input_shape=build.input_shape,
         ))
@@ -327,7 +327,7 @@ def _tree(path: str) -> ast.Module | None:
 
 
 def _factories_needing_args(index: Any, module: ModuleType, factories: set[str]) -> dict[str, Any]:
-    """Top-level functions with required parameters whose body passes ``load._factories``'
+    """Top-level functions with required parameters whose body passes ``discovery._factories``'
     test otherwise (assignments and a return, calling only model, config and factory
     classes): safe to call with literal arguments."""
     factory_ids = {id(vars(module)[f]) for f in factories if f in vars(module)}
@@ -336,14 +336,14 @@ def _factories_needing_args(index: Any, module: ModuleType, factories: set[str])
         func = vars(module).get(name)
         if not inspect.isfunction(func) or func.__qualname__ != name or func.__module__ != module.__name__:
             continue
-        if node.decorator_list or isinstance(node, ast.AsyncFunctionDef) or load._no_required_params(node.args):
+        if node.decorator_list or isinstance(node, ast.AsyncFunctionDef) or discovery._no_required_params(node.args):
             continue
-        body = load._simple_body(node)
+        body = discovery._simple_body(node)
         if body is None:
             continue
-        local_names = {p.arg for p in load._all_params(node.args)} | _stored_names(body)
+        local_names = {p.arg for p in discovery._all_params(node.args)} | _stored_names(body)
         calls = [n for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Call)]
-        if all(load._safe_callee(c.func, module, local_names, factory_ids) for c in calls):
+        if all(discovery._safe_callee(c.func, module, local_names, factory_ids) for c in calls):
             out[name] = func
     return out
 
