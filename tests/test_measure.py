@@ -637,3 +637,26 @@ def test_importing_archlint_does_not_import_torch():
 
     code = "import sys, archlint; assert 'torch' not in sys.modules; assert callable(archlint.measure)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reading_reports_does_not_import_torch():
+    """The result types are plain data: code that only reads or formats reports imports them
+    without torch; the measurement itself imports it on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, inspect\n"
+        "import archlint.measure.report\n"
+        "from archlint.measure import MeasureError, NodeStats, Report, SegmentStats\n"
+        "import archlint\n"
+        "assert callable(archlint.measure)\n"
+        "r = Report(model='m', output='y', mode='eval', device='cpu', dtype='float32', batch_size=2, samples=2,\n"
+        "           probes=2, sources=['x'], nodes={'y': NodeStats(name='y', kind='linear', op='linear', status='ok', nlc=1.5)})\n"
+        "assert r.output_nlc == 1.5 and str(r).startswith('m: output NLC 1.5')\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'graph' in inspect.signature(archlint.measure).parameters\n"
+        "from archlint.measure import measure, MIN_SAMPLES\n"
+        "assert 'torch' in sys.modules and archlint.measure.measure is measure and MIN_SAMPLES == 128\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

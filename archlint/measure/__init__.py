@@ -45,32 +45,63 @@ Semantics:
 - The user's model is left exactly as it was. On its own device it runs in place under
   ``preserved_state``; on another device a deep copy runs.
 
-The package, by stage: ``report`` (the result types, without torch), ``data`` (the sample),
-``model`` (where the model runs, module configuration), ``overrides`` (function overrides
-during a measurement), ``runner`` (one pass over all batches), ``evaluate`` (from accumulated
-sums to numbers), ``plan`` (which passes run) and ``api`` (``measure()``).
+The package, by stage: ``report`` (the result types), ``data`` (the sample), ``model``
+(where the model runs, module configuration), ``overrides`` (function overrides during a
+measurement), ``runner`` (one pass over all batches), ``evaluate`` (from accumulated sums to
+numbers), ``plan`` (which passes run) and ``api`` (``measure()``). Importing the package, or
+``archlint.measure.report``, does not import torch: code that only reads reports (output
+formats, the cache) need not pay for it. The names below that need torch are imported on
+first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from archlint.measure.api import measure
-from archlint.measure.data import MIN_SAMPLES, load_data
-from archlint.measure.evaluate import PRECISION_NLC, PRECISION_SPREAD
-from archlint.measure.plan import FUSED_MIN_COUNT, MAX_PROBES, POPULATION_PROBE_SE, POPULATION_PROBES, PROBE_SE, PROBES
 from archlint.measure.report import STATUSES, MeasureError, NodeStats, Report, SegmentStats
 
-__all__ = [
-    "measure", "load_data", "Report", "NodeStats", "SegmentStats", "MeasureError", "STATUSES", "MIN_SAMPLES", "PROBES",
-    "PROBE_SE", "MAX_PROBES", "POPULATION_PROBE_SE", "POPULATION_PROBES", "PRECISION_NLC", "PRECISION_SPREAD",
-    "FUSED_MIN_COUNT",
-]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from archlint.measure.api import measure
+    from archlint.measure.data import MIN_SAMPLES, load_data
+    from archlint.measure.evaluate import PRECISION_NLC, PRECISION_SPREAD
+    from archlint.measure.plan import FUSED_MIN_COUNT, MAX_PROBES, POPULATION_PROBE_SE, POPULATION_PROBES, PROBE_SE, PROBES
+
+# The public names that need torch, and the submodule that defines each.
+_LAZY = {
+    "measure": "api",
+    "load_data": "data",
+    "MIN_SAMPLES": "data",
+    "PROBES": "plan",
+    "PROBE_SE": "plan",
+    "MAX_PROBES": "plan",
+    "POPULATION_PROBE_SE": "plan",
+    "POPULATION_PROBES": "plan",
+    "FUSED_MIN_COUNT": "plan",
+    "PRECISION_NLC": "evaluate",
+    "PRECISION_SPREAD": "evaluate",
+}
+
+__all__ = ["Report", "NodeStats", "SegmentStats", "MeasureError", "STATUSES", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: called only for names not yet in the package's namespace; each is bound there
+    # once imported, so this runs once per name.
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 # --------------------------------------------------------------------------------------
@@ -86,9 +117,13 @@ class _CallableModule(types.ModuleType):
     it would break every existing import of it."""
 
     def __call__(self, model: nn.Module, inputs: Any = None, **kwargs: Any) -> Report:
-        return measure(model, inputs, **kwargs)
+        return self.measure(model, inputs, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        # inspect.signature(archlint.measure) and help() show measure()'s parameters; a
+        # property, so that torch is imported only when they are asked for.
+        return inspect.signature(self.measure)
 
 
 sys.modules[__name__].__class__ = _CallableModule
-# inspect.signature(archlint.measure) and help() show measure()'s parameters.
-__signature__ = inspect.signature(measure)
