@@ -59,7 +59,8 @@ DEFAULT_TIMEOUT = 120.0
 # How often the parent looks at the child's memory use (seconds).
 POLL_INTERVAL = 0.1
 # Modules the fork server imports once, so that each child starts with them loaded; the
-# verification pass adds archlint.measure (~0.2 s of import a --no-verify run should not pay).
+# verification pass adds archlint.measure.api, the measurement itself (~0.2 s of import a
+# --no-verify run should not pay; the package archlint.measure alone imports no torch).
 PRELOAD = (
     "torch", "archlint.engine", "archlint.load", "archlint.trace", "archlint.sourcemap",
     "archlint.inputs", "archlint.predict", "archlint.state",
@@ -265,7 +266,7 @@ class Isolated:
         self.log_level = log_level
         self._ctx = _context()
         self._proc: Any = None
-        self._preload = [*PRELOAD, "archlint.measure"] if verify else list(PRELOAD)
+        self._preload = [*PRELOAD, "archlint.measure.api"] if verify else list(PRELOAD)
         self._started = False
 
     def __enter__(self) -> "Isolated":

@@ -36,7 +36,7 @@ from exact import jacrev_output_nlc, populate_bn
 from models import resnet18
 from torch.func import jacrev, vmap
 
-import archlint.measure as measure_mod
+import archlint.measure.plan as measure_plan
 from archlint.measure import measure
 from archlint.trace import trace
 from archlint.worker import keep_freed_memory
@@ -66,12 +66,12 @@ def part1(x, repeats: int) -> None:
         # The population value from a second full pass in eval mode, as measure() computes
         # it when the sample is more than one batch (or a BatchNorm sees few values per
         # channel): for comparison with the one-pass default on this model.
-        fusable = measure_mod._fusable
-        measure_mod._fusable = lambda *args: False
+        fusable = measure_plan._fusable
+        measure_plan._fusable = lambda *args: False
         try:
             return measure(model, x, graph=graph)
         finally:
-            measure_mod._fusable = fusable
+            measure_plan._fusable = fusable
 
     runs = {
         "with_trace": lambda: measure(model, x),

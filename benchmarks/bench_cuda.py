@@ -122,7 +122,7 @@ def part2_3(x, repeats):
 
 def part4():
     print("## 4. `python -m archlint check --no-cache FILE` end to end (fresh interpreter, CUDA initialisation included)\n")
-    for code in ("import torch", "import torch, archlint.engine", "import torch, archlint.measure",
+    for code in ("import torch", "import torch, archlint.engine", "import torch, archlint.measure.api",
                  "import torch; torch.zeros(1, device='cuda')"):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True)

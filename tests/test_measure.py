@@ -232,13 +232,14 @@ def test_population_of_one_large_batch_rides_along_in_the_main_pass(monkeypatch)
     """One batch with many values per channel: the population probes are computed in the
     main pass (no second full pass), and still match the eval-mode exact reference."""
     import archlint.measure as measure_mod
+    from archlint.measure import plan, runner
 
     torch.manual_seed(0)
     model = ConvBN()
     x = gaussian(64, 3, 8, 8)
     passes = []
-    run_pass = measure_mod._Runner.run_pass
-    monkeypatch.setattr(measure_mod._Runner, "run_pass", lambda self, *a, **k: passes.append(k.get("eval_from")) or run_pass(self, *a, **k))
+    run_pass = runner._Runner.run_pass
+    monkeypatch.setattr(runner._Runner, "run_pass", lambda self, *a, **k: passes.append(k.get("eval_from")) or run_pass(self, *a, **k))
     report = measure(model, x, batch_size=64, population_probes=4)
     assert report.mode == "train-bn" and report.population_probes >= 4
     assert passes[0] == measure_mod.PROBES  # the population probes follow the batch ones
@@ -254,7 +255,7 @@ def test_population_of_one_large_batch_rides_along_in_the_main_pass(monkeypatch)
     # Segments too; and the separate eval-mode pass (populated, unbiased variance) agrees.
     seg = ("body_2", "body_8")
     fused = measure(model, x, batch_size=64, population_probes=4, segments=[seg])
-    monkeypatch.setattr(measure_mod, "_fusable", lambda *args: False)
+    monkeypatch.setattr(plan, "_fusable", lambda *args: False)
     separate = measure(model, x, batch_size=64, population_probes=4, segments=[seg])
     for a, b in [(fused.output_stats, separate.output_stats), (fused.segments[seg], separate.segments[seg])]:
         assert a.status_population == b.status_population == "ok"
@@ -635,4 +636,27 @@ def test_importing_archlint_does_not_import_torch():
     import sys
 
     code = "import sys, archlint; assert 'torch' not in sys.modules; assert callable(archlint.measure)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reading_reports_does_not_import_torch():
+    """The result types are plain data: code that only reads or formats reports imports them
+    without torch; the measurement itself imports it on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, inspect\n"
+        "import archlint.measure.report\n"
+        "from archlint.measure import MeasureError, NodeStats, Report, SegmentStats\n"
+        "import archlint\n"
+        "assert callable(archlint.measure)\n"
+        "r = Report(model='m', output='y', mode='eval', device='cpu', dtype='float32', batch_size=2, samples=2,\n"
+        "           probes=2, sources=['x'], nodes={'y': NodeStats(name='y', kind='linear', op='linear', status='ok', nlc=1.5)})\n"
+        "assert r.output_nlc == 1.5 and str(r).startswith('m: output NLC 1.5')\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'graph' in inspect.signature(archlint.measure).parameters\n"
+        "from archlint.measure import measure, MIN_SAMPLES\n"
+        "assert 'torch' in sys.modules and archlint.measure.measure is measure and MIN_SAMPLES == 128\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,99 @@
+"""The entry point, ``measure()``: resolve the inputs and the graph, run the plan, and run it
+again in float64 where float32 cannot resolve the numbers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from archlint.graph import ArchGraph
+from archlint.measure.data import _resolve_inputs
+from archlint.measure.model import _dtype_name, _model_device, _resolve_device, _Runnable
+from archlint.measure.plan import POPULATION_PROBES, PROBES, _Plan
+from archlint.measure.report import MeasureError, Report
+from archlint.trace import trace
+
+
+def measure(
+    model: nn.Module,
+    inputs: Any = None,
+    *,
+    graph: ArchGraph | None = None,
+    device: str = "auto",
+    batch_size: int = 128,
+    seed: int = 0,
+    segments: Sequence[tuple[str, str]] = (),
+    population: bool = True,
+    samples: int | None = None,
+    probes: int = PROBES,
+    population_probes: int = POPULATION_PROBES,
+    nodes: Iterable[str] | None = None,
+) -> Report:
+    """Measure every node of ``model`` (see the docstring of the package, archlint.measure).
+
+    ``inputs``: None (synthetic inputs of the family ``archlint.inputs`` infers), a tensor or
+    tuple of tensors (the forward's positional arguments, batch first), or "module:func"
+    (``func()`` returns them). ``samples`` rows are measured (default: all given rows, or at
+    least 128 synthetic ones) in batches of ``batch_size``; with train-mode BatchNorm every
+    batch is one input of the trained function, so ``batch_size`` is part of what is measured.
+    ``segments``: (start node, end node) pairs whose own NLC is measured, the tangent entering
+    at the start node with directions drawn from that node's batch distribution.
+    ``population``: for train-mode BatchNorm models, also measure the eval-mode model with
+    populated running statistics.
+    ``nodes``: the nodes whose statistics are wanted (default: every node); the output is
+    always measured. Fewer nodes cost less: each one's statistics read its values and tangents.
+    """
+    started = time.perf_counter()
+    if probes < 1:
+        raise ValueError("probes must be at least 1")
+    target = _resolve_device(device)
+    # Tracing runs the model as it is (dropout included): the global RNG is put back after.
+    with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
+        report = _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes,
+                          population_probes, nodes)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes, population_probes,
+             nodes) -> Report:
+    home = _model_device(model)
+    args, batch_dims = _resolve_inputs(model, inputs, batch_size, samples, seed)
+    n_rows = args[0].shape[batch_dims[0]]
+    if graph is None:
+        example = tuple(a.narrow(d, 0, min(4, n_rows)).to(home) for a, d in zip(args, batch_dims))
+        graph = trace(model, example, name=type(model).__name__)
+    if graph.output is None:
+        raise MeasureError("the model has no floating-point output to measure")
+    for start, end in segments:
+        for name in (start, end):
+            if name not in graph:
+                raise ValueError(f"segment node {name!r} is not in the graph")
+        if start not in graph.ancestors(end):
+            raise ValueError(f"segment {start!r} -> {end!r}: {end!r} does not depend on {start!r}")
+
+    wanted = None
+    if nodes is not None:
+        wanted = set(nodes) | {graph.output}
+        unknown = sorted(wanted - {node.name for node in graph})
+        if unknown:
+            raise ValueError(f"not nodes of the graph: {', '.join(unknown)}")
+    plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population, wanted)
+    result = plan.run(_Runnable(graph, model, target))
+    if result.needs_float64 and result.dtype != torch.float64:
+        try:
+            precise = plan.run(_Runnable(graph, model, target, dtype=torch.float64))
+        except Exception as exc:  # a model that cannot run in float64 keeps its own numbers
+            result.notes.append(f"float64 re-check failed ({type(exc).__name__}: {exc}); numbers are {_dtype_name(result.dtype)}")
+        else:
+            precise.notes.insert(0, "float64 re-check of: " + ", ".join(result.reasons))
+            precise.output_nlc_float32 = result.report_nodes()[graph.output].nlc
+            precise.output_by_dtype = {_dtype_name(result.dtype): result.report_nodes()[graph.output]}
+            result = precise
+    report = result.report(model_name=graph.name, device=str(target))
+    report.output_by_dtype = {**result.output_by_dtype, report.dtype: report.output_stats}
+    graph.measured = report
+    return report

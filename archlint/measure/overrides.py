@@ -1,0 +1,154 @@
+"""Function overrides during a measurement: dropout off, recurrent kernels with forward-mode
+derivatives, and lean tangent rules for convolution, linear layers and batch norm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+
+def _has_tangent(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None
+
+
+class _AffineInInput(torch.autograd.Function):
+    """y = func(x, *args) for a func that is affine in x: its tangent is the linear part,
+    tangent_func(t, *tangent_args) (for convolution and linear: the same call without the
+    bias). PyTorch's own forward-mode rules for convolution and linear also convolve the input
+    with a zero weight tangent, a third convolution."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, func, args, kwargs, tangent_func, tangent_args, tangent_kwargs):
+        return func(x, *args, **kwargs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, _, _, _, ctx.tangent_func, ctx.tangent_args, ctx.tangent_kwargs = inputs
+
+    @staticmethod
+    def jvp(ctx, x_t, *_):
+        return ctx.tangent_func(x_t, *ctx.tangent_args, **ctx.tangent_kwargs)
+
+
+def _scale_channels(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The tangent of eval-mode batch norm: a per-channel (dim 1) scale. A plain broadcast
+    product: under vmap, F.batch_norm would fold the probes into the channels (a copy)."""
+    return t * scale.view([1, -1] + [1] * (t.dim() - 2))
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    """Batch normalisation with the statistics of the batch, with a lean tangent rule.
+
+    With batch means <.> per channel, xhat = (x - mu) / sigma and s = gamma / sigma:
+        dy = s * (dx - <dx> - xhat * <dx * xhat>).
+    That is also the formula of its gradient (the Jacobian is symmetric within a channel), so
+    PyTorch's fused batch-norm backward kernel computes the tangent in one pass over the data;
+    PyTorch's forward-mode rule takes about six and materialises zero tangents for the running
+    statistics."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, eps, eval_from):
+        out, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        return out, mean, invstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, eps, eval_from = inputs
+        _, mean, invstd = output
+        ctx.mark_non_differentiable(mean, invstd)
+        ctx.save_for_forward(x, mean, invstd)
+        ctx.weight, ctx.eps, ctx.eval_from = weight, eps, eval_from
+
+    @staticmethod
+    def jvp(ctx, x_t, *_):
+        x, mean, invstd = ctx.saved_tensors
+        return _BatchNormTangent.apply(x_t, x, ctx.weight, mean, invstd, ctx.eps, ctx.eval_from), None, None
+
+
+class _BatchNormTangent(torch.autograd.Function):
+    """The train-mode batch-norm tangent through the fused backward kernel, one probe at a
+    time under vmap: that kernel's own batching rule is several times slower.
+
+    Probes from ``eval_from`` on (None: none) take the population rule instead: the batch
+    statistics held fixed, a per-channel scale (see plan._fusable)."""
+
+    @staticmethod
+    def forward(x_t, x, weight, mean, invstd, eps, eval_from):
+        if eval_from == 0:
+            return _scale_channels(x_t, invstd if weight is None else invstd * weight)
+        return torch.ops.aten.native_batch_norm_backward(x_t, x, weight, None, None, mean, invstd, True, eps, [True, False, False])[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        size = info.batch_size
+        eval_from = args[-1]
+        per_probe = [
+            _BatchNormTangent.apply(*(a.select(d, k) if d is not None else a for a, d in zip(args[:-1], in_dims)),
+                                    None if eval_from is None or k < eval_from else 0)
+            for k in range(size)
+        ]
+        return torch.stack(per_probe), 0
+
+
+_AFFINE_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+_DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout}
+_BN_ARGS = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+# The oneDNN (mkldnn) recurrent kernels have no forward-mode derivative; PyTorch's own have.
+# cuDNN's are turned off too, assuming they lack one as well (unchecked: no GPU was at hand).
+_RNN_FUNCS = {torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu}
+
+
+class _MeasureMode(TorchFunctionMode):
+    """Dropout off (fx bakes ``training=True`` into functional calls), recurrent layers on
+    kernels that have forward-mode derivatives, and cheaper tangent rules for the layers that
+    dominate the cost: convolutions, linear layers and batch norm."""
+
+    # Probes from this index on take the population rule of train-mode batch norm (set by
+    # the runner around a pass; None: all probes take the batch rule).
+    eval_from: int | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _DROPOUT_FUNCS:
+            return args[0] if args else kwargs["input"]
+        if func in _RNN_FUNCS:
+            with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
+                return func(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            if "dropout_p" in kwargs:
+                kwargs = {**kwargs, "dropout_p": 0.0}
+            elif len(args) > 4:
+                args = args[:4] + (0.0,) + tuple(args[5:])
+        if (func in _AFFINE_FUNCS or func is F.batch_norm) and args and _has_tangent(args[0]):
+            if func in _AFFINE_FUNCS and not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values())):
+                rest, tangent_rest = tuple(args[1:]), list(args[1:])
+                tangent_kwargs = dict(kwargs)
+                if len(tangent_rest) >= 2:
+                    tangent_rest[1] = None  # the bias: linear(x, w, b), conv*(x, w, b, ...)
+                if "bias" in tangent_kwargs:
+                    tangent_kwargs["bias"] = None
+                return _AffineInInput.apply(args[0], func, rest, kwargs, func, tuple(tangent_rest), tangent_kwargs)
+            if func is F.batch_norm:
+                bn = dict(zip(_BN_ARGS, args[1:]), **kwargs)
+                weight, bias, eps = bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5)
+                if not (_has_tangent(weight) or _has_tangent(bias)):
+                    if bn.get("training", False):
+                        return _BatchNormTrain.apply(args[0], weight, bias, eps, self.eval_from)[0]
+                    rest = (bn["running_mean"], bn["running_var"], weight, bias, False, 0.0, eps)
+                    scale = torch.rsqrt(bn["running_var"] + eps)
+                    if weight is not None:
+                        scale = scale * weight
+                    return _AffineInInput.apply(args[0], F.batch_norm, rest, {}, _scale_channels, (scale,), {})
+        return func(*args, **kwargs)

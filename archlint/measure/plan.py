@@ -1,0 +1,266 @@
+"""The measurement plan: which passes run, in which module configuration, with how many
+probes; and which BatchNorm layers get their running statistics populated first."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+
+from archlint.graph import ArchGraph, OpKind
+from archlint.measure.evaluate import _Result
+from archlint.measure.model import _configure, _is_fresh, _measuring, _Runnable
+from archlint.measure.report import MeasureError
+from archlint.measure.runner import _groups, _NodeAcc, _PassResult, _Runner
+
+# Tangent directions per input row, at least. Each probe costs about one forward pass. The
+# probe noise of the numerator shrinks like 1/sqrt(samples * probes) and depends on the
+# model: an output whose Jacobian has few large singular values needs more probes. So the
+# part of the output NLC's relative standard error that comes from the probes is estimated
+# (from the spread between the probes of each row), and if it is above PROBE_SE a second
+# pass adds probes (up to MAX_PROBES in all). 1.75% keeps the estimate within 5% of the
+# sample's exact NLC at about 3 sigma, and adds about 15% to the ~3% sampling error of 128
+# samples; a CIFAR ResNet-18 with a 10-way head meets it with 2 probes.
+PROBES = 2
+PROBE_SE = 0.0175
+MAX_PROBES = 16
+# The population (eval) pass of a train-mode BatchNorm model is a second full pass. Its
+# value is compared with the batch NLC, whose differences of interest are 10% and more, so
+# its probe noise may be larger: the probes it needs for this, at least POPULATION_PROBES.
+POPULATION_PROBE_SE = 0.025
+POPULATION_PROBES = 1
+
+
+class _Plan:
+    def __init__(self, graph, args, batch_dims, batch_size, seed, segments, probes, population_probes, population, wanted):
+        self.graph = graph
+        # The nodes measured, in graph order.
+        self.wanted = [node.name for node in graph if wanted is None or node.name in wanted]
+        self.args = args
+        self.batch_dims = batch_dims
+        self.seed = seed
+        self.segments = segments
+        self.probes = probes
+        self.population_probes = population_probes
+        self.population = population
+        n = args[0].shape[batch_dims[0]]
+        self.notes: list[str] = []
+        if n < 2:
+            raise MeasureError("at least 2 samples are needed")
+        self.requested_batch_size = batch_size
+        self.batch_size = min(batch_size, n)
+        self.sources = _sources(graph)
+        self.preacts = {i for node in graph for i in node.inputs
+                        if node.kind == OpKind.ACTIVATION and node.attrs.get("elementwise")}
+        self.trace_batch = _trace_batch(graph, batch_dims)
+
+    def run(self, run: _Runnable) -> "_Result":
+        graph = run.graph
+        norms = [m for m in run.root.modules() if isinstance(m, _NormBase)]
+        tracking = {id(m): m.track_running_stats for m in norms}
+        train_norms = {id(m) for m in norms if m.training}
+        batch_bns = [m for m in norms if isinstance(m, _BatchNorm) and (m.training or m.running_mean is None)]
+        fresh = [m for m in norms if isinstance(m, _BatchNorm) and not m.training and _is_fresh(m)]
+        mode = "train-bn" if batch_bns else "eval"
+        notes = list(self.notes)
+        if mode == "train-bn" and self.batch_size < self.requested_batch_size:
+            notes.append(f"only {self.batch_size} samples: one batch of {self.batch_size} instead of {self.requested_batch_size}")
+        n = self.args[0].shape[self.batch_dims[0]]
+        groups = _groups(n, self.batch_size, mode == "train-bn")
+        if groups[-1][1] - groups[0][0] < n:
+            used = groups[-1][1]
+            notes.append(f"{n - used} samples left over after the last full batch of {self.batch_size} are not used")
+        args = tuple(run.cast(a) for a in self.args)
+        runner = _Runner(run, args, self.batch_dims, groups, self.sources, self.preacts, self.trace_batch)
+        bn_nodes = _bn_nodes(graph, run)
+
+        with _measuring(run) as measure_mode:
+            runner.mode = measure_mode
+            if fresh:
+                # Populate eval-mode layers whose statistics were never populated; the
+                # batches run through the model as it is trained (batch_bns on batch stats).
+                _configure(run.root, train_norms | {id(m) for m in fresh}, tracking)
+                stats = runner.run_pass(probes=0, want=set(), bn_modules=fresh, bn_nodes=bn_nodes, seed=self.seed)
+                _populate(fresh, bn_nodes, stats)
+                notes.append("BatchNorm layers in eval mode had fresh running statistics; populated them on the sample first: "
+                             + ", ".join(sorted(_names(run.root, fresh))))
+            _configure(run.root, train_norms, tracking)
+            populatable = self.population and mode == "train-bn" and all(m.running_mean is not None for m in batch_bns)
+            if self.population and mode == "train-bn" and not populatable:
+                notes.append("no population (eval) value: some BatchNorm layers keep no running statistics")
+            # One batch, and many values per channel: the population statistics are the batch's
+            # own, so the eval-mode model computes the same values as the trained one and only
+            # the tangent rule of batch norm differs. Its probes then ride along in the main
+            # pass instead of a second full pass (see _fusable).
+            fused = populatable and len(groups) == 1 and _fusable(graph, run, batch_bns, self.batch_size)
+            starts = {s for s, _ in self.segments}
+            every = set(self.wanted)
+            pop_probes = self.population_probes if fused else 0
+            main = runner.run_pass(self.probes + pop_probes, want=every, pool_names=starts,
+                                   bn_modules=batch_bns if populatable and not fused else [], bn_nodes=bn_nodes,
+                                   seed=self.seed, signs=True, eval_from=self.probes if fused else None)
+            main, pop = _split_probes(main, self.probes) if fused else (main, None)
+            # Probe noise of one probe per row, relative, at the output: decides how many
+            # probes each pass needs (not below the minimum asked for).
+            per_probe = _probe_noise(main.accs.get(graph.output))
+            probes = max(self.probes, _probes_needed(per_probe, PROBE_SE))
+            needed_pop = max(self.population_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)) if fused else 0
+            if probes > self.probes or needed_pop > pop_probes:
+                extra = runner.run_pass(probes - self.probes + needed_pop - pop_probes, want=every, seed=self.seed + 500,
+                                        eval_from=probes - self.probes if fused else None)
+                extra_main, extra_pop = _split_probes(extra, probes - self.probes) if fused else (extra, None)
+                _add_probes(main, extra_main)
+                if fused:
+                    _add_probes(pop, extra_pop)
+                    pop_probes = needed_pop
+            segs = {seg: runner.segment(seg, probes, main.pools, seed=self.seed + 1 + i)
+                    for i, seg in enumerate(self.segments)}
+            pop_segs: dict = {}
+            if fused:
+                # All probes with the population tangent rule, on the same values.
+                pop_segs = {seg: runner.segment(seg, pop_probes, main.pools, seed=self.seed + 1001 + i, eval_from=0)
+                            for i, seg in enumerate(self.segments)}
+            elif populatable:
+                _populate(batch_bns, bn_nodes, main)
+                _configure(run.root, train_norms - {id(m) for m in batch_bns}, tracking)
+                pop_probes = max(self.population_probes, _probes_needed(per_probe, POPULATION_PROBE_SE))
+                pop = runner.run_pass(pop_probes, want=every, pool_names=starts, seed=self.seed + 1000)
+                pop_segs = {seg: runner.segment(seg, pop_probes, pop.pools, seed=self.seed + 1001 + i)
+                            for i, seg in enumerate(self.segments)}
+        if not populatable:
+            pop_probes = None
+        result = _Result(self, run, mode, main, pop, segs, pop_segs, notes + runner.notes, runner.sources)
+        result.probes, result.population_probes = probes, pop_probes
+        return result
+
+
+def _probe_noise(acc: "_NodeAcc | None") -> float | None:
+    """The relative variance that ONE probe per row contributes to the NLC estimate, from
+    the spread between the probes of each row (None with fewer than two probes)."""
+    if acc is None or not acc.has_tangent or not acc.a or acc.a[0].shape[0] < 2:
+        return None
+    a = torch.cat(acc.a, dim=1)  # (probes, rows)
+    mean = a.mean()
+    if not bool(torch.isfinite(mean)) or float(mean) <= 0:
+        return None
+    # Var of the numerator with one probe per row is mean_row Var_probe(a) / rows; the NLC
+    # is its square root, which halves the relative error. (Relative first: the squared
+    # tangents of a tiny signal underflow when squared again.)
+    return float((a / mean).var(0).mean()) / a.shape[1] / 4
+
+
+def _probes_needed(per_probe: float | None, target: float) -> int:
+    if per_probe is None:
+        return 1
+    return min(MAX_PROBES, max(1, math.ceil(per_probe / target**2)))
+
+
+def _add_probes(result: "_PassResult", extra: "_PassResult") -> None:
+    """Merge the tangent terms of a pass with more probes (same rows, same batches)."""
+    for name, acc in result.accs.items():
+        more = extra.accs.get(name)
+        if more is not None and acc.has_tangent and more.has_tangent:
+            acc.a = [torch.cat([a, b]) for a, b in zip(acc.a, more.a)]
+
+
+def _split_probes(result: "_PassResult", k: int) -> tuple["_PassResult", "_PassResult"]:
+    """A pass whose first k probes carried the batch tangent rule and the rest the
+    population one, as two passes: the values (and their statistics) are shared."""
+    first, rest = {}, {}
+    for name, acc in result.accs.items():
+        first[name], rest[name] = copy.copy(acc), copy.copy(acc)
+        if acc.has_tangent:
+            first[name].a = [a[:k] for a in acc.a]
+            rest[name].a = [a[k:] for a in acc.a]
+    return _PassResult(first, result.pools, result.info), _PassResult(rest, result.pools, result.info)
+
+
+# With this many values per channel or more, normalising by the biased batch variance (the
+# trained function) instead of the unbiased one that PyTorch keeps as running_var changes a
+# layer's scale by under 0.05%. A CIFAR ResNet at batch 128 has 2048 and more; a BatchNorm1d
+# MLP has the batch size (128), where deep chaotic stacks amplify the difference (a depth-20
+# BN-ReLU MLP at batch 32: 24%), so such models keep their own population pass.
+FUSED_MIN_COUNT = 1024
+
+
+def _fusable(graph: ArchGraph, run: _Runnable, batch_bns: list[_BatchNorm], batch_size: int) -> bool:
+    """Whether the population value can come from the main pass: with one batch, the running
+    statistics populated from it are that batch's statistics (the variance up to the factor
+    count / (count - 1)), so the eval-mode model computes the values of the trained one, and
+    its NLC is that of the same values with batch norm's tangent a per-channel scale. Every
+    batch-statistics layer must see FUSED_MIN_COUNT values per channel, and no functional
+    batch_norm outside a module may be in the graph (it keeps batch statistics in eval mode)."""
+    ids = {id(m) for m in batch_bns}
+    for node in graph:
+        module = run.module(node)
+        if node.op == "batch_norm" and module is None:
+            return False
+        if module is None or id(module) not in ids:
+            continue
+        shape = graph[node.inputs[0]].shape if node.inputs else None
+        if not shape or len(shape) < 2:
+            return False
+        if batch_size * math.prod(shape[2:]) < FUSED_MIN_COUNT:
+            return False
+    return True
+
+
+def _sources(graph: ArchGraph) -> list[str]:
+    """Where the tangent enters: the floating-point inputs; for integer inputs (token ids) the
+    embedding outputs computed from them, else the first floating-point node they feed."""
+    inputs = graph.inputs
+    floats = [n.name for n in inputs if _is_float_dtype(n.dtype)]
+    integer = {n.name for n in inputs if not _is_float_dtype(n.dtype)}
+    if not integer:
+        return floats
+    fed = [n for n in graph if n.kind != OpKind.INPUT and _is_float_dtype(n.dtype) and graph.ancestors(n.name) & integer]
+    embeddings = [n.name for n in fed if n.kind == OpKind.EMBEDDING]
+    extra = (embeddings or [fed[0].name]) if fed else []
+    if not floats and not extra:
+        raise MeasureError("no floating-point node depends on the inputs: nothing to measure")
+    return floats + extra
+
+
+def _is_float_dtype(dtype: str | None) -> bool:
+    return dtype in ("float16", "bfloat16", "float32", "float64")
+
+
+def _trace_batch(graph: ArchGraph, batch_dims: list[int]) -> int | None:
+    """The batch size the graph's recorded shapes were traced with."""
+    for t, d in zip(graph.example_inputs, batch_dims):
+        if isinstance(t, torch.Tensor) and t.dim() > d:
+            return t.shape[d]
+    return None
+
+
+def _bn_nodes(graph: ArchGraph, run: _Runnable) -> dict[int, list[str]]:
+    """For each BatchNorm module (by id), the input nodes of its calls."""
+    found: dict[int, list[str]] = {}
+    for node in graph:
+        module = run.module(node)
+        if isinstance(module, _BatchNorm) and node.inputs:
+            found.setdefault(id(module), []).append(node.inputs[0])
+    return found
+
+
+def _names(root: nn.Module, modules: list[nn.Module]) -> list[str]:
+    ids = {id(m) for m in modules}
+    return [name for name, m in root.named_modules() if id(m) in ids]
+
+
+def _populate(modules: list[_BatchNorm], bn_nodes: dict[int, list[str]], stats: _PassResult) -> None:
+    """Running statistics as ``momentum=None`` (a cumulative average) would leave them after
+    one train-mode forward pass per batch: the mean of the batch means and of the unbiased
+    batch variances of the layer's input."""
+    for m in modules:
+        calls = [stats.accs[name] for name in bn_nodes.get(id(m), []) if name in stats.accs]
+        means = [c for acc in calls for c in acc.chan_mean]
+        variances = [c for acc in calls for c in acc.chan_var]
+        if not means:
+            continue
+        m.running_mean.copy_(torch.stack(means).mean(0))
+        m.running_var.copy_(torch.stack(variances).mean(0))
+        m.num_batches_tracked.fill_(len(means))

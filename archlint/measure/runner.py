@@ -1,0 +1,337 @@
+"""One pass over all batches: the model runs with forward-mode tangents on every probe, and
+each wanted node's sufficient statistics are accumulated over the batches."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch.func import jvp, vmap
+
+from archlint.graph import Node
+from archlint.measure.overrides import _MeasureMode
+from archlint.measure.report import MeasureError
+from archlint.trace import execute
+
+# Half precision: node statistics are computed in float32 (_node_stats), and such a model
+# is always re-checked in float64 (evaluate._Result._doubts).
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class _PassResult:
+    accs: dict[str, "_NodeAcc"]
+    pools: dict[str, torch.Tensor]
+    info: "_NodeInfo"
+
+
+def _groups(n: int, batch_size: int, exact: bool) -> list[tuple[int, int]]:
+    """Row ranges of the batches. With batch statistics every batch has exactly batch_size
+    rows (a smaller last batch would be a different function); otherwise the last may be short."""
+    if exact:
+        return [(i, i + batch_size) for i in range(0, n - batch_size + 1, batch_size)]
+    return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+class _Stop(Exception):
+    """Raised after the last node a pass needs, to skip the rest of the forward."""
+
+
+@dataclass
+class _NodeInfo:
+    """What a pass learns about nodes besides their numbers (shared by all batches)."""
+
+    batch_dim: dict[str, int | None] = field(default_factory=dict)
+    not_float: set[str] = field(default_factory=set)
+    # Nodes whose value was a single tensor (tuple-valued nodes never reach on_node).
+    seen: set[str] = field(default_factory=set)
+
+
+class _Runner:
+    def __init__(self, run, args, batch_dims, groups, sources, preacts, trace_batch):
+        self.run = run
+        self.args = args
+        self.batch_dims = batch_dims
+        self.groups = groups
+        self.sources = list(sources)
+        self.preacts = preacts
+        self.trace_batch = trace_batch
+        self.n = groups[-1][1]
+        self.input_names = [node.name for node in run.graph.inputs]
+        # vmap over the probes, or one probe after the other when a model does something
+        # functorch cannot batch (then each probe pays for its own primal pass).
+        self.sequential = False
+        # Batch dimensions and dtypes are the same in every pass: shared.
+        self.info = _NodeInfo()
+        self.notes: list[str] = []
+        # The measurement's function mode (set once it is active): it tells batch norm which
+        # probes take the population tangent rule.
+        self.mode: _MeasureMode | None = None
+        self.eval_from: int | None = None
+
+    def group_args(self, lo: int, hi: int) -> tuple:
+        return tuple(a.narrow(d, lo, hi - lo) for a, d in zip(self.args, self.batch_dims))
+
+    def source_pools(self) -> dict[str, torch.Tensor]:
+        """All rows of every source, batch first: the inputs themselves, or (embedding
+        sources) the values of a forward that stops after the last source."""
+        pools = {}
+        for name, a, d in zip(self.input_names, self.args, self.batch_dims):
+            if name in self.sources:
+                pools[name] = a.narrow(d, 0, self.n).movedim(d, 0)
+        missing = [s for s in self.sources if s not in pools]
+        if missing:
+            last = max(missing, key=lambda s: [node.name for node in self.run.graph].index(s))
+            parts: dict[str, list[torch.Tensor]] = {s: [] for s in missing}
+            for lo, hi in self.groups:
+                out = self._group(self.group_args(lo, hi), hi - lo, {}, set(), set(missing), set(), last)
+                for s in missing:
+                    if s in out["pools"]:
+                        parts[s].append(out["pools"][s])
+            pools.update({s: torch.cat(v) for s, v in parts.items() if v})
+            # An embedding without a batch dimension (positions) is the same for every
+            # sample: its centred directions would be zero, so it is no source.
+            self.sources = [s for s in self.sources if s in pools]
+        return pools
+
+    def run_pass(self, probes: int, want: set[str], pool_names: set[str] = frozenset(), bn_modules=(), bn_nodes=None,
+                 seed: int = 0, signs: bool = False, eval_from: int | None = None) -> _PassResult:
+        """``eval_from``: probes from this index on take the population (eval-mode) tangent
+        rule of train-mode batch norm, with the batch's statistics (see plan._fusable)."""
+        pools = self.source_pools() if probes else {}
+        bn_inputs = {name for m in bn_modules for name in (bn_nodes or {}).get(id(m), [])}
+        self.eval_from = eval_from
+        try:
+            return self._pass(self.sources if probes else [], pools, probes, want, set(pool_names), bn_inputs, None, seed, signs)
+        finally:
+            self.eval_from = None
+
+    def segment(self, seg: tuple[str, str], probes: int, pools: dict[str, torch.Tensor], seed: int,
+                eval_from: int | None = None) -> "_NodeAccResult":
+        start, end = seg
+        if start not in pools:
+            raise MeasureError(f"segment start {start!r} has no batch dimension (or is not floating-point)")
+        self.eval_from = eval_from
+        try:
+            result = self._pass([start], {start: pools[start]}, probes, {end}, set(), set(), end, seed, False)
+        finally:
+            self.eval_from = None
+        return _NodeAccResult(result.accs.get(end), result.info, end)
+
+    @contextmanager
+    def _eval_probes(self, eval_from: int | None) -> Iterator[None]:
+        if self.mode is None:
+            yield
+            return
+        saved, self.mode.eval_from = self.mode.eval_from, eval_from
+        try:
+            yield
+        finally:
+            self.mode.eval_from = saved
+
+    def _pass(self, sources, pools, probes, want, pool_names, bn_inputs, stop_after, seed, signs) -> _PassResult:
+        try:
+            return self._pass_once(sources, pools, probes, want, pool_names, bn_inputs, stop_after, seed, signs)
+        except (RuntimeError, NotImplementedError) as exc:
+            if self.sequential or not sources:
+                raise MeasureError(f"the model failed during the measurement: {type(exc).__name__}: {exc}") from exc
+            self.sequential = True
+            self.notes.append(f"probes run one by one (vmap failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            try:
+                return self._pass_once(sources, pools, probes, want, pool_names, bn_inputs, stop_after, seed, signs)
+            except Exception as exc2:
+                raise MeasureError(f"the model failed during the measurement: {type(exc2).__name__}: {exc2}") from exc2
+
+    def _pass_once(self, sources, pools, probes, want, pool_names, bn_inputs, stop_after, seed, signs) -> _PassResult:
+        generator = torch.Generator().manual_seed(seed)
+        perms = [torch.randperm(self.n, generator=generator).to(self.run.device) for _ in range(probes)]
+        means = {s: pools[s].mean(0) for s in sources}
+        bds = {s: self._source_batch_dim(s) for s in sources}
+        accs: dict[str, _NodeAcc] = {}
+        collected: dict[str, list[torch.Tensor]] = {name: [] for name in pool_names}
+        for lo, hi in self.groups:
+            # Rows lo..hi of each probe's permutation: without replacement within a batch, so
+            # the rows' directions are (nearly) independent draws, as batch-NLC needs.
+            dirs = {s: torch.stack([(pools[s][p[lo:hi]] - means[s]).movedim(0, bds[s]) for p in perms]) for s in sources}
+            out = self._group(self.group_args(lo, hi), hi - lo, dirs, want, pool_names, bn_inputs, stop_after, signs)
+            for name, stats in out["nodes"].items():
+                accs.setdefault(name, _NodeAcc()).add(stats)
+            for name in pool_names:
+                if name in out["pools"]:
+                    collected[name].append(out["pools"][name])
+        return _PassResult(accs, {k: torch.cat(v) for k, v in collected.items() if v}, self.info)
+
+    def _source_batch_dim(self, name: str) -> int:
+        if name in self.input_names:
+            return self.batch_dims[self.input_names.index(name)]
+        return self.info.batch_dim[name]
+
+    def _group(self, args, n, dirs, want, pool_names, bn_inputs, stop_after, signs=False) -> dict:
+        """Run one batch: per-node statistics of the nodes in ``want`` (and BatchNorm channel
+        statistics of those in ``bn_inputs``), the primal values of the nodes in ``pool_names``.
+        ``dirs[s]`` holds each probe's tangent for source s."""
+        graph = self.run.graph
+        info = self.info
+
+        def body(shifts: dict[str, torch.Tensor]) -> dict:
+            out: dict[str, dict] = {"nodes": {}, "pools": {}}
+
+            def on_node(name: str, t: torch.Tensor):
+                replaced = None
+                if name in shifts:
+                    # Adding a zero whose tangent is the direction: the value is unchanged and
+                    # the tangent enters here.
+                    replaced = t = t + shifts[name]
+                if name in want or name in pool_names or name in bn_inputs:
+                    info.seen.add(name)
+                    primal, tangent = fwAD.unpack_dual(t)
+                    if not primal.is_floating_point():
+                        info.not_float.add(name)
+                    else:
+                        bd = _batch_dim(graph[name], primal, n, self.trace_batch)
+                        info.batch_dim[name] = bd
+                        if bd is not None and (name in want or name in bn_inputs):
+                            out["nodes"][name] = _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs)
+                        if bd is not None and name in pool_names:
+                            # A copy: in-place ops further on (ReLU(inplace), +=) may reuse it.
+                            out["pools"][name] = primal.movedim(bd, 0).clone()
+                if name == stop_after:
+                    raise _Stop
+                return replaced
+
+            try:
+                execute(graph, args, on_node)
+            except _Stop:
+                pass
+            return out
+
+        if not dirs:
+            return body({})
+        names = list(dirs)
+        zeros = tuple(torch.zeros_like(dirs[s][0]) for s in names)
+        if self.sequential:
+            per_probe = []
+            for k in range(next(iter(dirs.values())).shape[0]):
+                population = self.eval_from is not None and k >= self.eval_from
+                with fwAD.dual_level(), self._eval_probes(0 if population else None):
+                    shifts = {s: fwAD.make_dual(z, dirs[s][k]) for s, z in zip(names, zeros)}
+                    per_probe.append(body(shifts))
+            out = per_probe[0]
+            for name, stats in out["nodes"].items():
+                if "a" in stats:
+                    stats["a"] = torch.stack([p["nodes"][name]["a"] for p in per_probe])
+            return out
+
+        def one_probe(*directions):
+            def f(*z):
+                return z, body(dict(zip(names, z)))
+
+            return jvp(f, zeros, directions, has_aux=True)[2]
+
+        with self._eval_probes(self.eval_from):
+            out = vmap(one_probe)(*(dirs[s] for s in names))
+        # vmap stacks every output over the probes; only the tangent terms ("a") differ.
+        for stats in out["nodes"].values():
+            for key in stats:
+                if key != "a":
+                    stats[key] = stats[key][0]
+        out["pools"] = {k: v[0] for k, v in out["pools"].items()}
+        return out
+
+
+def _batch_dim(node: Node, t: torch.Tensor, n: int, trace_batch: int | None) -> int | None:
+    """The dimension of ``t`` that holds the batch: size n now, and the traced batch size in
+    the graph's recorded shape (so that a (T, B, D) layout is recognised, and a (T, D) table
+    or a dimension that happens to equal n is not taken for the batch)."""
+    shape = node.shape
+    for d in range(t.dim()):
+        if t.shape[d] != n:
+            continue
+        if trace_batch is None or shape is None or len(shape) != t.dim() or shape[d] == trace_batch:
+            return d
+    return None
+
+
+def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, signs: bool, bn_input: bool) -> dict:
+    """The sufficient statistics of one node over one batch, as tensors (under vmap they are
+    the only way out): m, the per-unit mean; b, each row's squared distance from it; a, each
+    row's squared tangent norm per probe; pos, per-unit counts of positive values; chan_*,
+    BatchNorm's per-channel batch statistics of this (input) node.
+
+    Writing a new tensor the size of a node costs several times more than reading one on a
+    CPU, so everything here is a reduction that reads the node without temporaries; cdist
+    without the matrix-product shortcut computes the centred row norms exactly that way."""
+    flat = p.movedim(bd, 0).reshape(n, -1)
+    if flat.dtype in _LOW_PRECISION:
+        # The model computed in half precision; its statistics need not (cdist has no half
+        # kernel on CPU, and squared norms overflow float16).
+        flat = flat.float()
+        tangent = tangent.float() if tangent is not None else None
+    m = flat.mean(0)
+    distance = torch.cdist(flat[None], m[None, None], compute_mode="donot_use_mm_for_euclid_dist")
+    stats = {"m": m, "b": distance.view(n).square()}
+    if tangent is not None:
+        # Reduced over all other dims in place: a reshape would copy a tangent whose probe
+        # dimension vmap keeps in another position.
+        others = [d for d in range(tangent.dim()) if d != bd]
+        stats["a"] = torch.linalg.vector_norm(tangent, dim=others).square() if others else tangent.square()
+    if signs:
+        stats["pos"] = (flat > 0).sum(0, dtype=torch.int32)
+    if bn_input and bd == 0 and p.dim() >= 2:
+        # Per channel (dim 1) over the batch and all positions, as BatchNorm computes them
+        # (its own kernel is several times faster than var_mean over those dimensions).
+        _, mean, invstd = torch.native_batch_norm(p, None, None, None, None, True, 0.0, 0.0)
+        count = p.numel() // p.shape[1]
+        stats["chan_mean"] = mean
+        stats["chan_var"] = invstd.pow(-2) * (count / max(count - 1, 1))  # unbiased, as PyTorch keeps it
+    return stats
+
+
+class _NodeAcc:
+    """One node's statistics accumulated over the batches (float64, on the device)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None  # sum over units of the squared deviations
+        self.a: list[torch.Tensor] = []
+        self.b: list[torch.Tensor] = []
+        self.has_tangent = True
+        self.pos: torch.Tensor | None = None
+        self.chan_mean: list[torch.Tensor] = []
+        self.chan_var: list[torch.Tensor] = []
+
+    def add(self, s: dict) -> None:
+        n_g = s["b"].shape[0]
+        m = s["m"].double()
+        m2 = s["b"].double().sum()
+        if self.mean is None:
+            self.n, self.mean, self.m2 = n_g, m, m2
+        else:
+            # Chan et al.'s pairwise combination: exact, and no cancellation when the
+            # mean is large compared with the spread (neuron bias near 1).
+            total = self.n + n_g
+            delta = m - self.mean
+            self.m2 = self.m2 + m2 + delta.square().sum() * (self.n * n_g / total)
+            self.mean = self.mean + delta * (n_g / total)
+            self.n = total
+        self.b.append(s["b"].double())
+        if "a" in s:
+            self.a.append(s["a"].double())
+        else:
+            self.has_tangent = False
+        if "pos" in s:
+            self.pos = s["pos"] if self.pos is None else self.pos + s["pos"]
+        if "chan_mean" in s:
+            self.chan_mean.append(s["chan_mean"])
+            self.chan_var.append(s["chan_var"])
+
+
+@dataclass
+class _NodeAccResult:
+    acc: _NodeAcc | None
+    info: _NodeInfo
+    name: str
