@@ -209,7 +209,12 @@ def test_huge_fixture_is_analysed_on_meta(caplog):
     graph = model.graph
     assert graph is not None and graph.model.lm_head.weight.is_meta
     assert "above the memory budget" in caplog.text
-    assert [f.code for f in result.findings] == ["ARC901"]  # fx cannot trace its assert
+    # fx cannot trace its assert (ARC901); the model is never measured, and says so (ARC905);
+    # the question only a measurement could answer (its output NLC: attention is not
+    # predicted) stays as predicted, with the reason, instead of being dropped.
+    assert [f.code for f in result.findings] == ["ARC101", "ARC901", "ARC905"]
+    question = result.findings[0]
+    assert question.status == "predicted" and "memory budget" in question.reason
     cfg = graph.model.config
     d, v, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
     # Tied wte/lm_head counted once: the size is the architecture's, not a guess.
@@ -235,8 +240,9 @@ def test_huge_fixture_peak_memory_stays_under_2_gib():
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, cwd=REPO, timeout=300)
     first, _, stdout = out.stdout.partition("\n")
     code, maxrss_kib = map(int, first.split())
-    assert code == 0, out.stdout + out.stderr  # the informational ARC901 does not fail a run
+    # Neither the informational ARC901 and ARC905 nor an unanswered question fail a run.
+    assert code == 0, out.stdout + out.stderr
     findings = json.loads(stdout)
-    assert [f["code"] for f in findings] == ["ARC901"]
+    assert [f["code"] for f in findings] == ["ARC101", "ARC901", "ARC905"]
     print(f"peak RSS linting {HUGE.name}: {maxrss_kib / 1024:.0f} MiB")
     assert maxrss_kib < 2 * 1024 * 1024

@@ -11,7 +11,9 @@ from torch import nn
 
 from archlint.graph import ArchGraph
 from archlint.measure.data import _resolve_inputs
-from archlint.measure.model import _dtype_name, _model_device, _resolve_device, _Runnable
+from archlint import device as device_setting
+from archlint import dtypes
+from archlint.measure.model import _model_device, _Runnable
 from archlint.measure.plan import POPULATION_PROBES, PROBES, _Plan
 from archlint.measure.report import MeasureError, Report
 from archlint.trace import trace
@@ -49,7 +51,7 @@ def measure(
     started = time.perf_counter()
     if probes < 1:
         raise ValueError("probes must be at least 1")
-    target = _resolve_device(device)
+    target = device_setting.resolve(device)
     # Tracing runs the model as it is (dropout included): the global RNG is put back after.
     with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
         report = _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes,
@@ -87,11 +89,11 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         try:
             precise = plan.run(_Runnable(graph, model, target, dtype=torch.float64))
         except Exception as exc:  # a model that cannot run in float64 keeps its own numbers
-            result.notes.append(f"float64 re-check failed ({type(exc).__name__}: {exc}); numbers are {_dtype_name(result.dtype)}")
+            result.notes.append(f"float64 re-check failed ({type(exc).__name__}: {exc}); numbers are {dtypes.name(result.dtype)}")
         else:
             precise.notes.insert(0, "float64 re-check of: " + ", ".join(result.reasons))
             precise.output_nlc_float32 = result.report_nodes()[graph.output].nlc
-            precise.output_by_dtype = {_dtype_name(result.dtype): result.report_nodes()[graph.output]}
+            precise.output_by_dtype = {dtypes.name(result.dtype): result.report_nodes()[graph.output]}
             result = precise
     report = result.report(model_name=graph.name, device=str(target))
     report.output_by_dtype = {**result.output_by_dtype, report.dtype: report.output_stats}

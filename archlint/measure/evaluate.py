@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from archlint.measure.model import _dtype_name, _Runnable
+from archlint import dtypes
+from archlint.measure.model import _Runnable
 from archlint.measure.report import NodeStats, Report, SegmentStats
-from archlint.measure.runner import _LOW_PRECISION, _groups, _NodeAcc, _NodeInfo, _PassResult
+from archlint.measure.runner import _groups, _NodeAcc, _NodeInfo, _PassResult
 
 if TYPE_CHECKING:
     from archlint.measure.plan import _Plan
@@ -150,8 +151,8 @@ class _Result:
         out = self.main[self.graph.output]
         if out.nlc is not None and out.nlc > PRECISION_NLC:
             reasons.append(f"{self.graph.output} (NLC {out.nlc:.3g} > {PRECISION_NLC:g})")
-        low = sorted({n.dtype for n in self.graph if n.dtype in ("float16", "bfloat16")} | (
-            {_dtype_name(self.dtype)} if self.dtype in _LOW_PRECISION else set()))
+        low = sorted({n.dtype for n in self.graph if n.dtype in dtypes.LOW_PRECISION} | (
+            {dtypes.name(self.dtype)} if dtypes.name(self.dtype) in dtypes.LOW_PRECISION else set()))
         if low and self.dtype != torch.float64:
             reasons.append(f"{'/'.join(low)} computation (precision check)")
         for values in [self.main] + ([self.pop] if self.pop else []):
@@ -178,7 +179,7 @@ class _Result:
         for name in self.plan.wanted:
             node, v = self.graph[name], self.main[name]
             s = NodeStats(name=node.name, kind=node.kind.value, op=node.op, status=v.status, nlc=v.nlc, nlc_se=v.se,
-                          dtype=_dtype_name(self.dtype), **v.stats)
+                          dtype=dtypes.name(self.dtype), **v.stats)
             if self.pop is not None:
                 p = self.pop[node.name]
                 s.nlc_population, s.nlc_population_se, s.status_population = p.nlc, p.se, p.status
@@ -188,7 +189,7 @@ class _Result:
     def report(self, model_name: str, device: str) -> Report:
         segments = {}
         for key, v in self.segs.items():
-            seg = SegmentStats(start=key[0], end=key[1], status=v.status, nlc=v.nlc, nlc_se=v.se, dtype=_dtype_name(self.dtype))
+            seg = SegmentStats(start=key[0], end=key[1], status=v.status, nlc=v.nlc, nlc_se=v.se, dtype=dtypes.name(self.dtype))
             if key in self.pop_segs:
                 p = self.pop_segs[key]
                 seg.nlc_population, seg.nlc_population_se, seg.status_population = p.nlc, p.se, p.status
@@ -199,7 +200,7 @@ class _Result:
             output=self.graph.output,
             mode=self.mode,
             device=device,
-            dtype=_dtype_name(self.dtype),
+            dtype=dtypes.name(self.dtype),
             batch_size=plan.batch_size,
             samples=_groups(plan.args[0].shape[plan.batch_dims[0]], plan.batch_size, self.mode == "train-bn")[-1][1],
             probes=self.probes,
@@ -215,7 +216,7 @@ class _Result:
 def _run_notes(run: _Runnable) -> list[str]:
     notes = []
     if not run.in_place:
-        notes.append(f"measured a copy of the model on {run.device} ({_dtype_name(run.dtype)})")
+        notes.append(f"measured a copy of the model on {run.device} ({dtypes.name(run.dtype)})")
     return notes
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
+from archlint import patterns
 from archlint.graph import ArchGraph, OpKind
 from archlint.measure.evaluate import _Result
 from archlint.measure.model import _configure, _is_fresh, _measuring, _Runnable
@@ -209,23 +210,11 @@ def _fusable(graph: ArchGraph, run: _Runnable, batch_bns: list[_BatchNorm], batc
 
 
 def _sources(graph: ArchGraph) -> list[str]:
-    """Where the tangent enters: the floating-point inputs; for integer inputs (token ids) the
-    embedding outputs computed from them, else the first floating-point node they feed."""
-    inputs = graph.inputs
-    floats = [n.name for n in inputs if _is_float_dtype(n.dtype)]
-    integer = {n.name for n in inputs if not _is_float_dtype(n.dtype)}
-    if not integer:
-        return floats
-    fed = [n for n in graph if n.kind != OpKind.INPUT and _is_float_dtype(n.dtype) and graph.ancestors(n.name) & integer]
-    embeddings = [n.name for n in fed if n.kind == OpKind.EMBEDDING]
-    extra = (embeddings or [fed[0].name]) if fed else []
-    if not floats and not extra:
+    """Where the tangent enters: where the signal enters for the rules too (``patterns.sources``)."""
+    sources = patterns.sources(graph)
+    if not sources:
         raise MeasureError("no floating-point node depends on the inputs: nothing to measure")
-    return floats + extra
-
-
-def _is_float_dtype(dtype: str | None) -> bool:
-    return dtype in ("float16", "bfloat16", "float32", "float64")
+    return sources
 
 
 def _trace_batch(graph: ArchGraph, batch_dims: list[int]) -> int | None:

@@ -11,6 +11,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.func import jvp, vmap
 
+from archlint import dtypes
 from archlint.graph import Node
 from archlint.measure.overrides import _MeasureMode
 from archlint.measure.report import MeasureError
@@ -18,7 +19,6 @@ from archlint.trace import execute
 
 # Half precision: node statistics are computed in float32 (_node_stats), and such a model
 # is always re-checked in float64 (evaluate._Result._doubts).
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -265,7 +265,7 @@ def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, 
     CPU, so everything here is a reduction that reads the node without temporaries; cdist
     without the matrix-product shortcut computes the centred row norms exactly that way."""
     flat = p.movedim(bd, 0).reshape(n, -1)
-    if flat.dtype in _LOW_PRECISION:
+    if dtypes.name(flat.dtype) in dtypes.LOW_PRECISION:
         # The model computed in half precision; its statistics need not (cdist has no half
         # kernel on CPU, and squared norms overflow float16).
         flat = flat.float()

@@ -81,9 +81,15 @@ def evidence(f: Finding) -> dict:
 def fails(f: Finding) -> bool:
     """Whether a finding makes the run fail (exit 1): not dismissed, and its rule counts.
 
-    Informational meta diagnostics such as ARC901 set ``AFFECTS_EXIT = False``.
+    Informational meta diagnostics such as ARC901 set ``AFFECTS_EXIT = False``. A question
+    only the measurement could answer (``needs_measurement``: nothing was predicted) that
+    stayed unanswered because the model was not measured is reported, never dropped, but has
+    no value on either side of its threshold: it does not fail the run (ARC905 says why it
+    was not measured).
     """
     from archlint import rule as rules_api
 
+    if f.needs_measurement and f.status == "predicted":
+        return False
     rule = rules_api.registry().get(f.code)
     return f.status != "dismissed" and (rule is None or rule.affects_exit)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from archlint import dtypes
 from archlint.graph import ArchGraph, Node, OpKind
 from archlint.predict.chains import _float64_module
 from archlint.predict.integrals import _gaussian_map
@@ -69,7 +70,7 @@ def predict(graph: ArchGraph, *, input_moments: tuple[float, ...] | None = None,
     mean0 = moments[2] if len(moments) == 3 else 0.0
     given: dict[str, _State | _Missing] = {}
     for k, node in enumerate(graph.of_kind(OpKind.INPUT)):
-        if _is_float(node.dtype):
+        if dtypes.is_floating(node.dtype):
             modes = _input_modes(node, m0, v0, -2 * k - 2) if finite_width else None
             given[node.name] = _State(M=m0, v=v0, mean=mean0, N=v0, modes=modes)
         else:
@@ -178,8 +179,3 @@ def _state_of(pred: Prediction, name: str, *, fresh_nlc: bool) -> _State | _Miss
     if not p.predicted:
         return _Missing(p.reason or "not predicted")
     return _State(M=p.M, v=p.v, mean=p.mean, N=p.v if fresh_nlc else 0.0)
-
-
-def _is_float(dtype: str | None) -> bool:
-    t = getattr(torch, dtype, None) if dtype else None
-    return isinstance(t, torch.dtype) and t.is_floating_point
