@@ -186,7 +186,9 @@ class _Site:
     activation: str
     form: str                      # slope | gain | interpolate
     hook_path: str                 # the module whose call the calibration pass intercepts
-    fn: Callable | None = None     # tau (gain: the activation; interpolate: the module)
+    # tau (gain: the activation; interpolate: the module's forward, which bypasses the
+    # calibration hooks on that module)
+    fn: Callable | None = None
     base: float = 0.0              # slope: the original negative slope
     span: Span | None = None
     act_path: str | None = None    # slope/interpolate: the module replaced
@@ -293,7 +295,7 @@ def _sites(model: nn.Module, graph: ArchGraph) -> tuple[list[_Site], list[Activa
             where = _forward_lines(m)
             if where:
                 custom_lines.append(where)
-            sites.append(_Site(path, type(m).__name__, "interpolate", path, fn=m, act_path=path, span=_span_of(graph, path)))
+            sites.append(_Site(path, type(m).__name__, "interpolate", path, fn=m.forward, act_path=path, span=_span_of(graph, path)))
     seen_modules: set[str] = set()
     gain_producers: set[str] = set()
     for node in graph.of_kind(OpKind.ACTIVATION):
@@ -317,14 +319,14 @@ def _sites(model: nn.Module, graph: ArchGraph) -> tuple[list[_Site], list[Activa
                                span=node.span, act_path=path, inplace=bool(getattr(module, "inplace", False))))
         elif act in SATURATING and producer is not None and producer not in gain_producers:
             gain_producers.add(producer)
-            fn = _float64(module) if module is not None else _FUNCTIONS[act]
+            fn = module.forward if module is not None else _FUNCTIONS[act]
             if path is not None:
                 seen_modules.add(path)
             sites.append(_Site(path or node.name, act if module is None else type(module).__name__, "gain", producer,
                                fn=fn, span=graph[node.inputs[0]].span))
         elif module is not None:
             seen_modules.add(path)
-            sites.append(_Site(path, type(module).__name__, "interpolate", path, fn=module, span=node.span, act_path=path))
+            sites.append(_Site(path, type(module).__name__, "interpolate", path, fn=module.forward, span=node.span, act_path=path))
         elif act in _FUNCTIONS and producer is not None and producer not in gain_producers:
             gain_producers.add(producer)
             sites.append(_Site(node.name, act, "gain", producer, fn=_FUNCTIONS[act], span=graph[node.inputs[0]].span))
@@ -332,10 +334,6 @@ def _sites(model: nn.Module, graph: ArchGraph) -> tuple[list[_Site], list[Activa
             unchanged.append(ActivationChange(node.name, act, "unchanged", None, "", span=node.span,
                                               reason=f"functional {act} in forward() with no Linear/Conv/norm of its own before it; use a module"))
     return sites, unchanged
-
-
-def _float64(module: nn.Module) -> Callable:
-    return lambda h: module(h)
 
 
 def _span_of(graph: ArchGraph, path: str) -> Span | None:
@@ -440,7 +438,8 @@ def _apply(model: nn.Module, sites: list[_Site], knobs: dict[str, float]) -> Non
                     module.bias.mul_(k)
             continue
         old = model.get_submodule(site.act_path)
-        new = nn.LeakyReLU(negative_slope=k, inplace=site.inplace) if site.form == "slope" else Interpolated(old, k)
+        # In-place leaky_relu has no derivative for negative slopes (torch refuses it).
+        new = nn.LeakyReLU(negative_slope=k, inplace=site.inplace and k >= 0) if site.form == "slope" else Interpolated(old, k)
         new.train(old.training)
         _replace(model, old, new)
 
