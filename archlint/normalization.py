@@ -69,10 +69,12 @@ _FUNCTIONS = {
     **SATURATING, "gelu": F.gelu, "silu": F.silu, "elu": F.elu, "selu": F.selu, "celu": F.celu,
     "mish": F.mish, "softplus": F.softplus,
 }
-SLOPE_RANGE = (-1.0, 1.0)
+# Each knob's range, from its most linear value to its most nonlinear one.
+SLOPE_RANGE = (1.0, -1.0)
 GAIN_RANGE = (1 / 64, 64.0)
 ALPHA_RANGE = (0.0, 3.0)
-BISECTION_STEPS = 40
+GRID = 25
+BISECTION_STEPS = 30
 DEFAULT_SAMPLES = 256
 
 
@@ -200,6 +202,7 @@ class _Site:
 
     @property
     def bounds(self) -> tuple[float, float]:
+        """(the knob's most linear value, its most nonlinear one)."""
         return {"slope": SLOPE_RANGE, "gain": GAIN_RANGE, "interpolate": ALPHA_RANGE}[self.form]
 
     def function(self, knob: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -347,29 +350,29 @@ def _span_of(graph: ArchGraph, path: str) -> Span | None:
 # The calibration pass
 
 
-def _bisect(f: Callable[[float], float], lo: float, hi: float, target: float, log: bool) -> float:
-    """x in [lo, hi] with f(x) = target for a monotone f (either direction); the nearer end
-    when the target is out of range."""
-    to = (lambda x: math.log(x)) if log else (lambda x: x)
-    back = (lambda y: math.exp(y)) if log else (lambda y: y)
-    a, b = to(lo), to(hi)
-    fa, fb = f(back(a)), f(back(b))
-    if not (math.isfinite(fa) and math.isfinite(fb)):
-        return back(a) if math.isfinite(fa) else back(b)
-    increasing = fb >= fa
-    low_val, high_val = (fa, fb) if increasing else (fb, fa)
-    if target <= low_val:
-        return back(a if increasing else b)
-    if target >= high_val:
-        return back(b if increasing else a)
-    for _ in range(BISECTION_STEPS):
-        mid = (a + b) / 2
-        fm = f(back(mid))
-        if (fm < target) == increasing:
-            a = mid
-        else:
-            b = mid
-    return back((a + b) / 2)
+def _solve(f: Callable[[float], float], linear_end: float, far_end: float, target: float, log: bool) -> float:
+    """The knob nearest the linear end with f(knob) = target: a grid scan from the linear end
+    finds the first crossing, bisection refines it. A layer NLC need not be monotone in the
+    knob (an interpolation past 1 passes through an even function, then flattens again), so
+    where no grid point reaches the target the closest one is taken, not an end."""
+    to = math.log if log else (lambda v: v)
+    back = math.exp if log else (lambda v: v)
+    a, b = to(linear_end), to(far_end)
+    grid = [a + (b - a) * i / (GRID - 1) for i in range(GRID)]
+    values = [f(back(g)) for g in grid]
+    for i in range(1, GRID):
+        lo, hi, f_lo, f_hi = grid[i - 1], grid[i], values[i - 1], values[i]
+        if math.isfinite(f_lo) and math.isfinite(f_hi) and (f_lo - target) * (f_hi - target) <= 0:
+            for _ in range(BISECTION_STEPS):
+                mid = (lo + hi) / 2
+                f_mid = f(back(mid))
+                if (f_mid - target) * (f_lo - target) <= 0:
+                    hi = mid
+                else:
+                    lo, f_lo = mid, f_mid
+            return back((lo + hi) / 2)
+    finite = [(abs(v - target), g) for g, v in zip(grid, values) if math.isfinite(v)]
+    return back(min(finite)[1]) if finite else back(a)
 
 
 def _run_pass(model: nn.Module, args: tuple, sites: list[_Site], per_layer: float | None, knobs: dict[str, float] | None) -> tuple[dict[str, float], dict[str, float]]:
@@ -397,8 +400,8 @@ def _run_pass(model: nn.Module, args: tuple, sites: list[_Site], per_layer: floa
                 return None
             if site.name not in chosen:
                 if per_layer is not None:
-                    lo, hi = site.bounds
-                    knob = _bisect(lambda k: layer_nlc(site.function(k), h), lo, hi, per_layer, log=site.form == "gain")
+                    linear_end, far_end = site.bounds
+                    knob = _solve(lambda k: layer_nlc(site.function(k), h), linear_end, far_end, per_layer, log=site.form == "gain")
                 else:
                     knob = (knobs or {}).get(site.name, site.neutral)
                 chosen[site.name] = knob
