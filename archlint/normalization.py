@@ -524,7 +524,7 @@ def normalize(
     tolerance: float = 0.03,
     max_steps: int = 8,
     samples: int = DEFAULT_SAMPLES,
-    device: str = "cpu",
+    device: str = "auto",
     seed: int = 0,
     graph: ArchGraph | None = None,
 ) -> Normalized:
@@ -538,6 +538,9 @@ def normalize(
     from archlint.trace import trace
 
     args = _inputs(model, inputs, samples, seed)
+    # The calibration passes run the model where it lives.
+    home = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
+    args = tuple(a.to(home) for a in args)
     if args[0].shape[0] < 8:
         raise NormalizeError(f"normalising needs a sample of at least 8 rows, got {args[0].shape[0]}")
     work = copy.deepcopy(model)
