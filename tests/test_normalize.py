@@ -142,3 +142,29 @@ def test_fix_writes_leaky_relu_slopes_at_the_construction_site(tmp_path):
     assert "nn.LeakyReLU(negative_slope=0.52, inplace=True)" in new
     assert new.replace("nn.LeakyReLU(negative_slope=0.52, inplace=True)", "nn.ReLU(inplace=True)") == src
     assert any("not written" in n for n in notes)
+
+
+def test_cli_prints_the_changes_and_fix_writes_the_slopes(tmp_path):
+    from click.testing import CliRunner
+
+    from archlint.cli import main
+
+    src = (
+        "import torch.nn as nn\n\n\n"
+        "class Small(nn.Sequential):\n"
+        "    def __init__(self):\n"
+        "        layers = []\n"
+        "        for _ in range(6):\n"
+        "            layers += [nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU()]\n"
+        "        super().__init__(*layers, nn.Linear(32, 4))\n"
+    )
+    path = tmp_path / "small.py"
+    path.write_text(src)
+    result = CliRunner().invoke(main, ["normalize", str(path), "--target", "1.5", "--diff"])
+    assert result.exit_code == 0, result.output
+    assert "Small: NLC" in result.output and "-> nn.LeakyReLU(negative_slope=" in result.output
+    assert "+            layers += [nn.Linear(32, 32), nn.BatchNorm1d(32), nn.LeakyReLU(negative_slope=" in result.output
+    assert path.read_text() == src  # --diff leaves the file alone
+    result = CliRunner().invoke(main, ["normalize", str(path), "--target", "1.5", "--fix"])
+    assert result.exit_code == 0, result.output
+    assert "nn.LeakyReLU(negative_slope=" in path.read_text() and "nn.ReLU()" not in path.read_text()
