@@ -7,11 +7,12 @@ without paying for torch.
 model (see ``archlint.measure``). ``archlint.measure`` is the submodule, made callable, so
 that ``archlint.measure(model)``, ``from archlint.measure import Report`` and
 ``from archlint import measure`` all keep meaning the same thing; it is imported (with torch)
-on first use.
+on first use. ``archlint.normalize(model, inputs=None, *, target=2.0)`` returns a copy of
+the model whose NLC at initialisation is the target (``archlint.normalization``).
 """
 
 __version__ = "0.1.0"
-__all__ = ["measure", "__version__"]
+__all__ = ["measure", "normalize", "__version__"]
 
 
 def __getattr__(name: str):
@@ -21,4 +22,9 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("archlint.measure")
+    if name == "normalize":
+        # The function; its module is archlint.normalization (Interpolated, the result types).
+        from archlint.normalization import normalize
+
+        return normalize
     raise AttributeError(f"module 'archlint' has no attribute {name!r}")

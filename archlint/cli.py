@@ -329,5 +329,12 @@ def rule_cmd(code: str | None, show_all: bool, output_format: str) -> None:
         click.echo("\n\n".join(page(r) for r in chosen))
 
 
+# normalize and profile live in their own module (archlint.tools_cli).
+from archlint.tools_cli import normalize_cmd, profile_cmd  # noqa: E402
+
+main.add_command(normalize_cmd)
+main.add_command(profile_cmd)
+
+
 if __name__ == "__main__":
     main()
