@@ -34,6 +34,8 @@ class ModelResult:
     name: str
     graph: ArchGraph | None
     measured: Any = None
+    # The measurement was the screening one (one batch, no population pass, some nodes).
+    screened: bool = False
 
 
 def _no_progress(stage: str, model: str | None = None, span: Span | None = None, findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
@@ -216,6 +218,7 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
             report = _measure(graph, entry, settings, target, [], screening=True)
             if not _found_by_measurement(graph, report, settings, static):
                 graph.measured = model_result.measured = report
+                model_result.screened = True
                 return findings
         report = _measure(graph, entry, settings, target, static, screening=False)
     except Exception as exc:  # the model's code may fail on the measurement batch

@@ -147,7 +147,8 @@ def profile_cmd(path, output, model_expr, inputs_expr, input_shape, seed) -> Non
     for m in models:
         graph = m.graph
         report = graph.measured
-        if report is None:
+        # A clean model got the screening measurement only: the profile wants every node.
+        if report is None or m.screened:
             report = measure_mod.measure(graph.model, _sample(graph, settings, measure_mod.MIN_SAMPLES), graph=graph,
                                          device=settings.device, batch_size=settings.batch_size, seed=settings.seed)
         findings = [f for f in result.findings if f.model == graph.name and not f.is_meta and f.status != "dismissed"]
