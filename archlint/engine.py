@@ -34,6 +34,8 @@ class ModelResult:
     name: str
     graph: ArchGraph | None
     measured: Any = None
+    # The discovered or configured entry the model was built from (its explicit inputs).
+    entry: Any = None
 
 
 def _no_progress(stage: str, model: str | None = None, span: Span | None = None, findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
@@ -68,7 +70,14 @@ def check_file(path: str | Path, settings: Settings, progress: Callable[..., Non
                 _check_module(module, path, settings, sites, result, progress)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))
-    return _finish(result, settings, source)
+    result = _finish(result, settings, source)
+    if settings.fixes:
+        # Fixes are proposed for the findings as the user sees them (suppressed ones are
+        # gone); each is verified by checking an edited copy of the file.
+        from archlint.fix import verify
+
+        verify.attach_fixes(result, settings, source)
+    return result
 
 
 def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult, progress: Callable[..., None]) -> None:
@@ -100,7 +109,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     for bm in built:
         progress("forward", bm.entry.name, bm.entry.span, result.findings)
         graph = _trace_model(bm, module, path, settings, sites, result)
-        model_result = ModelResult(bm.entry.name, graph)
+        model_result = ModelResult(bm.entry.name, graph, entry=bm.entry)
         result.models.append(model_result)
         if graph is None:
             continue
@@ -195,28 +204,12 @@ def _run_context(settings: Settings) -> rules_api.RunContext:
 
 def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Settings, target: torch.device, model_result: ModelResult) -> list[Finding]:
     """Measure the model once and let each rule confirm or dismiss its own findings."""
-    from archlint import inputs as inputs_mod
-    from archlint import measure as measure_mod
-
     # A segment that starts where the signal enters is the end node's own NLC, which every
     # measurement has: only the others need their own probes.
     sources = set(patterns.sources(graph))
     segments = sorted({f.segment for f in findings if f.segment is not None and f.segment[0] not in sources})
-    if entry.inputs or settings.inputs:
-        # Explicit inputs are the batch the user wants measured.
-        batch: Any = graph.example_inputs
-    elif settings.data:
-        batch = settings.data
-    elif settings.input_shape:
-        spec = inputs_mod.parse_input_shape(settings.input_shape)
-        batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
-    else:
-        batch = None
     try:
-        report = measure_mod.measure(
-            graph.model, batch, graph=graph, device=target,
-            batch_size=settings.batch_size, seed=settings.seed, segments=segments,
-        )
+        report = measure_graph(graph, entry, settings, target, segments)
     except Exception as exc:  # the model's code may fail on the measurement batch
         reason = f"not verified: the measurement failed ({type(exc).__name__}: {exc})"
         log.warning("%s: %s", graph.name, reason)
@@ -233,6 +226,28 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
     return out
+
+
+def measure_graph(graph: ArchGraph, entry: Any, settings: Settings, target: torch.device, segments: list[tuple[str, str]]) -> Any:
+    """Measure a traced model on the batch the settings ask for (the verification pass, and
+    a fixed model's verification in archlint.fix)."""
+    from archlint import inputs as inputs_mod
+    from archlint import measure as measure_mod
+
+    if entry.inputs or settings.inputs:
+        # Explicit inputs are the batch the user wants measured.
+        batch: Any = graph.example_inputs
+    elif settings.data:
+        batch = settings.data
+    elif settings.input_shape:
+        spec = inputs_mod.parse_input_shape(settings.input_shape)
+        batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
+    else:
+        batch = None
+    return measure_mod.measure(
+        graph.model, batch, graph=graph, device=target,
+        batch_size=settings.batch_size, seed=settings.seed, segments=segments,
+    )
 
 
 def _finish(result: FileResult, settings: Settings, source: str | None) -> FileResult:
