@@ -11,4 +11,8 @@ def location(f: Finding, ctx: Context) -> str:
 
 
 def render(findings: list[Finding], ctx: Context) -> str:
-    return "".join(f"{location(f, ctx)}: {f.code} {f.message} [{f.status}]\n" for f in findings)
+    # ruff's "[*]": a verified fix is available (--fix applies it).
+    return "".join(
+        f"{location(f, ctx)}: {f.code}{' [*]' if f.autofix is not None and f.autofix.verified else ''} {f.message} [{f.status}]\n"
+        for f in findings
+    )

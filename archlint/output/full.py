@@ -14,7 +14,8 @@ def _fmt(value: float | None) -> str:
 def render(findings: list[Finding], ctx: Context) -> str:
     out = []
     for f in findings:
-        out.append(f"{location(f, ctx)}: {f.code} [{f.status}] {f.message}\n")
+        mark = " [*]" if f.autofix is not None and f.autofix.verified else ""
+        out.append(f"{location(f, ctx)}: {f.code}{mark} [{f.status}] {f.message}\n")
         lines = ctx.sources.get(f.span.path, "").splitlines()
         if 1 <= f.span.line <= len(lines):
             text = lines[f.span.line - 1]
@@ -37,5 +38,8 @@ def render(findings: list[Finding], ctx: Context) -> str:
             out.append(f"  = why: {f.explanation}\n")
         if f.fix:
             out.append(f"  = help: {f.fix}\n")
+        if f.autofix is not None:
+            kind = "fix" if f.autofix.verified else "suggestion"
+            out.append(f"  = {kind}: {f.autofix.summary}\n")
         out.append("\n")
     return "".join(out)
