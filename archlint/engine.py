@@ -76,6 +76,8 @@ def check_file(path: str | Path, settings: Settings, progress: Callable[..., Non
         # gone); each is verified by checking an edited copy of the file.
         from archlint.fix import verify
 
+        # A worker that dies now (a timeout) keeps the findings, without fixes.
+        progress("fix", findings=result.findings)
         verify.attach_fixes(result, settings, source)
     return result
 
