@@ -40,8 +40,9 @@ CASES = [
     ("ARC105/bad_unscaled_branches.py", "ARC105", set()),
     ("ARC103/bad_bn_relu_stack.py", "ARC103", set()),
     # The README's architectures: each becomes a model archlint passes.
+    # (architectures/bad_relu_on_logits.py is ARC301/bad_relu_on_logits.py byte for byte:
+    # test_the_architecture_relu_on_logits_is_the_arc301_fixture.)
     ("architectures/bad_hot_tanh_mlp.py", "ARC104", set()),
-    ("architectures/bad_relu_on_logits.py", "ARC301", set()),
     # ConfigurableMLP needs its arguments (ARC903 says how): not something to fix.
     ("example_model.py", "ARC103", {"ARC903"}),
     # VGG-19 becomes VGG-19-BN; about a minute, so only on request.
@@ -95,6 +96,10 @@ def test_fix_makes_the_expected_diff_and_leaves_nothing_of_the_rule(tmp_path, ca
     # Idempotence: the re-check proposes no verified fix, so a second --fix changes nothing.
     assert not [f for f in left if f["fix"] and f["fix"]["applicability"] == "safe"]
     assert result.exit_code == (1 if allowed else 0)
+
+
+def test_the_architecture_relu_on_logits_is_the_arc301_fixture():
+    assert (FIXTURES / "architectures" / "bad_relu_on_logits.py").read_bytes() == (FIXTURES / "ARC301" / "bad_relu_on_logits.py").read_bytes()
 
 
 def test_a_second_fix_changes_nothing(tmp_path):
@@ -241,3 +246,43 @@ def _parses(text: str) -> bool:
 def test_libcst_round_trips_every_fixture_byte_for_byte(path):
     text = path.read_text(encoding="utf-8")
     assert libcst.parse_module(text).code == text
+
+
+# -- the fixers' arithmetic and edits, without a model -----------------------------------
+
+
+def test_leaky_relu_layer_nlc_and_its_inverse():
+    from archlint.fix.leaky_slope import layer_nlc, slope_for
+
+    # BN-ReLU's 1.211 per layer (the rule's documented rate); a linear unit is 1.
+    assert layer_nlc(0.0) == pytest.approx(1.211, abs=1e-3)
+    assert layer_nlc(1.0) == pytest.approx(1.0)
+    for slope in (0.1, 0.38, 0.51, 0.9):
+        assert slope_for(layer_nlc(slope)) == pytest.approx(slope, abs=1e-9)
+    assert slope_for(1.3) is None  # more nonlinear than a ReLU: no slope gets there
+
+
+def test_branch_scale_brings_the_block_halfway_to_the_threshold():
+    from archlint.fix.branch_scale import alpha
+
+    block, ratio, threshold = 1.48, 1.0, 1.3
+    a = alpha(block, ratio, threshold)
+    k = 1 / ratio
+    branch_sq = block**2 * (k**2 + 1) - k**2
+    scaled = ((k / a) ** 2 + branch_sq) / ((k / a) ** 2 + 1)
+    # Rounded down to two digits: at or just below 1.15.
+    assert 1.1 < scaled**0.5 <= 1.15
+    assert alpha(1.1, 1.0, 1.3) is None  # already within halfway
+
+
+def test_groupnorm_keeps_eps_and_affine_and_drops_momentum():
+    import libcst as cst
+
+    from archlint.fix.groupnorm import _group_norm, _groups
+
+    call = cst.parse_expression("nn.BatchNorm2d(c, 1e-3, 0.1, False, track_running_stats=True)")
+    new = _group_norm("nn", call, _groups(48))
+    assert cst.Module([]).code_for_node(new) == "nn.GroupNorm(24, c, eps=1e-3, affine=False)"
+    call = cst.parse_expression("nn.BatchNorm1d(num_features=64, momentum=0.01)")
+    assert cst.Module([]).code_for_node(_group_norm("nn", call, 1)) == "nn.GroupNorm(1, 64)"
+    assert _groups(64) == 32 and _groups(48) == 24 and _groups(7) == 7

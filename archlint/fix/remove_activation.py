@@ -80,8 +80,11 @@ def _module(ctx: FixContext, node, what: str) -> Proposal | None:
     kept = _argument_of(use) if use.args else None
     if kept is None:
         return None
+    # The assignment goes with it, unless a comment sits on its line (kept, with the module).
+    commented = stmt.trailing_whitespace.comment is not None or any(line.comment for line in stmt.leading_lines)
+    mapping = {use: kept} if commented else {use: kept, stmt: cst.RemoveFromParent()}
     return Proposal(
-        src.replaced({use: kept, stmt: cst.RemoveFromParent()}),
+        src.replaced(mapping),
         f"remove self.{attribute} ({what}) on the logits: return {src.code(kept)} unchanged",
     )
 

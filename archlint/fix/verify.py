@@ -121,7 +121,8 @@ def check_copy(before: Any, settings: Any, code: str, fixed: list) -> tuple[bool
                 return False, f"not verified: {problem}"
             return _measured(before, models, fixed, settings)
         finally:
-            sys.path.remove(str(path.parent))
+            # The entry appended above: the last one equal to it.
+            del sys.path[len(sys.path) - 1 - sys.path[::-1].index(str(path.parent))]
 
 
 def _compare(before: Any, after: Any, models: dict, fixed: list) -> str | None:
