@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from archlint import cli
+from archlint import cli, worker
 from archlint.config import Settings, UsageError, load_config
 from archlint.engine import check_file
 from archlint.fix import apply
@@ -52,6 +52,13 @@ CASES = [
         id="architectures/bad_vgg19_no_bn.py",
     ),
 ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """--no-isolation prepares this process as a worker, with a thread per core: on a
+    shared machine two threads make the measurements many times slower (conftest)."""
+    monkeypatch.setattr(worker, "prepare_process", lambda: None)
 
 
 def fixture_options(path) -> list[str]:
@@ -286,3 +293,38 @@ def test_groupnorm_keeps_eps_and_affine_and_drops_momentum():
     call = cst.parse_expression("nn.BatchNorm1d(num_features=64, momentum=0.01)")
     assert cst.Module([]).code_for_node(_group_norm("nn", call, 1)) == "nn.GroupNorm(1, 64)"
     assert _groups(64) == 32 and _groups(48) == 24 and _groups(7) == 7
+
+
+FUNCTIONAL = '''import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 128)
+        self.fc2 = nn.Linear(128, 10)
+        self.out_act = nn.ReLU()
+
+    def forward(self, x, functional: bool = True):
+        x = F.relu(self.fc1(x))
+        return F.relu(self.fc2(x))  # logits
+'''
+
+
+@pytest.mark.parametrize("forward, fixed", [
+    ("        return F.relu(self.fc2(x))  # logits\n", "        return self.fc2(x)  # logits\n"),
+    ("        return self.out_act(self.fc2(x))\n", "        return self.fc2(x)\n"),
+], ids=["functional", "attribute"])
+def test_activation_on_logits_in_forward_is_removed(tmp_path, forward, fixed):
+    path = tmp_path / "net.py"
+    source = FUNCTIONAL.replace("        return F.relu(self.fc2(x))  # logits\n", forward)
+    path.write_text(source)
+    (f,) = check_file(path, Settings(fixes=True)).findings
+    assert f.code == "ARC301" and f.autofix.verified, f.autofix
+    _, new, _ = apply.fixed_text(path, [f.autofix])
+    expected = source.replace(forward, fixed)
+    if "out_act(" in forward:
+        # The module's assignment goes with its only use.
+        expected = expected.replace("        self.out_act = nn.ReLU()\n", "")
+    assert new == expected

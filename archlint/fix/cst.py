@@ -179,11 +179,6 @@ def callee_name(call: cst.Call) -> str | None:
     return None
 
 
-def statement(code: str, like: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
-    """A new statement line with ``code``, without ``like``'s comments."""
-    return cst.parse_statement(code)  # type: ignore[return-value]
-
-
 def insert_after(stmt: cst.SimpleStatementLine, *lines: str) -> cst.FlattenSentinel:
     """``stmt`` followed by the statements ``lines`` (same block, same indentation)."""
     return cst.FlattenSentinel([stmt, *(cst.parse_statement(line) for line in lines)])

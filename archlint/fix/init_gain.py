@@ -19,7 +19,7 @@ import libcst as cst
 
 from archlint import patterns
 from archlint.fix.base import FixContext, Proposal
-from archlint.fix.cst import Source, number, self_attribute
+from archlint.fix.cst import Source, insert_after, number, self_attribute
 from archlint.graph import OpKind
 
 SATURATING = {"tanh", "sigmoid", "hardtanh", "softsign", "hardsigmoid"}
@@ -68,8 +68,6 @@ def rescale(src: Source, layer, ratio: float, std: float, purpose: str) -> Propo
     if ref is None or ref.after is None or nn is None:
         return None
     line = f"{nn}.init.normal_({ref.expr}.weight, std={number(std * ratio)})"
-    from archlint.fix.cst import insert_after
-
     return Proposal(src.replaced({ref.after: insert_after(ref.after, line)}), f"initialise {ref.expr} with {purpose}: {line}")
 
 
