@@ -41,13 +41,14 @@ def propose(ctx: FixContext) -> Proposal | None:
             continue
         element = src.parent(layer_call)
         container = src.parent(element) if element is not None else None
-        if container is None or container in mapping:
-            continue
-        items = _items(container)
+        items = _items(container) if container is not None else None
         if items is None:
             continue
         index = next((i for i, e in enumerate(items) if e is element), None)
         if index is None or index + 1 >= len(items) or items[index + 1].value is not act_call:
+            continue
+        # A literal in a loop builds many layers: one insertion per place in the code.
+        if index in dict(mapping.get(container, ())):
             continue
         channels = _out_channels(layer_call)
         if channels is None:
