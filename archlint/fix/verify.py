@@ -59,7 +59,7 @@ def attach_fixes(result: Any, settings: Any, source: str | None) -> None:
     except Exception as exc:  # libcst cannot parse what Python imported: no fixes
         log.warning("%s: no fixes: libcst cannot parse the file (%s)", result.path, exc)
         return
-    verified = []
+    proposals: dict[int, Fix] = {}
     for i in todo:
         f = result.findings[i]
         try:
@@ -67,39 +67,58 @@ def attach_fixes(result: Any, settings: Any, source: str | None) -> None:
         except Exception as exc:  # a fixer's bug must not cost the user their findings
             log.warning("%s: the %s fixer failed (%s: %s)", result.path, f.code, type(exc).__name__, exc)
             proposal = None
-        if proposal is None or proposal.code == source:
-            continue
-        edits = line_edits(source, proposal.code)
-        if settings.verify:
-            ok, outcome = check_copy(result, settings, proposal.code, [f])
-        else:
-            ok, outcome = False, "not verified: --no-verify measures nothing"
-        result.findings[i] = dataclasses.replace(f, autofix=Fix(proposal.message, edits, ok, outcome, digest))
+        if proposal is not None and proposal.code != source:
+            proposals[i] = Fix(proposal.message, line_edits(source, proposal.code), source_hash=digest)
+    if not proposals:
+        return
+    if not settings.verify:
+        for i, fix in proposals.items():
+            _give(result, i, dataclasses.replace(fix, outcome="not verified: --no-verify measures nothing"))
+        return
+    # The fixes that can go together (no shared lines) are first checked together: one
+    # check of the file instead of one per fix. If they pass, each is verified (and applied
+    # in this round); otherwise, and for the rest, each fix is checked on its own, and one
+    # is applied per round of --fix.
+    together: list[int] = []
+    for i, fix in proposals.items():
+        if not any(overlaps(fix.edits, proposals[j].edits) for j in together):
+            together.append(i)
+    if len(together) > 1:
+        code = apply_edits(source, [e for i in together for e in proposals[i].edits])
+        ok, outcomes = check_copy(result, settings, code, [result.findings[i] for i in together])
         if ok:
-            verified.append(i)
-    chosen: list[int] = []
-    for i in verified:
-        if not any(overlaps(result.findings[i].autofix.edits, result.findings[j].autofix.edits) for j in chosen):
-            chosen.append(i)
-    if len(chosen) > 1:
-        # Fixes verified one by one may not work together: the combination is checked too,
-        # else one fix is applied per round of --fix.
-        edits = [e for i in chosen for e in result.findings[i].autofix.edits]
-        ok, _ = check_copy(result, settings, apply_edits(source, edits), [result.findings[i] for i in chosen])
-        if not ok:
-            chosen = chosen[:1]
-    for i in chosen:
-        f = result.findings[i]
-        result.findings[i] = dataclasses.replace(f, autofix=dataclasses.replace(f.autofix, apply_now=True))
+            for i, outcome in zip(together, outcomes):
+                note = f", together with {len(together) - 1} other fix{'es' if len(together) > 2 else ''} of this file"
+                _give(result, i, dataclasses.replace(proposals[i], verified=True, outcome=outcome + note, apply_now=True))
+            for i in proposals:
+                if i not in together:
+                    _give(result, i, _alone(result, settings, source, proposals[i], i, apply_now=False))
+            return
+    first = True
+    for i, fix in proposals.items():
+        checked = _alone(result, settings, source, fix, i, apply_now=first)
+        first = first and not checked.verified
+        _give(result, i, checked)
+
+
+def _give(result: Any, i: int, fix: Fix) -> None:
+    result.findings[i] = dataclasses.replace(result.findings[i], autofix=fix)
+
+
+def _alone(result: Any, settings: Any, source: str, fix: Fix, i: int, apply_now: bool) -> Fix:
+    """``fix`` checked on its own; ``apply_now`` if verified and asked for."""
+    ok, outcomes = check_copy(result, settings, apply_edits(source, fix.edits), [result.findings[i]])
+    return dataclasses.replace(fix, verified=ok, outcome=outcomes[0], apply_now=ok and apply_now)
 
 
 def _standing(findings: list) -> dict[tuple[str | None, str], Any]:
     return {(f.model, f.code): f for f in findings if not f.is_meta and f.status != "dismissed"}
 
 
-def check_copy(before: Any, settings: Any, code: str, fixed: list) -> tuple[bool, str]:
+def check_copy(before: Any, settings: Any, code: str, fixed: list) -> tuple[bool, list[str]]:
     """Check ``code`` as the file of ``before`` (a FileResult with its models); ``fixed``
-    are the findings the edit is meant to remove. Returns (verified, what was found)."""
+    are the findings the edit is meant to remove. Returns whether it is verified, and per
+    fixed finding what was measured (or, for all, why it is not verified)."""
     from archlint import engine
 
     path = Path(before.path)
@@ -118,7 +137,7 @@ def check_copy(before: Any, settings: Any, code: str, fixed: list) -> tuple[bool
             models = {m.name: m for m in after.models if m.graph is not None}
             problem = _compare(before, after, models, fixed)
             if problem is not None:
-                return False, f"not verified: {problem}"
+                return False, [f"not verified: {problem}"] * len(fixed)
             return _measured(before, models, fixed, settings)
         finally:
             # The entry appended above: the last one equal to it.
@@ -156,7 +175,7 @@ def _shapes(graph: Any) -> tuple:
     return inputs, tuple(out) if out is not None else None
 
 
-def _measured(before: Any, models: dict, fixed: list, settings: Any) -> tuple[bool, str]:
+def _measured(before: Any, models: dict, fixed: list, settings: Any) -> tuple[bool, list[str]]:
     """Measure the fixed models of ``fixed``: the verified message, or why there is none."""
     from archlint import device, engine
 
@@ -169,11 +188,11 @@ def _measured(before: Any, models: dict, fixed: list, settings: Any) -> tuple[bo
         try:
             report = engine.measure_graph(new.graph, new.entry, settings, target, [segment] if segment else [])
         except Exception as exc:  # the fixed model's code fails on the measurement batch
-            return False, f"not verified: the fixed model could not be measured ({type(exc).__name__}: {exc})"
+            return False, [f"not verified: the fixed model could not be measured ({type(exc).__name__}: {exc})"] * len(fixed)
         nlc_before = old.measured.output_nlc if old.measured is not None else None
         nlc_after = report.output_nlc
         if nlc_after is None:
-            return False, f"not verified: the fixed model's NLC could not be measured (signal {report.status})"
+            return False, [f"not verified: the fixed model's NLC could not be measured (signal {report.status})"] * len(fixed)
         text = f"NLC {fmt(nlc_before)} -> {fmt(nlc_after)}"
         rule = rules_api.get(f.code)
         try:
@@ -182,5 +201,5 @@ def _measured(before: Any, models: dict, fixed: list, settings: Any) -> tuple[bo
             value = None
         if value is not None and f.measured is not None:
             text += f", {rule.name} {fmt(f.measured)} -> {fmt(value)}"
-        parts.append(text)
-    return True, "fix verified: " + "; ".join(parts)
+        parts.append("fix verified: " + text)
+    return True, parts
