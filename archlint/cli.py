@@ -428,13 +428,20 @@ def rule_cmd(code: str | None, show_all: bool, output_format: str) -> None:
             raise click.UsageError(f"unknown rule {code!r}; `archlint rule --all` lists them")
     else:
         raise click.UsageError("give a rule code (e.g. ARC103) or --all")
+    from archlint.fix.registry import has_fixer
+
+    # ruff's wording: a fix exists for some of the rule's findings (those it can verify).
+    def availability(r) -> str:
+        return "Fix is sometimes available." if has_fixer(r.code) else "Fix is not available."
+
     if output_format == "json":
         click.echo(json.dumps([
-            {"code": r.code, "name": r.name, "severity": r.severity, "summary": r.summary, "options": r.options, "explanation": r.doc}
+            {"code": r.code, "name": r.name, "severity": r.severity, "summary": r.summary, "options": r.options,
+             "fix_availability": "Sometimes" if has_fixer(r.code) else "None", "explanation": r.doc}
             for r in chosen
         ], indent=2))
     else:
-        click.echo("\n\n".join(f"# {r.code} {r.name} ({r.severity})\n\n{r.doc}" for r in chosen))
+        click.echo("\n\n".join(f"# {r.code} {r.name} ({r.severity})\n\n{availability(r)}\n\n{r.doc}" for r in chosen))
 
 
 if __name__ == "__main__":

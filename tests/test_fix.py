@@ -328,3 +328,14 @@ def test_activation_on_logits_in_forward_is_removed(tmp_path, forward, fixed):
         # The module's assignment goes with its only use.
         expected = expected.replace("        self.out_act = nn.ReLU()\n", "")
     assert new == expected
+
+
+def test_the_rule_command_says_whether_a_fix_exists():
+    from archlint.fix.registry import FIXERS
+
+    assert set(FIXERS) == {"ARC103", "ARC104", "ARC105", "ARC201", "ARC205", "ARC301", "ARC303"}
+    text = CliRunner().invoke(cli.main, ["rule", "ARC301"]).output
+    assert "Fix is sometimes available." in text
+    assert "Fix is not available." in CliRunner().invoke(cli.main, ["rule", "ARC101"]).output
+    data = json.loads(CliRunner().invoke(cli.main, ["rule", "--all", "--output-format", "json"]).output)
+    assert {r["code"] for r in data if r["fix_availability"] == "Sometimes"} == set(FIXERS)
