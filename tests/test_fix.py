@@ -339,3 +339,20 @@ def test_the_rule_command_says_whether_a_fix_exists():
     assert "Fix is not available." in CliRunner().invoke(cli.main, ["rule", "ARC101"]).output
     data = json.loads(CliRunner().invoke(cli.main, ["rule", "--all", "--output-format", "json"]).output)
     assert {r["code"] for r in data if r["fix_availability"] == "Sometimes"} == set(FIXERS)
+
+
+def test_a_worker_that_times_out_while_verifying_fixes_keeps_its_findings(tmp_path):
+    """The edited copy hangs when imported: the file's findings stay, without fixes."""
+    import logging
+
+    from archlint.worker import Isolated
+
+    source = (FIXTURES / "ARC205" / "bad_hot_head.py").read_text()
+    hang = 'import time\nif "archlint-fix-" in __file__:\n    time.sleep(600)\n'
+    path = tmp_path / "hot_head.py"
+    path.write_text(source.replace("import torch.nn as nn\n", "import torch.nn as nn\n" + hang, 1))
+    with Isolated(timeout=25.0, log_level=logging.WARNING) as isolated:
+        result = isolated.analyse(path, Settings(fixes=True))
+    assert result.failure and "time" in result.failure
+    (f,) = result.findings
+    assert f.code == "ARC205" and f.status == "confirmed" and f.autofix is None
