@@ -268,7 +268,8 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
             if f.span.path not in sources:
                 sources[f.span.path] = read_source(Path(f.span.path)) or ""
     if fixing.show and fixed:
-        click.echo(_fixed_list(fixed), nl=False)
+        # A summary, so stderr: stdout stays a valid document in every format.
+        click.echo(_fixed_list(fixed), nl=False, err=True)
     if not fixing.only:
         _write(_render(output_format, statistics, findings, os.getcwd(), sources), output_file)
     failing = [f for f in findings if output.fails(f)]

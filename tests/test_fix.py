@@ -112,7 +112,11 @@ def test_the_architecture_relu_on_logits_is_the_arc301_fixture():
 def test_a_second_fix_changes_nothing(tmp_path):
     path = tmp_path / "bad_hot_head.py"
     shutil.copy(FIXTURES / "ARC205" / "bad_hot_head.py", path)
-    assert run("--fix", "-q", str(path)).exit_code == 0
+    first = run("--fix", "--show-fixes", "-q", "--output-format", "json", str(path))
+    assert first.exit_code == 0
+    # The list of what was fixed goes to stderr: stdout stays valid JSON.
+    assert json.loads(first.stdout) == []
+    assert "Fixed 1 finding:" in first.stderr and "1 x ARC205 (output-scale)" in first.stderr
     fixed = path.read_bytes()
     result = run("--fix", "--output-format", "concise", str(path))
     assert result.exit_code == 0
