@@ -87,7 +87,11 @@ def main() -> None:
 @click.option("--force-exclude", is_flag=True, help="Apply the exclusions to files named on the command line too (pre-commit names every file it checks).")
 @click.option("-n", "--no-cache", is_flag=True, envvar="ARCHLINT_NO_CACHE", help="Neither read nor write the cache. [env: ARCHLINT_NO_CACHE]")
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="ARCHLINT_CACHE_DIR", help=f"Where to keep the cache (default: {CACHE_DIR_NAME} next to the nearest config, else in the current directory). [env: ARCHLINT_CACHE_DIR]")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, memory_budget, show_dismissed, timeout, memory_limit, no_isolation, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir) -> None:
+@click.option("--fix", is_flag=True, help="Apply the verified fixes (each was checked and measured on an edited copy first), then report what is left. Fixes change what the model computes: review them.")
+@click.option("--diff", "show_diff", is_flag=True, help="Print the verified fixes as a unified diff and change nothing; exit 1 when there is something to fix.")
+@click.option("--fix-only", is_flag=True, help="Apply the verified fixes and report nothing else (exit 0).")
+@click.option("--show-fixes", is_flag=True, help="Propose and verify fixes and show them with the findings; with --fix, also list what was fixed.")
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, memory_budget, show_dismissed, timeout, memory_limit, no_isolation, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir, fix, show_diff, fix_only, show_fixes) -> None:
     """Lint model files and directories (directories are walked for *.py files).
 
     Each file is analysed in its own worker process with a time and a memory limit; a file
@@ -99,6 +103,9 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
 
     Exit status: 0 no findings, 1 findings, 2 usage error or internal crash.
     """
+    fixing = FixMode(apply=fix or fix_only, diff=show_diff, only=fix_only, show=show_fixes)
+    if fixing.diff and fixing.apply:
+        raise click.UsageError("--diff changes nothing: it cannot be combined with --fix or --fix-only")
     log_level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=log_level, format="archlint: %(message)s", stream=sys.stderr)
     try:
@@ -123,6 +130,7 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         raise click.UsageError(str(exc)) from exc
     for file_settings in settings.values():
         file_settings.memory_budget = budget
+        file_settings.fixes = fixing.wanted
     if not files:
         if not quiet:
             click.echo("archlint: no model files to check", err=True)
@@ -136,11 +144,11 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     try:
         if no_isolation:
             worker.prepare_process()
-            code = _run(files, settings, output_format, statistics, output_file, quiet, worker.analyse_in_process, store)
+            code = _run(files, settings, output_format, statistics, output_file, quiet, worker.analyse_in_process, store, fixing)
         else:
             verify = any(s.verify for s in settings.values())
             with worker.Isolated(timeout, memory_bytes, log_level, verify=verify) as isolated:
-                code = _run(files, settings, output_format, statistics, output_file, quiet, isolated.analyse, store)
+                code = _run(files, settings, output_format, statistics, output_file, quiet, isolated.analyse, store, fixing)
     except KeyboardInterrupt:
         # The worker is already killed (Isolated.__exit__); no traceback for a Ctrl-C.
         click.echo("archlint: interrupted", err=True)
@@ -219,16 +227,17 @@ def _file_settings(files: list[Path], cli_options: dict) -> dict[Path, Settings]
     return {path: resolve_settings(path, cli_options, finder.config_for(path)) for path in files}
 
 
-def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, analyse: worker.Analyse, store=None) -> int:
+def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, analyse: worker.Analyse, store=None, fixing: "FixMode | None" = None) -> int:
     """``analyse(path, settings) -> FileResult`` is the per-file seam: in a worker process
     (the default) or in this one (``--no-isolation``); ``store`` answers unchanged files
     from the cache."""
     from archlint import output
 
-    findings = []
-    sources: dict[str, str] = {}
-    n_models = n_cached = 0
-    for path in files:
+    fixing = fixing or FixMode()
+    n_cached = 0
+
+    def one(path: Path):
+        nonlocal n_cached
         if not quiet:
             click.echo(f"archlint: checking {path}", err=True)
         result = store.get(path) if store is not None else None
@@ -239,6 +248,18 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
             # A crash, timeout or memory stop depends on the machine: not kept.
             if store is not None and result.failure is None:
                 store.put(path, result)
+        return result
+
+    results = {path: one(path) for path in files}
+    if fixing.diff:
+        return _show_diffs(results, quiet)
+    fixed: list = []
+    if fixing.apply:
+        fixed = _apply_fixes(results, one, quiet)
+    findings = []
+    sources: dict[str, str] = {}
+    n_models = 0
+    for result in results.values():
         if result.skipped:
             continue
         n_models += result.n_models
@@ -246,7 +267,11 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
         for f in result.findings:
             if f.span.path not in sources:
                 sources[f.span.path] = read_source(Path(f.span.path)) or ""
-    _write(_render(output_format, statistics, findings, os.getcwd(), sources), output_file)
+    if fixing.show and fixed:
+        # A summary, so stderr: stdout stays a valid document in every format.
+        click.echo(_fixed_list(fixed), nl=False, err=True)
+    if not fixing.only:
+        _write(_render(output_format, statistics, findings, os.getcwd(), sources), output_file)
     failing = [f for f in findings if output.fails(f)]
     if not quiet:
         by_status: dict[str, int] = {}
@@ -254,14 +279,100 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
             status = f.status or "diagnostic"
             by_status[status] = by_status.get(status, 0) + 1
         detail = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+        done = f"fixed {len(fixed)}, " if fixing.apply else ""
         click.echo(
-            f"archlint: {len(findings)} finding{'s' if len(findings) != 1 else ''}"
+            f"archlint: {done}{len(findings)} finding{'s' if len(findings) != 1 else ''}"
+            f"{' left' if fixing.apply else ''}"
             f"{f' ({detail})' if detail else ''} in {n_models} model{'s' if n_models != 1 else ''} "
             f"across {len(files)} file{'s' if len(files) != 1 else ''}"
             f"{f' ({n_cached} from the cache)' if n_cached else ''}",
             err=True,
         )
+    if fixing.only:
+        return EXIT_CLEAN
     return EXIT_FINDINGS if failing else EXIT_CLEAN
+
+
+class FixMode:
+    """What the fix options ask for: ``apply`` (--fix, --fix-only), ``diff`` (--diff),
+    ``only`` (--fix-only: no report), ``show`` (--show-fixes)."""
+
+    def __init__(self, apply: bool = False, diff: bool = False, only: bool = False, show: bool = False):
+        self.apply, self.diff, self.only, self.show = apply, diff, only, show
+
+    @property
+    def wanted(self) -> bool:
+        """Whether the engine proposes and verifies fixes (each costs a check of a copy)."""
+        return self.apply or self.diff or self.show
+
+
+# --fix repeats: a fix can uncover another, and fixes that failed together go one per round.
+MAX_FIX_ROUNDS = 4
+
+
+def _file_fixes(result) -> list:
+    return [f for f in result.findings if f.autofix is not None and f.autofix.verified and f.autofix.apply_now]
+
+
+def _apply_fixes(results: dict, analyse_one, quiet: bool) -> list:
+    """Apply the verified fixes, re-checking each rewritten file, until none is left;
+    ``results`` is updated in place. Returns the findings that were fixed."""
+    from archlint.fix import apply
+
+    fixed: list = []
+    for _ in range(MAX_FIX_ROUNDS):
+        changed = []
+        for path, result in results.items():
+            chosen = _file_fixes(result)
+            if not chosen:
+                continue
+            try:
+                if apply.write(path, [f.autofix for f in chosen]):
+                    fixed.extend(chosen)
+                    changed.append(path)
+            except apply.NotApplied as exc:
+                click.echo(f"archlint: {path}: fixes not applied: {exc}", err=True)
+        if not changed:
+            break
+        for path in changed:
+            results[path] = analyse_one(path)
+    return fixed
+
+
+def _show_diffs(results: dict, quiet: bool) -> int:
+    from archlint.fix import apply
+    from archlint.output import display_path
+
+    out = []
+    n = 0
+    for path, result in results.items():
+        chosen = _file_fixes(result)
+        if not chosen:
+            continue
+        try:
+            out.append(apply.diff(path, [f.autofix for f in chosen], display_path(str(path), os.getcwd())))
+            n += len(chosen)
+        except apply.NotApplied as exc:
+            click.echo(f"archlint: {path}: no diff: {exc}", err=True)
+    _write("".join(out), None)
+    if not quiet:
+        click.echo(f"archlint: {n} verified fix{'es' if n != 1 else ''} would be applied", err=True)
+    return EXIT_FINDINGS if n else EXIT_CLEAN
+
+
+def _fixed_list(fixed: list) -> str:
+    """ruff's --show-fixes list: per file, how many findings of each rule were fixed."""
+    from archlint.output import display_path
+
+    lines = [f"Fixed {len(fixed)} finding{'s' if len(fixed) != 1 else ''}:"]
+    by_file: dict[str, dict[str, int]] = {}
+    for f in fixed:
+        counts = by_file.setdefault(f.span.path, {})
+        counts[f"{f.code} ({f.name})"] = counts.get(f"{f.code} ({f.name})", 0) + 1
+    for path, counts in by_file.items():
+        lines.append(f"- {display_path(path, os.getcwd())}:")
+        lines.extend(f"    {n} x {what}" for what, n in sorted(counts.items()))
+    return "\n".join(lines) + "\n"
 
 
 def _render(output_format: str, statistics: bool, findings: list, root: str, sources: dict[str, str]) -> str:
@@ -320,9 +431,12 @@ def rule_cmd(code: str | None, show_all: bool, output_format: str) -> None:
             raise click.UsageError(f"unknown rule {code!r}; `archlint rule --all` lists them")
     else:
         raise click.UsageError("give a rule code (e.g. ARC103) or --all")
+    from archlint.fix.registry import has_fixer
+
     if output_format == "json":
         click.echo(json.dumps([
-            {"code": r.code, "name": r.name, "severity": r.severity, "summary": r.summary, "options": r.options, "explanation": r.doc}
+            {"code": r.code, "name": r.name, "severity": r.severity, "summary": r.summary, "options": r.options,
+             "fix_availability": "Sometimes" if has_fixer(r.code) else "None", "explanation": r.doc}
             for r in chosen
         ], indent=2))
     else:

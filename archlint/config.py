@@ -62,12 +62,21 @@ class Settings:
     config_selection: tuple[Selection, ...] = ()
     # Selectors of the per-file-ignores entries that match this file.
     per_file_ignores: tuple[str, ...] = ()
+    # Fixes (archlint.fix): ``fixes`` asks the engine to propose and verify them (--fix,
+    # --diff, --fix-only, --show-fixes); ``fixable``/``unfixable`` are ruff's per-rule
+    # settings (codes or prefixes; None: every rule with a fixer).
+    fixes: bool = False
+    fixable: tuple[str, ...] | None = None
+    unfixable: tuple[str, ...] = ()
 
     def is_selected(self, code: str) -> bool:
         layers = (*self.config_selection, Selection(self.select, self.extend_select, self.ignore))
         if not resolve_selection(code, layers):
             return False
         return _specificity(code, self.per_file_ignores) is None
+
+    def is_fixable(self, code: str) -> bool:
+        return is_selected(code, self.fixable if self.fixable is not None else ("ALL",), self.unfixable)
 
 
 def _specificity(code: str, prefixes: Iterable[str]) -> int | None:
@@ -200,6 +209,7 @@ def model_entries(config_file: Path, table: dict[str, Any]) -> list[ModelEntryCo
 CONFIG_KEYS = (
     "select", "extend-select", "ignore", "per-file-ignores",
     "device", "batch-size", "seed", "rules", "models", "exclude", "extend-exclude",
+    "fixable", "unfixable",
 )
 
 
@@ -273,6 +283,10 @@ def load_config(config_file: Path, table: dict[str, Any], rules: Mapping[str, An
         per_file.append((pattern, validate_codes(value, codes, f"{config_file}: {key}")))
 
     values: dict[str, Any] = {}
+    if "fixable" in table:
+        values["fixable"] = code_list("fixable")
+    if "unfixable" in table:
+        values["unfixable"] = code_list("unfixable")
     if "device" in table:
         if not isinstance(table["device"], str):
             raise UsageError(f"{config_file}: {section}device must be a string: auto, cpu, cuda or cuda:N; got {table['device']!r}")

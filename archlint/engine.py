@@ -36,6 +36,8 @@ class ModelResult:
     measured: Any = None
     # The measurement was the screening one (one batch, no population pass, some nodes).
     screened: bool = False
+    # The discovered or configured entry the model was built from (its explicit inputs).
+    entry: Any = None
 
 
 def _no_progress(stage: str, model: str | None = None, span: Span | None = None, findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
@@ -70,7 +72,16 @@ def check_file(path: str | Path, settings: Settings, progress: Callable[..., Non
                 _check_module(module, path, settings, sites, result, progress)
         except load.LoadError as exc:
             result.findings.append(rules_api.meta("ARC900", exc.message, exc.span))
-    return _finish(result, settings, source)
+    result = _finish(result, settings, source)
+    if settings.fixes:
+        # Fixes are proposed for the findings as the user sees them (suppressed ones are
+        # gone); each is verified by checking an edited copy of the file.
+        from archlint.fix import verify
+
+        # A worker that dies now (a timeout) keeps the findings, without fixes.
+        progress("fix", findings=result.findings)
+        verify.attach_fixes(result, settings, source)
+    return result
 
 
 def _check_module(module: Any, path: str, settings: Settings, sites: Any, result: FileResult, progress: Callable[..., None]) -> None:
@@ -104,7 +115,7 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
             log.info("%s: built as %s", bm.entry.name, bm.entry.built_as)
         progress("forward", bm.entry.name, bm.entry.span, result.findings)
         graph = _trace_model(bm, module, path, settings, sites, result)
-        model_result = ModelResult(bm.entry.name, graph)
+        model_result = ModelResult(bm.entry.name, graph, entry=bm.entry)
         result.models.append(model_result)
         if graph is None:
             continue
@@ -215,12 +226,16 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     try:
         report = None
         if not static:
-            report = _measure(graph, entry, settings, target, [], screening=True)
+            report = measure_graph(graph, entry, settings, target, [], screening=True)
             if not _found_by_measurement(graph, report, settings, static):
                 graph.measured = model_result.measured = report
                 model_result.screened = True
                 return findings
-        report = _measure(graph, entry, settings, target, static, screening=False)
+        # A segment that starts where the signal enters is the end node's own NLC, which every
+        # measurement has: only the others need their own probes.
+        sources = set(patterns.sources(graph))
+        segments = sorted({f.segment for f in static if f.segment is not None and f.segment[0] not in sources})
+        report = measure_graph(graph, entry, settings, target, segments)
     except Exception as exc:  # the model's code may fail on the measurement batch
         where = _user_frame_span(exc, graph.span.path) if graph.span is not None else None
         return rules_api.not_verified(graph.name, findings, f"the measurement failed ({type(exc).__name__}: {exc})", where or graph.span)
@@ -237,34 +252,6 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     return out + _found_by_measurement(graph, report, settings, static)
 
 
-def _measure(graph: ArchGraph, entry: Any, settings: Settings, target: torch.device, findings: list[Finding], *, screening: bool) -> Any:
-    from archlint import inputs as inputs_mod
-    from archlint import measure as measure_mod
-
-    # A segment that starts where the signal enters is the end node's own NLC, which every
-    # measurement has: only the others need their own probes.
-    sources = set(patterns.sources(graph))
-    segments = sorted({f.segment for f in findings if f.segment is not None and f.segment[0] not in sources})
-    if entry.inputs or settings.inputs:
-        # Explicit inputs are the batch the user wants measured.
-        batch: Any = graph.example_inputs
-    elif settings.data:
-        batch = settings.data
-    elif settings.input_shape or entry.input_shape:
-        spec = inputs_mod.parse_input_shape(settings.input_shape or entry.input_shape)
-        batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
-    else:
-        batch = None
-    screen = {"samples": settings.batch_size, "population": False, "nodes": patterns.screened_nodes(graph)} if screening else {}
-    # Seeded like the build: --data's function may draw random numbers too.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        return measure_mod.measure(
-            graph.model, batch, graph=graph, device=target,
-            batch_size=settings.batch_size, seed=settings.seed, segments=segments, **screen,
-        )
-
-
 def _found_by_measurement(graph: ArchGraph, report: Any, settings: Settings, static: list[Finding]) -> list[Finding]:
     """The rules' findings from the measurement alone, for rules whose static check found
     nothing in this model (where it did, that finding was judged by the same measurement)."""
@@ -276,6 +263,34 @@ def _found_by_measurement(graph: ArchGraph, report: Any, settings: Settings, sta
             continue
         found.extend(rule.find(graph, report, settings.rule_options.get(rule.name), context))
     return found
+
+
+def measure_graph(graph: ArchGraph, entry: Any, settings: Settings, target: torch.device,
+                  segments: list[tuple[str, str]], *, screening: bool = False) -> Any:
+    """Measure a traced model on the batch the settings ask for (the verification pass, and
+    a fixed model's verification in archlint.fix), seeded like the build: ``--data``'s
+    function may draw random numbers too. ``screening``: one batch, no population pass,
+    only the nodes the rules' ``find`` reads."""
+    from archlint import inputs as inputs_mod
+    from archlint import measure as measure_mod
+
+    if entry.inputs or settings.inputs:
+        # Explicit inputs are the batch the user wants measured.
+        batch: Any = graph.example_inputs
+    elif settings.data:
+        batch = settings.data
+    elif settings.input_shape or entry.input_shape:
+        spec = inputs_mod.parse_input_shape(settings.input_shape or entry.input_shape)
+        batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
+    else:
+        batch = None
+    screen = {"samples": settings.batch_size, "population": False, "nodes": patterns.screened_nodes(graph)} if screening else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        return measure_mod.measure(
+            graph.model, batch, graph=graph, device=target,
+            batch_size=settings.batch_size, seed=settings.seed, segments=segments, **screen,
+        )
 
 
 def _finish(result: FileResult, settings: Settings, source: str | None) -> FileResult:

@@ -81,6 +81,9 @@ class Finding:
     built_as: str | None = None
     # Free-form data a rule hands from its check() to its own confirm(); the engine never reads it.
     data: dict[str, Any] = field(default_factory=dict)
+    # The machine-applicable fix (archlint.fix.edits.Fix), when fixes were asked for and the
+    # rule has a fixer; ``fix`` above stays the human-readable help.
+    autofix: Any = None
 
     @property
     def is_meta(self) -> bool:
@@ -107,13 +110,17 @@ class Finding:
             with contextlib.suppress(TypeError, ValueError):
                 data[str(key)] = json.loads(json.dumps(value))
         out["data"] = data
+        out["autofix"] = self.autofix.to_dict() if self.autofix is not None else None
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Finding":
         """A finding from its fields as JSON gave them back (a worker's report, a cache entry)."""
+        from archlint.fix.edits import Fix
+
         segment = tuple(d["segment"]) if d.get("segment") is not None else None
-        return cls(**{**d, "span": Span(**d["span"]), "segment": segment})
+        autofix = Fix.from_dict(d["autofix"]) if d.get("autofix") else None
+        return cls(**{**d, "span": Span(**d["span"]), "segment": segment, "autofix": autofix})
 
 
 def _float(value: Any) -> float | None:

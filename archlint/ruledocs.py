@@ -22,9 +22,16 @@ DEFAULT_DIR = Path("docs") / "rules"
 INDEX = "index.md"
 
 
+def availability(rule: Rule) -> str:
+    """ruff's wording: a fix exists for some of the rule's findings (those it can verify)."""
+    from archlint.fix.registry import has_fixer
+
+    return "Fix is sometimes available." if has_fixer(rule.code) else "Fix is not available."
+
+
 def page(rule: Rule) -> str:
     """A rule's documentation as ``archlint rule CODE`` prints it (markdown)."""
-    return f"# {rule.code} {rule.name} ({rule.severity})\n\n{rule.doc}"
+    return f"# {rule.code} {rule.name} ({rule.severity})\n\n{availability(rule)}\n\n{rule.doc}"
 
 
 def filename(rule: Rule) -> str:

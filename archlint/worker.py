@@ -447,6 +447,10 @@ def _crashed(path: str, settings: Settings, state: _State, cause: str, stack_lin
     line = stack_line or state.line or 1
     span = Span.whole_line(path, line, (read_source(Path(path)) or "").splitlines())
     findings = list(state.findings)
+    if state.stage == "fix":
+        # The analysis was complete (its findings finalised); only proposing fixes died.
+        logging.getLogger("archlint").warning("%s: no fixes: proposing them %s", path, cause)
+        return FileResult(path, findings, n_models=len(state.models), failure=cause)
     if state.stage == "measure":
         # The model's findings were made; only their verification died with the process.
         model = state.model or "the model"

@@ -28,6 +28,9 @@ Bring the NLC into the band: skip connections (dilution), fewer nonlinear layers
 activation operated in its near-linear range (a smaller init gain for tanh: std
 1/sqrt(fan_in)), or nonlinearity normalisation (digest §5).
 
+No fix is offered (``--fix``): the NLC of a whole model has many causes; the more specific
+rules (ARC103, ARC104, ARC105) carry the fixes.
+
 ## Options
 - ``threshold`` (default 3.0): for models without convolutions, the top of the 1-3 band the
   guide found best for MLPs.

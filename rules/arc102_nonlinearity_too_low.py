@@ -26,6 +26,9 @@ Initialise for the activation's working range (tanh: std 1/sqrt(fan_in), i.e.
 ``nn.init.xavier_normal_`` or ``nn.init.normal_(w, std=fan_in ** -0.5)``), add normalisation
 before the activations, or use fewer layers.
 
+No fix is offered (``--fix``): making a model more nonlinear means choosing depth or
+activations, a design decision rather than a mechanical edit.
+
 ## Options
 - ``threshold`` (default 1.1): the NLC below which the model counts as effectively linear.
 - ``min-layers`` (default 3): fewer nonlinear layers than this are not looked at.

@@ -31,6 +31,11 @@ Move the operating point: initialise the preceding layer for the activation (tan
 (BatchNorm fixes it at N(0, gamma^2): ReLU 1.211, tanh 1.085 at gamma = 1), or choose an
 activation that is less nonlinear at that operating point.
 
+``--fix`` (verified), for saturating activations (tanh, sigmoid, ...): the layer before is
+initialised with gain 1 (std 1/sqrt(fan_in)), by rescaling the constant of its existing
+``nn.init`` call or adding one after its construction. Mostly-off ReLUs (a bias to remove)
+and even activations get no fix.
+
 ## Options
 - ``threshold`` (default 1.25): the per-layer NLC above which a layer is reported (BN-ReLU,
   1.211 per layer, is below it).

@@ -28,6 +28,11 @@ Scale the branch down at initialisation: zero-initialise its last BatchNorm's we
 learnable scale (``x + alpha * f(x)``, alpha 0.1-0.3: 40 BN-ReLU blocks measure NLC 1.03 at
 alpha = 0.1), or normalise the branch input rather than its output (pre-activation blocks).
 
+``--fix`` (verified): the last normalisation of the branch starts at the weight alpha that
+brings the block NLC halfway to the threshold (``nn.init.constant_(self.branch[-1].weight,
+0.39)``), or its last Linear/Conv's initial weights are scaled by alpha. Not zero: every
+block would be the identity and the network linear.
+
 ## Options
 - ``threshold`` (default 1.3): the block NLC above which a block is reported.
 

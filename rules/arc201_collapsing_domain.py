@@ -40,6 +40,11 @@ Re-centre the pre-activations (BatchNorm before the activations), add skip conne
 initialise for the activation (He init, std sqrt(2/fan_in), zero biases for ReLU), or use
 fewer layers.
 
+``--fix`` (verified): a BatchNorm of the layer's channels goes between each Linear/Conv and
+the activation that follows it in a list or ``nn.Sequential`` literal (VGG-19 becomes
+VGG-19-BN). Activations composed in ``forward`` get no fix, and the fix is not offered where
+the normalised stack trips another rule (a deep plain stack: ARC103).
+
 ## Options
 - ``threshold`` (default 0.98): pre-activation neuron bias above which the domain counts as
   collapsed: the input-dependent part is then under 20% of the RMS (sqrt(1 - 0.98^2)). The

@@ -22,6 +22,9 @@ Normalise (pre-LN/pre-BN residual blocks), scale the residual branches down (zer
 last layer of each branch, or x + alpha * f(x) with alpha ~ 1/sqrt(blocks)), or initialise
 at the critical scale.
 
+No fix is offered (``--fix``): which layer's init or which normalisation to change depends
+on where the growth starts; the finding says where.
+
 ## Options
 - ``threshold`` (default 100.0): the output/input RMS ratio above which growth is reported.
 

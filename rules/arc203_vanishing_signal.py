@@ -27,6 +27,9 @@ Initialise at the critical scale for the activation (ReLU: ``nn.init.kaiming_nor
 tanh: std 1/sqrt(fan_in)), or normalise (BatchNorm/LayerNorm) so that every layer's input has
 unit scale.
 
+No fix is offered (``--fix``): the remedy (He init, normalisation, fewer layers) depends on
+the architecture.
+
 ## Options
 - ``threshold`` (default 0.001): the features/input ratio of input-dependent std below
   which the signal counts as vanishing.

@@ -25,6 +25,9 @@ nn.init.constant_(self.fc.bias, -3.0)   # pre-activation mean/std ~ -3
 Centre the pre-activations (zero biases, BatchNorm before the activation), use He init, or
 an activation without a dead region (LeakyReLU with a sizeable slope, ELU, GELU).
 
+No fix is offered (``--fix``): removing a bias may be deliberate; re-initialising it is left
+to you.
+
 ## Options
 - ``threshold`` (default 0.5): the fraction of dead units above which a layer is reported.
 - ``batch`` (default 128): the number of inputs a unit must be off for to count as dead.

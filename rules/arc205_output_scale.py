@@ -24,6 +24,10 @@ nn.init.normal_(self.head.weight, std=1.0)   # logits std ~ sqrt(512) * input sc
 Initialise the output layer small (``std=1/sqrt(fan_in)`` or smaller; zero is fine for the
 last layer of a classifier), and its bias at zero (or at the log class priors).
 
+``--fix`` (verified) for a large output std: the output layer is initialised with gain 1
+(std 1/sqrt(fan_in)), editing its existing ``nn.init`` call or adding one. A
+constant-dominated output gets no fix.
+
 ## Options
 - ``max-std`` (default 5.0): the output std above which the scale is reported.
 - ``max-neuron-bias`` (default 0.9): the output neuron bias above which it is reported.

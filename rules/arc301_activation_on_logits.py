@@ -25,6 +25,10 @@ Return the final layer's output unchanged and let the loss apply softmax/sigmoid
 self.head = nn.Linear(128, 10)
 ```
 
+``--fix`` (verified): the activation is removed (the last element of an ``nn.Sequential``
+literal, a functional call in ``forward``, or a module called once); in the middle of a
+literal it becomes ``nn.Identity()`` so the state-dict keys stay.
+
 ## Options
 None.
 

@@ -24,6 +24,8 @@ def forward(self, x):
 Make the output a function of the input: remove the ``detach``/``zeros_like``, and use the
 argument you meant to use.
 
+No fix is offered (``--fix``): the input must be wired in by hand.
+
 ## Options
 None.
 

@@ -45,6 +45,9 @@ for images), or train with batches of 32 or more (gradient accumulation does not
 BatchNorm still sees the micro-batch). If the pretrained statistics are good, freeze the
 BatchNorm layers in eval mode while fine-tuning.
 
+``--fix`` (verified): each train-mode BatchNorm becomes ``nn.GroupNorm``: one group over
+features (``nn.GroupNorm(1, 64)``), up to 32 groups over maps.
+
 ## Options
 - ``warn-below`` (32): batch sizes below this are a warning.
 - ``error-at-most`` (4): batch sizes at or below this are an error.

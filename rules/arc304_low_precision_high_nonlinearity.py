@@ -28,6 +28,9 @@ Bring the NLC down first (skip connections, a gentler activation or operating po
 ARC101-ARC105), or keep the model in float32 (autocast only the layers that are safe, keep
 normalisation and the loss in float32).
 
+No fix is offered (``--fix``): the precision is chosen by the training code, not the model
+file.
+
 ## Options
 - ``threshold`` (100): the predicted NLC above which low precision is flagged.
 - ``disagreement`` (0.1): the relative difference between the low-precision and the float64

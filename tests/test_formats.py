@@ -358,3 +358,37 @@ def test_documented_problem_matcher_reads_concise_output(monkeypatch):
         assert (int(group("line")), int(group("column"))) == (item["location"]["row"], item["location"]["column"])
         assert group("code") == item["code"]
         assert group("message").startswith(item["message"])
+
+
+def test_fixes_in_sarif_validate_and_in_json_follow_ruff(tmp_path):
+    """A verified fix becomes a SARIF ``fixes`` entry (artifactChanges with replacements)
+    that validates against the schema, and ruff's JSON ``fix`` object; a suggestion is
+    JSON's ``display-only`` and no SARIF fix."""
+    from archlint.fix.edits import Fix, apply_edits, line_edits
+    from archlint.output import json_format
+
+    source = "import torch.nn as nn\nhead = nn.Linear(8, 4)\nnn.init.normal_(head.weight, std=1.0)\n"
+    fixed = source.replace("std=1.0", "std=0.35")
+    path = tmp_path / "net.py"
+    path.write_text(source)
+    fix = Fix("initialise head with gain 1", line_edits(source, fixed), verified=True, outcome="fix verified: NLC 2 -> 1.1")
+    verified = finding(path, 3, 0, 3, 38, autofix=fix)
+    suggestion = finding(path, 2, 0, 2, 22, autofix=Fix("a suggestion", fix.edits, outcome="not verified: the fix raises ARC103"))
+    log = json.loads(sarif.render([verified, suggestion], ctx(tmp_path)))
+    assert schema_errors(log) == []
+    with_fix, without = log["runs"][0]["results"]
+    assert "fixes" not in without
+    (change,) = with_fix["fixes"][0]["artifactChanges"]
+    assert change["artifactLocation"] == {"uri": "net.py", "uriBaseId": "%SRCROOT%"}
+    (replacement,) = change["replacements"]
+    assert replacement["deletedRegion"] == {"startLine": 3, "startColumn": 1, "endLine": 4, "endColumn": 1}
+    assert replacement["insertedContent"]["text"] == "nn.init.normal_(head.weight, std=0.35)\n"
+    assert with_fix["fixes"][0]["description"]["text"] == "initialise head with gain 1 (fix verified: NLC 2 -> 1.1)"
+
+    data = json.loads(json_format.render([verified, suggestion], ctx(tmp_path)))
+    assert data[0]["fix"]["applicability"] == "safe"
+    assert data[1]["fix"]["applicability"] == "display-only"
+    (edit,) = data[0]["fix"]["edits"]
+    assert edit == {"content": replacement["insertedContent"]["text"], "location": {"row": 3, "column": 1}, "end_location": {"row": 4, "column": 1}}
+    # The JSON edits, applied (columns back to 0-based), give the fixed file.
+    assert apply_edits(source, fix.edits) == fixed

@@ -46,6 +46,11 @@ def render(fmt: str, findings: list[Finding], ctx: Context) -> str:
     return renderers[fmt](findings, ctx)
 
 
+def fix_mark(f: Finding) -> str:
+    """ruff's `` [*]``: a verified fix is available (``--fix`` applies it)."""
+    return " [*]" if f.autofix is not None and f.autofix.verified else ""
+
+
 def status_tag(f: Finding) -> str:
     """`` [confirmed]`` after a rule's finding; nothing after a meta diagnostic (ARC9xx),
     which has no measurement status."""

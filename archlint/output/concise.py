@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from archlint.output import Context, display_path, status_tag
+from archlint.output import Context, display_path, fix_mark, status_tag
 from archlint.rule import Finding
 
 
@@ -11,4 +11,8 @@ def location(f: Finding, ctx: Context) -> str:
 
 
 def render(findings: list[Finding], ctx: Context) -> str:
-    return "".join(f"{location(f, ctx)}: {f.code} {f.message}{status_tag(f)}\n" for f in findings)
+    # ruff's "[*]": a verified fix is available (--fix applies it).
+    return "".join(
+        f"{location(f, ctx)}: {f.code}{fix_mark(f)} {f.message}{status_tag(f)}\n"
+        for f in findings
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from archlint.evidence import fmt, fmt_beside
-from archlint.output import Context, status_tag
+from archlint.output import Context, fix_mark, status_tag
 from archlint.output.concise import location
 from archlint.rule import Finding
 
@@ -11,7 +11,7 @@ from archlint.rule import Finding
 def render(findings: list[Finding], ctx: Context) -> str:
     out = []
     for f in findings:
-        out.append(f"{location(f, ctx)}: {f.code}{status_tag(f)} {f.message}\n")
+        out.append(f"{location(f, ctx)}: {f.code}{fix_mark(f)}{status_tag(f)} {f.message}\n")
         lines = ctx.sources.get(f.span.path, "").splitlines()
         if 1 <= f.span.line <= len(lines):
             text = lines[f.span.line - 1]
@@ -36,5 +36,8 @@ def render(findings: list[Finding], ctx: Context) -> str:
             out.append(f"  = why: {f.explanation}\n")
         if f.fix:
             out.append(f"  = help: {f.fix}\n")
+        if f.autofix is not None:
+            kind = "fix" if f.autofix.verified else "suggestion"
+            out.append(f"  = {kind}: {f.autofix.summary}\n")
         out.append("\n")
     return "".join(out)

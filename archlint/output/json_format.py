@@ -2,7 +2,10 @@
 
 ruff's fields: ``code``, ``message``, ``filename`` (absolute), ``location`` and
 ``end_location`` (``row``/``column``, 1-based; the end column exclusive), ``fix``,
-``noqa_row``, ``url``, ``cell``.
+``noqa_row``, ``url``, ``cell``. ``fix`` is ruff's object (``applicability``, ``message``,
+``edits`` with ``content``, ``location``, ``end_location``) when fixes were asked for
+(``--show-fixes``, ``--fix``, ``--diff``) and the rule has one: ``safe`` when the fix was
+verified (``--fix`` applies it), ``display-only`` when it is a suggestion.
 """
 
 from __future__ import annotations
@@ -24,11 +27,28 @@ def finding_dict(f: Finding) -> dict:
         "filename": f.span.path,
         "location": {"row": f.span.line, "column": f.span.col + 1},
         "end_location": {"row": end_line, "column": end_col + 1},
-        "fix": None,
+        "fix": fix_dict(f),
         "noqa_row": f.span.line,
         "url": rule_url(f.name),
         "severity": f.severity,
         **evidence(f),
+    }
+
+
+def fix_dict(f: Finding) -> dict | None:
+    if f.autofix is None:
+        return None
+    return {
+        "applicability": f.autofix.applicability,
+        "message": f.autofix.summary,
+        "edits": [
+            {
+                "content": e.content,
+                "location": {"row": e.line, "column": e.col + 1},
+                "end_location": {"row": e.end_line, "column": e.end_col + 1},
+            }
+            for e in f.autofix.edits
+        ],
     }
 
 

@@ -85,6 +85,21 @@ def result(f: Finding, ctx: Context, index: dict[str, int]) -> dict:
     out["message"] = {"text": f.message}
     out["locations"] = [{"physicalLocation": {"artifactLocation": artifact_location(f.span.path, ctx.root), "region": region(f.span)}}]
     out["properties"] = {k: v for k, v in evidence(f).items() if v is not None}
+    if f.autofix is not None and f.autofix.verified:
+        # Only verified fixes: SARIF has no notion of a suggestion that must not be applied.
+        out["fixes"] = [{
+            "description": {"text": f.autofix.summary},
+            "artifactChanges": [{
+                "artifactLocation": artifact_location(f.span.path, ctx.root),
+                "replacements": [
+                    {
+                        "deletedRegion": {"startLine": e.line, "startColumn": e.col + 1, "endLine": e.end_line, "endColumn": e.end_col + 1},
+                        "insertedContent": {"text": e.content},
+                    }
+                    for e in f.autofix.edits
+                ],
+            }],
+        }]
     return out
 
 
