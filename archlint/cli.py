@@ -323,7 +323,26 @@ def rule_cmd(code: str | None, show_all: bool, output_format: str) -> None:
             for r in chosen
         ], indent=2))
     else:
-        click.echo("\n\n".join(f"# {r.code} {r.name} ({r.severity})\n\n{r.doc}" for r in chosen))
+        click.echo("\n\n".join(rule_text(r) for r in chosen))
+
+
+def rule_text(r) -> str:
+    """A rule's documentation as `archlint rule CODE` prints it (Markdown; the language
+    server's hover shows the same)."""
+    return f"# {r.code} {r.name} ({r.severity})\n\n{r.doc}"
+
+
+@main.command()
+@click.option("--tcp", is_flag=True, help="Listen on a TCP port instead of stdio (for debugging the server).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on with --tcp.")
+@click.option("--port", type=int, default=2087, show_default=True, help="Port to listen on with --tcp.")
+def lsp(tcp: bool, host: str, port: int) -> None:
+    """Run the language server (stdio by default), for editors: see docs/editors.md."""
+    try:
+        from archlint.lsp import server
+    except ImportError as exc:
+        raise click.ClickException(f"the language server needs pygls ({exc}); install it with: pip install \"archlint[lsp]\"") from exc
+    server.main(tcp=tcp, host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,266 @@
+"""`archlint lsp` driven as an editor drives it: the real server over stdio, real workers,
+small model files in a temporary workspace.
+
+Each model check costs seconds (a child imports torch), so each test covers one flow end to
+end and most run with verification off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+pytest.importorskip("pygls")
+pytest_lsp = pytest.importorskip("pytest_lsp")
+
+from lsprotocol import types  # noqa: E402
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BAD_STACK = (REPO / "fixtures" / "ARC103" / "bad_bn_relu_stack.py").read_text(encoding="utf-8")
+STACK_LINE = "            layers += [nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU()]"
+# Runs must use the cache in the test that asks for one (tests/conftest.py turns it off).
+ENV = {k: v for k, v in os.environ.items() if k != "ARCHLINT_NO_CACHE"}
+# Generous: the machine running the suite may be loaded.
+WAIT = 90.0
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m", "archlint", "lsp"], server_env=ENV))
+async def client(lsp_client: LanguageClient):
+    published: list[types.PublishDiagnosticsParams] = []
+    handler = lsp_client.protocol.fm.features[types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS]
+
+    def record(*args):
+        published.append(args[-1])
+        return handler(*args)
+
+    lsp_client.protocol.fm.features[types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS] = record
+    lsp_client.published = published
+
+    # The test client lacks this request that editors answer (the server watches config files).
+    @lsp_client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def register(params: types.RegistrationParams) -> None:
+        lsp_client.registrations = params.registrations
+
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def start(client: LanguageClient, root: Path, editor: str = "visual-studio-code", **settings) -> None:
+    client.set_configuration({"archlint": settings})
+    await client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities(editor),
+        root_uri=root.as_uri(),
+        workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)],
+        initialization_options={"archlint": settings},
+    ))
+
+
+async def publishes(client: LanguageClient, uri: str, after: int, count: int = 1) -> list[types.PublishDiagnosticsParams]:
+    """The next ``count`` publishes for ``uri`` after index ``after`` of the record."""
+    end = time.monotonic() + WAIT
+    while time.monotonic() < end:
+        mine = [p for p in client.published[after:] if p.uri == uri]
+        if len(mine) >= count:
+            return mine[:count]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no diagnostics for {uri} within {WAIT} s; got {client.published[after:]}")
+
+
+def open_doc(client: LanguageClient, path: Path) -> str:
+    uri = path.as_uri()
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=uri, language_id="python", version=1, text=path.read_text(encoding="utf-8"))))
+    return uri
+
+
+def save(client: LanguageClient, path: Path, text: str, version: int) -> None:
+    """What an editor does on save: the buffer changes, then the file is written."""
+    uri = path.as_uri()
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text=text)]))
+    path.write_text(text, encoding="utf-8")
+    client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri)))
+
+
+def codes(params: types.PublishDiagnosticsParams) -> list[str]:
+    return [d.code for d in params.diagnostics]
+
+
+@pytest.mark.asyncio
+async def test_static_first_then_verified_then_settings_close_and_cache(client: LanguageClient, tmp_path: Path):
+    model = tmp_path / "net.py"
+    model.write_text(BAD_STACK, encoding="utf-8")
+    await start(client, tmp_path, verify=True)
+    uri = open_doc(client, model)
+
+    static, verified = await publishes(client, uri, 0, count=2)
+    assert codes(static) == ["ARC103"] and codes(verified) == ["ARC103"]
+    assert static.version == verified.version == 1
+    first, second = static.diagnostics[0], verified.diagnostics[0]
+    assert first.data == {"phase": "static", "status": "predicted", "predicted": pytest.approx(9.68, abs=0.01), "measured": None}
+    assert second.data["phase"] == "verified" and second.data["status"] == "confirmed" and second.data["measured"] > 3
+    assert second.source == "archlint" and second.severity == types.DiagnosticSeverity.Warning
+    assert second.code_description.href.endswith("/rules/deep-plain-stack")
+    # Line 10 (0-based 9), on `nn.Linear(width, width)`.
+    assert (second.range.start.line, second.range.start.character) == (9, STACK_LINE.index("nn.Linear"))
+    # The verified pass showed work-done progress, begun and ended.
+    kinds = [p.kind for reports in client.progress_reports.values() for p in reports]
+    assert kinds.count("begin") == 1 and kinds.count("end") == 1
+
+    # verify off, pushed by the client: the file is run again, statically only.
+    seen = len(client.published)
+    client.set_configuration({"archlint": {"verify": False}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    (off,) = await publishes(client, uri, seen)
+    assert codes(off) == ["ARC103"] and off.diagnostics[0].data["phase"] == "static"
+
+    # Closing clears the file's diagnostics.
+    seen = len(client.published)
+    client.text_document_did_close(types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri)))
+    (closed,) = await publishes(client, uri, seen)
+    assert closed.diagnostics == ()
+
+    # Verification back on: reopening answers from the cache with the verified result at once.
+    client.set_configuration({"archlint": {"verify": True}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    seen = len(client.published)
+    started = time.monotonic()
+    uri = open_doc(client, model)
+    (hit,) = await publishes(client, uri, seen)
+    assert time.monotonic() - started < 5
+    assert hit.diagnostics[0].data["phase"] == "verified" and hit.diagnostics[0].data["status"] == "confirmed"
+
+
+@pytest.mark.asyncio
+async def test_newest_save_wins(client: LanguageClient, tmp_path: Path):
+    model = tmp_path / "net.py"
+    model.write_text(BAD_STACK, encoding="utf-8")
+    await start(client, tmp_path, verify=False)
+    # Opening starts a run; two quick saves supersede it and then each other.
+    uri = open_doc(client, model)
+    seen = 0
+    save(client, model, BAD_STACK.replace("depth=12", "depth=10"), 2)
+    save(client, model, BAD_STACK.replace("depth=12", "depth=14"), 3)
+    (latest,) = await publishes(client, uri, seen)
+    assert latest.version == 3 and "14 Linear" in latest.diagnostics[0].message
+    # The earlier runs were cancelled: give them time to publish if they were still alive.
+    await asyncio.sleep(1.0)
+    assert [p for p in client.published[seen:] if p.uri == uri] == [latest]
+
+
+@pytest.mark.asyncio
+async def test_utf16_columns_code_action_and_hover(client: LanguageClient, tmp_path: Path):
+    model = tmp_path / "net.py"
+    prefix = '_ = "😀é"; '
+    model.write_text(BAD_STACK.replace(STACK_LINE, STACK_LINE.replace("layers", prefix + "layers", 1)), encoding="utf-8")
+    await start(client, tmp_path, verify=False)
+    uri = open_doc(client, model)
+    (found,) = await publishes(client, uri, 0)
+    (diagnostic,) = found.diagnostics
+    text_before = " " * 12 + prefix + "layers += ["
+    # Code points before the span: len(text_before); UTF-16 units: one more for the emoji.
+    assert diagnostic.range.start.character == len(text_before.encode("utf-16-le")) // 2 == len(text_before) + 1
+
+    actions = await client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=diagnostic.range,
+        context=types.CodeActionContext(diagnostics=[diagnostic])))
+    titles = [a.title for a in actions]
+    assert titles == ["Suppress ARC103 for this line", "Suppress ARC103 in this file"]
+    (edit,) = actions[0].edit.changes[uri]
+    assert edit.new_text == "  # noqa: ARC103"
+    lines = model.read_text(encoding="utf-8").splitlines(keepends=True)
+    row = lines[edit.range.start.line]
+    # The edit's columns are UTF-16 too: it goes at the end of the line.
+    assert edit.range.start.character == len(row.rstrip("\n").encode("utf-16-le")) // 2
+    lines[edit.range.start.line] = row.rstrip("\n") + edit.new_text + "\n"
+    seen = len(client.published)
+    save(client, model, "".join(lines), 2)
+    (after,) = await publishes(client, uri, seen)
+    assert after.diagnostics == ()  # suppressed, and the suppression is used (no ARC902)
+
+    # Hover on the code in the new comment shows the rule's documentation.
+    line = edit.range.start.line
+    code_col = len((lines[line].split("# noqa: ")[0] + "# noqa: ").encode("utf-16-le")) // 2
+    shown = await client.text_document_hover_async(types.HoverParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=code_col + 2)))
+    assert shown.contents.value.startswith("# ARC103 deep-plain-stack (warning)")
+    assert "## What it does" in shown.contents.value or "What it does" in shown.contents.value
+    assert shown.range.start.character == code_col
+
+
+@pytest.mark.asyncio
+async def test_hanging_model_times_out_and_the_server_goes_on(client: LanguageClient, tmp_path: Path):
+    model = tmp_path / "net.py"
+    hanging = BAD_STACK.replace("        super().__init__()\n", "        super().__init__()\n        while True:\n            pass\n", 1)
+    model.write_text(hanging, encoding="utf-8")
+    await start(client, tmp_path, verify=False, timeout=3)
+    uri = open_doc(client, model)
+    (stopped,) = await publishes(client, uri, 0)
+    (diagnostic,) = stopped.diagnostics
+    assert diagnostic.code == "ARC903" and "did not finish within 3 s" in diagnostic.message
+    assert diagnostic.range.start.line in (7, 8)  # the loop's lines
+
+    seen = len(client.published)
+    save(client, model, BAD_STACK, 2)
+    (fixed,) = await publishes(client, uri, seen)
+    assert codes(fixed) == ["ARC103"]
+
+
+@pytest.mark.asyncio
+async def test_syntax_error_in_the_unsaved_buffer_on_type(client: LanguageClient, tmp_path: Path):
+    model = tmp_path / "net.py"
+    model.write_text("import torch\n", encoding="utf-8")
+    await start(client, tmp_path, verify=False, run="onType")
+    uri = open_doc(client, model)
+    (clean,) = await publishes(client, uri, 0)
+    assert clean.diagnostics == ()
+    seen = len(client.published)
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text='import torch\nx = ("é😀", \n')]))
+    (typed,) = await publishes(client, uri, seen)
+    assert typed.version == 2 and codes(typed) == ["ARC900"]
+    assert typed.diagnostics[0].data["phase"] == "buffer"
+
+
+def test_lsp_without_pygls_says_how_to_install(tmp_path: Path):
+    import subprocess
+
+    # A pygls that cannot be imported, as in an install without the extra.
+    (tmp_path / "pygls").mkdir()
+    (tmp_path / "pygls" / "__init__.py").write_text("raise ImportError('No module named pygls')\n")
+    env = {**ENV, "PYTHONPATH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "archlint", "lsp"], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert run.returncode != 0 and 'pip install "archlint[lsp]"' in run.stderr
+    assert run.stdout == ""
+
+
+def _snippets(lang: str) -> list[str]:
+    text = (REPO / "docs" / "editors.md").read_text(encoding="utf-8")
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.DOTALL)
+
+
+def test_editor_snippets_parse():
+    (helix,) = _snippets("toml")
+    config = tomllib.loads(helix)
+    assert config["language-server"]["archlint"] == {"command": "archlint", "args": ["lsp"]}
+    python = {lang["name"]: lang for lang in config["language"]}["python"]
+    assert "archlint" in python["language-servers"] and len(python["language-servers"]) > 1
+    for snippet in _snippets("json"):
+        json.loads(snippet)
+    sublime = [json.loads(s) for s in _snippets("json") if "clients" in s]
+    assert sublime[0]["clients"]["archlint"]["command"] == ["archlint", "lsp"]
