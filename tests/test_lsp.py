@@ -163,6 +163,14 @@ async def test_newest_save_wins(client: LanguageClient, tmp_path: Path):
     await asyncio.sleep(1.0)
     assert [p for p in client.published[seen:] if p.uri == uri] == [latest]
 
+    # The nearest [tool.archlint] applies; a change to it (a watched file) checks open files again.
+    (tmp_path / "pyproject.toml").write_text('[tool.archlint]\nselect = ["ARC9"]\n', encoding="utf-8")
+    seen = len(client.published)
+    client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(changes=[types.FileEvent(
+        uri=(tmp_path / "pyproject.toml").as_uri(), type=types.FileChangeType.Created)]))
+    (ignored,) = await publishes(client, uri, seen)
+    assert ignored.diagnostics == ()
+
 
 @pytest.mark.asyncio
 async def test_utf16_columns_code_action_and_hover(client: LanguageClient, tmp_path: Path):
@@ -237,6 +245,18 @@ async def test_syntax_error_in_the_unsaved_buffer_on_type(client: LanguageClient
     (typed,) = await publishes(client, uri, seen)
     assert typed.version == 2 and codes(typed) == ["ARC900"]
     assert typed.diagnostics[0].data["phase"] == "buffer"
+
+
+@pytest.mark.asyncio
+async def test_an_interpreter_that_cannot_run_is_one_error(client: LanguageClient, tmp_path: Path):
+    model = tmp_path / "net.py"
+    model.write_text(BAD_STACK, encoding="utf-8")
+    await start(client, tmp_path, verify=False, python=str(tmp_path / "no-such-python"))
+    uri = open_doc(client, model)
+    (failed,) = await publishes(client, uri, 0)
+    (diagnostic,) = failed.diagnostics
+    assert "cannot start" in diagnostic.message and "archlint.python" in diagnostic.message
+    assert diagnostic.severity == types.DiagnosticSeverity.Error and diagnostic.range.start.line == 0
 
 
 def test_lsp_without_pygls_says_how_to_install(tmp_path: Path):

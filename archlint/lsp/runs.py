@@ -157,8 +157,8 @@ def cached(config: Config, path: str, cwd: str, verify: bool = True) -> list[dic
     try:
         options = cli._cli_options(None, None, None, None, None, None, None, not verify, config.device, None, None, False)
         settings = cli._file_settings([Path(path)], options)
-    except UsageError:
-        return None  # the run reports the bad config
+    except (UsageError, ValueError, OSError):
+        return None  # a bad or unreadable config: the run reports it
     store = Cache(settings, os.environ.get("ARCHLINT_CACHE_DIR"))
     store.cwd = cwd  # as the child, which runs in ``cwd``, keys its entries
     outcome = store.get(path)

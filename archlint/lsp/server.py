@@ -46,6 +46,7 @@ class ArchlintServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("archlint", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.init_options: Any = None
+        self.pushed: dict[str, Any] = {}  # settings sent with didChangeConfiguration
         self.configs: dict[str, Config] = {}  # by workspace folder URI ("" outside any)
         self.shown: dict[str, _Shown] = {}
         self._scheduler: Scheduler | None = None
@@ -80,7 +81,7 @@ class ArchlintServer(LanguageServer):
         folder = self.folder_of(path)
         if folder in self.configs:
             return self.configs[folder]
-        layers: list[Any] = [self.init_options]
+        layers: list[Any] = [self.init_options, self.pushed]
         caps = self.client_capabilities.workspace
         if caps is not None and caps.configuration:
             try:
@@ -263,8 +264,8 @@ def did_close(ls: ArchlintServer, params: types.DidCloseTextDocumentParams) -> N
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
 async def did_change_configuration(ls: ArchlintServer, params: types.DidChangeConfigurationParams) -> None:
     # Clients that push settings (rather than answer workspace/configuration) send them here.
-    if isinstance(params.settings, dict) and params.settings.get("archlint") is not None:
-        ls.init_options = {"archlint": {**((ls.init_options or {}).get("archlint", ls.init_options or {})), **params.settings["archlint"]}}
+    if isinstance(params.settings, dict) and isinstance(params.settings.get("archlint"), dict):
+        ls.pushed = params.settings["archlint"]
     await ls.rerun_all()
 
 
