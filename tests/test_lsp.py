@@ -298,3 +298,24 @@ def test_editor_snippets_parse():
         json.loads(snippet)
     sublime = [json.loads(s) for s in _snippets("json") if "clients" in s]
     assert sublime[0]["clients"]["archlint"]["command"] == ["archlint", "lsp"]
+
+
+def test_neovim_snippets_load(tmp_path: Path):
+    import shutil
+    import subprocess
+
+    nvim = shutil.which("nvim")
+    if nvim is None:
+        pytest.skip("Neovim is not installed")
+    config, enable = _snippets("lua")
+    (tmp_path / "archlint.lua").write_text(config, encoding="utf-8")
+    (tmp_path / "enable.lua").write_text(enable, encoding="utf-8")
+    # The config file must evaluate to the server's table; the enable line must parse (its
+    # API, vim.lsp.enable, needs Neovim 0.11).
+    script = (
+        f"local c = dofile('{tmp_path / 'archlint.lua'}'); assert(c.cmd[1] == 'archlint' and c.cmd[2] == 'lsp');"
+        f"assert(c.filetypes[1] == 'python'); assert(loadfile('{tmp_path / 'enable.lua'}')); print('ok')"
+    )
+    run = subprocess.run([nvim, "--headless", "-n", "-u", "NONE", "-c", f"lua {script}", "-c", "qa!"],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert "ok" in run.stderr + run.stdout, run.stderr

@@ -131,7 +131,6 @@ class ArchlintServer(LanguageServer):
                 pairs = [(previous[key], "verified") if (key := (f["code"], f["location"]["row"])) in previous else (f, phase)
                          for f, _ in pairs]
             shown.run = [convert.to_diagnostic(f, p, path, lines, codec, related) for f, p in pairs]
-        shown.buffer = None
         self._publish(uri, version)
 
     def _publish(self, uri: str, version: int | None = None) -> None:
@@ -234,8 +233,10 @@ async def did_open(ls: ArchlintServer, params: types.DidOpenTextDocumentParams) 
 async def did_save(ls: ArchlintServer, params: types.DidSaveTextDocumentParams) -> None:
     uri = params.text_document.uri
     shown = ls.shown.get(uri)
-    if shown is not None and shown.debounce is not None:
-        shown.debounce.cancel()
+    if shown is not None:
+        if shown.debounce is not None:
+            shown.debounce.cancel()
+        shown.buffer = None  # the saved text's own check reports a syntax error now
     await ls.run_file(uri)
 
 
