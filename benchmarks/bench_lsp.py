@@ -12,6 +12,7 @@ workspace (so its cache is empty) and starts `archlint lsp` over stdio:
   without starting a child;
 - for reference, the same static pass from the command line (``archlint check FILE
   --no-verify -n``), which is what the server runs in its child;
+- and ``python -c "import torch"``, which every check's child pays once;
 - idle RSS: VmRSS of the server process once it is idle after the runs (the server never
   imports torch; the children that do have ended).
 """
@@ -82,7 +83,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    cold_first, cold_verified, hits, rss, cli = [], [], [], [], []
+    cold_first, cold_verified, hits, rss, cli, torch_import = [], [], [], [], [], []
     for _ in range(args.repeat):
         root = Path(tempfile.mkdtemp(prefix="archlint-bench-lsp-"))
         try:
@@ -101,6 +102,9 @@ async def main() -> None:
             subprocess.run([sys.executable, "-m", "archlint", "check", str(path), "--no-verify", "-n", "-q"],
                            cwd=root, stdout=subprocess.DEVNULL, check=False)
             cli.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import torch"], check=True)
+            torch_import.append(time.perf_counter() - started)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -112,6 +116,7 @@ async def main() -> None:
     show("didOpen -> verified diagnostics (cold)", cold_verified, "s")
     show("didOpen -> diagnostics (cache hit)", hits, "s")
     show("reference: archlint check --no-verify", cli, "s")
+    show("reference: python -c 'import torch'", torch_import, "s")
     show("server idle RSS", rss, "MiB")
 
 

@@ -319,3 +319,60 @@ def test_neovim_snippets_load(tmp_path: Path):
     run = subprocess.run([nvim, "--headless", "-n", "-u", "NONE", "-c", f"lua {script}", "-c", "qa!"],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert "ok" in run.stderr + run.stdout, run.stderr
+
+
+# The conversions the server applies, on their own (no server, no model).
+
+
+def _codec():
+    from pygls.workspace import PositionCodec
+
+    return PositionCodec(encoding=types.PositionEncodingKind.Utf16)
+
+
+def test_suppress_line_merges_into_the_existing_noqa():
+    from archlint.lsp import convert
+
+    source = 'x = "é"  # noqa: E501\ny = 2\n'
+    edit = convert.suppress_line_edit(source, 0, "ARC103", _codec())
+    line = source.splitlines()[0]
+    col = len(line)  # after "E501"; all characters here are in the BMP: UTF-16 = code points
+    assert edit.new_text == ", ARC103" and (edit.range.start.line, edit.range.start.character) == (0, col)
+    merged = line[:col] + edit.new_text + line[col:]
+    from archlint import suppress
+
+    (directive,) = suppress.parse(merged)
+    assert [c.code for c in directive.codes] == ["ARC103"]  # E501 stays, for the other tool
+
+    # A `#` inside a string is not a comment: the new comment goes at the end of the line.
+    edit = convert.suppress_line_edit('s = "# noqa: E501"\n', 0, "ARC103", _codec())
+    assert edit.new_text == "  # noqa: ARC103" and edit.range.start.character == len('s = "# noqa: E501"')
+
+
+def test_suppress_in_file_extends_the_file_ignore_or_adds_one_after_the_shebang():
+    from archlint.lsp import convert
+
+    source = "#!/usr/bin/env python\nimport torch\n"
+    edit = convert.suppress_file_edit(source, "ARC103", _codec())
+    assert edit.new_text == "# archlint: file-ignore[ARC103]\n" and edit.range.start.line == 1
+    source = "import torch\n# archlint: file-ignore[ARC101]\n"
+    edit = convert.suppress_file_edit(source, "ARC103", _codec())
+    assert edit.new_text == ", ARC103" and (edit.range.start.line, edit.range.start.character) == (1, len("# archlint: file-ignore[ARC101"))
+
+
+def test_a_finding_in_another_file_is_related_information(tmp_path: Path):
+    from archlint.lsp import convert
+
+    block = tmp_path / "blocks.py"
+    block.write_text("import torch.nn as nn\n\nstack = nn.Sequential(nn.Tanh())\n", encoding="utf-8")
+    finding = {
+        "code": "ARC103", "message": "deep stack", "filename": str(block), "severity": "warning",
+        "location": {"row": 3, "column": 9}, "end_location": {"row": 3, "column": 33},
+        "status": "predicted", "url": "https://archlint.dev/rules/deep-plain-stack",
+    }
+    diagnostic = convert.to_diagnostic(finding, "static", str(tmp_path / "net.py"), ["import blocks"], _codec())
+    assert diagnostic.range.start == types.Position(line=0, character=0)
+    (related,) = diagnostic.related_information
+    assert related.location.uri == block.as_uri() and related.location.range.start == types.Position(line=2, character=8)
+    plain = convert.to_diagnostic(finding, "static", str(tmp_path / "net.py"), ["import blocks"], _codec(), related_support=False)
+    assert plain.related_information is None and f"at {block}:3:9" in plain.message
