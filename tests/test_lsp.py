@@ -268,6 +268,13 @@ async def test_an_interpreter_that_cannot_run_is_one_error(client: LanguageClien
     (diagnostic,) = failed.diagnostics
     assert "cannot start" in diagnostic.message and "archlint.python" in diagnostic.message
     assert diagnostic.severity == types.DiagnosticSeverity.Error and diagnostic.range.start.line == 0
+    assert diagnostic.data["phase"] == "static"
+
+    # "Verify this file now" runs the verified pass (only), also with verify off.
+    seen = len(client.published)
+    await client.workspace_execute_command_async(types.ExecuteCommandParams(command="archlint.verifyFile", arguments=[uri]))
+    (again,) = await publishes(client, uri, seen)
+    assert again.diagnostics[0].data["phase"] == "verified" and "cannot start" in again.diagnostics[0].message
 
 
 def test_lsp_without_pygls_says_how_to_install(tmp_path: Path):
