@@ -328,6 +328,22 @@ def test_neovim_snippets_load(tmp_path: Path):
     assert "ok" in run.stderr + run.stdout, run.stderr
 
 
+def test_emacs_snippet_loads(tmp_path: Path):
+    import shutil
+    import subprocess
+
+    emacs = shutil.which("emacs")
+    if emacs is None:
+        pytest.skip("Emacs is not installed")
+    (snippet,) = _snippets("elisp")
+    (tmp_path / "archlint.el").write_text(snippet, encoding="utf-8")
+    # eglot itself is not loaded (Emacs 28 lacks it): the snippet must add archlint to its list.
+    code = (f'(progn (defvar eglot-server-programs nil) (provide (quote eglot)) (load "{tmp_path / "archlint.el"}")'
+            ' (princ (format "%S" (car eglot-server-programs))))')
+    run = subprocess.run([emacs, "--batch", "-Q", "--eval", code], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert run.stdout == '((python-mode python-ts-mode) "archlint" "lsp")', run.stderr
+
+
 # The conversions the server applies, on their own (no server, no model).
 
 
