@@ -113,7 +113,11 @@ async def check(config: Config, path: str, cwd: str, verify: bool) -> Outcome:
         return Outcome(error=f"cannot start {cmd[0]}: {exc} (check the archlint.python setting)")
     try:
         out, err = await asyncio.wait_for(proc.communicate(), config.timeout + GRACE)
-    except BaseException:  # cancelled (superseded, closed) or stuck
+    except asyncio.TimeoutError:
+        _kill(proc)
+        await proc.wait()
+        return Outcome(error=f"archlint did not answer within {config.timeout + GRACE:g} s and was stopped")
+    except BaseException:  # cancelled (superseded, closed)
         _kill(proc)
         with contextlib.suppress(BaseException):
             await asyncio.shield(proc.wait())
