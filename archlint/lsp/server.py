@@ -119,6 +119,7 @@ class ArchlintServer(LanguageServer):
         caps = self.client_capabilities.text_document
         related = bool(caps and caps.publish_diagnostics and caps.publish_diagnostics.related_information)
         if outcome.error:
+            self.tell(f"{path}: {outcome.error}", types.MessageType.Warning)
             shown.run = [convert.message_diagnostic(outcome.error, phase)]
         else:
             pairs = [(f, phase) for f in outcome.findings]
