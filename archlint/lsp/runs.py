@@ -141,6 +141,16 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def warm_up() -> None:
+    """Import what ``cached`` needs and hash archlint's own code once, before the first file
+    is opened (about half a second the first lookup would otherwise add)."""
+    from archlint import cache, cli  # noqa: F401
+    from archlint.rule import registry
+
+    registry()
+    cache._environment()
+
+
 def cached(config: Config, path: str, cwd: str, verify: bool = True) -> list[dict[str, Any]] | None:
     """The result (verified, or static with ``verify=False``) from archlint's cache, read here without starting a child: only
     when the child would run this same interpreter (the cache key holds the Python and torch
@@ -224,13 +234,16 @@ class Scheduler:
         def current() -> bool:
             return self.docs.get(uri) is doc and doc.generation == generation
 
+        # The static pass starts at once, beside the cache lookup (which hashes files): a
+        # hit stops it, a miss has not waited for the lookup.
+        static_run = asyncio.ensure_future(check(config, path, cwd, verify=False)) if static or not verify else None
         try:
             hit = await asyncio.get_running_loop().run_in_executor(None, cached, config, path, cwd, verify)
             if hit is not None and current():
                 self.publish(uri, doc.version, "verified" if verify else "static", Outcome(hit))
                 return
-            if static or not verify:
-                outcome = await check(config, path, cwd, verify=False)
+            if static_run is not None:
+                outcome = await static_run
                 if not current():
                     return
                 self.publish(uri, doc.version, "static", outcome)
@@ -250,3 +263,6 @@ class Scheduler:
             pass
         except Exception:  # a bug here must not take the server down with it
             log.exception("archlint run of %s failed", path)
+        finally:
+            if static_run is not None and not static_run.done():
+                static_run.cancel()  # kills its child

@@ -23,7 +23,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from archlint import __version__
-from archlint.lsp import convert
+from archlint.lsp import convert, runs
 from archlint.lsp.runs import DEBOUNCE, Config, Outcome, Scheduler
 
 log = logging.getLogger("archlint.lsp")
@@ -209,6 +209,7 @@ def initialize(ls: ArchlintServer, params: types.InitializeParams) -> None:
 
 @server.feature(types.INITIALIZED)
 async def initialized(ls: ArchlintServer, params: types.InitializedParams) -> None:
+    asyncio.get_running_loop().run_in_executor(None, runs.warm_up)
     caps = ls.client_capabilities.workspace
     watched = caps.did_change_watched_files if caps else None
     if not (watched and watched.dynamic_registration):
