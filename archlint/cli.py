@@ -443,6 +443,19 @@ def rule_cmd(code: str | None, show_all: bool, output_format: str) -> None:
         click.echo("\n\n".join(page(r) for r in chosen))
 
 
+@main.command()
+@click.option("--tcp", is_flag=True, help="Listen on a TCP port instead of stdio (for debugging the server).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on with --tcp.")
+@click.option("--port", type=int, default=2087, show_default=True, help="Port to listen on with --tcp.")
+def lsp(tcp: bool, host: str, port: int) -> None:
+    """Run the language server (stdio by default), for editors: see docs/editors.md."""
+    try:
+        from archlint.lsp import server
+    except ImportError as exc:
+        raise click.ClickException(f"the language server needs pygls ({exc}); install it with: pip install \"archlint[lsp]\"") from exc
+    server.main(tcp=tcp, host=host, port=port)
+
+
 # normalize and profile live in their own module (archlint.tools_cli).
 from archlint.tools_cli import normalize_cmd, profile_cmd  # noqa: E402
 
