@@ -140,7 +140,7 @@ def profile_cmd(path, output, model_expr, inputs_expr, input_shape, seed) -> Non
         profile._matplotlib()
     except profile.PlotUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
-    from archlint import measure as measure_mod
+    from archlint import device, engine
 
     result, settings, models = _check(path, model_expr, inputs_expr, input_shape, seed, verify=True)
     out = Path(output)
@@ -149,8 +149,9 @@ def profile_cmd(path, output, model_expr, inputs_expr, input_shape, seed) -> Non
         report = graph.measured
         # A clean model got the screening measurement only: the profile wants every node.
         if report is None or m.screened:
-            report = measure_mod.measure(graph.model, _sample(graph, settings, measure_mod.MIN_SAMPLES), graph=graph,
-                                         device=settings.device, batch_size=settings.batch_size, seed=settings.seed)
+            # Measured as `archlint check` measures: the same batch (the entry's own inputs or
+            # input shape, --data), seeded, on the resolved device.
+            report = engine.measure_graph(graph, m.entry, settings, device.resolve(settings.device), [])
         findings = [f for f in result.findings if f.model == graph.name and not f.is_meta and f.status != "dismissed"]
         target = out if len(models) == 1 else out.with_name(f"{out.stem}-{graph.name}{out.suffix}")
         profile.plot(report, graph, findings, target, rule_options=settings.rule_options,
