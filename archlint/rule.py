@@ -39,6 +39,11 @@ SEVERITIES = ("error", "warning", "info")
 STATUSES = ("predicted", "confirmed", "dismissed")
 DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "Options", "References")
 CODE_RE = re.compile(r"^ARC\d{3}$")
+
+
+def is_meta_code(code: str) -> bool:
+    """ARC9xx: a diagnostic about the analysis itself, raised by the engine, not a rule's finding."""
+    return code.startswith("ARC9")
 NAME_RE = re.compile(r"^[a-z]+(-[a-z0-9]+)*$")
 
 
@@ -88,7 +93,7 @@ class Finding:
     @property
     def is_meta(self) -> bool:
         """A meta diagnostic (ARC9xx) about the analysis itself, not a rule's finding."""
-        return self.code.startswith("ARC9")
+        return is_meta_code(self.code)
 
     def with_status(self, status: str, measured: float | None = None, reason: str | None = None) -> "Finding":
         assert status in STATUSES, status
@@ -167,7 +172,7 @@ class Rule:
 
     @property
     def is_meta(self) -> bool:
-        return self.code.startswith("ARC9")  # the same test as Finding.is_meta
+        return is_meta_code(self.code)
 
     def check(self, graph: ArchGraph, options: dict[str, Any] | None = None, context: RunContext | None = None) -> list[Finding]:
         findings = self.module.check(graph, {**self.options, **(options or {})}, context or RunContext())
