@@ -123,6 +123,9 @@ async def test_static_first_then_verified_close_cache_and_settings(client: Langu
     first, second = static.diagnostics[0], verified.diagnostics[0]
     assert first.data == {"phase": "static", "status": "predicted", "predicted": pytest.approx(9.68, abs=0.01), "measured": None}
     assert second.data["phase"] == "verified" and second.data["status"] == "confirmed" and second.data["measured"] > 3
+    # The verified pass asked for fixes (the static one does not): ARC103's is verified.
+    assert set(second.data) == {"phase", "status", "predicted", "measured", "fix"}
+    assert second.data["fix"]["applicability"] == "safe" and second.data["fix"]["version"] == 1
     assert second.source == "archlint" and second.severity == types.DiagnosticSeverity.Warning
     assert second.code_description.href.endswith("/rules/deep-plain-stack")
     # Line 10 (0-based 9), on `nn.Linear(width, width)`.
@@ -144,6 +147,8 @@ async def test_static_first_then_verified_close_cache_and_settings(client: Langu
     (hit,) = await publishes(client, uri, seen)
     assert time.monotonic() - started < 5
     assert hit.diagnostics[0].data["phase"] == "verified" and hit.diagnostics[0].data["status"] == "confirmed"
+    # The entry was looked up with the fixes setting the verified run used, and kept the fix.
+    assert hit.diagnostics[0].data["fix"]["message"] == second.data["fix"]["message"]
 
     # verify off, from the client: the file is checked again, statically only.
     seen = len(client.published)
@@ -277,6 +282,75 @@ async def test_an_interpreter_that_cannot_run_is_one_error(client: LanguageClien
     assert again.diagnostics[0].data["phase"] == "verified" and "cannot start" in again.diagnostics[0].message
 
 
+def apply_edits(text: str, edits) -> str:
+    """``text`` with LSP text edits (UTF-16 columns) applied, as an editor applies them."""
+    lines = text.splitlines(keepends=True)
+
+    def offset(position: types.Position) -> int:
+        if position.line >= len(lines):
+            return len(text)
+        line = lines[position.line]
+        units = 0
+        for i, char in enumerate(line):
+            if units >= position.character:
+                return sum(map(len, lines[:position.line])) + i
+            units += len(char.encode("utf-16-le")) // 2
+        return sum(map(len, lines[:position.line])) + len(line)
+
+    spans = sorted(((offset(e.range.start), offset(e.range.end), e.new_text) for e in edits), reverse=True)
+    for start, end, new_text in spans:  # from the end, so earlier offsets stay valid
+        text = text[:start] + new_text + text[end:]
+    return text
+
+
+async def code_actions(client: LanguageClient, uri: str, diagnostic: types.Diagnostic) -> list[types.CodeAction]:
+    return await asyncio.wait_for(client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=diagnostic.range,
+        context=types.CodeActionContext(diagnostics=[diagnostic]))), 30)
+
+
+@pytest.mark.asyncio
+async def test_verified_fix_is_a_code_action_while_the_text_is_the_checked_one(client: LanguageClient, tmp_path: Path):
+    model = tmp_path / "net.py"
+    model.write_text(BAD_STACK, encoding="utf-8")
+    await asyncio.wait_for(start(client, tmp_path, verify=True), 30)
+    uri = open_doc(client, model)
+    static, verified = await publishes(client, uri, 0, count=2)
+    assert "fix" not in static.diagnostics[0].data  # an unverified fix is not offered
+    (diagnostic,) = verified.diagnostics
+    fix = diagnostic.data["fix"]
+    assert fix["applicability"] == "safe" and fix["version"] == 1 and "fix verified" in fix["message"]
+
+    actions = await code_actions(client, uri, diagnostic)
+    assert [a.title for a in actions] == [f"Fix ARC103: {fix['message']}", "Suppress ARC103 for this line", "Suppress ARC103 in this file"]
+    action = actions[0]
+    assert action.kind == types.CodeActionKind.QuickFix and action.is_preferred and list(action.diagnostics) == [diagnostic]
+    # Tied to the version the run checked (the client supports versioned document edits).
+    (change,) = action.edit.document_changes
+    assert change.text_document.uri == uri and change.text_document.version == 1
+    # Applying it gives the fixed source that `archlint check --fix` writes.
+    diff = (REPO / "fixtures" / "ARC103" / "bad_bn_relu_stack.fix.diff").read_text(encoding="utf-8").splitlines(keepends=True)
+    removed = "".join(line[1:] for line in diff if line.startswith("-") and not line.startswith("---"))
+    added = "".join(line[1:] for line in diff if line.startswith("+") and not line.startswith("+++"))
+    assert removed in BAD_STACK
+    fixed = apply_edits(BAD_STACK, change.edits)
+    assert fixed == BAD_STACK.replace(removed, added)
+
+    # Once the buffer changed, the edits no longer fit its text: no fix, still the suppressions.
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text=fixed)]))
+    actions = await code_actions(client, uri, diagnostic)
+    assert [a.title for a in actions] == ["Suppress ARC103 for this line", "Suppress ARC103 in this file"]
+
+    # Saved, the fixed file is checked again: nothing left, statically and measured.
+    seen = len(client.published)
+    model.write_text(fixed, encoding="utf-8")
+    client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri)))
+    static, verified = await publishes(client, uri, seen, count=2)
+    assert codes(static) == [] and codes(verified) == [] and verified.version == 2
+
+
 def test_lsp_without_pygls_says_how_to_install(tmp_path: Path):
     import subprocess
 
@@ -399,3 +473,32 @@ def test_a_finding_in_another_file_is_related_information(tmp_path: Path):
     assert related.location.uri == block.as_uri() and related.location.range.start == types.Position(line=2, character=8)
     plain = convert.to_diagnostic(finding, "static", str(tmp_path / "net.py"), ["import blocks"], _codec(), related_support=False)
     assert plain.related_information is None and f"at {block}:3:9" in plain.message
+
+
+def test_fixes_are_asked_for_by_verified_runs_unless_turned_off(tmp_path: Path):
+    from archlint.lsp import runs
+
+    path = str(tmp_path / "net.py")
+    assert "--show-fixes" in runs.command(runs.Config(), path, verify=True)
+    assert "--show-fixes" not in runs.command(runs.Config(), path, verify=False)  # a suggestion only
+    config, problems = runs.Config.merged({"archlint": {"fixes": False}})
+    assert problems == [] and "--show-fixes" not in runs.command(config, path, verify=True)
+    config, problems = runs.Config.merged({"fixes": "no"})
+    assert config.fixes is True and problems == ["setting archlint.fixes: 'no' is not true or false; ignored"]
+
+
+def test_fix_edits_are_in_client_units():
+    from archlint.lsp import convert
+
+    source = 'x = "😀"; y = nn.ReLU()\nz = 1'
+    fix = {"edits": [
+        # "ReLU()" is at code points 17 to 23 (1-based, end exclusive): after the emoji, one
+        # code point and two UTF-16 units.
+        {"content": "LeakyReLU(0.1)", "location": {"row": 1, "column": 17}, "end_location": {"row": 1, "column": 23}},
+        # A whole-line edit ending after the last line (no newline at the end): the end of the text.
+        {"content": "z = 2\n", "location": {"row": 2, "column": 1}, "end_location": {"row": 3, "column": 1}},
+    ]}
+    first, second = convert.fix_edits(source, fix, _codec())
+    assert (first.range.start, first.range.end) == (types.Position(line=0, character=17), types.Position(line=0, character=23))
+    assert second.range.end == types.Position(line=2, character=0)
+    assert apply_edits(source, [first, second]) == 'x = "😀"; y = nn.LeakyReLU(0.1)\nz = 2\n'

@@ -48,12 +48,17 @@ def _range(lines: Sequence[str], codec: Any, f: dict[str, Any]) -> types.Range:
 
 
 def to_diagnostic(f: dict[str, Any], phase: str, path: str, lines: Sequence[str], codec: Any,
-                  related_support: bool = True) -> types.Diagnostic:
+                  related_support: bool = True, version: int | None = None) -> types.Diagnostic:
     """One finding as a diagnostic of the document ``path`` whose text is ``lines``.
 
     A finding located in another file (a block the model imports from a module of the
     project) is shown on the document's first line, with its real place as related
     information (or in the message, for a client without related-information support).
+
+    A finding with a fix (verified runs ask for them) carries it in ``data["fix"]``: the JSON
+    output's object (archlint's 1-based code-point rows and columns, converted only when the
+    edit is offered) plus the document ``version`` the run checked, since the edits apply to
+    that text only.
     """
     message = f["message"]
     if f.get("status") and f["status"] != "confirmed":
@@ -79,6 +84,9 @@ def to_diagnostic(f: dict[str, Any], phase: str, path: str, lines: Sequence[str]
             )]
         else:
             message += f"\nat {where}"
+    data: dict[str, Any] = {"phase": phase, "status": f.get("status"), "predicted": f.get("predicted"), "measured": f.get("measured")}
+    if f.get("fix") and _same_file(f["filename"], path):
+        data["fix"] = {**f["fix"], "version": version}
     return types.Diagnostic(
         range=rng,
         message=message,
@@ -87,7 +95,7 @@ def to_diagnostic(f: dict[str, Any], phase: str, path: str, lines: Sequence[str]
         code_description=types.CodeDescription(href=f["url"]) if f.get("url") else None,
         source=SOURCE,
         related_information=related,
-        data={"phase": phase, "status": f.get("status"), "predicted": f.get("predicted"), "measured": f.get("measured")},
+        data=data,
     )
 
 
@@ -171,6 +179,22 @@ def suppress_file_edit(source: str, code: str, codec: Any) -> types.TextEdit:
         line += 1
     pos = types.Position(line=line, character=0)
     return types.TextEdit(range=types.Range(start=pos, end=pos), new_text=f"# archlint: file-ignore[{code}]\n")
+
+
+def fix_edits(source: str, fix: dict[str, Any], codec: Any) -> list[types.TextEdit]:
+    """A fix's edits (the JSON output's, 1-based code-point rows and columns, the end
+    exclusive; an end at the row after the last line is the end of the text) as text edits
+    in client units, on the text ``source`` they were computed for."""
+    lines = source.splitlines()
+    out = []
+    for edit in fix["edits"]:
+        start, end = edit["location"], edit.get("end_location") or edit["location"]
+        out.append(types.TextEdit(
+            range=types.Range(start=_pos(lines, codec, start["row"] - 1, start["column"] - 1),
+                              end=_pos(lines, codec, end["row"] - 1, end["column"] - 1)),
+            new_text=edit["content"],
+        ))
+    return out
 
 
 def code_at(source: str, line: int, col: int) -> tuple[str, types.Range] | None:

@@ -43,6 +43,9 @@ class Config:
 
     run: str = "onSave"  # "onSave" | "onType"
     verify: bool = True
+    # Verified runs also propose and verify fixes (--show-fixes) for the code actions: a file
+    # with a fixable finding then costs a check and a measurement of an edited copy more.
+    fixes: bool = True
     device: str | None = None  # None: the config file's or archlint's default
     timeout: float = DEFAULT_TIMEOUT
     python: str | None = None  # None: the interpreter running the server
@@ -72,7 +75,7 @@ class Config:
 def _check(key: str, value: Any) -> str | None:
     if key == "run" and value not in ("onSave", "onType"):
         return f"{value!r} is not onSave or onType"
-    if key == "verify" and not isinstance(value, bool):
+    if key in ("verify", "fixes") and not isinstance(value, bool):
         return f"{value!r} is not true or false"
     if key == "timeout" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
         return f"{value!r} is not a positive number of seconds"
@@ -94,6 +97,8 @@ def command(config: Config, path: str, verify: bool) -> list[str]:
            "--quiet", "--force-exclude", "--timeout", f"{config.timeout:g}"]
     if not verify:
         cmd.append("--no-verify")
+    elif config.fixes:  # unverified fixes are only suggestions: never asked for statically
+        cmd.append("--show-fixes")
     if config.device:
         cmd += ["--device", config.device]
     return cmd
@@ -173,6 +178,8 @@ def cached(config: Config, path: str, cwd: str, verify: bool = True) -> list[dic
         settings = cli._file_settings([Path(path)], options)
     except (UsageError, ValueError, OSError):
         return None  # a bad or unreadable config: the run reports it
+    for file_settings in settings.values():
+        file_settings.fixes = verify and config.fixes  # part of the entry's key, as ``command`` asks
     store = Cache(settings, os.environ.get("ARCHLINT_CACHE_DIR"))
     store.cwd = cwd  # as the child, which runs in ``cwd``, keys its entries
     outcome = store.get(path)

@@ -38,6 +38,7 @@ class _Shown:
 
     run: list[types.Diagnostic] = field(default_factory=list)  # from the last run of the file
     verified: list[dict[str, Any]] | None = None  # the last verified findings
+    verified_version: int | None = None  # the document version they were found on
     buffer: types.Diagnostic | None = None  # a syntax error in the unsaved buffer (onType)
     debounce: asyncio.Task | None = None
 
@@ -107,6 +108,38 @@ class ArchlintServer(LanguageServer):
     def _lines(self, uri: str) -> list[str]:
         return self._doc(uri).source.splitlines()
 
+    def fix_for(self, uri: str, code: str, line: int) -> dict[str, Any] | None:
+        """The verified fix of the finding ``code`` shown on ``line``, if its edits still apply:
+        the document is at the version the run checked, and its text is the saved file's (the
+        run checked the file on disk; a buffer opened with unsaved changes differs from it)."""
+        shown = self.shown.get(uri)
+        doc = self._doc(uri)
+        path = to_fs_path(uri)
+        for diagnostic in shown.run if shown else []:
+            data = diagnostic.data if isinstance(diagnostic.data, dict) else {}
+            fix = data.get("fix")
+            if diagnostic.code != code or diagnostic.range.start.line != line or not fix:
+                continue
+            # A suggestion (display-only) was not verified: archlint --fix never applies it either.
+            if fix.get("applicability") != "safe" or fix.get("version") != doc.version or path is None:
+                return None
+            try:
+                with open(path, encoding="utf-8", newline="") as f:
+                    saved = f.read()
+            except (OSError, UnicodeDecodeError):
+                return None
+            return fix if saved == doc.source else None
+        return None
+
+    def document_edit(self, uri: str, version: int | None, edits: list[types.TextEdit]) -> types.WorkspaceEdit:
+        """Edits of one document, tied to its version where the client supports that, so an
+        editor whose text changed meanwhile refuses them instead of applying them to other text."""
+        caps = self.client_capabilities.workspace
+        if caps and caps.workspace_edit and caps.workspace_edit.document_changes and version is not None:
+            return types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+                text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version), edits=edits)])
+        return types.WorkspaceEdit(changes={uri: edits})
+
     # Publishing ----------------------------------------------------------------------
 
     def _publish_outcome(self, uri: str, version: int | None, phase: str, outcome: Outcome) -> None:
@@ -122,16 +155,19 @@ class ArchlintServer(LanguageServer):
             self.tell(f"{path}: {outcome.error}", types.MessageType.Warning)
             shown.run = [convert.message_diagnostic(outcome.error, phase)]
         else:
-            pairs = [(f, phase) for f in outcome.findings]
+            previous: dict[tuple[str, int], dict[str, Any]] = {}
             if phase == "verified":
-                shown.verified = outcome.findings
+                shown.verified, shown.verified_version = outcome.findings, version
             elif shown.verified is not None:
                 # While the file is verified again, a finding the static pass still makes
-                # keeps its last verified form (status and measured value).
+                # keeps its last verified form (status, measured value, and its fix with
+                # the version that fix was computed on).
                 previous = {(f["code"], f["location"]["row"]): f for f in shown.verified}
-                pairs = [(previous[key], "verified") if (key := (f["code"], f["location"]["row"])) in previous else (f, phase)
-                         for f, _ in pairs]
-            shown.run = [convert.to_diagnostic(f, p, path, lines, codec, related) for f, p in pairs]
+            triples = []  # (finding, phase, the document version it was found on)
+            for f in outcome.findings:
+                kept = previous.get((f["code"], f["location"]["row"]))
+                triples.append((kept, "verified", shown.verified_version) if kept else (f, phase, version))
+            shown.run = [convert.to_diagnostic(f, p, path, lines, codec, related, v) for f, p, v in triples]
         self._publish(uri, version)
 
     def _publish(self, uri: str, version: int | None = None) -> None:
@@ -281,9 +317,10 @@ async def did_change_watched_files(ls: ArchlintServer, params: types.DidChangeWa
 @server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.QuickFix]))
 def code_action(ls: ArchlintServer, params: types.CodeActionParams) -> list[types.CodeAction]:
     uri = params.text_document.uri
-    source = ls._doc(uri).source
+    doc = ls._doc(uri)
+    source = doc.source
     codec = ls.workspace.position_codec
-    actions = []
+    fixes, suppressions = [], []
     seen = set()
     for diagnostic in params.context.diagnostics:
         if diagnostic.source != convert.SOURCE or not isinstance(diagnostic.code, str) or not diagnostic.code.startswith("ARC"):
@@ -292,15 +329,23 @@ def code_action(ls: ArchlintServer, params: types.CodeActionParams) -> list[type
         if (code, line) in seen:
             continue
         seen.add((code, line))
+        fix = ls.fix_for(uri, code, line)
+        if fix is not None:
+            fixes.append(types.CodeAction(
+                title=f"Fix {code}: {fix['message']}", kind=types.CodeActionKind.QuickFix, diagnostics=[diagnostic],
+                edit=ls.document_edit(uri, doc.version, convert.fix_edits(source, fix, codec)),
+            ))
         for title, edit in (
             (f"Suppress {code} for this line", convert.suppress_line_edit(source, line, code, codec)),
             (f"Suppress {code} in this file", convert.suppress_file_edit(source, code, codec)),
         ):
-            actions.append(types.CodeAction(
+            suppressions.append(types.CodeAction(
                 title=title, kind=types.CodeActionKind.QuickFix, diagnostics=[diagnostic],
                 edit=types.WorkspaceEdit(changes={uri: [edit]}),
             ))
-    return actions
+    for action in fixes:  # an editor may apply a preferred fix without asking: only when there is one
+        action.is_preferred = len(fixes) == 1
+    return [*fixes, *suppressions]
 
 
 @server.feature(types.TEXT_DOCUMENT_HOVER)
