@@ -1,10 +1,13 @@
 """The language server as an editor sees it: time from didOpen to the first diagnostics for a
 CIFAR ResNet-18 file, cold (no cache) and on a cache hit, and the server's idle memory.
 
-    python benchmarks/bench_lsp.py [--repeat 3]
+    python benchmarks/bench_lsp.py [--repeat 3] [--model FILE] [--no-fixes]
 
-Each round copies fixtures/architectures/good_resnet18_cifar.py into a fresh temporary
-workspace (so its cache is empty) and starts `archlint lsp` over stdio:
+Each round copies fixtures/architectures/good_resnet18_cifar.py (or ``--model``) into a
+fresh temporary workspace (so its cache is empty) and starts `archlint lsp` over stdio, with
+the server's default settings: its verified pass also proposes and verifies fixes, which
+costs something only for a file with a fixable finding (``--no-fixes``: the setting
+``fixes = false``; e.g. ``--model fixtures/ARC103/bad_bn_relu_stack.py`` has one):
 
 - cold: didOpen to the first publish (the static pass, which imports torch in a fresh
   child) and to the verified publish;
@@ -45,7 +48,7 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def session(root: Path, path: Path, want_phases: int) -> tuple[list[tuple[float, int]], float]:
+async def session(root: Path, path: Path, want_phases: int, settings: dict) -> tuple[list[tuple[float, int]], float]:
     """Open ``path``; the times (from didOpen) and sizes of the publishes until
     ``want_phases`` arrived and the server was idle for a second, and its RSS then."""
     client = LanguageClient("bench", "1")
@@ -65,7 +68,8 @@ async def session(root: Path, path: Path, want_phases: int) -> tuple[list[tuple[
     pid = client._server.pid
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(), root_uri=root.as_uri(),
-        workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name="bench")]))
+        workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name="bench")],
+        initialization_options={"archlint": settings}))
     client.initialized(types.InitializedParams())
     opened = time.perf_counter()
     client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
@@ -82,19 +86,23 @@ async def session(root: Path, path: Path, want_phases: int) -> tuple[list[tuple[
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", type=Path, default=MODEL, help="the model file to open (default: the CIFAR ResNet-18)")
+    parser.add_argument("--no-fixes", action="store_true", help="the server setting fixes = false")
     args = parser.parse_args()
+    model = args.model.resolve()
+    settings = {"fixes": not args.no_fixes}
     cold_first, cold_verified, hits, rss, cli, torch_import = [], [], [], [], [], []
     for _ in range(args.repeat):
         root = Path(tempfile.mkdtemp(prefix="archlint-bench-lsp-"))
         try:
-            path = root / MODEL.name
-            shutil.copy(MODEL, path)
-            got, idle = await session(root, path, want_phases=2)
+            path = root / model.name
+            shutil.copy(model, path)
+            got, idle = await session(root, path, want_phases=2, settings=settings)
             assert len(got) == 2, got  # the static pass, then the verified one
             cold_first.append(got[0][0])
             cold_verified.append(got[1][0])
             rss.append(idle)
-            got, idle = await session(root, path, want_phases=1)
+            got, idle = await session(root, path, want_phases=1, settings=settings)
             assert len(got) == 1, got  # the cache's verified result, and nothing after it
             hits.append(got[0][0])
             rss.append(idle)
@@ -111,7 +119,8 @@ async def main() -> None:
     def show(name: str, values: list[float], unit: str) -> None:
         print(f"{name:<40} median {statistics.median(values):7.2f} {unit}   all: {', '.join(f'{v:.2f}' for v in values)}")
 
-    print(f"{MODEL.relative_to(REPO)}, {args.repeat} rounds, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    name = model.relative_to(REPO) if model.is_relative_to(REPO) else model
+    print(f"{name}, fixes {'off' if args.no_fixes else 'on'}, {args.repeat} rounds, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     show("didOpen -> first diagnostics (cold)", cold_first, "s")
     show("didOpen -> verified diagnostics (cold)", cold_verified, "s")
     show("didOpen -> diagnostics (cache hit)", hits, "s")

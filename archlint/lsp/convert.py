@@ -181,10 +181,20 @@ def suppress_file_edit(source: str, code: str, codec: Any) -> types.TextEdit:
     return types.TextEdit(range=types.Range(start=pos, end=pos), new_text=f"# archlint: file-ignore[{code}]\n")
 
 
-def fix_edits(source: str, fix: dict[str, Any], codec: Any) -> list[types.TextEdit]:
+def fix_edits(source: str, fix: dict[str, Any], codec: Any) -> list[types.TextEdit] | None:
     """A fix's edits (the JSON output's, 1-based code-point rows and columns, the end
     exclusive; an end at the row after the last line is the end of the text) as text edits
-    in client units, on the text ``source`` they were computed for."""
+    in client units, on the text ``source`` they were computed for; None for a text mixing
+    line endings, which ``archlint check --fix`` leaves alone too.
+
+    archlint makes its edits on the text with ``\n`` line breaks (``archlint.fix.apply``):
+    the rows are the same in the document, and the new lines get the document's own break."""
+    from archlint.fix.apply import NotApplied, _decode
+
+    try:
+        _, newline = _decode(source.encode("utf-8"))
+    except NotApplied:
+        return None
     lines = source.splitlines()
     out = []
     for edit in fix["edits"]:
@@ -192,7 +202,7 @@ def fix_edits(source: str, fix: dict[str, Any], codec: Any) -> list[types.TextEd
         out.append(types.TextEdit(
             range=types.Range(start=_pos(lines, codec, start["row"] - 1, start["column"] - 1),
                               end=_pos(lines, codec, end["row"] - 1, end["column"] - 1)),
-            new_text=edit["content"],
+            new_text=edit["content"].replace("\n", newline),
         ))
     return out
 

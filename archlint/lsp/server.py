@@ -330,10 +330,11 @@ def code_action(ls: ArchlintServer, params: types.CodeActionParams) -> list[type
             continue
         seen.add((code, line))
         fix = ls.fix_for(uri, code, line)
-        if fix is not None:
+        edits = convert.fix_edits(source, fix, codec) if fix is not None else None
+        if edits:
             fixes.append(types.CodeAction(
                 title=f"Fix {code}: {fix['message']}", kind=types.CodeActionKind.QuickFix, diagnostics=[diagnostic],
-                edit=ls.document_edit(uri, doc.version, convert.fix_edits(source, fix, codec)),
+                edit=ls.document_edit(uri, doc.version, edits),
             ))
         for title, edit in (
             (f"Suppress {code} for this line", convert.suppress_line_edit(source, line, code, codec)),
