@@ -347,13 +347,18 @@ async def test_verified_fix_is_a_code_action_while_the_text_is_the_checked_one(c
         content_changes=[types.TextDocumentContentChangeWholeDocument(text=fixed)]))
     actions = await code_actions(client, uri, diagnostic)
     assert [a.title for a in actions] == ["Suppress ARC103 for this line", "Suppress ARC103 in this file"]
+    # Also when the text is changed back: the fix belongs to the version the run checked.
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=3),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text=BAD_STACK)]))
+    actions = await code_actions(client, uri, diagnostic)
+    assert [a.title for a in actions] == ["Suppress ARC103 for this line", "Suppress ARC103 in this file"]
 
     # Saved, the fixed file is checked again: nothing left, statically and measured.
     seen = len(client.published)
-    model.write_text(fixed, encoding="utf-8")
-    client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri)))
+    save(client, model, fixed, 4)
     static, verified = await publishes(client, uri, seen, count=2)
-    assert codes(static) == [] and codes(verified) == [] and verified.version == 2
+    assert codes(static) == [] and codes(verified) == [] and verified.version == 4
 
 
 def test_lsp_without_pygls_says_how_to_install(tmp_path: Path):
