@@ -11,12 +11,15 @@ Works on partial results: every number says how many architectures it rests on.
 2. Halves: each id goes to the calibration or the evaluation half by a hash of
    (config.HALVES_SEED, id), so the split does not depend on which results exist yet.
 3. Calibration half: each rule's threshold on its value (the measured value, else the
-   predicted one; config.RULE_DIRECTION says which side is bad) maximises F1 against
-   "bad", globally and per family branch (mlp / cnn x with / without BatchNorm) where the
-   branch has at least config.MIN_GROUP bad and good architectures.
+   predicted one; config.RULE_DIRECTION says which side is bad) flags the most bad
+   architectures at the precision goal (config.THRESHOLD_OBJECTIVE says why not F1),
+   globally and per family branch (mlp / cnn x with / without BatchNorm) where the branch
+   has at least config.MIN_GROUP bad and good architectures; a rule without such a
+   threshold shows no predictive power. The calibrated verdict combines the rules kept.
 4. Evaluation half: precision and recall (Wilson intervals) of "any warning-level finding"
-   against "bad": archlint as it is (default thresholds, its findings from check_file) and
-   with the calibrated thresholds; per rule and overall.
+   against "bad": archlint as it is (default thresholds, its findings from check_file),
+   with the calibrated thresholds, and with the committed F1 objective's thresholds; per
+   rule and overall.
 5. Spearman of the measured NLC at initialisation with the best test error, per dataset and
    family, beside parameter count, depth, synflow and jacob_cov.
 6. Sensitivity of 4. to the label; outcome noise from the architectures trained twice.
@@ -145,49 +148,137 @@ def beyond(value: float | None, threshold: float | None, direction: int) -> bool
     return value > threshold if direction > 0 else value < threshold
 
 
-def best_threshold(values: list[float | None], bad: list[bool], direction: int) -> dict | None:
-    """The threshold that maximises F1 of "value beyond threshold" against bad."""
-    pairs = [(v, b) for v, b in zip(values, bad) if v is not None]
-    if not pairs or not any(b for _, b in pairs):
-        return None
-    vs = sorted({v for v, _ in pairs})
-    # Candidates: midpoints between neighbouring values, and just outside the ends.
-    finite = [v for v in vs if math.isfinite(v)]
+def _candidates(values: list[float]) -> list[float]:
+    """Thresholds between neighbouring values, and just outside the ends."""
+    finite = sorted({v for v in values if math.isfinite(v)})
     cands = [(a + b) / 2 for a, b in zip(finite, finite[1:])]
     if finite:
         cands += [finite[0] - 1e-9 * (abs(finite[0]) + 1), finite[-1] + 1e-9 * (abs(finite[-1]) + 1)]
+    return cands
+
+
+def _counts(pairs: list[tuple[float, bool]], t: float, direction: int) -> dict:
+    tp = sum(1 for v, b in pairs if b and beyond(v, t, direction))
+    fp = sum(1 for v, b in pairs if not b and beyond(v, t, direction))
+    fn = sum(1 for v, b in pairs if b and not beyond(v, t, direction))
+    return {"threshold": t, "tp": tp, "fp": fp, "fn": fn, "n": len(pairs),
+            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0}
+
+
+def best_threshold(values: list[float | None], bad: list[bool], direction: int) -> dict | None:
+    """The committed objective: the threshold that maximises F1 of "value beyond threshold"
+    against bad (kept for the comparison in the summary; see config.THRESHOLD_OBJECTIVE)."""
+    pairs = [(v, b) for v, b in zip(values, bad) if v is not None]
+    if not pairs or not any(b for _, b in pairs):
+        return None
     best = None
-    for t in cands:
-        tp = sum(1 for v, b in pairs if b and beyond(v, t, direction))
-        fp = sum(1 for v, b in pairs if not b and beyond(v, t, direction))
-        fn = sum(1 for v, b in pairs if b and not beyond(v, t, direction))
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-        if best is None or f1 > best["f1"]:
-            best = {"threshold": t, "f1": f1, "tp": tp, "fp": fp, "fn": fn, "n": len(pairs)}
+    for t in _candidates([v for v, _ in pairs]):
+        c = _counts(pairs, t, direction)
+        if best is None or c["f1"] > best["f1"]:
+            best = c
     return best
 
 
-def calibrate(records: list[dict], bad: dict[str, bool]) -> dict:
+def recall_at_precision(values: list[float | None], bad: list[bool], direction: int) -> dict | None:
+    """The threshold that flags the most bad architectures while its precision is at least
+    the goal, from at least MIN_TRUE_POSITIVES true positives, and better than chance: the
+    lower Wilson bound of its precision above the base rate. None: no predictive power."""
+    pairs = [(v, b) for v, b in zip(values, bad) if v is not None]
+    if not pairs:
+        return None
+    base_rate = sum(b for _, b in pairs) / len(pairs)
+    best = None
+    for t in _candidates([v for v, _ in pairs]):
+        c = _counts(pairs, t, direction)
+        if c["tp"] < config.MIN_TRUE_POSITIVES or c["precision"] < config.GOALS["precision"]:
+            continue
+        if wilson(c["tp"], c["tp"] + c["fp"])[0] <= base_rate:
+            continue
+        # Ties in recall: the threshold that flags fewer good ones, then the less extreme one.
+        key = (c["tp"], -c["fp"])
+        if best is None or key > (best["tp"], -best["fp"]):
+            best = c
+    if best is not None:
+        best["base_rate"] = base_rate
+        best["auc"] = auc([v for v, _ in pairs], [b for _, b in pairs], direction)
+    return best
+
+
+def auc(values: list[float], bad: list[bool], direction: int) -> float | None:
+    """The probability that a bad architecture's value is beyond a good one's (ties count
+    half): 0.5 is no ranking power."""
+    pos = [v * direction for v, b in zip(values, bad) if b and math.isfinite(v)]
+    neg = [v * direction for v, b in zip(values, bad) if not b and math.isfinite(v)]
+    if not pos or not neg:
+        return None
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def calibrate(records: list[dict], bad: dict[str, bool], objective=recall_at_precision) -> dict:
     """Per rule: a global threshold and per-branch ones where the branch has enough data."""
     out = {}
     for code, direction in config.RULE_DIRECTION.items():
         vals = [rule_value(r, code) for r in records]
         ys = [bad[r["id"]] for r in records]
-        glob = best_threshold(vals, ys, direction)
+        glob = objective(vals, ys, direction)
         per = {}
-        for br in {branch(r) for r in records}:
+        for br in sorted({branch(r) for r in records}):
             idx = [i for i, r in enumerate(records) if branch(r) == br and vals[i] is not None]
             nbad = sum(ys[i] for i in idx)
             if nbad >= config.MIN_GROUP and len(idx) - nbad >= config.MIN_GROUP:
-                per[br] = best_threshold([vals[i] for i in idx], [ys[i] for i in idx], direction)
+                found = objective([vals[i] for i in idx], [ys[i] for i in idx], direction)
+                # A branch with enough data and no threshold has no predictive power there:
+                # it must not fall back to the global threshold.
+                per[br] = found if found is not None else {"threshold": None, "none": True}
         out[code] = {"global": glob, "branches": per}
     return out
 
 
-def calibrated_fires(rec: dict, code: str, cal: dict) -> bool:
+def branch_power(records: list[dict], bad: dict[str, bool]) -> dict:
+    """Per rule and family branch (calibration half): how many architectures have the rule's
+    value, how many of them are bad, and how well the value ranks them (AUC): the evidence
+    for keeping or demoting a rule's branch, whatever its size."""
+    out: dict = {}
+    for code, direction in config.RULE_DIRECTION.items():
+        out[code] = {}
+        for br in sorted({branch(r) for r in records}):
+            pairs = [(rule_value(r, code), bad[r["id"]]) for r in records if branch(r) == br]
+            pairs = [(v, b) for v, b in pairs if v is not None]
+            found = recall_at_precision([v for v, _ in pairs], [b for _, b in pairs], direction)
+            out[code][br] = {"n": len(pairs), "bad": sum(b for _, b in pairs),
+                             "auc": auc([v for v, _ in pairs], [b for _, b in pairs], direction) if pairs else None,
+                             "threshold": None if found is None else found["threshold"]}
+    return out
+
+
+def threshold_for(rec: dict, code: str, cal: dict) -> float | None:
     c = cal[code]
     t = c["branches"].get(branch(rec)) or c["global"]
-    return t is not None and beyond(rule_value(rec, code), t["threshold"], config.RULE_DIRECTION[code])
+    return None if t is None else t["threshold"]
+
+
+def calibrated_fires(rec: dict, code: str, cal: dict) -> bool:
+    return beyond(rule_value(rec, code), threshold_for(rec, code, cal), config.RULE_DIRECTION[code])
+
+
+def combine(records: list[dict], bad: dict[str, bool], cal: dict) -> list[str]:
+    """The rules whose combination ("any of them fires") is the calibrated verdict: most
+    precise first (on the calibration half), each kept while the combination's precision
+    there stays at the goal."""
+    def precision(codes):
+        fired = [r for r in records if any(calibrated_fires(r, c, cal) for c in codes)]
+        return (sum(bad[r["id"]] for r in fired) / len(fired)) if fired else None
+
+    ranked = sorted((c for c in config.RULE_DIRECTION if precision([c]) is not None),
+                    key=lambda c: -precision([c]))
+    kept: list[str] = []
+    for code in ranked:
+        p = precision(kept + [code])
+        if p is not None and p >= config.GOALS["precision"]:
+            kept.append(code)
+    return kept
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,11 +352,16 @@ def analyze(records: list[dict], failed: list[dict]) -> dict:
 
     def evaluate(bad: dict[str, bool]) -> dict:
         cal = calibrate(cal_recs, bad)
+        kept = combine(cal_recs, bad, cal)
         truth = [bad[r["id"]] for r in ev_recs]
-        calibrated = [any(calibrated_fires(r, c, cal) for c in config.RULE_DIRECTION) for r in ev_recs]
+        calibrated = [any(calibrated_fires(r, c, cal) for c in kept) for r in ev_recs]
+        f1_cal = calibrate(cal_recs, bad, objective=best_threshold)
         out = {
             "calibrated": confusion(calibrated, truth),
             "default": confusion([default_fires(r) for r in ev_recs], truth),
+            "f1_objective": confusion([any(calibrated_fires(r, c, f1_cal) for c in config.RULE_DIRECTION)
+                                       for r in ev_recs], truth),
+            "combined_rules": kept,
             "thresholds": cal,
             "per_rule": {
                 code: {"calibrated": confusion([calibrated_fires(r, code, cal) for r in ev_recs], truth),
@@ -276,10 +372,15 @@ def analyze(records: list[dict], failed: list[dict]) -> dict:
         return out
 
     main = evaluate(primary)
-    summary["evaluation"] = {**main["calibrated"], "verdict": "any rule beyond its calibrated threshold"}
+    summary["evaluation"] = {**main["calibrated"], "verdict": "any of the combined rules beyond its calibrated threshold",
+                             "combined_rules": main["combined_rules"]}
     summary["evaluation_default_thresholds"] = main["default"]
+    summary["evaluation_f1_objective"] = main["f1_objective"]
+    summary["calibration"] = {"objective": config.THRESHOLD_OBJECTIVE, "goals": config.GOALS,
+                              "min_true_positives": config.MIN_TRUE_POSITIVES, "min_group": config.MIN_GROUP}
     summary["per_rule"] = main["per_rule"]
     summary["thresholds"] = main["thresholds"]
+    summary["branch_power"] = branch_power(cal_recs, primary)
     summary["sensitivity"] = {}
     for rule in (config.BAD_RULE, *config.ALTERNATIVE_RULES):
         ev = main if rule is config.BAD_RULE else evaluate(labels(records, rule))
@@ -350,10 +451,25 @@ def markdown(summary: dict) -> str:
         "|---|---|---|---|",
         f"| any rule, calibrated thresholds | {_pr(summary['evaluation'])} |",
         f"| any finding, default thresholds | {_pr(summary['evaluation_default_thresholds'])} |",
+        f"| any rule, thresholds of the committed F1 objective | {_pr(summary['evaluation_f1_objective'])} |",
     ]
     for code, c in summary["per_rule"].items():
         lines.append(f"| {code} calibrated | {_pr(c['calibrated'])} |")
         lines.append(f"| {code} default | {_pr(c['default'])} |")
+    lines += ["", f"Combined rules of the calibrated verdict: {', '.join(summary['evaluation']['combined_rules']) or 'none'}.",
+              "", "## Calibrated thresholds (calibration half)", "",
+              "Per rule, globally and per family branch with enough of both classes; \"none\": no threshold reaches "
+              f"precision {config.GOALS['precision']} from {config.MIN_TRUE_POSITIVES} true positives above the base rate "
+              "(no predictive power).", "",
+              "| rule | where | threshold | precision | recall | tp/fp/fn | AUC |", "|---|---|---|---|---|---|---|"]
+    for code, c in summary["thresholds"].items():
+        for where, t in [("all", c["global"]), *sorted(c["branches"].items())]:
+            if t is None or t.get("none"):
+                lines.append(f"| {code} | {where} | none | - | - | - | - |")
+            else:
+                auc_text = f"{t['auc']:.2f}" if t.get("auc") is not None else "-"
+                lines.append(f"| {code} | {where} | {t['threshold']:.4g} | {t['precision']:.2f} | {t['recall']:.2f} | "
+                             f"{t['tp']}/{t['fp']}/{t['fn']} | {auc_text} |")
     lines += ["", "## Sensitivity to the label", "",
               "| label | bad | calibrated precision | recall | tp/flagged/bad | default precision | recall | tp/flagged/bad |",
               "|---|---|---|---|---|---|---|---|"]
