@@ -12,7 +12,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.func import jvp, vmap
 
 from archlint import dtypes
-from archlint.graph import Node
+from archlint.graph import ArchGraph, Node, OpKind
 from archlint.measure.overrides import _MeasureMode
 from archlint.measure.report import MeasureError
 from archlint.trace import execute
@@ -71,6 +71,7 @@ class _Runner:
         # probes take the population tangent rule.
         self.mode: _MeasureMode | None = None
         self.eval_from: int | None = None
+        self.private = _private_nodes(run.graph)
 
     def group_args(self, lo: int, hi: int) -> tuple:
         return tuple(a.narrow(d, lo, hi - lo) for a, d in zip(self.args, self.batch_dims))
@@ -198,6 +199,8 @@ class _Runner:
                         if bd is not None and name in pool_names:
                             # A copy: in-place ops further on (ReLU(inplace), +=) may reuse it.
                             out["pools"][name] = primal.movedim(bd, 0).clone()
+                if name in self.private and self.mode is not None:
+                    self.mode.mark_private(replaced if replaced is not None else t)
                 if name == stop_after:
                     raise _Stop
                 return replaced
@@ -206,6 +209,9 @@ class _Runner:
                 execute(graph, args, on_node)
             except _Stop:
                 pass
+            finally:
+                if self.mode is not None:
+                    self.mode.private.clear()
             return out
 
         if not dirs:
@@ -240,6 +246,36 @@ class _Runner:
                     stats[key] = stats[key][0]
         out["pools"] = {k: v[0] for k, v in out["pools"].items()}
         return out
+
+
+# Ops whose output is a new tensor, not a view or an in-place update of an input.
+_FRESH = {OpKind.CONV, OpKind.LINEAR, OpKind.NORM}
+
+
+def _private_nodes(graph: ArchGraph) -> set[str]:
+    """Nodes whose value only an elementwise activation reads and nothing else holds or
+    views, so that an in-place activation of it may run out of place (see
+    overrides._INPLACE_ACTIVATIONS). Only for fx graphs, where every use of a value is a node:
+    a conv, linear or norm output with that one user, or a sum with that one user whose first
+    operand (which ``+=`` updates in place) is itself such a value."""
+    if graph.graph_module is None:
+        return set()
+
+    def private(name: str, depth: int = 0) -> bool:
+        node = graph[name]
+        if len(graph.users(name)) != 1 or depth > 50:
+            return False
+        if node.kind in _FRESH:
+            return True
+        return node.kind == OpKind.ADD and bool(node.inputs) and private(node.inputs[0], depth + 1)
+
+    found = set()
+    for node in graph:
+        users = graph.users(node.name)
+        if len(users) == 1 and graph[users[0]].kind == OpKind.ACTIVATION and graph[users[0]].attrs.get("elementwise"):
+            if private(node.name):
+                found.add(node.name)
+    return found
 
 
 def _batch_dim(node: Node, t: torch.Tensor, n: int, trace_batch: int | None) -> int | None:
