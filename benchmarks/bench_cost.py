@@ -1,4 +1,16 @@
-"""Cost of archlint.measure on a CIFAR ResNet-18 (BasicBlock, 32x32 inputs), CPU, 1 thread.
+"""Cost of archlint.measure against a plain forward pass, CPU, 1 thread.
+
+The default run is the suite: seven model shapes side by side in one process (a CIFAR
+ResNet-18; a thin full-resolution residual CNN; a VGG-style BatchNorm CNN; a depth-20 MLP; a
+GPT-style pre-LN transformer; an LSTM language model; MobileNetV2-style inverted residual
+blocks), each built fresh (train mode), batch 128. For each: one plain forward pass
+(``torch.no_grad()``, eval mode), ``measure(model, x, graph=g)`` (every node's statistics, the
+population value of BatchNorm models included) and the output NLC alone (``nodes=()``,
+``population=False``) as multiples of it, in wall-clock and in process CPU time (the steadier
+of the two on a shared machine). The graph is traced beforehand, as archlint's engine does.
+Medians of REPEATS runs, interleaved within each shape so that machine noise hits all alike.
+
+``--part 1`` and ``--part 2`` are the detailed ResNet-18 studies:
 
 1. All per-node statistics of the freshly built model (train mode: the train-mode BatchNorm
    NLC of every node, plus the eval value with populated statistics) against one plain
@@ -19,21 +31,23 @@ The process's allocator is tuned as archlint's own processes tune theirs
 ``--allocator default`` leaves glibc's defaults, as in a user's process calling
 archlint.measure.
 
-    python benchmarks/bench_cost.py [--part 1|2] [--repeats 7] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import statistics
 import sys
 
 import common  # noqa: F401  (first: the repository importable, one thread)
 import torch
-from common import N, images, timed_both
+from common import N, REPO, images, timed_both
 from exact import jacrev_output_nlc, populate_bn
-from models import resnet18
+from models import LSTMLanguageModel, MobileNetV2Small, ThinResidualCNN, mlp, resnet18, vgg_bn
+from torch import nn
 from torch.func import jacrev, vmap
 
 import archlint.measure.plan as measure_plan
@@ -42,6 +56,7 @@ from archlint.trace import trace
 from archlint.worker import keep_freed_memory
 
 REPEATS = 7
+SUITE_REPEATS = 3
 SUBSET = 4
 
 
@@ -121,6 +136,87 @@ def part1(x, repeats: int) -> None:
           f"with the separate eval pass {r3.output_nlc_population:.3f} ± {r3.output_nlc_population_se:.3f}\n")
 
 
+def gpt(layers: int = 6, seq: int = 64):
+    """nanoGPT as fixtures/architectures/good_gpt_preln.py writes it, 6 layers of width 128."""
+    spec = importlib.util.spec_from_file_location("good_gpt_preln", REPO / "fixtures" / "architectures" / "good_gpt_preln.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GPT(module.GPTConfig(block_size=seq, vocab_size=512, n_layer=layers, n_head=4, n_embd=128, dropout=0.1))
+
+
+def shapes():
+    """name -> (description, build() -> (model, input batch)); each seeded on its own."""
+    g = torch.Generator().manual_seed(0)
+    pictures = images(N, g)
+    vectors = torch.randn(N, 784, generator=g)
+    gpt_ids = torch.randint(0, 512, (N, 64), generator=g)
+    lstm_ids = torch.randint(0, 1000, (N, 32), generator=g)
+
+    def seeded(seed, build, x):
+        def make():
+            torch.manual_seed(seed)
+            return build(), x
+        return make
+
+    return {
+        "resnet18": ("CIFAR ResNet-18, 128 x 3x32x32", seeded(0, lambda: resnet18(10), pictures)),
+        "thin-resnet": ("thin residual CNN: 6 blocks of 32 channels at 32x32, no downsampling, 128 x 3x32x32",
+                        seeded(1, ThinResidualCNN, pictures)),
+        "vgg-bn": ("VGG-style BN CNN (64,64,M,128,128,M,256,256,M), 128 x 3x32x32", seeded(2, vgg_bn, pictures)),
+        "mlp20": ("ReLU MLP, depth 20, width 512, 128 x 784", seeded(3, lambda: mlp(20, 512, nn.ReLU, d_in=784), vectors)),
+        "gpt": ("GPT (pre-LN), 6 layers, width 128, 128 x 64 token ids", seeded(4, gpt, gpt_ids)),
+        "lstm-lm": ("LSTM LM, 2 layers of 256, vocabulary 1000, 128 x 32 token ids", seeded(5, LSTMLanguageModel, lstm_ids)),
+        "mobilenetv2": ("MobileNetV2-style inverted residual blocks, 128 x 3x32x32", seeded(6, MobileNetV2Small, pictures)),
+    }
+
+
+def suite(names: list[str], repeats: int) -> None:
+    print("## Suite: measure() against a plain forward pass (no grad, eval mode), CPU, 1 thread, batch 128\n")
+    rows = []
+    for name in names:
+        description, build = shapes()[name]
+        model, x = build()
+        graph = trace(model, (x[:4],), name=name)
+        forward = plain_forward(model, x)
+        runs = {
+            "all": lambda: measure(model, x, graph=graph),
+            "output": lambda: measure(model, x, graph=graph, nodes=(), population=False),
+        }
+        forward()
+        runs["all"]()  # warm-up (allocator, kernels)
+        wall: dict[str, list[float]] = {"forward": [], **{k: [] for k in runs}}
+        cpu: dict[str, list[float]] = {k: [] for k in wall}
+        reports = {}
+        for _ in range(repeats):
+            for key, run in [("forward", forward)] + list(runs.items()):
+                w, c, reports[key] = timed_both(run)
+                wall[key].append(w)
+                cpu[key].append(c)
+        med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in wall}
+        r = reports["all"]
+        probes = f"{r.probes}" + (f" + {r.population_probes} eval" if r.population_probes is not None else "")
+        row = (name, description, med, probes, reports["output"].probes, r)
+        rows.append(row)
+        f, fc = med["forward"]
+        print(f"{name}: forward {f:.3f}s wall / {fc:.3f}s CPU; all {med['all'][0] / f:.2f}x / {med['all'][1] / fc:.2f}x; "
+              f"output only {med['output'][0] / f:.2f}x / {med['output'][1] / fc:.2f}x "
+              f"(per-run CPU s: " + "; ".join(f"{k} {[round(v, 2) for v in cpu[k]]}" for k in cpu) + ")", flush=True)
+    print("\n| shape | nodes | forward: wall / CPU | all per-node statistics (probes) | x forward: wall / CPU "
+          "| output NLC only (probes) | x forward: wall / CPU |")
+    print("|---|---|---|---|---|---|---|")
+    for name, description, med, probes, out_probes, r in rows:
+        f, fc = med["forward"]
+        print(f"| {description} | {len(r.nodes)} | {f:.3f}s / {fc:.3f}s | {med['all'][0]:.2f}s / {med['all'][1]:.2f}s ({probes}) "
+              f"| **{med['all'][0] / f:.2f}x / {med['all'][1] / fc:.2f}x** | {med['output'][0]:.2f}s / {med['output'][1]:.2f}s "
+              f"({out_probes}) | **{med['output'][0] / f:.2f}x / {med['output'][1] / fc:.2f}x** |")
+    print()
+    for name, description, med, probes, out_probes, r in rows:
+        pop = (f", population {r.output_nlc_population:.3f} ± {r.output_nlc_population_se:.3f}"
+               if r.output_nlc_population is not None else "")
+        print(f"- {name}: output NLC {r.output_nlc:.3f} ± {r.output_nlc_se:.3f}{pop}; mode {r.mode}, dtype {r.dtype}"
+              + (f"; notes: {'; '.join(r.notes)}" if r.notes else ""))
+
+
 def exact_time_on_subset(model, x, chunk):
     """vmap(jacrev) per-sample Jacobians of SUBSET samples (jacrev over output chunks to
     bound memory), scaled to N samples: (wall-clock, CPU) seconds."""
@@ -179,17 +275,26 @@ def part2(x) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", type=int, choices=(1, 2), help="run only this part (default: both)")
-    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--part", choices=("suite", "1", "2"), default="suite",
+                        help="suite (default): every shape; 1, 2: the ResNet-18 studies")
+    parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
+    parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
     args = parser.parse_args()
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
+    if args.part == "suite":
+        names = args.shapes.split(",")
+        unknown = sorted(set(names) - set(shapes()))
+        if unknown:
+            parser.error(f"unknown shapes: {', '.join(unknown)} (known: {', '.join(shapes())})")
+        suite(names, args.repeats or SUITE_REPEATS)
+        return 0
     x = images(N, torch.Generator().manual_seed(0))
-    if args.part in (None, 1):
-        part1(x, args.repeats)
-    if args.part in (None, 2):
+    if args.part == "1":
+        part1(x, args.repeats or REPEATS)
+    else:
         part2(x)
     return 0
 

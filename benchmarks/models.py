@@ -128,3 +128,82 @@ class TinyTransformer(nn.Module):
         x = self.tok(ids) + self.pos(positions)
         x = self.ln(self.blocks(x))
         return self.head(x.mean(1))
+
+
+class ThinResidualCNN(nn.Module):
+    """Full resolution throughout: a 3x3 stem, ``blocks`` residual blocks (conv-BN-ReLU-conv-BN
+    + skip, then ReLU) of ``width`` channels, no downsampling, a pooled linear head."""
+
+    def __init__(self, blocks: int = 6, width: int = 32, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(*[BasicBlock(width, width) for _ in range(blocks)])
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def vgg_bn(widths=(64, 64, "M", 128, 128, "M", 256, 256, "M"), classes: int = 10) -> nn.Sequential:
+    """VGG-style plain CNN: conv-BN-ReLU, max-pool at "M", a linear head (32x32 inputs)."""
+    layers: list[nn.Module] = []
+    c = 3
+    for w in widths:
+        if w == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
+
+
+class LSTMLanguageModel(nn.Module):
+    """Embedding, a 2-layer LSTM, a linear head over the vocabulary at every position."""
+
+    def __init__(self, vocab: int = 1000, d: int = 128, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.lstm = nn.LSTM(d, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, ids):
+        out, _ = self.lstm(self.embed(ids))
+        return self.head(out)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 linear projection (BN after
+    each, ReLU6 after the first two), with a skip when the shape is kept."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int = 6):
+        super().__init__()
+        hidden = c_in * expand
+        self.skip = stride == 1 and c_in == c_out
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return x + self.body(x) if self.skip else self.body(x)
+
+
+class MobileNetV2Small(nn.Module):
+    """A CIFAR-size MobileNetV2: stem, inverted residual blocks (16-64 channels, expansion 6),
+    1x1 head conv, pooled linear classifier."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        cfg = [(16, 1), (24, 1), (24, 1), (32, 2), (32, 1), (64, 2), (64, 1)]
+        layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)]
+        c = 32
+        for c_out, stride in cfg:
+            layers.append(InvertedResidual(c, c_out, stride, expand=1 if c == 32 and c_out == 16 else 6))
+            c = c_out
+        layers += [nn.Conv2d(c, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU6(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(256, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))

@@ -414,6 +414,61 @@ def test_exploded_signal_is_reported_also_after_the_float64_recheck():
     assert report.nodes["_0"].status == "ok"
 
 
+class CausalAttention(nn.Module):
+    """Self-attention with a causal mask written as -inf, as nanoGPT writes it."""
+
+    def __init__(self, d=16, seq=8):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.register_buffer("mask", torch.tril(torch.ones(seq, seq)))
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        att = (q @ k.transpose(-2, -1)) / 4.0
+        att = att.masked_fill(self.mask == 0, float("-inf"))
+        return F.softmax(att, dim=-1) @ v
+
+
+def test_a_causal_mask_written_as_minus_inf_needs_no_float64_recheck():
+    # The mask's infinity is the model's own (float64 writes the same one): the node is
+    # reported as exploded, but nothing is measured twice.
+    torch.manual_seed(0)
+    report = measure(CausalAttention(), gaussian(64, 8, 16))
+    assert report.dtype == "float32"
+    assert not any("float64" in note for note in report.notes)
+    assert report.nodes["masked_fill"].status == "exploded"
+    assert report.status == "ok" and report.output_nlc > 1
+
+
+class AddsItsOwnReLU(nn.Module):
+    """h + relu_(h): the in-place ReLU changes h, which the sum then reads (2 relu(h))."""
+
+    def __init__(self, inplace):
+        super().__init__()
+        self.lin = nn.Linear(16, 32)
+        self.inplace = inplace
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.inplace:
+            return h + F.relu(h, inplace=True)
+        r = F.relu(h)
+        return r + r
+
+
+def test_in_place_activations_keep_their_semantics_and_numbers():
+    # Run out of place where nothing else reads the input, in place where something does:
+    # the numbers of the in-place model are those of the same model written without it.
+    x = gaussian(128, 16)
+    for inplace_model, plain_model in [(AddsItsOwnReLU(True), AddsItsOwnReLU(False)),
+                                       (mlp(3, 32, lambda: nn.ReLU(inplace=True)), mlp(3, 32, nn.ReLU)),
+                                       (mlp(3, 32, lambda: nn.ReLU6(inplace=True)), mlp(3, 32, nn.ReLU6))]:
+        plain_model.load_state_dict(inplace_model.state_dict())
+        a, b = measure(inplace_model, x), measure(plain_model, x)
+        assert a.output_nlc == pytest.approx(b.output_nlc, rel=1e-6)
+        assert [s.nlc for s in a.nodes.values()] == pytest.approx([s.nlc for s in b.nodes.values()], rel=1e-6)
+
+
 def test_signal_that_overflows_only_in_float32_is_measured_in_float64():
     model = mlp(4, 16, nn.Identity)
     with torch.no_grad():

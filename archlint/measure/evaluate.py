@@ -24,6 +24,9 @@ PRECISION_NLC = 100.0
 # A spread (input-dependent share of the RMS) below this leaves a float32 variance with a
 # rounding error of about 1% or more after a few dozen layers: check in float64.
 PRECISION_SPREAD = 1e-4
+# Ops that write a given value where a mask says: the infinity a causal attention mask writes
+# (masked_fill(mask, -inf)) is the model's own, and float64 writes the same one.
+FILL_OPS = {"masked_fill", "masked_fill_", "where", "index_fill", "index_fill_", "fill_", "full", "full_like"}
 
 
 @dataclass
@@ -163,6 +166,9 @@ class _Result:
                 if v.status == "vanished" and (_zero_weight(run.module(node)) or any(i in structural for i in node.inputs)):
                     structural.add(node.name)
                     continue
+                if v.status == "exploded" and node.op in FILL_OPS and not any(
+                        values.get(i) is not None and values[i].status in ("exploded", "nan") for i in node.inputs):
+                    continue  # a written infinity (a mask), not an overflow of finite inputs
                 if v.doubt is not None:
                     reasons.append(f"{node.name} ({v.doubt})")
         for v, (start, end) in [(v, k) for k, v in list(self.segs.items()) + list(self.pop_segs.items())]:

@@ -3,6 +3,8 @@ derivatives, and lean tangent rules for convolution, linear layers and batch nor
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from typing import Any
 
 import torch
@@ -104,6 +106,14 @@ class _BatchNormTangent(torch.autograd.Function):
 
 _AFFINE_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 _DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout}
+# Activations with an ``inplace`` flag. In place, forward mode also updates the input's
+# tangent in place, about five times the cost of the out-of-place rule (a ReLU on a
+# 128x32x32x32 map with 3 probes: 45 ms more than out of place, 10 ms): for a thin
+# full-resolution CNN a sixth of the measurement. Run out of place where nothing else can
+# see the input (see _MeasureMode.private).
+_INPLACE_ACTIVATIONS = {F.relu, F.relu6, F.hardtanh, F.leaky_relu, F.elu, F.celu, F.selu, F.silu, F.hardswish,
+                        F.hardsigmoid, F.mish, F.threshold, F.rrelu}
+_SIGNATURES: dict[Any, inspect.Signature] = {}
 _BN_ARGS = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 # The oneDNN (mkldnn) recurrent kernels have no forward-mode derivative; PyTorch's own have.
 # cuDNN's are turned off too, assuming they lack one as well (unchecked: no GPU was at hand).
@@ -119,10 +129,44 @@ class _MeasureMode(TorchFunctionMode):
     # the runner around a pass; None: all probes take the batch rule).
     eval_from: int | None = None
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Tensors (by id, with a weak reference to check it is still the same one) that no
+        # one else holds or views: the runner marks them from the graph. An in-place
+        # activation of one runs out of place, the same values and tangents.
+        self.private: dict[int, weakref.ref] = {}
+
+    def mark_private(self, t: torch.Tensor) -> None:
+        self.private[id(t)] = weakref.ref(t)
+
+    def _out_of_place(self, func, args, kwargs):
+        """(args, kwargs) of the out-of-place call of an in-place activation of a private
+        tensor; None when it is not one."""
+        if func not in _INPLACE_ACTIVATIONS or not args:
+            return None
+        ref = self.private.pop(id(args[0]), None)
+        if ref is None or ref() is not args[0]:
+            return None
+        sig = _SIGNATURES.get(func)
+        if sig is None:
+            sig = _SIGNATURES[func] = inspect.signature(func)
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError:
+            return None
+        if not bound.arguments.get("inplace"):
+            return None
+        bound.arguments["inplace"] = False
+        return bound.args, bound.kwargs
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _DROPOUT_FUNCS:
             return args[0] if args else kwargs["input"]
+        if self.private:
+            call = self._out_of_place(func, args, kwargs)
+            if call is not None:
+                return func(*call[0], **call[1])
         if func in _RNN_FUNCS:
             with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
                 return func(*args, **kwargs)

@@ -111,7 +111,7 @@ class _Plan:
             needed_pop = max(self.population_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)) if fused else 0
             if probes > self.probes or needed_pop > pop_probes:
                 extra = runner.run_pass(probes - self.probes + needed_pop - pop_probes, want=every, seed=self.seed + 500,
-                                        eval_from=probes - self.probes if fused else None)
+                                        eval_from=probes - self.probes if fused else None, tangent_only=True)
                 extra_main, extra_pop = _split_probes(extra, probes - self.probes) if fused else (extra, None)
                 _add_probes(main, extra_main)
                 if fused:

@@ -12,7 +12,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.func import jvp, vmap
 
 from archlint import dtypes
-from archlint.graph import Node
+from archlint.graph import ArchGraph, Node, OpKind
 from archlint.measure.overrides import _MeasureMode
 from archlint.measure.report import MeasureError
 from archlint.trace import execute
@@ -71,6 +71,10 @@ class _Runner:
         # probes take the population tangent rule.
         self.mode: _MeasureMode | None = None
         self.eval_from: int | None = None
+        # Only the tangent terms ("a") of each node: a pass that adds probes to one whose
+        # values, and so their statistics, were already taken.
+        self.tangent_only = False
+        self.private = _private_nodes(run.graph)
 
     def group_args(self, lo: int, hi: int) -> tuple:
         return tuple(a.narrow(d, lo, hi - lo) for a, d in zip(self.args, self.batch_dims))
@@ -98,16 +102,17 @@ class _Runner:
         return pools
 
     def run_pass(self, probes: int, want: set[str], pool_names: set[str] = frozenset(), bn_modules=(), bn_nodes=None,
-                 seed: int = 0, signs: bool = False, eval_from: int | None = None) -> _PassResult:
+                 seed: int = 0, signs: bool = False, eval_from: int | None = None, tangent_only: bool = False) -> _PassResult:
         """``eval_from``: probes from this index on take the population (eval-mode) tangent
-        rule of train-mode batch norm, with the batch's statistics (see plan._fusable)."""
+        rule of train-mode batch norm, with the batch's statistics (see plan._fusable).
+        ``tangent_only``: the nodes' tangent terms alone (see plan._add_probes)."""
         pools = self.source_pools() if probes else {}
         bn_inputs = {name for m in bn_modules for name in (bn_nodes or {}).get(id(m), [])}
-        self.eval_from = eval_from
+        self.eval_from, self.tangent_only = eval_from, tangent_only
         try:
             return self._pass(self.sources if probes else [], pools, probes, want, set(pool_names), bn_inputs, None, seed, signs)
         finally:
-            self.eval_from = None
+            self.eval_from, self.tangent_only = None, False
 
     def segment(self, seg: tuple[str, str], probes: int, pools: dict[str, torch.Tensor], seed: int,
                 eval_from: int | None = None) -> "_NodeAccResult":
@@ -194,10 +199,13 @@ class _Runner:
                         bd = _batch_dim(graph[name], primal, n, self.trace_batch)
                         info.batch_dim[name] = bd
                         if bd is not None and (name in want or name in bn_inputs):
-                            out["nodes"][name] = _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs)
+                            out["nodes"][name] = (_tangent_term(tangent, bd) if self.tangent_only else
+                                                  _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs))
                         if bd is not None and name in pool_names:
                             # A copy: in-place ops further on (ReLU(inplace), +=) may reuse it.
                             out["pools"][name] = primal.movedim(bd, 0).clone()
+                if name in self.private and self.mode is not None:
+                    self.mode.mark_private(replaced if replaced is not None else t)
                 if name == stop_after:
                     raise _Stop
                 return replaced
@@ -206,6 +214,9 @@ class _Runner:
                 execute(graph, args, on_node)
             except _Stop:
                 pass
+            finally:
+                if self.mode is not None:
+                    self.mode.private.clear()
             return out
 
         if not dirs:
@@ -242,6 +253,36 @@ class _Runner:
         return out
 
 
+# Ops whose output is a new tensor, not a view or an in-place update of an input.
+_FRESH = {OpKind.CONV, OpKind.LINEAR, OpKind.NORM}
+
+
+def _private_nodes(graph: ArchGraph) -> set[str]:
+    """Nodes whose value only an elementwise activation reads and nothing else holds or
+    views, so that an in-place activation of it may run out of place (see
+    overrides._INPLACE_ACTIVATIONS). Only for fx graphs, where every use of a value is a node:
+    a conv, linear or norm output with that one user, or a sum with that one user whose first
+    operand (which ``+=`` updates in place) is itself such a value."""
+    if graph.graph_module is None:
+        return set()
+
+    def private(name: str, depth: int = 0) -> bool:
+        node = graph[name]
+        if len(graph.users(name)) != 1 or depth > 50:
+            return False
+        if node.kind in _FRESH:
+            return True
+        return node.kind == OpKind.ADD and bool(node.inputs) and private(node.inputs[0], depth + 1)
+
+    found = set()
+    for node in graph:
+        users = graph.users(node.name)
+        if len(users) == 1 and graph[users[0]].kind == OpKind.ACTIVATION and graph[users[0]].attrs.get("elementwise"):
+            if private(node.name):
+                found.add(node.name)
+    return found
+
+
 def _batch_dim(node: Node, t: torch.Tensor, n: int, trace_batch: int | None) -> int | None:
     """The dimension of ``t`` that holds the batch: size n now, and the traced batch size in
     the graph's recorded shape (so that a (T, B, D) layout is recognised, and a (T, D) table
@@ -269,15 +310,10 @@ def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, 
         # The model computed in half precision; its statistics need not (cdist has no half
         # kernel on CPU, and squared norms overflow float16).
         flat = flat.float()
-        tangent = tangent.float() if tangent is not None else None
     m = flat.mean(0)
     distance = torch.cdist(flat[None], m[None, None], compute_mode="donot_use_mm_for_euclid_dist")
     stats = {"m": m, "b": distance.view(n).square()}
-    if tangent is not None:
-        # Reduced over all other dims in place: a reshape would copy a tangent whose probe
-        # dimension vmap keeps in another position.
-        others = [d for d in range(tangent.dim()) if d != bd]
-        stats["a"] = torch.linalg.vector_norm(tangent, dim=others).square() if others else tangent.square()
+    stats.update(_tangent_term(tangent, bd))
     if signs:
         stats["pos"] = (flat > 0).sum(0, dtype=torch.int32)
     if bn_input and bd == 0 and p.dim() >= 2:
@@ -288,6 +324,18 @@ def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, 
         stats["chan_mean"] = mean
         stats["chan_var"] = invstd.pow(-2) * (count / max(count - 1, 1))  # unbiased, as PyTorch keeps it
     return stats
+
+
+def _tangent_term(tangent: torch.Tensor | None, bd: int) -> dict:
+    """{"a": each row's squared tangent norm} ({} without a tangent)."""
+    if tangent is None:
+        return {}
+    if dtypes.name(tangent.dtype) in dtypes.LOW_PRECISION:
+        tangent = tangent.float()
+    # Reduced over all other dims in place: a reshape would copy a tangent whose probe
+    # dimension vmap keeps in another position.
+    others = [d for d in range(tangent.dim()) if d != bd]
+    return {"a": torch.linalg.vector_norm(tangent, dim=others).square() if others else tangent.square()}
 
 
 class _NodeAcc:
@@ -305,6 +353,12 @@ class _NodeAcc:
         self.chan_var: list[torch.Tensor] = []
 
     def add(self, s: dict) -> None:
+        if "b" not in s:  # a tangent-only pass
+            if "a" in s:
+                self.a.append(s["a"].double())
+            else:
+                self.has_tangent = False
+            return
         n_g = s["b"].shape[0]
         m = s["m"].double()
         m2 = s["b"].double().sum()
