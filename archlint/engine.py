@@ -222,11 +222,15 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     much. Where a static finding stands or the screening finds something, the full
     measurement decides, and its numbers are the ones reported.
     """
+    from archlint.measure.budget import OverBudget
+
     static = [f for f in findings if not f.is_meta]
+    # One budget for the model: a full measurement after the screening one gets what is left.
+    budget = measure_budget(settings, target)
     try:
-        report = None
+        report = screened = None
         if not static:
-            report = measure_graph(graph, entry, settings, target, [], screening=True)
+            report = screened = measure_graph(graph, entry, settings, target, [], screening=True, budget=budget)
             if not _found_by_measurement(graph, report, settings, static):
                 graph.measured = model_result.measured = report
                 model_result.screened = True
@@ -235,7 +239,18 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         # measurement has: only the others need their own probes.
         sources = set(patterns.sources(graph))
         segments = sorted({f.segment for f in static if f.segment is not None and f.segment[0] not in sources})
-        report = measure_graph(graph, entry, settings, target, segments)
+        try:
+            report = measure_graph(graph, entry, settings, target, segments,
+                                   budget=budget - (screened.seconds if screened else 0.0))
+        except OverBudget as exc:
+            if screened is None:
+                raise
+            # What the screening found stands on its one batch.
+            model_result.screened = True
+            screened.notes.insert(0, f"screening measurement only: the full one does not fit ({exc})")
+            screened.budget_note = "the screening measurement only (one batch): the full one does not fit the measurement budget"
+    except OverBudget as exc:  # a slow model, not a failure: its findings stay predictions
+        return rules_api.not_verified(graph.name, findings, str(exc), graph.span)
     except Exception as exc:  # the model's code may fail on the measurement batch
         where = _user_frame_span(exc, graph.span.path) if graph.span is not None else None
         return rules_api.not_verified(graph.name, findings, f"the measurement failed ({type(exc).__name__}: {exc})", where or graph.span)
@@ -249,7 +264,25 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         verdict = rule.confirm(f, report, settings.rule_options.get(rule.name))
         status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
-    return out + _found_by_measurement(graph, report, settings, static)
+    return _with_budget_note(out + _found_by_measurement(graph, report, settings, static), report)
+
+
+def measure_budget(settings: Settings, target: torch.device) -> float:
+    """Seconds one model's measurement may take (--measure-budget, else the device's default)."""
+    from archlint.measure import budget
+
+    return settings.measure_budget if settings.measure_budget is not None else budget.default_budget(target.type)
+
+
+def _with_budget_note(findings: list[Finding], report: Any) -> list[Finding]:
+    """Findings judged by a measurement that gave up samples or probes to fit its time
+    budget say so, with the standard error it reached."""
+    if not report.budget_note:
+        return findings
+    se = report.output_nlc_se
+    precision = f"; the output NLC is {report.output_nlc:.3g} ± {se:.2g}" if se is not None and report.output_nlc else ""
+    note = f"measured with {report.budget_note}{precision}"
+    return [f if f.is_meta else replace(f, reason=f"{f.reason}; {note}" if f.reason else note) for f in findings]
 
 
 def _found_by_measurement(graph: ArchGraph, report: Any, settings: Settings, static: list[Finding]) -> list[Finding]:
@@ -266,11 +299,13 @@ def _found_by_measurement(graph: ArchGraph, report: Any, settings: Settings, sta
 
 
 def measure_graph(graph: ArchGraph, entry: Any, settings: Settings, target: torch.device,
-                  segments: list[tuple[str, str]], *, screening: bool = False) -> Any:
+                  segments: list[tuple[str, str]], *, screening: bool = False, budget: float | None = None) -> Any:
     """Measure a traced model on the batch the settings ask for (the verification pass, and
     a fixed model's verification in archlint.fix), seeded like the build: ``--data``'s
     function may draw random numbers too. ``screening``: one batch, no population pass,
-    only the nodes the rules' ``find`` reads."""
+    only the nodes the rules' ``find`` reads. ``budget``: seconds (default: the settings'
+    measurement budget); raises ``archlint.measure.budget.OverBudget`` where even one batch
+    does not fit."""
     from archlint import inputs as inputs_mod
     from archlint import measure as measure_mod
 
@@ -290,6 +325,7 @@ def measure_graph(graph: ArchGraph, entry: Any, settings: Settings, target: torc
         return measure_mod.measure(
             graph.model, batch, graph=graph, device=target,
             batch_size=settings.batch_size, seed=settings.seed, segments=segments, **screen,
+            budget=measure_budget(settings, target) if budget is None else budget,
         )
 
 
