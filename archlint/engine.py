@@ -107,7 +107,9 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     if budget is None:
         budget = memory.default_memory_budget(target)
     progress("build", findings=result.findings)
-    built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget)
+    # Each entry is progress: many models that are slow to build are not a hang.
+    built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget,
+                                      on_entry=lambda entry: progress("build", span=entry.span, findings=result.findings))
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
@@ -241,7 +243,7 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         segments = sorted({f.segment for f in static if f.segment is not None and f.segment[0] not in sources})
         try:
             report = measure_graph(graph, entry, settings, target, segments,
-                                   budget=budget - (screened.seconds if screened else 0.0))
+                                   budget=max(0.0, budget - (screened.seconds if screened else 0.0)))
         except OverBudget as exc:
             if screened is None:
                 raise
