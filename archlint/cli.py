@@ -246,8 +246,9 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
             n_cached += 1
         else:
             result = analyse(path, settings[path])
-            # A crash, timeout or memory stop depends on the machine: not kept.
-            if store is not None and result.failure is None:
+            # A crash, timeout, memory stop or a measurement cut to its time budget depends
+            # on the machine: not kept.
+            if store is not None and not result.machine_dependent:
                 store.put(path, result)
         return result
 

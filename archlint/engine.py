@@ -38,6 +38,8 @@ class ModelResult:
     screened: bool = False
     # The discovered or configured entry the model was built from (its explicit inputs).
     entry: Any = None
+    # Its measurement was cut to fit the time budget, or did not fit at all.
+    over_budget: bool = False
 
 
 def _no_progress(stage: str, model: str | None = None, span: Span | None = None, findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
@@ -236,6 +238,7 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
             if not _found_by_measurement(graph, report, settings, static):
                 graph.measured = model_result.measured = report
                 model_result.screened = True
+                model_result.over_budget = report.budget_note is not None
                 return findings
         # A segment that starts where the signal enters is the end node's own NLC, which every
         # measurement has: only the others need their own probes.
@@ -248,15 +251,17 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
             if screened is None:
                 raise
             # What the screening found stands on its one batch.
-            model_result.screened = True
+            model_result.screened = model_result.over_budget = True
             screened.notes.insert(0, f"screening measurement only: the full one does not fit ({exc})")
             screened.budget_note = "the screening measurement only (one batch): the full one does not fit the measurement budget"
     except OverBudget as exc:  # a slow model, not a failure: its findings stay predictions
+        model_result.over_budget = True
         return rules_api.not_verified(graph.name, findings, str(exc), graph.span)
     except Exception as exc:  # the model's code may fail on the measurement batch
         where = _user_frame_span(exc, graph.span.path) if graph.span is not None else None
         return rules_api.not_verified(graph.name, findings, f"the measurement failed ({type(exc).__name__}: {exc})", where or graph.span)
     graph.measured = model_result.measured = report
+    model_result.over_budget = model_result.over_budget or report.budget_note is not None
     out = []
     for f in findings:
         if f.is_meta:
@@ -336,6 +341,7 @@ def _finish(result: FileResult, settings: Settings, source: str | None) -> FileR
 
     result.findings = suppress.finalise(result.findings, result.path, settings, source)
     result.n_models = sum(1 for m in result.models if m.graph is not None)
+    result.over_budget = any(m.over_budget for m in result.models)
     return result
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from archlint import worker
 from archlint.config import Settings
+from archlint.results import FileResult
 from archlint.engine import check_file
 from archlint.measure import measure
 from archlint.measure.budget import OverBudget
@@ -62,8 +63,8 @@ def sleepy_module(per_row: float) -> nn.Module:
     return namespace["Sleepy"]()
 
 
-def model_file(tmp_path, *models: tuple[str, float]):
-    path = tmp_path / "models.py"
+def model_file(tmp_path, *models: tuple[str, float], name: str = "models.py"):
+    path = tmp_path / name
     path.write_text(SLEEPY + "".join(HOT_MLP.format(name=name, per_row=per_row) for name, per_row in models))
     return path
 
@@ -224,3 +225,14 @@ def test_a_hang_in_the_measurement_is_stopped_after_the_timeout_and_the_budget(t
         "beyond its measurement budget of 1 s) and was stopped (an endless loop? raise the limit with --timeout); "
         "its verdicts are static predictions")
     assert stopped.span.line == path.read_text().splitlines().index("        while x.shape[0] > 2: pass  # noqa: E701") + 1
+
+
+def test_a_result_cut_to_the_budget_is_not_cached(tmp_path):
+    path = model_file(tmp_path, ("TooSlow", 0.1), ("Fast", 0.0))
+    settings = Settings(batch_size=32, measure_budget=5.0)
+    result = check_file(path, settings)
+    # It depends on the machine's speed and load, like a timeout: the next run measures again.
+    assert result.over_budget and result.machine_dependent
+    assert FileResult.from_dict(result.to_dict()).over_budget
+    fast_only = check_file(model_file(tmp_path, ("Fast", 0.0), name="fast.py"), Settings(batch_size=32, measure_budget=600.0))
+    assert fast_only.findings and not fast_only.over_budget and not fast_only.machine_dependent

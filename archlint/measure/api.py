@@ -103,13 +103,14 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
     plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population, wanted)
     if fitted is not None:
         plan.max_probes = fitted.max_probes
+    given_up = [fitted.note] if fitted is not None and fitted.note else []
     run_started = time.perf_counter()
     result = plan.run(run)
     run_seconds = time.perf_counter() - run_started
     if result.needs_float64 and result.dtype != torch.float64 and not time_budget.allows_float64(
             fitted, run_seconds, time.perf_counter() - started, target.type):
-        result.notes.append(f"no float64 re-check of: {', '.join(result.reasons)}: it would not fit the measurement "
-                            f"budget of {budget:g} s; numbers are {dtypes.name(result.dtype)}")
+        given_up.append(f"no float64 re-check of {', '.join(result.reasons)}: it would not fit the measurement "
+                        f"budget of {budget:g} s (numbers are {dtypes.name(result.dtype)})")
     elif result.needs_float64 and result.dtype != torch.float64:
         try:
             precise = plan.run(_Runnable(graph, model, target, dtype=torch.float64))
@@ -121,9 +122,9 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
             precise.output_by_dtype = {dtypes.name(result.dtype): result.report_nodes()[graph.output]}
             result = precise
     report = result.report(model_name=graph.name, device=str(target))
-    if fitted is not None and fitted.note:
-        report.notes.insert(0, fitted.note)
-        report.budget_note = fitted.note
+    if given_up:
+        report.notes[:0] = given_up
+        report.budget_note = "; ".join(given_up)
     report.output_by_dtype = {**result.output_by_dtype, report.dtype: report.output_stats}
     graph.measured = report
     return report

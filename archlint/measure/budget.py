@@ -59,7 +59,7 @@ FLOAT64_FACTOR = {"cpu": 2.5, "cuda": 6.0}
 # cost per row between these two, scaled up, shows it may fit (a model that needs minutes
 # per batch is not run for minutes to learn that). A difference, so that the fixed cost of a
 # call (Python, kernel launches) is not scaled with the rows.
-SMALL_ROWS = (2, 6)
+SMALL_ROWS = (2, 8)
 
 
 class OverBudget(MeasureError):
@@ -112,10 +112,10 @@ def _cost(batches: int, probes: int, population: int, fused: bool, fresh: bool, 
     return batches * per_batch
 
 
-def time_forward(run: Any, args: tuple, batch_dims: list[int], rows: int) -> float:
+def time_forward(run: Any, args: tuple, batch_dims: list[int], rows: int, repeat: int = 1) -> float:
     """Seconds of one plain forward pass of the model on its first ``rows`` rows, on the
-    measurement's device, under no_grad; the model's state (BatchNorm running statistics)
-    and the random number generators are left as they were."""
+    measurement's device, under no_grad (the fastest of ``repeat``); the model's state
+    (BatchNorm running statistics) and the random number generators are left as they were."""
     import torch
 
     from archlint.state import preserved_state
@@ -123,14 +123,17 @@ def time_forward(run: Any, args: tuple, batch_dims: list[int], rows: int) -> flo
     batch = tuple(run.cast(a.narrow(d, 0, rows)) for a, d in zip(args, batch_dims))
     cuda = run.device.type == "cuda"
     devices = [run.device] if cuda else []
+    times = []
     with torch.random.fork_rng(devices=devices), preserved_state(run.root), torch.no_grad():
-        if cuda:
-            torch.cuda.synchronize(run.device)
-        start = time.perf_counter()
-        run.root(*batch)
-        if cuda:
-            torch.cuda.synchronize(run.device)
-        return time.perf_counter() - start
+        for _ in range(repeat):
+            if cuda:
+                torch.cuda.synchronize(run.device)
+            start = time.perf_counter()
+            run.root(*batch)
+            if cuda:
+                torch.cuda.synchronize(run.device)
+            times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def passes(run: Any, batch: int, population: bool) -> tuple[bool, bool, bool]:
@@ -171,10 +174,13 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     cheapest = _cost(1, 1, 0, False, fresh, segments, sequential)
     few, more = SMALL_ROWS
     if batch > more:
-        t_few, t_more = (time_forward(run, args, batch_dims, rows) for rows in (few, more))
-        guess = t_more + (t_more - t_few) / (more - few) * (batch - more)
-        # Twice the budget: the guess is rough, and timing the batch costs a fraction of it.
-        if guess * cheapest > 2 * (budget - spent):
+        # The fastest of two: the difference is scaled up ~20 times, and a busy machine's
+        # pause in one call must not make a model look too slow to try.
+        t_few, t_more = (time_forward(run, args, batch_dims, rows, repeat=2) for rows in (few, more))
+        guess = t_more + max(0.0, t_more - t_few) / (more - few) * (batch - more)
+        # Three times the budget: the guess is rough, and a model wrongly left unmeasured
+        # costs more than timing its batch (a fraction of the budget) does.
+        if guess * cheapest > 3 * (budget - spent):
             raise OverBudget(_too_slow(guess, batch, cheapest, budget, spent, "about "))
     forward = time_forward(run, args, batch_dims, batch)
     left = budget - (time.perf_counter() - started)
