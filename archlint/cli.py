@@ -19,6 +19,7 @@ from archlint.cache import CACHE_DIR_NAME
 from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, exclude_patterns, find_config, resolve_settings, validate_codes, validate_device
 from archlint.files import is_excluded, iter_python_files, mentions_torch, read_source
 from archlint.output import FORMATS
+from archlint.measure.budget import DEFAULT_CPU, DEFAULT_GPU
 from archlint.worker import DEFAULT_TIMEOUT
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -76,7 +77,7 @@ def main() -> None:
 @click.option("--device", metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.  [default: auto]")
 @click.option("--batch-size", type=click.IntRange(min=2), help="Batch size of the verification pass.  [default: 128]")
 @click.option("--seed", type=int, help="Seed of the synthetic inputs and random directions.  [default: 0]")
-@click.option("--measure-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Time one model's measurement may take: a slower one uses fewer samples or probes (and says so, with the standard error reached), and a model whose single batch does not fit stays unmeasured (ARC905).  [default: 30 on a CPU, 10 on a GPU]")
+@click.option("--measure-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help=f"Time one model's measurement may take: a slower one uses fewer samples or probes (and says so, with the standard error reached), and a model whose single batch does not fit stays unmeasured (ARC905).  [default: {DEFAULT_CPU:g} on a CPU, {DEFAULT_GPU:g} on a GPU]")
 @click.option("--memory-budget", metavar="SIZE", help="Largest model (parameters and buffers, e.g. 8GiB) to build for real and measure; larger ones are analysed on the meta device only.  [default: a quarter of the available memory]")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS", help="Stop analysing a file when it makes no progress for this long (its code may loop forever) and report it; a model's measurement may also take its --measure-budget.")
