@@ -176,6 +176,8 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     sequential = getattr(run.graph, "traced_with", None) == "eager"
     cheapest = _cost(1, 1, 0, False, fresh, segments, sequential)
     few, more = SMALL_ROWS
+    full_passes = _cost(batches, probes, population, fused and batches == 1, fresh, segments, sequential)
+    forward = None
     if batch > more:
 
         def guess(repeat: int) -> tuple[float, float]:
@@ -194,7 +196,12 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
             guessed = min(guessed, guess(3)[0])
         if guessed > over:
             raise OverBudget(_too_slow(guessed, batch, cheapest, budget, budget - spent, "about "))
-    forward = time_forward(run, args, batch_dims, batch)
+        if guessed * full_passes * 4 <= budget - (time.perf_counter() - started):
+            # Far inside the budget even if the guess is 4 times too low (the usual model):
+            # the whole measurement runs, and timing a whole batch would only add to it.
+            forward = guessed
+    if forward is None:
+        forward = time_forward(run, args, batch_dims, batch)
     left = budget - (time.perf_counter() - started)
 
     def cost(b: int, p: int, pop: int) -> float:
