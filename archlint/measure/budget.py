@@ -180,20 +180,20 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     forward = None
     if batch > more:
 
-        def guess(repeat: int) -> tuple[float, float]:
-            # The fastest of several: the difference is scaled up ~20 times, and a busy
+        def guess() -> float:
+            # The fastest of two: the difference is scaled up ~20 times, and a busy
             # machine's pause in one call must not make a model look too slow to try.
-            t_few, t_more = (time_forward(run, args, batch_dims, rows, repeat=repeat) for rows in (few, more))
-            return t_more + max(0.0, t_more - t_few) / (more - few) * (batch - more), t_few + t_more
+            t_few, t_more = (time_forward(run, args, batch_dims, rows, repeat=2) for rows in (few, more))
+            return t_more + max(0.0, t_more - t_few) / (more - few) * (batch - more)
 
         # Three times the budget: the guess is rough, and a model wrongly left unmeasured
         # costs more than timing its batch (a fraction of the budget) does.
         over = 3 * (budget - spent) / cheapest
-        guessed, cost_of_timing = guess(2)
-        if guessed > over and cost_of_timing < 0.02 * budget:
-            # Small batches that take next to nothing: a pause of the machine (seconds under
-            # load, against milliseconds) is likelier than a slow model. Timed again.
-            guessed = min(guessed, guess(3)[0])
+        guessed = guess()
+        if guessed > over:
+            # Confirmed before it counts: on a loaded machine a pause of seconds in both
+            # timings of a size happens (a ResNet-34 looked 117 s slow per batch, not 5 s).
+            guessed = min(guessed, guess())
         if guessed > over:
             raise OverBudget(_too_slow(guessed, batch, cheapest, budget, budget - spent, "about "))
         if guessed * full_passes * 4 <= budget - (time.perf_counter() - started):
