@@ -19,6 +19,7 @@ from archlint.cache import CACHE_DIR_NAME
 from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, exclude_patterns, find_config, resolve_settings, validate_codes, validate_device
 from archlint.files import is_excluded, iter_python_files, mentions_torch, read_source
 from archlint.output import FORMATS
+from archlint.measure.budget import DEFAULT_CPU, DEFAULT_GPU
 from archlint.worker import DEFAULT_TIMEOUT
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -76,9 +77,10 @@ def main() -> None:
 @click.option("--device", metavar="auto|cpu|cuda[:N]", help="Where the verification pass runs.  [default: auto]")
 @click.option("--batch-size", type=click.IntRange(min=2), help="Batch size of the verification pass.  [default: 128]")
 @click.option("--seed", type=int, help="Seed of the synthetic inputs and random directions.  [default: 0]")
+@click.option("--measure-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help=f"Time one model's measurement may take: a slower one uses fewer samples or probes (and says so, with the standard error reached), and a model whose single batch does not fit stays unmeasured (ARC905).  [default: {DEFAULT_CPU:g} on a CPU, {DEFAULT_GPU:g} on a GPU]")
 @click.option("--memory-budget", metavar="SIZE", help="Largest model (parameters and buffers, e.g. 8GiB) to build for real and measure; larger ones are analysed on the meta device only.  [default: a quarter of the available memory]")
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS", help="Stop analysing a file after this long (its code may loop forever) and report it.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS", help="Stop analysing a file when it makes no progress for this long (its code may loop forever) and report it; a model's measurement may also take its --measure-budget.")
 @click.option("--memory-limit", default="auto", show_default=True, metavar="SIZE", help="Memory a file's analysis may use, e.g. 4GiB, 512MiB or none (auto: half the physical memory).")
 @click.option("--no-isolation", is_flag=True, hidden=True, help="Analyse in this process (debugging): no timeout, no memory limit, model output not redirected.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
@@ -91,7 +93,7 @@ def main() -> None:
 @click.option("--diff", "show_diff", is_flag=True, help="Print the verified fixes as a unified diff and change nothing; exit 1 when there is something to fix.")
 @click.option("--fix-only", is_flag=True, help="Apply the verified fixes and report nothing else (exit 0).")
 @click.option("--show-fixes", is_flag=True, help="Propose and verify fixes and show them with the findings; with --fix, also list what was fixed.")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, memory_budget, show_dismissed, timeout, memory_limit, no_isolation, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir, fix, show_diff, fix_only, show_fixes) -> None:
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, measure_budget, memory_budget, show_dismissed, timeout, memory_limit, no_isolation, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir, fix, show_diff, fix_only, show_fixes) -> None:
     """Lint model files and directories (directories are walked for *.py files).
 
     Each file is analysed in its own worker process with a time and a memory limit; a file
@@ -109,7 +111,7 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     log_level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=log_level, format="archlint: %(message)s", stream=sys.stderr)
     try:
-        cli_options = _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed)
+        cli_options = _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed, measure_budget)
         memory_bytes = memory.default_memory_limit() if memory_limit == "auto" else memory.parse_size(
             memory_limit, allow_none=True, minimum=MIN_MEMORY_LIMIT)
     except UsageError as exc:
@@ -160,14 +162,14 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
     sys.exit(EXIT_CLEAN if exit_zero else code)
 
 
-def _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed) -> dict:
+def _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed, measure_budget=None) -> dict:
     """The options given on the command line, validated: they override the config file."""
     from archlint import rule as rules_api
 
     known = list(rules_api.registry())
     given = {
         "model": model_expr, "inputs": inputs_expr, "input_shape": input_shape, "data": data,
-        "device": device, "batch_size": batch_size, "seed": seed,
+        "device": device, "batch_size": batch_size, "seed": seed, "measure_budget": measure_budget,
         "select": validate_codes(select.split(","), known, "--select") if select else None,
         "extend_select": validate_codes(extend_select.split(","), known, "--extend-select") if extend_select else None,
         "ignore": validate_codes(ignore.split(","), known, "--ignore") if ignore else None,
@@ -245,8 +247,9 @@ def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, 
             n_cached += 1
         else:
             result = analyse(path, settings[path])
-            # A crash, timeout or memory stop depends on the machine: not kept.
-            if store is not None and result.failure is None:
+            # A crash, timeout, memory stop or a measurement cut to its time budget depends
+            # on the machine: not kept.
+            if store is not None and not result.machine_dependent:
                 store.put(path, result)
         return result
 

@@ -53,6 +53,9 @@ class Settings:
     # Bytes a model's parameters and buffers may take to be built for real and measured;
     # None: a share of the available memory (archlint.load.default_memory_budget).
     memory_budget: int | None = None
+    # Seconds one model's measurement may take; None: the device's default
+    # (archlint.measure.budget.default_budget).
+    measure_budget: float | None = None
     # Per-rule options by rule name: {"deep-plain-stack": {"threshold": 3.0}}.
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # [[tool.archlint.models]] entries, for the files they name.
@@ -127,6 +130,13 @@ def validate_codes(values: Iterable[str], known: Iterable[str], what: str) -> tu
             raise UsageError(f"{what}: {raw!r} matches no rule code (known codes: {', '.join(known)}; prefixes like ARC1 and ALL work too)")
         out.append(value)
     return tuple(out)
+
+
+def validate_measure_budget(value: Any, what: str) -> float:
+    """Seconds, a number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise UsageError(f"{what} must be a number of seconds > 0, e.g. 30; got {value!r}")
+    return float(value)
 
 
 def validate_device(value: str, what: str) -> str:
@@ -208,7 +218,7 @@ def model_entries(config_file: Path, table: dict[str, Any]) -> list[ModelEntryCo
 
 CONFIG_KEYS = (
     "select", "extend-select", "ignore", "per-file-ignores",
-    "device", "batch-size", "seed", "rules", "models", "exclude", "extend-exclude",
+    "device", "batch-size", "seed", "measure-budget", "rules", "models", "exclude", "extend-exclude",
     "fixable", "unfixable",
 )
 
@@ -297,6 +307,8 @@ def load_config(config_file: Path, table: dict[str, Any], rules: Mapping[str, An
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UsageError(f"{config_file}: {section}{key} must be an integer >= {low}; got {value!r}")
             values[attr] = value
+    if "measure-budget" in table:
+        values["measure_budget"] = validate_measure_budget(table["measure-budget"], f"{config_file}: {section}measure-budget")
     exclude_patterns(config_file, table)  # validated here; applied when files are collected
     values["rule_options"] = _rule_options(config_file, section, table.get("rules", {}), rules)
     values["models"] = tuple(model_entries(config_file, table))

@@ -38,6 +38,8 @@ class ModelResult:
     screened: bool = False
     # The discovered or configured entry the model was built from (its explicit inputs).
     entry: Any = None
+    # Its measurement was cut to fit the time budget, or did not fit at all.
+    over_budget: bool = False
 
 
 def _no_progress(stage: str, model: str | None = None, span: Span | None = None, findings: list[Finding] = (), pending: list[Finding] = ()) -> None:
@@ -107,7 +109,9 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     if budget is None:
         budget = memory.default_memory_budget(target)
     progress("build", findings=result.findings)
-    built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget)
+    # Each entry is progress: many models that are slow to build are not a hang.
+    built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget,
+                                      on_entry=lambda entry: progress("build", span=entry.span, findings=result.findings))
     for nb in not_built:
         result.findings.append(rules_api.meta("ARC903", nb.message, nb.span, model=nb.name))
     for bm in built:
@@ -222,24 +226,42 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     much. Where a static finding stands or the screening finds something, the full
     measurement decides, and its numbers are the ones reported.
     """
+    from archlint.measure.budget import OverBudget
+
     static = [f for f in findings if not f.is_meta]
+    # One budget for the model: a full measurement after the screening one gets what is left.
+    budget = measure_budget(settings, target)
     try:
-        report = None
+        report = screened = None
         if not static:
-            report = measure_graph(graph, entry, settings, target, [], screening=True)
+            report = screened = measure_graph(graph, entry, settings, target, [], screening=True, budget=budget)
             if not _found_by_measurement(graph, report, settings, static):
                 graph.measured = model_result.measured = report
                 model_result.screened = True
+                model_result.over_budget = report.budget_note is not None
                 return findings
         # A segment that starts where the signal enters is the end node's own NLC, which every
         # measurement has: only the others need their own probes.
         sources = set(patterns.sources(graph))
         segments = sorted({f.segment for f in static if f.segment is not None and f.segment[0] not in sources})
-        report = measure_graph(graph, entry, settings, target, segments)
+        try:
+            report = measure_graph(graph, entry, settings, target, segments,
+                                   budget=max(0.0, budget - (screened.seconds if screened else 0.0)))
+        except OverBudget as exc:
+            if screened is None:
+                raise
+            # What the screening found stands on its one batch.
+            model_result.screened = model_result.over_budget = True
+            screened.notes.insert(0, f"screening measurement only: the full one does not fit ({exc})")
+            screened.budget_note = "the screening measurement only (one batch): the full one does not fit the measurement budget"
+    except OverBudget as exc:  # a slow model, not a failure: its findings stay predictions
+        model_result.over_budget = True
+        return rules_api.not_verified(graph.name, findings, str(exc), graph.span)
     except Exception as exc:  # the model's code may fail on the measurement batch
         where = _user_frame_span(exc, graph.span.path) if graph.span is not None else None
         return rules_api.not_verified(graph.name, findings, f"the measurement failed ({type(exc).__name__}: {exc})", where or graph.span)
     graph.measured = model_result.measured = report
+    model_result.over_budget = model_result.over_budget or report.budget_note is not None
     out = []
     for f in findings:
         if f.is_meta:
@@ -249,7 +271,25 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         verdict = rule.confirm(f, report, settings.rule_options.get(rule.name))
         status = {True: "confirmed", False: "dismissed", None: "predicted"}[verdict.confirmed]
         out.append(f.with_status(status, measured=verdict.measured, reason=verdict.note))
-    return out + _found_by_measurement(graph, report, settings, static)
+    return _with_budget_note(out + _found_by_measurement(graph, report, settings, static), report)
+
+
+def measure_budget(settings: Settings, target: torch.device) -> float:
+    """Seconds one model's measurement may take (--measure-budget, else the device's default)."""
+    from archlint.measure import budget
+
+    return settings.measure_budget if settings.measure_budget is not None else budget.default_budget(target.type)
+
+
+def _with_budget_note(findings: list[Finding], report: Any) -> list[Finding]:
+    """Findings judged by a measurement that gave up samples or probes to fit its time
+    budget say so, with the standard error it reached."""
+    if not report.budget_note:
+        return findings
+    se = report.output_nlc_se
+    precision = f"; the output NLC is {report.output_nlc:.3g} ± {se:.2g}" if se is not None and report.output_nlc else ""
+    note = f"measured with {report.budget_note}{precision}"
+    return [f if f.is_meta else replace(f, reason=f"{f.reason}; {note}" if f.reason else note) for f in findings]
 
 
 def _found_by_measurement(graph: ArchGraph, report: Any, settings: Settings, static: list[Finding]) -> list[Finding]:
@@ -266,11 +306,13 @@ def _found_by_measurement(graph: ArchGraph, report: Any, settings: Settings, sta
 
 
 def measure_graph(graph: ArchGraph, entry: Any, settings: Settings, target: torch.device,
-                  segments: list[tuple[str, str]], *, screening: bool = False) -> Any:
+                  segments: list[tuple[str, str]], *, screening: bool = False, budget: float | None = None) -> Any:
     """Measure a traced model on the batch the settings ask for (the verification pass, and
     a fixed model's verification in archlint.fix), seeded like the build: ``--data``'s
     function may draw random numbers too. ``screening``: one batch, no population pass,
-    only the nodes the rules' ``find`` reads."""
+    only the nodes the rules' ``find`` reads. ``budget``: seconds (default: the settings'
+    measurement budget); raises ``archlint.measure.budget.OverBudget`` where even one batch
+    does not fit."""
     from archlint import inputs as inputs_mod
     from archlint import measure as measure_mod
 
@@ -290,6 +332,7 @@ def measure_graph(graph: ArchGraph, entry: Any, settings: Settings, target: torc
         return measure_mod.measure(
             graph.model, batch, graph=graph, device=target,
             batch_size=settings.batch_size, seed=settings.seed, segments=segments, **screen,
+            budget=measure_budget(settings, target) if budget is None else budget,
         )
 
 
@@ -298,6 +341,7 @@ def _finish(result: FileResult, settings: Settings, source: str | None) -> FileR
 
     result.findings = suppress.finalise(result.findings, result.path, settings, source)
     result.n_models = sum(1 for m in result.models if m.graph is not None)
+    result.over_budget = any(m.over_budget for m in result.models)
     return result
 
 

@@ -28,6 +28,9 @@ class FileResult:
     # Why the worker did not finish (crash, exit, timeout, memory), else None. A cache
     # should not keep such a result: a timeout or memory stop depends on the machine.
     failure: str | None = None
+    # A model's measurement was cut to fit its time budget (fewer samples or probes, or
+    # none): that too depends on the machine and its load, so the cache does not keep it.
+    over_budget: bool = False
     from_cache: bool = False
     # In the analysing process only (never serialised): each model's engine.ModelResult,
     # with its graph and measurement, for the API and the tests.
@@ -41,7 +44,14 @@ class FileResult:
             "skipped": self.skipped,
             "local_modules": list(self.local_modules),
             "failure": self.failure,
+            "over_budget": self.over_budget,
         }
+
+    @property
+    def machine_dependent(self) -> bool:
+        """Whether the result depends on the machine (a crash, a timeout, a memory stop, a
+        measurement cut to its time budget): a cache should not keep it."""
+        return self.failure is not None or self.over_budget
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, from_cache: bool = False) -> "FileResult":
@@ -52,5 +62,6 @@ class FileResult:
             skipped=bool(d["skipped"]),
             local_modules=[str(p) for p in d.get("local_modules", [])],
             failure=d.get("failure"),
+            over_budget=bool(d.get("over_budget", False)),
             from_cache=from_cache,
         )

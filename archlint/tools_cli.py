@@ -141,6 +141,7 @@ def profile_cmd(path, output, model_expr, inputs_expr, input_shape, seed) -> Non
     except profile.PlotUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     from archlint import device, engine
+    from archlint.measure.budget import OverBudget
 
     result, settings, models = _check(path, model_expr, inputs_expr, input_shape, seed, verify=True)
     out = Path(output)
@@ -151,7 +152,10 @@ def profile_cmd(path, output, model_expr, inputs_expr, input_shape, seed) -> Non
         if report is None or m.screened:
             # Measured as `archlint check` measures: the same batch (the entry's own inputs or
             # input shape, --data), seeded, on the resolved device.
-            report = engine.measure_graph(graph, m.entry, settings, device.resolve(settings.device), [])
+            try:
+                report = engine.measure_graph(graph, m.entry, settings, device.resolve(settings.device), [])
+            except OverBudget as exc:
+                raise click.ClickException(f"{graph.name}: {exc}") from exc
         findings = [f for f in result.findings if f.model == graph.name and not f.is_meta and f.status != "dismissed"]
         target = out if len(models) == 1 else out.with_name(f"{out.stem}-{graph.name}{out.suffix}")
         profile.plot(report, graph, findings, target, rule_options=settings.rule_options,

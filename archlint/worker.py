@@ -3,9 +3,13 @@
 archlint imports and runs other people's code. Each file is analysed by
 ``archlint.engine.check_file`` in a child process that:
 
-- has a wall-clock timeout (``--timeout``, default 120 s) and a memory cap
-  (``--memory-limit``, default half the physical memory): an infinite loop or a model too
-  large for the machine is stopped and reported, never waited for or swapped to death;
+- has a timeout (``--timeout``, default 120 s) on the time without progress: the child
+  reports each stage (import, build, each model's forward pass and measurement), and a stage
+  that lasts longer is stopped and reported, so an infinite loop is never waited for, while
+  a file with many models is never stopped for its size. A measurement is sized to fit its
+  own budget (``--measure-budget``, ``archlint.measure.budget``) and may take that on top;
+- has a memory cap (``--memory-limit``, default half the physical memory): a model too
+  large for the machine is stopped and reported, never swapped to death;
 - has its file descriptor 1 pointed at stderr, so that whatever the model prints, from Python
   or from C, never reaches archlint's stdout (JSON stays valid); results come back as JSON
   over a separate pipe, so the parent never unpickles anything the model made;
@@ -306,16 +310,30 @@ class Isolated:
             with contextlib.suppress(OSError):
                 os.unlink(dump_path)
 
+    def _limit(self, state: _State, settings: Settings) -> tuple[float, str]:
+        """How long the child may go without progress at its current stage, and how that
+        reads in the message. A measurement takes its budget beside the timeout: it is sized
+        to end within the budget (archlint.measure.budget), so only a hang outlasts both."""
+        if state.stage != "measure" or not settings.verify:
+            return self.timeout, ""
+        from archlint.measure import budget
+
+        allowed = settings.measure_budget if settings.measure_budget is not None else budget.DEFAULT_CPU
+        return self.timeout + allowed, f" (the --timeout of {self.timeout:g} s beyond its measurement budget of {allowed:g} s)"
+
     def _watch(self, proc: Any, conn: Any, path: str, settings: Settings, dump_path: str) -> FileResult:
         state = _State()
-        deadline = time.monotonic() + self.timeout
+        # The timeout is for a hang: it counts from the child's last progress message, so a
+        # file of many models, each of which makes progress, is never stopped for its size.
+        last_progress = time.monotonic()
         while True:
-            remaining = deadline - time.monotonic()
+            limit, why = self._limit(state, settings)
+            remaining = last_progress + limit - time.monotonic()
             if remaining <= 0:
                 stack_line = _stack_line(proc, dump_path, path, ask=True)
                 proc.kill()
                 proc.join()
-                cause = f"did not finish within {self.timeout:g} s and was stopped (an endless loop? raise the limit with --timeout)"
+                cause = f"did not finish within {limit:g} s{why} and was stopped (an endless loop? raise the limit with --timeout)"
                 return _crashed(path, settings, state, cause, stack_line)
             ready = multiprocessing.connection.wait([conn, proc.sentinel], timeout=min(POLL_INTERVAL, remaining))
             if conn in ready or conn.poll():
@@ -325,6 +343,7 @@ class Isolated:
                     proc.join()
                     return _crashed(path, settings, state, _death_cause(proc.exitcode, dump_path), _stack_line(proc, dump_path, path))
                 if "stage" in message:
+                    last_progress = time.monotonic()
                     state = _State(
                         message["stage"], message["model"], message["line"],
                         [Finding.from_dict(d) for d in message["findings"]],

@@ -4,6 +4,7 @@ for real within the memory budget, keeping only the top-level models."""
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from archlint.load.isolation import BuildError, _display, innermost_line_in, des
 # Building
 
 
-def build_all(discovery: Discovery, seed: int | None = None, memory_budget: int | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
+def build_all(discovery: Discovery, seed: int | None = None, memory_budget: int | None = None,
+              on_entry: Callable[[ModelEntry], None] | None = None) -> tuple[list[BuiltModel], list[NotBuilt]]:
     """Build every entry and keep the top-level models.
 
     With ``seed``, each entry is built right after seeding torch's global RNG with it, so its
@@ -33,11 +35,14 @@ def build_all(discovery: Discovery, seed: int | None = None, memory_budget: int 
     A class is dropped when another built model contains an instance of it (it is a
     block); a class that needs arguments is reported (ARC903) only when no built model
     contains or is an instance of it, so a class a factory builds is not reported.
+    ``on_entry`` is called before each entry is built (the worker's progress).
     """
     budget = memory_budget if memory_budget is not None else default_memory_budget()
     built: list[BuiltModel] = []
     failed: list[tuple[ModelEntry, NotBuilt]] = []
     for entry in discovery.entries:
+        if on_entry is not None:
+            on_entry(entry)
         try:
             built.append(_build(entry, budget, seed))
         except BuildError as exc:

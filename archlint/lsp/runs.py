@@ -30,9 +30,11 @@ MAX_VERIFIED = 2
 # The editor waits for the user's model: shorter than the command line's 120 s.
 DEFAULT_TIMEOUT = 60.0
 DEBOUNCE = 0.5
-# A run whose archlint child outlives its own --timeout by this much is killed (the child
-# reports timeouts itself; this only guards against a stuck interpreter).
-GRACE = 30.0
+# A run whose archlint child takes longer than this is killed. The child stops hangs itself
+# (its --timeout counts from each stage of the analysis, so a file of many models may take
+# longer than it, each model's measurement within its time budget); this only guards
+# against a stuck interpreter.
+STUCK_AFTER = 1800.0
 
 
 @dataclass
@@ -117,11 +119,11 @@ async def check(config: Config, path: str, cwd: str, verify: bool) -> Outcome:
     except OSError as exc:
         return Outcome(error=f"cannot start {cmd[0]}: {exc} (check the archlint.python setting)")
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), config.timeout + GRACE)
+        out, err = await asyncio.wait_for(proc.communicate(), max(STUCK_AFTER, config.timeout))
     except asyncio.TimeoutError:
         _kill(proc)
         await proc.wait()
-        return Outcome(error=f"archlint did not answer within {config.timeout + GRACE:g} s and was stopped")
+        return Outcome(error=f"archlint did not answer within {max(STUCK_AFTER, config.timeout):g} s and was stopped")
     except BaseException:  # cancelled (superseded, closed)
         _kill(proc)
         with contextlib.suppress(BaseException):

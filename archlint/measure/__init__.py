@@ -48,7 +48,7 @@ Semantics:
 The package, by stage: ``report`` (the result types), ``data`` (the sample), ``model``
 (where the model runs, module configuration), ``overrides`` (function overrides during a
 measurement), ``runner`` (one pass over all batches), ``evaluate`` (from accumulated sums to
-numbers), ``plan`` (which passes run) and ``api`` (``measure()``). Importing the package, or
+numbers), ``plan`` (which passes run), ``budget`` (what fits a time budget) and ``api`` (``measure()``). Importing the package, or
 ``archlint.measure.report``, does not import torch: code that only reads reports (output
 formats, the cache) need not pay for it. The names below that need torch are imported on
 first use.

@@ -14,7 +14,8 @@ from archlint.measure.data import _resolve_inputs
 from archlint import device as device_setting
 from archlint import dtypes
 from archlint.measure.model import _model_device, _Runnable
-from archlint.measure.plan import POPULATION_PROBES, PROBES, _Plan
+from archlint.measure import budget as time_budget
+from archlint.measure.plan import MAX_PROBES, POPULATION_PROBES, PROBES, _Plan
 from archlint.measure.report import MeasureError, Report
 from archlint.trace import trace
 
@@ -33,6 +34,7 @@ def measure(
     probes: int = PROBES,
     population_probes: int = POPULATION_PROBES,
     nodes: Iterable[str] | None = None,
+    budget: float | None = None,
 ) -> Report:
     """Measure every node of ``model`` (see the docstring of the package, archlint.measure).
 
@@ -47,6 +49,11 @@ def measure(
     populated running statistics.
     ``nodes``: the nodes whose statistics are wanted (default: every node); the output is
     always measured. Fewer nodes cost less: each one's statistics read its values and tangents.
+    ``budget``: seconds the measurement may take (None: no limit). One plain forward pass is
+    timed first; fewer samples (whole batches), probes or no population value are used where
+    the estimate says so (``archlint.measure.budget``; the report's first note says what was
+    given up), and ``budget.OverBudget`` (a MeasureError) is raised where even one batch with
+    one probe would not fit.
     """
     started = time.perf_counter()
     if probes < 1:
@@ -55,13 +62,13 @@ def measure(
     # Tracing runs the model as it is (dropout included): the global RNG is put back after.
     with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
         report = _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes,
-                          population_probes, nodes)
+                          population_probes, nodes, budget, started)
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes, population_probes,
-             nodes) -> Report:
+             nodes, budget, started) -> Report:
     home = _model_device(model)
     args, batch_dims = _resolve_inputs(model, inputs, batch_size, samples, seed)
     n_rows = args[0].shape[batch_dims[0]]
@@ -83,9 +90,31 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         unknown = sorted(wanted - {node.name for node in graph})
         if unknown:
             raise ValueError(f"not nodes of the graph: {', '.join(unknown)}")
+    run = _Runnable(graph, model, target)
+    fitted = None
+    if budget is not None:
+        populatable, fused, fresh = time_budget.passes(run, min(batch_size, n_rows), population)
+        fitted = time_budget.fit(
+            run, args, batch_dims, batch_size=batch_size, probes=probes, max_probes=MAX_PROBES,
+            population=population_probes if populatable else 0, fused=fused, fresh=fresh,
+            segments=len(segments), budget=budget, spent=time.perf_counter() - started)
+        args = tuple(a.narrow(d, 0, fitted.rows) for a, d in zip(args, batch_dims))
+        probes, population = fitted.probes, population and (fitted.population or not populatable)
     plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population, wanted)
-    result = plan.run(_Runnable(graph, model, target))
-    if result.needs_float64 and result.dtype != torch.float64:
+    if fitted is not None:
+        plan.max_probes = fitted.max_probes
+    given_up = [fitted.note] if fitted is not None and fitted.note else []
+    run_started = time.perf_counter()
+    result = plan.run(run)
+    run_seconds = time.perf_counter() - run_started
+    # Only a float32 measurement's re-check may be left out for the budget: a low-precision
+    # model's float64 pass is what its rounding error is measured against (ARC304), and its
+    # cost is not a multiple of the low-precision pass's (emulated on many CPUs).
+    if result.needs_float64 and result.dtype == torch.float32 and not time_budget.allows_float64(
+            fitted, run_seconds, time.perf_counter() - started, target.type):
+        given_up.append(f"no float64 re-check of {', '.join(result.reasons)}: it would not fit the measurement "
+                        f"budget of {budget:g} s (numbers are {dtypes.name(result.dtype)})")
+    elif result.needs_float64 and result.dtype != torch.float64:
         try:
             precise = plan.run(_Runnable(graph, model, target, dtype=torch.float64))
         except Exception as exc:  # a model that cannot run in float64 keeps its own numbers
@@ -96,6 +125,9 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
             precise.output_by_dtype = {dtypes.name(result.dtype): result.report_nodes()[graph.output]}
             result = precise
     report = result.report(model_name=graph.name, device=str(target))
+    if given_up:
+        report.notes[:0] = given_up
+        report.budget_note = "; ".join(given_up)
     report.output_by_dtype = {**result.output_by_dtype, report.dtype: report.output_stats}
     graph.measured = report
     return report

@@ -47,6 +47,8 @@ class _Plan:
         self.probes = probes
         self.population_probes = population_probes
         self.population = population
+        # Probes per sample the noise may ask for (fewer under a time budget: measure.budget).
+        self.max_probes = MAX_PROBES
         n = args[0].shape[batch_dims[0]]
         self.notes: list[str] = []
         if n < 2:
@@ -108,7 +110,10 @@ class _Plan:
             # probes each pass needs (not below the minimum asked for).
             per_probe = _probe_noise(main.accs.get(graph.output))
             probes = max(self.probes, _probes_needed(per_probe, PROBE_SE))
-            needed_pop = max(self.population_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)) if fused else 0
+            if probes > self.max_probes:
+                notes.append(f"{self.max_probes} probes per sample where the probe noise asked for {probes}: the time budget allows no more")
+                probes = max(self.probes, self.max_probes)
+            needed_pop = max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE))) if fused else 0
             if probes > self.probes or needed_pop > pop_probes:
                 extra = runner.run_pass(probes - self.probes + needed_pop - pop_probes, want=every, seed=self.seed + 500,
                                         eval_from=probes - self.probes if fused else None, tangent_only=True)
@@ -127,7 +132,7 @@ class _Plan:
             elif populatable:
                 _populate(batch_bns, bn_nodes, main)
                 _configure(run.root, train_norms - {id(m) for m in batch_bns}, tracking)
-                pop_probes = max(self.population_probes, _probes_needed(per_probe, POPULATION_PROBE_SE))
+                pop_probes = max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)))
                 pop = runner.run_pass(pop_probes, want=every, pool_names=starts, seed=self.seed + 1000)
                 pop_segs = {seg: runner.segment(seg, pop_probes, pop.pools, seed=self.seed + 1001 + i)
                             for i, seg in enumerate(self.segments)}

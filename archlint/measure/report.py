@@ -107,6 +107,9 @@ class Report:
     output_by_dtype: dict[str, NodeStats] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # What was given up to fit the time budget (fewer samples or probes, the float64
+    # re-check; also the first of ``notes``), else None.
+    budget_note: str | None = None
 
     @property
     def output_stats(self) -> NodeStats:

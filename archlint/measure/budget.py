@@ -1,0 +1,260 @@
+"""A measurement that fits a time budget (``--measure-budget``, per model).
+
+A measurement costs a fixed number of plain forward passes per batch of the sample: its
+cost grows with the model, and a CIFAR ResNet-101 on a shared CPU takes minutes at the
+default sample. Before measuring, ``fit`` times one plain forward pass of one batch on the
+measurement's device, estimates what the measurement would cost, and gives things up in
+this order until the estimate fits:
+
+1. the extra probes the plan may add for a noisy output (``max_probes``; the plan's notes
+   say so when it wanted more);
+2. batches: fewer samples, whole batches of the same size. With train-mode BatchNorm the
+   batch size is part of the function that is measured, so it is never made smaller;
+3. the second probe per sample (one probe; the standard error still covers the probes);
+4. the population (eval-mode) value of a train-mode BatchNorm model.
+
+If one batch with one probe and no population value does not fit, the model is not
+measured (``OverBudget``): its findings stay ``predicted`` with that reason, and the file's
+other models are analysed as usual. What was given up is said in ``Fit.note``, which the
+report's notes and the findings' notes carry beside the standard error that was reached.
+A float32 measurement's float64 re-check (``allows_float64``) runs only if its estimate
+fits what is left; a low-precision model's always runs (ARC304 compares against it).
+
+This module imports no torch at the top: the defaults are read by the parent process too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from archlint.measure.report import MeasureError
+
+# Seconds one model's measurement may take by default. On a CPU, 30 s measures the common
+# CIFAR-size models in full: a ResNet-18's measurement (128 samples) takes about 8 s on one
+# idle core (benchmarks/RESULTS_measure.md), a ResNet-34's 25 s on one core of a loaded
+# two-core machine (4.9 s per forward pass), so a file of five such models is done in a few
+# minutes; deeper ones (a ResNet-50 and up) get fewer probes or batches, or stay unmeasured
+# with the reason, instead of stalling the run. A GPU measures a ResNet-18 in 0.2 s
+# (benchmarks/RESULTS_cuda.md, an H200): 10 s covers models some 50 times its cost, and a
+# model that needs more would need minutes; the check stays interactive (the editor server
+# runs it on every save).
+DEFAULT_CPU = 30.0
+DEFAULT_GPU = 10.0
+
+# The cost of one pass over one batch, in plain forward passes of that batch: PASS_BASE for
+# the primal values, the per-node statistics and the bookkeeping, plus PER_PROBE per probe.
+# From benchmarks/RESULTS_measure.md (ResNet-18, batch 128, CPU, one thread, an idle
+# machine): 2 probes 4.4 forward passes, 2 + 1 probes 5.4. On a loaded machine the same
+# measurement took 6.1 (2.36 s forward, 14.5 s measurement): the many small per-node
+# reductions suffer more from waiting for a core than the convolutions. Rounded up to that,
+# since an estimate that is too low overruns.
+PASS_BASE = 3.0
+PER_PROBE = 1.0
+# A float64 re-check against the float32 measurement it repeats. On this project's CPU a
+# ResNet-18 forward pass (batch 16, one thread) took 4.0 s in float64 against 0.98 s in
+# float32; on a GPU (not measured here) float64 peaks at about 1/8 of TF32 (H100: 67 against
+# 495 TFLOP/s).
+FLOAT64_FACTOR = {"cpu": 4.0, "cuda": 8.0}
+# Rows of the first, cheap timings: a forward pass of a whole batch is only timed when the
+# cost per row between these two, scaled up, shows it may fit (a model that needs minutes
+# per batch is not run for minutes to learn that). A difference, so that the fixed cost of a
+# call (Python, kernel launches) is not scaled with the rows.
+SMALL_ROWS = (2, 8)
+
+
+class OverBudget(MeasureError):
+    """Not even the smallest measurement (one batch, one probe) fits the budget."""
+
+
+def default_budget(device_type: str) -> float:
+    """The budget for a measurement on a device of this type ("cpu", "cuda", ...)."""
+    return DEFAULT_CPU if device_type == "cpu" else DEFAULT_GPU
+
+
+@dataclass
+class Fit:
+    """What the measurement runs with so that its estimate fits the budget."""
+
+    budget: float
+    rows: int
+    probes: int
+    max_probes: int
+    population: bool
+    # One plain forward pass of one batch, and the estimate of the chosen measurement.
+    forward_seconds: float
+    estimate: float
+    # The estimate of the measurement asked for, and what was given up (empty: nothing).
+    full_estimate: float = 0.0
+    given_up: list[str] = field(default_factory=list)
+
+    @property
+    def note(self) -> str | None:
+        if not self.given_up:
+            return None
+        return (f"{', '.join(self.given_up)} to fit the measurement budget of {self.budget:g} s "
+                f"(the full measurement would take about {_seconds(self.full_estimate)} s; raise it with --measure-budget)")
+
+
+def _cost(batches: int, probes: int, population: int, fused: bool, fresh: bool, segments: int,
+          sequential: bool = False) -> float:
+    """Forward passes of one batch that a measurement costs (see the plan's passes).
+    ``sequential``: the probes run one by one, each with its own primal pass."""
+
+    def one_pass(k: int) -> float:
+        return k * (PASS_BASE + PER_PROBE) if sequential and k else PASS_BASE + k * PER_PROBE
+
+    per_batch = one_pass(probes + (population if fused else 0))
+    if population and not fused:
+        per_batch += one_pass(population)  # the separate eval-mode pass
+    if fresh:
+        per_batch += PASS_BASE  # populating fresh eval-mode BatchNorm statistics
+    per_batch += segments * one_pass(probes) * (2 if population else 1)
+    return batches * per_batch
+
+
+def time_forward(run: Any, args: tuple, batch_dims: list[int], rows: int, repeat: int = 1) -> float:
+    """Seconds of one plain forward pass of the model on its first ``rows`` rows, on the
+    measurement's device, under no_grad (the fastest of ``repeat``); the model's state
+    (BatchNorm running statistics) and the random number generators are left as they were."""
+    import torch
+
+    from archlint.state import preserved_state
+
+    batch = tuple(run.cast(a.narrow(d, 0, rows)) for a, d in zip(args, batch_dims))
+    cuda = run.device.type == "cuda"
+    devices = [run.device] if cuda else []
+    times = []
+    with torch.random.fork_rng(devices=devices), preserved_state(run.root), torch.no_grad():
+        for _ in range(repeat):
+            if cuda:
+                torch.cuda.synchronize(run.device)
+            start = time.perf_counter()
+            run.root(*batch)
+            if cuda:
+                torch.cuda.synchronize(run.device)
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def passes(run: Any, batch: int, population: bool) -> tuple[bool, bool, bool]:
+    """Which of the plan's optional passes this model gets: (a population value, in the main
+    pass when the sample is one batch, fresh eval-mode statistics to populate first). The
+    same tests as ``plan._Plan.run``, which decides them on the model it is given."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from archlint.measure.model import _is_fresh
+    from archlint.measure.plan import _fusable
+
+    bns = [m for m in run.root.modules() if isinstance(m, _BatchNorm)]
+    batch_bns = [m for m in bns if m.training or m.running_mean is None]
+    fresh = any(not m.training and _is_fresh(m) for m in bns)
+    populatable = population and bool(batch_bns) and all(m.running_mean is not None for m in batch_bns)
+    fused = populatable and _fusable(run.graph, run, batch_bns, batch)
+    return populatable, fused, fresh
+
+
+def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes: int, max_probes: int,
+        population: int, fused: bool, fresh: bool, segments: int, budget: float, spent: float = 0.0) -> Fit:
+    """Choose the sample (whole batches), the probes and the population pass so that the
+    measurement's estimate fits ``budget`` seconds: ``spent`` is already gone (tracing, the
+    inputs), and the forward passes timed here count too.
+
+    ``population``: the population probes when a population value is asked and possible
+    (0 otherwise); ``fused``: it rides along in the main pass when the sample is one batch;
+    ``fresh``: eval-mode BatchNorm statistics must be populated first (see ``passes``).
+    Raises OverBudget.
+    """
+    started = time.perf_counter() - spent
+    n = args[0].shape[batch_dims[0]]
+    batch = min(batch_size, n)
+    batches = math.ceil(n / batch)
+    # functorch cannot batch the probes of most models that torch.fx could not trace either
+    # (data-dependent Python in forward): the runner then runs them one by one.
+    sequential = getattr(run.graph, "traced_with", None) == "eager"
+    cheapest = _cost(1, 1, 0, False, fresh, segments, sequential)
+    few, more = SMALL_ROWS
+    full_passes = _cost(batches, probes, population, fused and batches == 1, fresh, segments, sequential)
+    forward = None
+    if batch > more:
+
+        def guess() -> float:
+            # The fastest of two: the difference is scaled up ~20 times, and a busy
+            # machine's pause in one call must not make a model look too slow to try.
+            t_few, t_more = (time_forward(run, args, batch_dims, rows, repeat=2) for rows in (few, more))
+            return t_more + max(0.0, t_more - t_few) / (more - few) * (batch - more)
+
+        # Three times the budget: the guess is rough, and a model wrongly left unmeasured
+        # costs more than timing its batch (a fraction of the budget) does.
+        over = 3 * (budget - spent) / cheapest
+        guessed = guess()
+        if guessed > over:
+            # Confirmed before it counts: on a loaded machine a pause of seconds in both
+            # timings of a size happens (a ResNet-34 looked 117 s slow per batch, not 5 s).
+            guessed = min(guessed, guess())
+        if guessed > over:
+            raise OverBudget(_too_slow(guessed, batch, cheapest, budget, budget - spent, "about "))
+        if guessed * full_passes * 4 <= budget - (time.perf_counter() - started):
+            # Far inside the budget even if the guess is 4 times too low (the usual model):
+            # the whole measurement runs, and timing a whole batch would only add to it.
+            forward = guessed
+    if forward is None:
+        forward = time_forward(run, args, batch_dims, batch)
+    left = budget - (time.perf_counter() - started)
+
+    def cost(b: int, p: int, pop: int) -> float:
+        return forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential)
+
+    full = cost(batches, probes, population)
+    choice = None
+    for pop in dict.fromkeys((population, 0)):
+        for p in range(probes, 0, -1):
+            for b in range(batches, 0, -1):
+                if cost(b, p, pop) <= left:
+                    choice = (b, p, pop)
+                    break
+            if choice:
+                break
+        if choice:
+            break
+    if choice is None:
+        raise OverBudget(_too_slow(forward, batch, cheapest, budget, left, ""))
+    b, p, pop = choice
+    # Extra probes (one more pass) only as far as the time left allows.
+    spare = (left - cost(b, p, pop)) / (forward * b) - PASS_BASE
+    per_probe = (PASS_BASE + PER_PROBE if sequential else PER_PROBE) * (1 + segments)
+    extra = max(0, min(max_probes - p, math.floor(spare / per_probe)))
+    given_up = []
+    if b < batches:
+        given_up.append(f"{b * batch} of {batches * batch} samples")
+    if p < probes:
+        given_up.append(f"{p} probe per sample instead of {probes}")
+    if pop < population:
+        given_up.append("no population (eval) value")
+    rows = n if b == batches else b * batch
+    return Fit(budget, rows, p, p + extra, bool(pop), forward, cost(b, p, pop), full, given_up)
+
+
+def _too_slow(forward: float, batch: int, cheapest: float, budget: float, left: float, about: str) -> str:
+    """Why a model is not measured. ``left``: what was left of the budget once the model was
+    traced and timed, when that is what the smallest measurement exceeds."""
+    room = f"the measurement budget of {budget:g} s"
+    if forward * cheapest <= budget:
+        room = f"the {_seconds(max(left, 0.0))} s left (after tracing and timing it) of {room}"
+    return (f"one forward pass of a batch of {batch} takes {about}{_seconds(forward)} s, so even the smallest "
+            f"measurement (one batch, one probe: about {_seconds(forward * cheapest)} s) exceeds {room} "
+            f"(raise it with --measure-budget)")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2g}" if value < 100 else f"{value:.0f}"
+
+
+def allows_float64(fitted: Fit | None, run_seconds: float, spent: float, device_type: str) -> bool:
+    """Whether a float64 re-check of a measurement that took ``run_seconds`` fits the time
+    left of the budget (always, without a budget)."""
+    if fitted is None:
+        return True
+    return spent + run_seconds * FLOAT64_FACTOR.get(device_type, FLOAT64_FACTOR["cuda"]) <= fitted.budget
