@@ -53,6 +53,9 @@ class Settings:
     # Bytes a model's parameters and buffers may take to be built for real and measured;
     # None: a share of the available memory (archlint.load.default_memory_budget).
     memory_budget: int | None = None
+    # How many files are analysed at once (--jobs): they share the memory budget. A property
+    # of the run, not of the file's analysis, so the cache leaves it out of its key.
+    workers: int = 1
     # Per-rule options by rule name: {"deep-plain-stack": {"threshold": 3.0}}.
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # [[tool.archlint.models]] entries, for the files they name.
