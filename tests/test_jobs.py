@@ -88,16 +88,18 @@ def test_an_error_in_one_file_stops_the_others():
 
 def test_the_workers_share_the_memory_limit():
     # 1 GiB for one worker: two workers get 512 MiB each, and more workers than fit in the
-    # limit at MIN_MEMORY_LIMIT each is a usage error when asked for, fewer by default.
+    # limit at MIN_MEMORY_LIMIT each is a usage error.
     gib = 1024**3
     assert cli._workers(1, 4, gib) == 1
     assert cli._workers(2, 4, gib) == 2 and memory.share(gib, 2) == gib // 2
     assert cli._workers(8, 3, gib) == 3  # no more workers than files
-    assert cli._workers(None, 1000, None) == jobs.usable_cpus()
     assert memory.share(None, 4) is None  # no limit stays no limit
     with pytest.raises(cli.UsageError, match="--jobs 8.*less than 256 MiB"):
         cli._workers(8, 10, gib)
-    assert cli._workers(None, 10, gib) <= gib // cli.MIN_MEMORY_LIMIT
+    # By default, the usable cores, as long as each worker keeps 2 GiB of the limit.
+    assert cli._workers(None, 1000, None) == jobs.usable_cpus()
+    assert cli._workers(None, 1000, 64 * gib) == min(jobs.usable_cpus(), 32)
+    assert cli._workers(None, 10, 3 * gib) == 1
 
 
 @pytest.mark.skipif(not hasattr(__import__("resource"), "RLIMIT_DATA"), reason="needs RLIMIT_DATA")
