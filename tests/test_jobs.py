@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +20,7 @@ from click.testing import CliRunner
 from archlint import cli, jobs, memory, progress
 from archlint.config import Settings
 from archlint.engine import check_file
-from conftest import FIXTURES
+from conftest import FIXTURES, REPO
 
 # Small real models with each kind of outcome: a confirmed finding, a clean model, a model
 # whose forward fails (ARC904), a file that does not import (ARC900).
@@ -181,3 +185,31 @@ def test_the_command_shows_the_status_line_on_a_terminal(monkeypatch):
     assert "| good_two_layer_mlp.py TwoLayerMLP (forward)" in result.stderr  # what the worker reported
     assert "checking" not in result.stderr
     assert _check(str(path), "--no-verify", "-q").stderr == ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_every_worker(tmp_path):
+    from test_worker import _as_in_a_terminal, _session_processes
+
+    for name in ("a.py", "b.py", "c.py"):  # endless imports: only Ctrl-C ends them
+        shutil.copy(FIXTURES / "hostile" / "import_infinite_loop.py", tmp_path / name)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archlint", "check", str(tmp_path), "--jobs", "2", "--timeout", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
+    )
+    try:
+        assert "checking" in proc.stderr.readline() and "checking" in proc.stderr.readline()  # two at once
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "checking" not in err, err  # c.py never started
+    assert out == ""
+    deadline = time.monotonic() + 10
+    while _session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _session_processes(proc.pid) == []
