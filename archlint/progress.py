@@ -65,7 +65,7 @@ class Progress:
         with self._lock:
             key = _key(path)
             if key in self.running:
-                self.running[key] = f"{model} ({stage})" if model else stage
+                self.running[key] = f"{model} ({stage})" if model else f"({stage})"
                 if self.terminal:
                     self._draw()
 
