@@ -26,9 +26,10 @@ EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130
 # A worker needs this much to import torch at all: a lower --memory-limit is a mistake.
 MIN_MEMORY_LIMIT = 256 * 1024**2
-# Without --jobs, each worker keeps at least this much of the memory limit: checking a CIFAR
-# ResNet (batch 128, verified) peaks near 2 GiB of resident memory.
-AUTO_WORKER_MEMORY = 2 * 1024**3
+# Without --jobs, each worker keeps at least this much of the memory limit: a verified check
+# of a CIFAR model (batch 128) peaks at 1-2 GiB of resident memory, the largest of
+# pytorch-cifar's files at 5.4 GiB (docs/speed.md).
+AUTO_WORKER_MEMORY = 4 * 1024**3
 
 
 class _DefaultToCheck(click.Group):
@@ -83,7 +84,7 @@ def main() -> None:
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS", help="Stop analysing a file after this long (its code may loop forever) and report it.")
 @click.option("--memory-limit", default="auto", show_default=True, metavar="SIZE", help="Memory a file's analysis may use, e.g. 4GiB, 512MiB or none (auto: half the physical memory).")
-@click.option("-j", "--jobs", "n_jobs", type=click.IntRange(min=1), metavar="N", help="Analyse N files at once, each in its own worker; the workers share --memory-limit and --memory-budget evenly. 1: one file after the other.  [default: the usable cores, at most one per 2 GiB of the memory limit]")
+@click.option("-j", "--jobs", "n_jobs", type=click.IntRange(min=1), metavar="N", help="Analyse N files at once, each in its own worker; the workers share --memory-limit and --memory-budget evenly. 1: one file after the other.  [default: the usable cores, at most one per 4 GiB of the memory limit]")
 @click.option("--no-isolation", is_flag=True, hidden=True, help="Analyse in this process (debugging): no timeout, no memory limit, model output not redirected.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
 @click.option("--exclude", metavar="PATTERNS", help="Comma-separated globs of files and folders to skip (replaces the config's `exclude`), e.g. generated,legacy/*.py.")

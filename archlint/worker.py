@@ -223,6 +223,8 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
     _send(conn, {"done": dataclasses.replace(result, findings=findings).to_dict()})
 
 
+# The limit a message names is one worker's share of --memory-limit (archlint.jobs).
+RAISE_LIMIT = "raise it with --memory-limit, or lower --jobs: the files analysed at once share it"
 _ALLOC_FAILED = re.compile(r"can't allocate memory|not enough memory|MemoryError|out of memory", re.IGNORECASE)
 
 
@@ -230,7 +232,7 @@ def _mention_memory_limit(findings: list[Finding], memory_limit: int | None) -> 
     """An allocation that failed under the cap says so, and how to raise it."""
     if not memory_limit:
         return findings
-    hint = f" (archlint's memory limit is {format_size(memory_limit)}; raise it with --memory-limit)"
+    hint = f" (archlint's memory limit is {format_size(memory_limit)}; {RAISE_LIMIT})"
     return [dataclasses.replace(f, message=f.message + hint) if _ALLOC_FAILED.search(f.message) else f for f in findings]
 
 
@@ -375,7 +377,7 @@ class Isolated:
                 proc.kill()
                 proc.join()
                 cause = (f"used {format_size(rss)} of memory, more than archlint's limit of "
-                         f"{format_size(self.memory_limit)}, and was stopped (raise it with --memory-limit)")
+                         f"{format_size(self.memory_limit)}, and was stopped ({RAISE_LIMIT})")
                 return _crashed(path, settings, state, cause, stack_line)
 
 
