@@ -10,8 +10,9 @@ these are unchanged (content hashes, not mtimes, as the conventions note recomme
 - the archlint version and the bytes of archlint's own code and rules, the torch version
   and the Python version;
 - the resolved settings (``Settings`` as a whole: selection, verification, device, batch
-  size, seed, inputs, model entries of this file, rule options...) and the current
-  directory (messages name files relative to it).
+  size, seed, inputs, model entries of this file, rule options...; not ``workers``, how many
+  files the run analysed at once) and the current directory (messages name files relative
+  to it).
 
 Import failures (ARC900) are never stored: creating or installing the missing module fixes
 them without touching any file the entry could know about.
@@ -105,6 +106,9 @@ def _settings_for(settings: Settings, path: str) -> Any:
     """The settings as plain data, with only this file's [[tool.archlint.models]] entries
     (editing another file's entry must not invalidate this one)."""
     data = dataclasses.asdict(settings)
+    # How many files ran at once (--jobs) does not make a file's result: switching it keeps
+    # the cache.
+    data.pop("workers", None)
     if isinstance(data.get("models"), (list, tuple)):
         data["models"] = [m for m in data["models"] if not isinstance(m, dict) or m.get("path") == path]
     return data

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from archlint import __version__, memory, worker
+from archlint import __version__, jobs, memory, worker
 from archlint.cache import CACHE_DIR_NAME
 from archlint.config import DEFAULT_SELECT, ConfigFinder, Settings, UsageError, exclude_patterns, find_config, resolve_settings, validate_codes, validate_device
 from archlint.files import is_excluded, iter_python_files, mentions_torch, read_source
@@ -27,6 +27,10 @@ EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130
 # A worker needs this much to import torch at all: a lower --memory-limit is a mistake.
 MIN_MEMORY_LIMIT = 256 * 1024**2
+# Without --jobs, each worker keeps at least this much of the memory limit: a verified check
+# of a CIFAR model (batch 128) peaks at 1-2 GiB of resident memory, the largest of
+# pytorch-cifar's files at 5.4 GiB (docs/speed.md).
+AUTO_WORKER_MEMORY = 4 * 1024**3
 
 
 class _DefaultToCheck(click.Group):
@@ -82,6 +86,7 @@ def main() -> None:
 @click.option("--show-dismissed", is_flag=True, help="Also show findings the measurement dismissed, with the measured value.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS", help="Stop analysing a file when it makes no progress for this long (its code may loop forever) and report it; a model's measurement may also take its --measure-budget.")
 @click.option("--memory-limit", default="auto", show_default=True, metavar="SIZE", help="Memory a file's analysis may use, e.g. 4GiB, 512MiB or none (auto: half the physical memory).")
+@click.option("-j", "--jobs", "n_jobs", type=click.IntRange(min=1), metavar="N", help="Analyse N files at once, each in its own worker; the workers share --memory-limit and --memory-budget evenly. 1: one file after the other.  [default: the usable cores, at most one per 4 GiB of the memory limit]")
 @click.option("--no-isolation", is_flag=True, hidden=True, help="Analyse in this process (debugging): no timeout, no memory limit, model output not redirected.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary or progress on stderr.")
 @click.option("--exclude", metavar="PATTERNS", help="Comma-separated globs of files and folders to skip (replaces the config's `exclude`), e.g. generated,legacy/*.py.")
@@ -93,7 +98,7 @@ def main() -> None:
 @click.option("--diff", "show_diff", is_flag=True, help="Print the verified fixes as a unified diff and change nothing; exit 1 when there is something to fix.")
 @click.option("--fix-only", is_flag=True, help="Apply the verified fixes and report nothing else (exit 0).")
 @click.option("--show-fixes", is_flag=True, help="Propose and verify fixes and show them with the findings; with --fix, also list what was fixed.")
-def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, measure_budget, memory_budget, show_dismissed, timeout, memory_limit, no_isolation, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir, fix, show_diff, fix_only, show_fixes) -> None:
+def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, output_format, statistics, output_file, select, extend_select, ignore, exit_zero, no_verify, device, batch_size, seed, measure_budget, memory_budget, show_dismissed, timeout, memory_limit, n_jobs, no_isolation, quiet, exclude, extend_exclude, force_exclude, no_cache, cache_dir, fix, show_diff, fix_only, show_fixes) -> None:
     """Lint model files and directories (directories are walked for *.py files).
 
     Each file is analysed in its own worker process with a time and a memory limit; a file
@@ -130,8 +135,13 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         settings = _file_settings(files, cli_options)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    try:
+        n_workers = 1 if no_isolation else _workers(n_jobs, len(files), memory_bytes)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
     for file_settings in settings.values():
         file_settings.memory_budget = budget
+        file_settings.workers = n_workers
         file_settings.fixes = fixing.wanted
     if not files:
         if not quiet:
@@ -149,8 +159,10 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
             code = _run(files, settings, output_format, statistics, output_file, quiet, worker.analyse_in_process, store, fixing)
         else:
             verify = any(s.verify for s in settings.values())
-            with worker.Isolated(timeout, memory_bytes, log_level, verify=verify) as isolated:
-                code = _run(files, settings, output_format, statistics, output_file, quiet, isolated.analyse, store, fixing)
+            # The workers running at once share the memory limit (and the budget: Settings.workers).
+            with worker.Isolated(timeout, memory.share(memory_bytes, n_workers), log_level, verify=verify) as isolated:
+                code = _run(files, settings, output_format, statistics, output_file, quiet, isolated.analyse, store, fixing,
+                            workers=n_workers, isolated=isolated)
     except KeyboardInterrupt:
         # The worker is already killed (Isolated.__exit__); no traceback for a Ctrl-C.
         click.echo("archlint: interrupted", err=True)
@@ -160,6 +172,23 @@ def check(paths: tuple[str, ...], model_expr, inputs_expr, input_shape, data, ou
         click.echo(traceback.format_exc(), err=True)
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_CLEAN if exit_zero else code)
+
+
+def _workers(n_jobs: int | None, n_files: int, memory_limit: int | None) -> int:
+    """How many files to analyse at once: --jobs, no more than there are files. By default
+    the usable cores, as long as each worker's share of the memory limit is at least
+    AUTO_WORKER_MEMORY; a --jobs that leaves a worker less than MIN_MEMORY_LIMIT is a usage
+    error."""
+    n = max(1, min(n_jobs or jobs.usable_cpus(), n_files))
+    if memory_limit is None:
+        return n
+    if n_jobs is None:
+        return max(1, min(n, memory_limit // AUTO_WORKER_MEMORY))
+    if memory.share(memory_limit, n) < MIN_MEMORY_LIMIT:
+        raise UsageError(
+            f"--jobs {n_jobs}: the memory limit of {memory.format_size(memory_limit)}, shared by {n} workers, "
+            f"leaves each less than {memory.format_size(MIN_MEMORY_LIMIT)}; lower --jobs or raise --memory-limit")
+    return n
 
 
 def _cli_options(model_expr, inputs_expr, input_shape, data, select, extend_select, ignore, no_verify, device, batch_size, seed, show_dismissed, measure_budget=None) -> dict:
@@ -229,36 +258,52 @@ def _file_settings(files: list[Path], cli_options: dict) -> dict[Path, Settings]
     return {path: resolve_settings(path, cli_options, finder.config_for(path)) for path in files}
 
 
-def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, analyse: worker.Analyse, store=None, fixing: "FixMode | None" = None) -> int:
+def _run(files: list[Path], settings: dict[Path, Settings], output_format: str, statistics: bool, output_file: str | None, quiet: bool, analyse: worker.Analyse, store=None, fixing: "FixMode | None" = None, workers: int = 1, isolated: "worker.Isolated | None" = None) -> int:
     """``analyse(path, settings) -> FileResult`` is the per-file seam: in a worker process
     (the default) or in this one (``--no-isolation``); ``store`` answers unchanged files
-    from the cache."""
+    from the cache. With ``workers`` > 1, that many files are analysed at once (``analyse``
+    must allow it: ``worker.Isolated`` does), and ``isolated`` is stopped on an error."""
     from archlint import output
+    from archlint.progress import Progress
 
     fixing = fixing or FixMode()
-    n_cached = 0
 
-    def one(path: Path):
-        nonlocal n_cached
-        if not quiet:
-            click.echo(f"archlint: checking {path}", err=True)
-        result = store.get(path) if store is not None else None
-        if result is not None:
-            n_cached += 1
-        else:
-            result = analyse(path, settings[path])
-            # A crash, timeout, memory stop or a measurement cut to its time budget depends
-            # on the machine: not kept.
-            if store is not None and not result.machine_dependent:
-                store.put(path, result)
-        return result
+    def check_all(paths: list[Path]) -> dict:
+        """{path: FileResult} in the order of ``paths``, whatever order they finish in."""
+        with Progress(len(paths), quiet=quiet) as shown:
+            cached = {}
+            for path in paths:  # the cache first: a run it answers starts no worker
+                result = store.get(path) if store is not None else None
+                if result is not None:
+                    shown.started(path)
+                    shown.finished(path)
+                    cached[path] = result
 
-    results = {path: one(path) for path in files}
+            def one(path: Path):
+                shown.started(path)
+                result = analyse(path, settings[path])
+                # A crash, timeout, memory stop or a measurement cut to its time budget
+                # depends on the machine: not kept.
+                if store is not None and not result.machine_dependent:
+                    store.put(path, result)
+                shown.finished(path)
+                return result
+
+            missing = [path for path in paths if path not in cached]
+            if isolated is not None:
+                isolated.on_stage = shown.stage
+                if workers > 1 and len(missing) > 1:
+                    isolated.start()  # from this thread (it handles Ctrl-C), before the others
+            analysed = jobs.run(missing, one, workers, stop=isolated.close if isolated is not None else lambda: None)
+            return {path: cached[path] if path in cached else analysed[path] for path in paths}
+
+    results = check_all(files)
+    n_cached = sum(1 for r in results.values() if r.from_cache)
     if fixing.diff:
         return _show_diffs(results, quiet)
     fixed: list = []
     if fixing.apply:
-        fixed = _apply_fixes(results, one, quiet)
+        fixed = _apply_fixes(results, check_all, quiet)
     findings = []
     sources: dict[str, str] = {}
     n_models = 0
@@ -317,9 +362,9 @@ def _file_fixes(result) -> list:
     return [f for f in result.findings if f.autofix is not None and f.autofix.verified and f.autofix.apply_now]
 
 
-def _apply_fixes(results: dict, analyse_one, quiet: bool) -> list:
-    """Apply the verified fixes, re-checking each rewritten file, until none is left;
-    ``results`` is updated in place. Returns the findings that were fixed."""
+def _apply_fixes(results: dict, check_all, quiet: bool) -> list:
+    """Apply the verified fixes, re-checking the rewritten files (``check_all(paths)``), until
+    none is left; ``results`` is updated in place. Returns the findings that were fixed."""
     from archlint.fix import apply
 
     fixed: list = []
@@ -337,8 +382,7 @@ def _apply_fixes(results: dict, analyse_one, quiet: bool) -> list:
                 click.echo(f"archlint: {path}: fixes not applied: {exc}", err=True)
         if not changed:
             break
-        for path in changed:
-            results[path] = analyse_one(path)
+        results.update(check_all(changed))
     return fixed
 
 

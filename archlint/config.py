@@ -56,6 +56,9 @@ class Settings:
     # Seconds one model's measurement may take; None: the device's default
     # (archlint.measure.budget.default_budget).
     measure_budget: float | None = None
+    # How many files are analysed at once (--jobs): they share the memory budget. A property
+    # of the run, not of the file's analysis, so the cache leaves it out of its key.
+    workers: int = 1
     # Per-rule options by rule name: {"deep-plain-stack": {"threshold": 3.0}}.
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # [[tool.archlint.models]] entries, for the files they name.

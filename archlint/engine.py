@@ -108,6 +108,8 @@ def _check_module(module: Any, path: str, settings: Settings, sites: Any, result
     budget = settings.memory_budget
     if budget is None:
         budget = memory.default_memory_budget(target)
+    # The files analysed at once (--jobs) share the budget.
+    budget = memory.share(budget, settings.workers)
     progress("build", findings=result.findings)
     # Each entry is progress: many models that are slow to build are not a hang.
     built, not_built = load.build_all(discovery, seed=settings.seed, memory_budget=budget,

@@ -4,7 +4,8 @@ Two settings take sizes: ``--memory-limit`` (the cap on a worker process; ``none
 it) and ``--memory-budget`` (how large a model may be and still be built for real). Both are
 read by ``parse_size`` and printed by ``format_size``, and both follow the container's
 cgroup limit when there is one, so a run inside a 4 GiB container never plans for the
-host's 64 GiB.
+host's 64 GiB. With ``--jobs N`` the N workers running at once share both evenly
+(``share``): together they stay within what one worker alone would use.
 
 Importing this module is cheap (no torch): the CLI parses sizes before any worker exists.
 """
@@ -121,3 +122,9 @@ def default_memory_budget(device: "str | object" = "cpu") -> int:
 
         budget = min(budget, MEMORY_FRACTION * torch.cuda.mem_get_info(getattr(device, "index", None))[0])
     return int(budget)
+
+
+def share(size: int | None, workers: int) -> int | None:
+    """One of ``workers`` concurrent analyses' part of ``size`` (a memory limit or budget they
+    share evenly, so that together they stay within it); None (no limit) stays None."""
+    return None if size is None else size // max(1, workers)

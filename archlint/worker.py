@@ -116,14 +116,17 @@ def _die_with_parent() -> None:
 # The process that analyses (a child, or archlint's own with --no-isolation)
 
 
-def prepare_process() -> None:
-    """Threads and allocator of a process that analyses files: archlint's own processes only
-    (``archlint.measure`` leaves the user's process as it is)."""
+def prepare_process(workers: int = 1) -> None:
+    """Threads and allocator of a process that analyses files, one of ``workers`` running at
+    once: archlint's own processes only (``archlint.measure`` leaves the user's process as
+    it is)."""
     import gc
 
     import torch
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    from archlint import jobs
+
+    torch.set_num_threads(jobs.torch_threads(workers))
     keep_freed_memory()
     # Everything imported so far (torch: about a million objects) lives until the process
     # ends; frozen, the collector stops walking it, and each full collection during the
@@ -188,11 +191,13 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
         real_exit(status)
 
     os._exit = exit_with_stack
-    logging.basicConfig(level=log_level, format="archlint: %(message)s", stream=sys.stderr, force=True)
+    # On a terminal, a line first clears the parent's progress line (archlint.progress).
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+    logging.basicConfig(level=log_level, format=clear + "archlint: %(message)s", stream=sys.stderr, force=True)
 
     from archlint import engine
 
-    prepare_process()
+    prepare_process(settings.workers)
     if memory_limit and not device.may_use_cuda(settings.device):
         import resource
 
@@ -222,6 +227,8 @@ def _child(conn: Any, path: str, settings: Settings, memory_limit: int | None, d
     _send(conn, {"done": dataclasses.replace(result, findings=findings).to_dict()})
 
 
+# The limit a message names is one worker's share of --memory-limit (archlint.jobs).
+RAISE_LIMIT = "raise it with --memory-limit, or lower --jobs: the files analysed at once share it"
 _ALLOC_FAILED = re.compile(r"can't allocate memory|not enough memory|MemoryError|out of memory", re.IGNORECASE)
 
 
@@ -229,7 +236,7 @@ def _mention_memory_limit(findings: list[Finding], memory_limit: int | None) -> 
     """An allocation that failed under the cap says so, and how to raise it."""
     if not memory_limit:
         return findings
-    hint = f" (archlint's memory limit is {format_size(memory_limit)}; raise it with --memory-limit)"
+    hint = f" (archlint's memory limit is {format_size(memory_limit)}; {RAISE_LIMIT})"
     return [dataclasses.replace(f, message=f.message + hint) if _ALLOC_FAILED.search(f.message) else f for f in findings]
 
 
@@ -257,19 +264,26 @@ class _State:
 
 
 class Isolated:
-    """Runs ``engine.check_file`` for one file at a time in a child process.
+    """Runs ``engine.check_file`` for a file in a child process.
 
-    Use as a context manager: on exit (also on Ctrl-C) a running child is killed. As with any
-    use of multiprocessing's forkserver or spawn, a script that creates one must guard its
-    entry point with ``if __name__ == "__main__":`` (the ``archlint`` command does).
+    ``analyse`` may be called from several threads at once (``--jobs``): each call has its own
+    child. ``on_stage(path, stage, model)``, when set, hears each stage the child reports
+    (``import``, ``build``, ``forward``, ``measure``, ``fix``), from the calling thread.
+
+    Use as a context manager: on exit (also on Ctrl-C) the running children are killed. As
+    with any use of multiprocessing's forkserver or spawn, a script that creates one must
+    guard its entry point with ``if __name__ == "__main__":`` (the ``archlint`` command does).
     """
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, memory_limit: int | None = None, log_level: int = logging.INFO, verify: bool = True):
         self.timeout = timeout
         self.memory_limit = memory_limit
         self.log_level = log_level
+        self.on_stage: Callable[[str, str, str | None], None] | None = None
         self._ctx = _context()
-        self._proc: Any = None
+        self._procs: set[Any] = set()
+        self._lock = threading.Lock()
+        self._closed = False
         self._preload = [*PRELOAD, "archlint.measure.api"] if verify else list(PRELOAD)
         self._started = False
 
@@ -280,18 +294,26 @@ class Isolated:
         self.close()
 
     def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.is_alive():
-            proc.kill()
-            proc.join(5)
+        """Kill the running children; no new one starts after this."""
+        with self._lock:
+            self._closed = True
+            procs, self._procs = self._procs, set()
+        for proc in procs:
+            _stop(proc)
+
+    def start(self) -> None:
+        """Start the fork server, if not yet done: call it from the main thread (it handles
+        Ctrl-C there: ``_start_forkserver``) before analysing from other threads. ``analyse``
+        calls it on the first file, not before: a run answered by a cache never imports torch."""
+        with self._lock:
+            if not self._started and self._ctx.get_start_method() == "forkserver":
+                self._ctx.set_forkserver_preload(self._preload)
+                _start_forkserver()
+            self._started = True
 
     def analyse(self, path: str | Path, settings: Settings) -> FileResult:
         path = str(Path(path).resolve())  # as check_file names it in its findings
-        if not self._started and self._ctx.get_start_method() == "forkserver":
-            # On the first file, not before: a run answered by a cache never imports torch.
-            self._ctx.set_forkserver_preload(self._preload)
-            _start_forkserver()
-        self._started = True
+        self.start()
         fd, dump_path = tempfile.mkstemp(prefix="archlint-", suffix=".stack")
         os.close(fd)
         receive, send = self._ctx.Pipe(duplex=False)
@@ -299,13 +321,19 @@ class Isolated:
             target=_child, args=(send, path, settings, self.memory_limit, dump_path, self.log_level),
             name=f"archlint {os.path.basename(path)}", daemon=True,
         )
-        self._proc = proc
         try:
-            proc.start()
+            with self._lock:  # started and registered at once: close() sees every child
+                if self._closed:
+                    raise WorkerError("the workers were stopped")
+                proc.start()
+                self._procs.add(proc)
             send.close()
             return self._watch(proc, receive, path, settings, dump_path)
         finally:
-            self.close()
+            with self._lock:
+                self._procs.discard(proc)
+            _stop(proc)
+            send.close()
             receive.close()
             with contextlib.suppress(OSError):
                 os.unlink(dump_path)
@@ -344,6 +372,8 @@ class Isolated:
                     return _crashed(path, settings, state, _death_cause(proc.exitcode, dump_path), _stack_line(proc, dump_path, path))
                 if "stage" in message:
                     last_progress = time.monotonic()
+                    if self.on_stage is not None:
+                        self.on_stage(path, message["stage"], message["model"])
                     state = _State(
                         message["stage"], message["model"], message["line"],
                         [Finding.from_dict(d) for d in message["findings"]],
@@ -366,8 +396,14 @@ class Isolated:
                 proc.kill()
                 proc.join()
                 cause = (f"used {format_size(rss)} of memory, more than archlint's limit of "
-                         f"{format_size(self.memory_limit)}, and was stopped (raise it with --memory-limit)")
+                         f"{format_size(self.memory_limit)}, and was stopped ({RAISE_LIMIT})")
                 return _crashed(path, settings, state, cause, stack_line)
+
+
+def _stop(proc: Any) -> None:
+    if proc.pid is not None and proc.is_alive():
+        proc.kill()
+        proc.join(5)
 
 
 def _start_forkserver() -> None:
