@@ -276,6 +276,13 @@ def has_batchnorm(graph: ArchGraph) -> bool:
     return any(n.kind == OpKind.NORM and n.attrs.get("norm_type") == "batch" for n in graph.nodes)
 
 
+def is_batchnorm_cnn(graph: ArchGraph) -> bool:
+    """A model with convolutions and BatchNorm: the family whose NLC at initialisation did not
+    rank training outcomes in the validation study (docs/validation.md). ARC101 and ARC103
+    leave such models to ARC401 and ARC402, which are off by default."""
+    return has_kind(graph, OpKind.CONV) and has_batchnorm(graph)
+
+
 def nlc_threshold(graph: ArchGraph, options: dict) -> float:
     """A rule's NLC threshold for this model: ``conv-threshold`` for models with
     convolutions (the MLP band does not carry over to CNNs), else ``threshold``."""

@@ -10,6 +10,10 @@ does not model an op of the run (max pooling, gating), the run is reported as a 
 be measured when it is long enough to cross the threshold at the BN-ReLU rate of 1.211 per
 layer. The finding points at the first layer of the run.
 
+It judges models without convolutions, and models with convolutions but no BatchNorm. CNNs
+with BatchNorm are left to ARC402 (off by default): in the validation study their NLC at
+initialisation did not rank their outcomes (docs/validation.md).
+
 ## Why is this bad?
 The NLC composes multiplicatively: a chain of L layers with per-layer NLC c has NLC about
 c^L (digest §1.6). BatchNorm fixes every ReLU at its N(0, 1) operating point, where its NLC is
@@ -49,9 +53,9 @@ connections are the better remedy but not a mechanical edit.
 ## Options
 - ``threshold`` (default 3.0): the NLC above which a plain run is reported in a model
   without convolutions (the top of the 1-3 band of the practical guide, found on MLPs).
-- ``conv-threshold`` (default 100.0): the same for models with convolutions, where plain
-  BN-ReLU stacks that train well are common (VGG-16 with BN measures 12, GoogLeNet's stack
-  of inception blocks 36); see ARC101's options for the calibration so far.
+- ``conv-threshold`` (default 100.0): the same for models with convolutions and no
+  BatchNorm (CNNs with BatchNorm are ARC402's); see ARC101's options for the calibration so
+  far.
 - ``min-layers`` (default 6): the shortest run looked at (1.211^6 = 3.2).
 
 ## References
@@ -79,8 +83,14 @@ EXPLANATION = (
     "generalisation and exploding gradients."
 )
 
-
 def check(graph, options, context):
+    if patterns.is_batchnorm_cnn(graph):
+        return []  # ARC402's, off by default (the docstring says why)
+    return plain_stacks(graph, options, CODE)
+
+def plain_stacks(graph, options, code):
+    """The findings of plain runs whose NLC is above the model's threshold (ARC103, and
+    ARC402 for CNNs with BatchNorm)."""
     threshold = patterns.nlc_threshold(graph, options)
     findings = []
     for run in patterns.plain_runs(graph):
@@ -94,7 +104,7 @@ def check(graph, options, context):
         first = patterns.first_op_after(graph, run.start, run.end)
         what = patterns.describe_layers(run.layers)
         findings.append(at_node(graph, first,
-            code=CODE,
+            code=code,
             message=f"{what} without a skip connection compound to NLC {{value}}",
             predicted=predicted,
             threshold=threshold,
@@ -109,7 +119,6 @@ def check(graph, options, context):
             data={"layers": len(run.layers)},
         ))
     return findings
-
 
 def confirm(finding, report, options):
     threshold = finding.threshold

@@ -13,6 +13,24 @@ os.environ["ARCHLINT_NO_CACHE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
+FIXTURE_PREFIX = "# archlint-fixture:"
+
+
+def fixture_fields(path: Path) -> dict:
+    """The settings a fixture asks for in its first lines, one TOML comment each
+    (`# archlint-fixture: batch_size = 4`): for rules that depend on the run's settings or
+    are off by default."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith(FIXTURE_PREFIX):
+            break
+        lines.append(line[len(FIXTURE_PREFIX):])
+    return tomllib.loads("\n".join(lines))
 
 
 def pytest_addoption(parser):

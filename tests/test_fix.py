@@ -16,18 +16,13 @@ import libcst
 import pytest
 from click.testing import CliRunner
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 from archlint import cli, worker
 from archlint.config import Settings, UsageError, load_config
 from archlint.engine import check_file
 from archlint.fix import apply
 from archlint.fix.edits import Edit, Fix, line_edits, source_hash
 from archlint.rule import registry
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_fields
 
 # (fixture, the rule it is about, the findings allowed to stand after --fix). Each --fix
 # verifies by checking and measuring an edited copy: a few seconds per fixture.
@@ -62,12 +57,9 @@ def one_thread(monkeypatch):
 
 
 def fixture_options(path) -> list[str]:
-    """The command-line options a fixture's first-line `# archlint-fixture: batch_size = 4`
-    asks for (tests/test_fixtures.py reads the same line into Settings)."""
-    first = path.read_text().splitlines()[0]
-    prefix = "# archlint-fixture:"
-    extra = tomllib.loads(first[len(prefix):]) if first.startswith(prefix) else {}
-    return [arg for key, value in extra.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+    """The command-line options for the settings a fixture asks for (conftest.fixture_fields)."""
+    values = [(key, v) for key, value in fixture_fields(path).items() for v in (value if isinstance(value, list) else [value])]
+    return [arg for key, value in values for arg in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def run(*args: str):

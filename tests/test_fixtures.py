@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 from archlint.config import Settings
 from archlint.engine import check_file
 from archlint.output import fails
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_fields
 
 CASES = sorted(
     p for pattern in ("ARC*/*.py", "architectures/*.py") for p in FIXTURES.glob(pattern)
@@ -35,12 +30,8 @@ def render_expected(findings) -> str:
 
 
 def fixture_settings(path) -> Settings:
-    """Settings(show_dismissed=True), plus the fields a fixture sets in a first-line comment
-    `# archlint-fixture: batch_size = 4` (TOML), for rules that depend on the run's settings."""
-    first = path.read_text().splitlines()[0] if path.read_text() else ""
-    prefix = "# archlint-fixture:"
-    extra = tomllib.loads(first[len(prefix):]) if first.startswith(prefix) else {}
-    return Settings(show_dismissed=True, **extra)
+    """Settings(show_dismissed=True), plus the fields the fixture asks for (conftest.fixture_fields)."""
+    return Settings(show_dismissed=True, **fixture_fields(path))
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.name}")
