@@ -13,9 +13,11 @@ Works on partial results: every number says how many architectures it rests on.
 3. Calibration half: each rule's threshold on its value (the measured value, else the
    predicted one; config.RULE_DIRECTION says which side is bad) flags the most bad
    architectures at the precision goal (config.THRESHOLD_OBJECTIVE says why not F1),
-   globally and per family branch (mlp / cnn x with / without BatchNorm) where the branch
-   has at least config.MIN_GROUP bad and good architectures; a rule without such a
-   threshold shows no predictive power. The calibrated verdict combines the rules kept.
+   globally and, for the rules with a threshold per family (config.PER_FAMILY_RULES), per
+   family where it has at least config.MIN_GROUP bad and good architectures; a rule without
+   such a threshold shows no predictive power. The calibrated verdict combines the rules
+   kept. Per family branch (mlp / cnn x with / without BatchNorm), the rule's ranking power
+   (AUC) is the evidence for leaving a branch to an off-by-default rule.
 4. Evaluation half: precision and recall (Wilson intervals) of "any warning-level finding"
    against "bad": archlint as it is (default thresholds, its findings from check_file),
    with the calibrated thresholds, and with the committed F1 objective's thresholds; per
@@ -44,6 +46,7 @@ import config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BRANCHES = ("mlp", "cnn")
+BRANCH_NAMES = ("mlp-nobn", "mlp-bn", "cnn-nobn", "cnn-bn")
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,9 +121,13 @@ def labels(records: list[dict], rule: dict) -> dict[str, bool]:
 # Rule values and verdicts
 
 
-def rule_value(rec: dict, code: str) -> float | None:
+def rule_value(rec: dict, code: str, *, judged_only: bool = True) -> float | None:
     """The rule's value for the model: the worst over its entries (max, or min for rules
-    whose value is bad when low), measured where measured, else predicted."""
+    whose value is bad when low), measured where measured, else predicted. None for a
+    family branch the rule leaves to an off-by-default rule (config.LEFT_TO_OFF_BY_DEFAULT),
+    unless ``judged_only`` is False."""
+    if judged_only and (code, branch(rec)) in config.LEFT_TO_OFF_BY_DEFAULT:
+        return None
     entries = rec["archlint"]["values"].get(code, [])
     vals = []
     for e in entries:
@@ -135,10 +142,13 @@ def rule_value(rec: dict, code: str) -> float | None:
 
 
 def default_fires(rec: dict, code: str | None = None) -> bool:
-    """archlint as it is: a warning-level finding (not dismissed) of ``code`` (any code)."""
-    if code is None:
-        return bool(rec["archlint"]["warning"])
-    return any(f["code"] == code and f["status"] != "dismissed" and f["severity"] in ("warning", "error")
+    """archlint as it is: a warning-level finding (not dismissed) of ``code`` (any code). A
+    finding of a rule on a family branch it has since left to an off-by-default rule
+    (config.LEFT_TO_OFF_BY_DEFAULT; results computed before the change still have it) does
+    not count: the default selection no longer reports it."""
+    return any((code is None or f["code"] == code) and not f["code"].startswith("ARC9")
+               and f["status"] != "dismissed" and f["severity"] in ("warning", "error")
+               and (f["code"], branch(rec)) not in config.LEFT_TO_OFF_BY_DEFAULT
                for f in rec["archlint"]["findings"])
 
 
@@ -224,8 +234,9 @@ def calibrate(records: list[dict], bad: dict[str, bool], objective=recall_at_pre
         ys = [bad[r["id"]] for r in records]
         glob = objective(vals, ys, direction)
         per = {}
-        for br in sorted({branch(r) for r in records}):
-            idx = [i for i, r in enumerate(records) if branch(r) == br and vals[i] is not None]
+        families = sorted({r["spec"]["family"] for r in records}) if code in config.PER_FAMILY_RULES else []
+        for br in families:
+            idx = [i for i, r in enumerate(records) if r["spec"]["family"] == br and vals[i] is not None]
             nbad = sum(ys[i] for i in idx)
             if nbad >= config.MIN_GROUP and len(idx) - nbad >= config.MIN_GROUP:
                 found = objective([vals[i] for i in idx], [ys[i] for i in idx], direction)
@@ -244,7 +255,7 @@ def branch_power(records: list[dict], bad: dict[str, bool]) -> dict:
     for code, direction in config.RULE_DIRECTION.items():
         out[code] = {}
         for br in sorted({branch(r) for r in records}):
-            pairs = [(rule_value(r, code), bad[r["id"]]) for r in records if branch(r) == br]
+            pairs = [(rule_value(r, code, judged_only=False), bad[r["id"]]) for r in records if branch(r) == br]
             pairs = [(v, b) for v, b in pairs if v is not None]
             found = recall_at_precision([v for v, _ in pairs], [b for _, b in pairs], direction)
             out[code][br] = {"n": len(pairs), "bad": sum(b for _, b in pairs),
@@ -255,7 +266,7 @@ def branch_power(records: list[dict], bad: dict[str, bool]) -> dict:
 
 def threshold_for(rec: dict, code: str, cal: dict) -> float | None:
     c = cal[code]
-    t = c["branches"].get(branch(rec)) or c["global"]
+    t = c["branches"].get(rec["spec"]["family"]) or c["global"]
     return None if t is None else t["threshold"]
 
 
@@ -339,10 +350,16 @@ def predictors(rec: dict) -> dict[str, float | None]:
 # The analysis
 
 
-def analyze(records: list[dict], failed: list[dict]) -> dict:
+def analyze(records: list[dict], failed: list[dict], calibration_only: bool = False) -> dict:
+    """The summary. ``calibration_only``: an interim look while the run is incomplete, from
+    the calibration half alone (its thresholds, their in-sample precision and recall, the
+    ranking power per branch, the rank correlations): the evaluation half is read once, at
+    the end. The labels always come from every result (a group's reference error)."""
     primary = labels(records, config.BAD_RULE)
     cal_recs = [r for r in records if half(r["id"]) == "calibration"]
     ev_recs = [r for r in records if half(r["id"]) == "evaluation"]
+    if calibration_only:
+        return _calibration_summary(records, failed, cal_recs, primary)
     summary: dict = {
         "n_results": len(records) + len(failed), "n_usable": len(records), "n_failed": len(failed),
         "n_calibration": len(cal_recs), "n_evaluation": len(ev_recs),
@@ -390,6 +407,33 @@ def analyze(records: list[dict], failed: list[dict]) -> dict:
             "calibrated": ev["calibrated"], "default": ev["default"],
         }
 
+    summary.update(_descriptive(records, primary))
+    return summary
+
+
+def _calibration_summary(records, failed, cal_recs, primary) -> dict:
+    cal = calibrate(cal_recs, primary)
+    kept = combine(cal_recs, primary, cal)
+    truth = [primary[r["id"]] for r in cal_recs]
+    summary = {
+        "interim": True, "n_results": len(records) + len(failed), "n_usable": len(records), "n_failed": len(failed),
+        "n_calibration": len(cal_recs), "label": config.BAD_RULE, "bad_calibration": sum(truth),
+        "calibration": {"objective": config.THRESHOLD_OBJECTIVE, "goals": config.GOALS,
+                        "min_true_positives": config.MIN_TRUE_POSITIVES, "min_group": config.MIN_GROUP},
+        "thresholds": cal, "combined_rules": kept,
+        "in_sample": {
+            "calibrated": confusion([any(calibrated_fires(r, c, cal) for c in kept) for r in cal_recs], truth),
+            "default": confusion([default_fires(r) for r in cal_recs], truth),
+        },
+        "branch_power": branch_power(cal_recs, primary),
+    }
+    summary.update(_descriptive(cal_recs, primary))
+    return summary
+
+
+def _descriptive(records: list[dict], primary: dict[str, bool]) -> dict:
+    """Rank correlations, outcome noise and composition of ``records``."""
+    summary: dict = {}
     # Rank correlations with the best test error (diverged-everywhere ranks last).
     corr = {}
     groups = defaultdict(list)
@@ -435,30 +479,53 @@ def _pr(c: dict) -> str:
 
 
 def markdown(summary: dict) -> str:
-    lines = [
-        "# Validation study: does archlint predict training outcomes?",
-        "",
-        f"{summary['n_usable']} architectures analysed ({summary['n_failed']} failed), "
-        f"{summary['n_calibration']} in the calibration half, {summary['n_evaluation']} in the evaluation half; "
-        f"{summary['bad_total']} bad by the primary label "
-        f"({config.BAD_RULE['factor']}x the median of the best {config.BAD_RULE['top_share']:.0%} of the same dataset and family).",
-        "",
-        "## Evaluation half: a warning-level finding against \"bad\"",
-        "",
-        "Precision and recall with 95% Wilson intervals; tp/flagged/bad.",
-        "",
-        "| verdict | precision | recall | tp/flagged/bad |",
-        "|---|---|---|---|",
-        f"| any rule, calibrated thresholds | {_pr(summary['evaluation'])} |",
-        f"| any finding, default thresholds | {_pr(summary['evaluation_default_thresholds'])} |",
-        f"| any rule, thresholds of the committed F1 objective | {_pr(summary['evaluation_f1_objective'])} |",
-    ]
-    for code, c in summary["per_rule"].items():
-        lines.append(f"| {code} calibrated | {_pr(c['calibrated'])} |")
-        lines.append(f"| {code} default | {_pr(c['default'])} |")
-    lines += ["", f"Combined rules of the calibrated verdict: {', '.join(summary['evaluation']['combined_rules']) or 'none'}.",
+    label = (f"by the primary label ({config.BAD_RULE['factor']}x the median of the best "
+             f"{config.BAD_RULE['top_share']:.0%} of the same dataset and family)")
+    if summary.get("interim"):
+        lines = [
+            "# Validation study, interim: the calibration half",
+            "",
+            f"{summary['n_usable']} of {config.N_ARCHITECTURES} architectures done ({summary['n_failed']} failed); "
+            f"this looks at the {summary['n_calibration']} of the calibration half only, {summary['bad_calibration']} "
+            f"of them bad {label}. The evaluation half is read once, when the run is complete.",
+            "",
+            "## Calibration half, in sample: a warning-level finding against \"bad\"",
+            "",
+            "In sample (the thresholds were chosen on these architectures): an upper bound on what the evaluation "
+            "half will show. Precision and recall with 95% Wilson intervals; tp/flagged/bad.",
+            "",
+            "| verdict | precision | recall | tp/flagged/bad |",
+            "|---|---|---|---|",
+            f"| any of the combined rules, calibrated thresholds | {_pr(summary['in_sample']['calibrated'])} |",
+            f"| any finding, default thresholds | {_pr(summary['in_sample']['default'])} |",
+        ]
+        combined = summary["combined_rules"]
+    else:
+        lines = [
+            "# Validation study: does archlint predict training outcomes?",
+            "",
+            f"{summary['n_usable']} architectures analysed ({summary['n_failed']} failed), "
+            f"{summary['n_calibration']} in the calibration half, {summary['n_evaluation']} in the evaluation half; "
+            f"{summary['bad_total']} bad {label}.",
+            "",
+            "## Evaluation half: a warning-level finding against \"bad\"",
+            "",
+            "Precision and recall with 95% Wilson intervals; tp/flagged/bad.",
+            "",
+            "| verdict | precision | recall | tp/flagged/bad |",
+            "|---|---|---|---|",
+            f"| any rule, calibrated thresholds | {_pr(summary['evaluation'])} |",
+            f"| any finding, default thresholds | {_pr(summary['evaluation_default_thresholds'])} |",
+            f"| any rule, thresholds of the committed F1 objective | {_pr(summary['evaluation_f1_objective'])} |",
+        ]
+        for code, c in summary["per_rule"].items():
+            lines.append(f"| {code} calibrated | {_pr(c['calibrated'])} |")
+            lines.append(f"| {code} default | {_pr(c['default'])} |")
+        combined = summary["evaluation"]["combined_rules"]
+    lines += ["", f"Combined rules of the calibrated verdict: {', '.join(combined) or 'none'}.",
               "", "## Calibrated thresholds (calibration half)", "",
-              "Per rule, globally and per family branch with enough of both classes; \"none\": no threshold reaches "
+              "Per rule, over all families, and per family for the rules with a threshold per family where the family has "
+              "enough of both classes; \"none\": no threshold reaches "
               f"precision {config.GOALS['precision']} from {config.MIN_TRUE_POSITIVES} true positives above the base rate "
               "(no predictive power).", "",
               "| rule | where | threshold | precision | recall | tp/fp/fn | AUC |", "|---|---|---|---|---|---|---|"]
@@ -470,11 +537,29 @@ def markdown(summary: dict) -> str:
                 auc_text = f"{t['auc']:.2f}" if t.get("auc") is not None else "-"
                 lines.append(f"| {code} | {where} | {t['threshold']:.4g} | {t['precision']:.2f} | {t['recall']:.2f} | "
                              f"{t['tp']}/{t['fp']}/{t['fn']} | {auc_text} |")
-    lines += ["", "## Sensitivity to the label", "",
-              "| label | bad | calibrated precision | recall | tp/flagged/bad | default precision | recall | tp/flagged/bad |",
-              "|---|---|---|---|---|---|---|---|"]
-    for name, s in summary["sensitivity"].items():
-        lines.append(f"| {name} | {s['bad_total']} | {_pr(s['calibrated'])} | {_pr(s['default'])} |")
+    lines += ["", "## Ranking power per family branch (calibration half)", "",
+              "AUC of the rule's value against \"bad\" (0.5: chance) over every architecture of the branch that has "
+              "the value, branches left to an off-by-default rule included; n (bad); the threshold at the precision "
+              "goal where one exists.", "",
+              "| rule | " + " | ".join(BRANCH_NAMES) + " |", "|---|" + "---|" * len(BRANCH_NAMES)]
+    for code, per in summary["branch_power"].items():
+        cells = []
+        for br in BRANCH_NAMES:
+            b = per.get(br)
+            if not b or not b["n"]:
+                cells.append("-")
+                continue
+            auc_text = f"{b['auc']:.2f}" if b["auc"] is not None else "-"
+            thr = f", at {b['threshold']:.3g}" if b["threshold"] is not None else ""
+            left = config.LEFT_TO_OFF_BY_DEFAULT.get((code, br))
+            cells.append(f"{auc_text} ({b['n']}, {b['bad']} bad){thr}{f' -> {left}' if left else ''}")
+        lines.append(f"| {code} | " + " | ".join(cells) + " |")
+    if "sensitivity" in summary:
+        lines += ["", "## Sensitivity to the label", "",
+                  "| label | bad | calibrated precision | recall | tp/flagged/bad | default precision | recall | tp/flagged/bad |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, s in summary["sensitivity"].items():
+            lines.append(f"| {name} | {s['bad_total']} | {_pr(s['calibrated'])} | {_pr(s['default'])} |")
     lines += ["", "## Spearman rank correlation with the best test error", "",
               "| group | n | NLC | NLC off the 1-3 band | population NLC | params | depth | synflow | jacob_cov |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -523,14 +608,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=HERE / "results.jsonl")
     ap.add_argument("--out-dir", type=Path, default=HERE)
+    ap.add_argument("--calibration-only", action="store_true",
+                    help="an interim look at the calibration half while the run is incomplete (the evaluation half is "
+                         "read once, at the end): writes summary_calibration.json/.md and calibration_nlc_vs_error.png")
     args = ap.parse_args(argv)
     if not args.results.exists():
         ap.error(f"{args.results}: no results file (run run.py first)")
     records, failed = load(args.results)
-    summary = analyze(records, failed)
+    summary = analyze(records, failed, calibration_only=args.calibration_only)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
-    (args.out_dir / "summary.md").write_text(markdown(summary))
+    stem = "summary_calibration" if args.calibration_only else "summary"
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+    (args.out_dir / f"{stem}.md").write_text(markdown(summary))
+    if args.calibration_only:
+        cal = [r for r in records if half(r["id"]) == "calibration"]
+        plot(cal, labels(records, config.BAD_RULE), args.out_dir / "calibration_nlc_vs_error.png")
+        print(f"{summary['n_usable']} usable; calibration half n={summary['n_calibration']}; wrote {args.out_dir}/"
+              f"{stem}.json, {stem}.md, calibration_nlc_vs_error.png", file=sys.stderr)
+        return 0
     plot(records, labels(records, config.BAD_RULE), args.out_dir / "nlc_vs_error.png")
     ev = summary["evaluation"]
     print(f"{summary['n_usable']} usable ({summary['n_failed']} failed); evaluation half n={ev['n']} bad={ev['bad']} "

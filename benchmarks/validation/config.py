@@ -124,6 +124,14 @@ CI_LEVEL = 0.95
 # first, while the combination's calibration precision stays at the goal. analyze.py still
 # reports what the F1 objective gives on the evaluation half (summary "f1_objective").
 THRESHOLD_OBJECTIVE = "recall-at-precision"
+# Thresholds per family (mlp / cnn) for the rules whose options have one per family
+# (``threshold`` and ``conv-threshold``); one threshold for the others, as the rules ship.
+PER_FAMILY_RULES = ("ARC101", "ARC103")
+# Family branches a rule no longer judges by default, decided on the calibration half
+# (analyze.branch_power: no threshold at the precision goal, AUC at or below chance): CNNs with
+# BatchNorm, left to ARC401 / ARC402 (off by default). Their values are not part of the
+# rule's calibration or verdict.
+LEFT_TO_OFF_BY_DEFAULT = {("ARC101", "cnn-bn"): "ARC401", ("ARC103", "cnn-bn"): "ARC402"}
 MIN_TRUE_POSITIVES = 3
 MIN_GROUP = 10
 GOALS = {"precision": 0.85, "recall": 0.75}

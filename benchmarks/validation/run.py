@@ -151,26 +151,32 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
     # Every rule's value: permissive options, one measurement with every segment they ask for.
     started = time.perf_counter()
     found, errors = [], {}
-    for code, opts in config.PERMISSIVE_OPTIONS.items():
+    value_rules = [(code, code, opts) for code, opts in config.PERMISSIVE_OPTIONS.items()]
+    # ARC101 and ARC103 left CNNs with BatchNorm to ARC401 and ARC402 (off by default) during
+    # the run: the same computation, whose value is still recorded under the original code.
+    value_rules += [(successor, origin, {"threshold": config.TINY, **config.PERMISSIVE_OPTIONS[origin]})
+                    for (origin, _), successor in config.LEFT_TO_OFF_BY_DEFAULT.items()]
+    for code, recorded_as, opts in value_rules:
         rule = rules_api.get(code)
-        options = {**rule.options, **opts}
+        options = {**rule.options, **{k: v for k, v in opts.items() if k in rule.options}}
         try:
-            found += [(rule, options, f) for f in rule.check(graph, options, rules_api.RunContext(batch_size=config.BATCH_SIZE))]
+            found += [(rule, recorded_as, options, f)
+                      for f in rule.check(graph, options, rules_api.RunContext(batch_size=config.BATCH_SIZE))]
         except Exception as exc:  # a rule that breaks out of its usual range is recorded, not fatal
             errors[code] = f"{type(exc).__name__}: {exc}"
     # As the engine does: a segment from where the signal enters is its end node's own NLC.
     sources = set(patterns.sources(graph))
-    segments = sorted({f.segment for _, _, f in found if f.segment is not None and f.segment[0] not in sources})
+    segments = sorted({f.segment for _, _, _, f in found if f.segment is not None and f.segment[0] not in sources})
     report = measure_mod.measure(model, batch, graph=graph, device=device, batch_size=config.BATCH_SIZE,
                                  seed=config.MEASURE_SEED, segments=segments)
     values: dict[str, list] = {}
-    for rule, options, f in found:
+    for rule, recorded_as, options, f in found:
         verdict = rule.confirm(f, report, options)
         entry = {"predicted": _num(f.predicted), "measured": _num(verdict.measured), "node": f.node}
         for key in ("layers", "kind"):
             if key in f.data:
                 entry[key] = f.data[key]
-        values.setdefault(rule.code, []).append(entry)
+        values.setdefault(recorded_as, []).append(entry)
     record["values"] = values
     record["value_errors"] = errors
     out = report.output_stats
