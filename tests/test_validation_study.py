@@ -147,3 +147,22 @@ def test_off_by_default_rules_quote_the_studys_numbers():
         assert power["threshold"] is None
         quoted = f"AUC {power['auc']:.2f} over {power['n']} architectures ({power['bad']} bad"
         assert quoted in " ".join(get(code).doc.split()), code
+
+
+def test_calibration_prefers_precision_and_finds_no_power_where_there_is_none():
+    import analyze
+
+    # 40 architectures, 32 bad (a base rate like the study's): the 24 with high values are
+    # bad, the 16 with low values half bad.
+    values = [10.0 + i for i in range(24)] + [1.0 + 0.1 * i for i in range(16)]
+    bad = [True] * 24 + [i % 2 == 0 for i in range(16)]
+    f1 = analyze.best_threshold(values, bad, +1)
+    ours = analyze.recall_at_precision(values, bad, +1)
+    # F1 at this base rate prefers flagging everything (precision = the base rate); the
+    # goal-driven threshold flags the 24 high values (and as many more as the goal allows).
+    assert f1["tp"] + f1["fp"] == 40 and f1["precision"] == 0.8
+    assert ours["tp"] >= 24 and ours["precision"] >= config.GOALS["precision"] and ours["fp"] < f1["fp"]
+    assert ours["auc"] > 0.8
+    # A value unrelated to the outcome: no threshold reaches the goal above the base rate.
+    noise = [float(i % 5) for i in range(20)]
+    assert analyze.recall_at_precision(noise, [i % 2 == 0 for i in range(20)], +1) is None

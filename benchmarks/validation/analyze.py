@@ -205,7 +205,7 @@ def recall_at_precision(values: list[float | None], bad: list[bool], direction: 
             continue
         if wilson(c["tp"], c["tp"] + c["fp"])[0] <= base_rate:
             continue
-        # Ties in recall: the threshold that flags fewer good ones, then the less extreme one.
+        # Ties in recall: the threshold that flags fewer good ones (the first found among equals).
         key = (c["tp"], -c["fp"])
         if best is None or key > (best["tp"], -best["fp"]):
             best = c
