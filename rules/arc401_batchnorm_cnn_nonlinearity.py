@@ -6,11 +6,10 @@ and then measured) for the models ARC101 leaves alone: those with convolutions a
 BatchNorm. Off by default; select it with ``--extend-select ARC401``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no predictive power in this family: in its calibration half (201 architectures,
-interim), the output NLC of CNNs with BatchNorm ranked their outcomes at AUC 0.32 over 30
-architectures (23 bad; 0.5 is chance), and no threshold reached the study's precision goal
-of 0.85. MLPs with BatchNorm, which ARC101 still judges: AUC 0.78 over 31 architectures (9
-bad).
+found no predictive power in this family: in its calibration half (309 architectures), the
+output NLC of CNNs with BatchNorm ranked their outcomes at AUC 0.39 over 66 architectures
+(49 bad; 0.5 is chance), and no threshold reached the study's precision goal of 0.85. MLPs
+with BatchNorm, which ARC101 still judges: AUC 0.73 over 55 architectures (20 bad).
 
 Public CIFAR-10 results agree: in kuangliu/pytorch-cifar, ResNet50 (NLC 119 at
 initialisation), DPN92 (219) and RegNetY_400MF (127) reach 93.6-95.2% test accuracy, better

@@ -6,10 +6,10 @@ ARC103's check (a run of nonlinear layers without a skip connection whose NLC is
 convolutions and BatchNorm. Off by default; select it with ``--extend-select ARC402``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no predictive power in this family: in its calibration half (201 architectures,
-interim), the NLC of the plain stacks of CNNs with BatchNorm ranked their outcomes at AUC
-0.55 over 28 architectures (22 bad; 0.5 is chance), and no threshold reached the study's
-precision goal of 0.85.
+found no predictive power in this family: in its calibration half (309 architectures), the
+NLC of the plain stacks of CNNs with BatchNorm ranked their outcomes at AUC 0.58 over 57
+architectures (42 bad; 0.5 is chance), and no threshold reached the study's precision goal
+of 0.85.
 
 The public CIFAR-10 results that ARC401's documentation cites point the same way.
 
