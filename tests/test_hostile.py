@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO
+from conftest import FIXTURE_PREFIX, FIXTURES, REPO
 
 HOSTILE = FIXTURES / "hostile"
 # Slow by design: they run until the timeout. Linted in a run of their own, with a short one.
@@ -27,7 +27,7 @@ SHORT_TIMEOUT = 2
 # The meta fixtures join the corpus, except those that need settings of their own (a
 # first-line `# archlint-fixture:` comment, e.g. ARC905's tiny memory budget).
 CORPUS = sorted(set(HOSTILE.glob("*.py")) - set(ENDLESS)) + sorted(
-    p for p in FIXTURES.glob("ARC90*/bad_*.py") if not p.read_text().startswith("# archlint-fixture:")
+    p for p in FIXTURES.glob("ARC90*/bad_*.py") if not p.read_text().startswith(FIXTURE_PREFIX)
 )
 # A cap low enough that the memory hogs hit it at once, high enough for every small model.
 MEMORY_LIMIT = "1GiB"

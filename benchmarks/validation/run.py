@@ -154,10 +154,11 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
     value_rules = [(code, code, opts) for code, opts in config.PERMISSIVE_OPTIONS.items()]
     # ARC101 and ARC103 left CNNs with BatchNorm to ARC401 and ARC402 (off by default) during
     # the run: the same computation, whose value is still recorded under the original code.
-    value_rules += [(successor, origin, {"threshold": config.TINY, **config.PERMISSIVE_OPTIONS[origin]})
+    value_rules += [(successor, origin, config.PERMISSIVE_OPTIONS[origin])
                     for (origin, _), successor in config.LEFT_TO_OFF_BY_DEFAULT.items()]
     for code, recorded_as, opts in value_rules:
         rule = rules_api.get(code)
+        # The successor has the original's options but one threshold (no conv-threshold).
         options = {**rule.options, **{k: v for k, v in opts.items() if k in rule.options}}
         try:
             found += [(rule, recorded_as, options, f)
