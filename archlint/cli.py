@@ -468,7 +468,7 @@ def rule_cmd(code: str | None, show_all: bool, output_format: str) -> None:
     if show_all:
         chosen = list(reg.values())
     elif code:
-        key = code.upper()
+        key = rules_api.redirect(code.upper())
         by_name = {r.name: r for r in reg.values()}
         if key in reg:
             chosen = [reg[key]]

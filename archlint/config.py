@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from archlint import device
+from archlint.rule import REDIRECTS
 
 # ARC4xx rules are off unless selected explicitly (by code, by prefix, or by ALL).
 DEFAULT_SELECT = ("ARC1", "ARC2", "ARC3", "ARC9")
@@ -129,6 +131,9 @@ def validate_codes(values: Iterable[str], known: Iterable[str], what: str) -> tu
         value = raw.strip().upper()
         if not value:
             continue
+        if value in REDIRECTS:
+            print(f"archlint: warning: {what}: {value} is now {REDIRECTS[value]}; using {REDIRECTS[value]}", file=sys.stderr)
+            value = REDIRECTS[value]
         if value != "ALL" and not any(code.startswith(value) for code in known):
             raise UsageError(f"{what}: {raw!r} matches no rule code (known codes: {', '.join(known)}; prefixes like ARC1 and ALL work too)")
         out.append(value)

@@ -41,6 +41,17 @@ DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "O
 CODE_RE = re.compile(r"^ARC\d{3}$")
 
 
+# Codes that moved, old to new, as ruff remaps renamed rules: a selector, an ignore or a
+# suppression comment naming the old code means the new one. ARC105 became ARC403 (off by
+# default) when the validation study found no predictive power in it.
+REDIRECTS = {"ARC105": "ARC403"}
+
+
+def redirect(code: str) -> str:
+    """The code ``code`` names today (itself, unless it moved)."""
+    return REDIRECTS.get(code.upper(), code)
+
+
 def is_meta_code(code: str) -> bool:
     """ARC9xx: a diagnostic about the analysis itself, raised by the engine, not a rule's finding."""
     return code.startswith("ARC9")

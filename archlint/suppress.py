@@ -157,7 +157,7 @@ def _suppressed(finding: Finding, directives: list[Directive]) -> bool:
     for d in directives:
         if d.covers(finding):
             for c in d.codes:
-                if c.code == finding.code:
+                if rules_api.redirect(c.code) == finding.code:
                     c.used = hit = True
     return hit
 
@@ -177,8 +177,8 @@ def unused(directives: list[Directive], path: str, judged: Callable[[str], bool]
             span = Span(path, d.line, d.col, d.line, d.col + len(d.text))
             out.append(_finding(span, f"`{d.text}` names no rule codes and suppresses nothing; archlint needs explicit codes, e.g. `# archlint: {d.kind}[ARC103]`", "add the codes to suppress"))
             continue
-        unknown = [c for c in d.codes if c.code not in known]
-        stale = [c for c in d.codes if c.code in known and not c.used and judged(c.code)]
+        unknown = [c for c in d.codes if rules_api.redirect(c.code) not in known]
+        stale = [c for c in d.codes if rules_api.redirect(c.code) in known and not c.used and judged(rules_api.redirect(c.code))]
         if not unknown and not stale:
             continue
         if d.lines is None:

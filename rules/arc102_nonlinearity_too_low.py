@@ -5,8 +5,8 @@ Looks at models with at least ``min-layers`` nonlinear layers and no skip connec
 reports one whose NLC from input to output is below ``threshold``: the nonlinear layers do
 almost nothing at initialisation. The predicted value is the mean-field NLC; the measured
 output NLC confirms. Models whose output the predictor cannot follow are not looked at. Residual networks are exempt: starting near the identity is their design
-(the residual trick), and their NLC at initialisation says little about their depth. Severity
-info: the lower edge of the band is not calibrated (digest §3).
+(the residual trick), and their NLC at initialisation says little about their depth. A
+warning since the validation study calibrated the lower edge (below); before, an info.
 
 ## Why is this bad?
 A network with NLC near 1 computes a nearly linear function of its input: its depth buys
@@ -30,8 +30,12 @@ No fix is offered (``--fix``): making a model more nonlinear means choosing dept
 activations, a design decision rather than a mechanical edit.
 
 ## Options
-- ``threshold`` (default 1.1): the NLC below which the model counts as effectively linear.
+- ``threshold`` (default 1.09): the NLC below which the model counts as effectively linear
+  (before the validation study: 1.1).
 - ``min-layers`` (default 3): fewer nonlinear layers than this are not looked at.
+
+Calibrated on 309 architectures of the validation study: precision 0.94, recall 0.07; on the
+331 held out: precision 0.91, recall 0.05.
 
 ## References
 - G. Philipp, "The Nonlinearity Coefficient: A Practical Guide to Neural Architecture
@@ -46,9 +50,9 @@ from archlint.rule import at_model, Verdict
 
 CODE = "ARC102"
 NAME = "nonlinearity-too-low"
-SEVERITY = "info"
+SEVERITY = "warning"
 SUMMARY = "A plain deep network is effectively linear at initialisation"
-OPTIONS = {"threshold": 1.1, "min-layers": 3}
+OPTIONS = {"threshold": 1.09, "min-layers": 3}
 
 
 def check(graph, options, context):

@@ -37,8 +37,11 @@ initialised with gain 1 (std 1/sqrt(fan_in)), by rescaling the constant of its e
 and even activations get no fix.
 
 ## Options
-- ``threshold`` (default 1.25): the per-layer NLC above which a layer is reported (BN-ReLU,
-  1.211 per layer, is below it).
+- ``threshold`` (default 1.24): the per-layer NLC above which a layer is reported (BN-ReLU,
+  1.211 per layer, is below it; before the validation study: 1.25).
+
+Calibrated on 309 architectures of the validation study: precision 0.83, recall 0.14; on the
+331 held out: precision 0.79, recall 0.16.
 
 ## References
 - G. Philipp, "The Nonlinearity Coefficient: A Practical Guide to Neural Architecture
@@ -56,7 +59,7 @@ CODE = "ARC104"
 NAME = "activation-operating-point"
 SEVERITY = "warning"
 SUMMARY = "An activation runs in a highly nonlinear regime (saturated, mostly off, or even)"
-OPTIONS = {"threshold": 1.25}
+OPTIONS = {"threshold": 1.24}
 
 EVEN = {"abs", "square", "cos"}
 

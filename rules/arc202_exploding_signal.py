@@ -26,7 +26,11 @@ No fix is offered (``--fix``): which layer's init or which normalisation to chan
 on where the growth starts; the finding says where.
 
 ## Options
-- ``threshold`` (default 100.0): the output/input RMS ratio above which growth is reported.
+- ``threshold`` (default 1.39): the output/input RMS ratio above which growth is reported
+  (before the validation study: 100).
+
+Calibrated on 309 architectures of the validation study: precision 0.85, recall 0.23; on the
+331 held out: precision 0.74, recall 0.16.
 
 ## References
 - G. Philipp, D. Song, J. Carbonell, "The exploding gradient problem demystified", 2018.
@@ -42,7 +46,7 @@ CODE = "ARC202"
 NAME = "exploding-signal"
 SEVERITY = "warning"
 SUMMARY = "The signal's RMS grows by orders of magnitude from the input to the output"
-OPTIONS = {"threshold": 100.0}
+OPTIONS = {"threshold": 1.39}
 
 
 def _rms_ratio(rms_of, graph_or_report, output, sources):

@@ -31,8 +31,11 @@ No fix is offered (``--fix``): the remedy (He init, normalisation, fewer layers)
 the architecture.
 
 ## Options
-- ``threshold`` (default 0.001): the features/input ratio of input-dependent std below
-  which the signal counts as vanishing.
+- ``threshold`` (default 0.116): the features/input ratio of input-dependent std below
+  which the signal counts as vanishing (before the validation study: 0.001).
+
+Calibrated on 309 architectures of the validation study: precision 0.85, recall 0.23; on the
+331 held out: precision 0.82, recall 0.18.
 
 ## References
 - G. Philipp, D. Song, J. Carbonell, "The exploding gradient problem demystified", 2018.
@@ -51,7 +54,7 @@ CODE = "ARC203"
 NAME = "vanishing-signal"
 SEVERITY = "warning"
 SUMMARY = "The input-dependent signal shrinks by orders of magnitude before the output layer"
-OPTIONS = {"threshold": 0.001}
+OPTIONS = {"threshold": 0.116}
 
 
 def _features(graph) -> str:

@@ -29,8 +29,13 @@ last layer of a classifier), and its bias at zero (or at the log class priors).
 constant-dominated output gets no fix.
 
 ## Options
-- ``max-std`` (default 5.0): the output std above which the scale is reported.
-- ``max-neuron-bias`` (default 0.9): the output neuron bias above which it is reported.
+- ``max-std`` (default 1.33): the output std above which the scale is reported (before the
+  validation study: 5).
+- ``max-neuron-bias`` (default 0.9): the output neuron bias above which it is reported (not
+  calibrated: the study records the output std).
+
+Calibrated on 309 architectures of the validation study: precision 0.85, recall 0.23; on the
+331 held out: precision 0.74, recall 0.16.
 
 ## References
 - G. Philipp, J. Carbonell, "The Nonlinearity Coefficient - Predicting Generalization in
@@ -48,7 +53,7 @@ CODE = "ARC205"
 NAME = "output-scale"
 SEVERITY = "warning"
 SUMMARY = "The model's outputs are very large, or dominated by a constant from the output layer"
-OPTIONS = {"max-std": 5.0, "max-neuron-bias": 0.9}
+OPTIONS = {"max-std": 1.33, "max-neuron-bias": 0.9}
 
 
 def _head_input(graph):

@@ -25,7 +25,7 @@ model = DeepPlainNet().to(torch.bfloat16)  # 40 BatchNorm-ReLU layers, no skips
 
 ## Use instead
 Bring the NLC down first (skip connections, a gentler activation or operating point: see
-ARC101-ARC105), or keep the model in float32 (autocast only the layers that are safe, keep
+ARC101-ARC104, ARC403), or keep the model in float32 (autocast only the layers that are safe, keep
 normalisation and the loss in float32).
 
 No fix is offered (``--fix``): the precision is chosen by the training code, not the model

@@ -54,7 +54,7 @@ SEVERITY = "warning"
 SUMMARY = "The NLC at the output of a CNN with BatchNorm is above the threshold (off by default)"
 OPTIONS = {"threshold": 100.0}
 # ARC101's more specific rules, with ARC402 for ARC103's share of this family.
-SUBSUMED_BY = ("ARC402", "ARC104", "ARC105")
+SUBSUMED_BY = ("ARC402", "ARC104", "ARC403")
 
 def check(graph, options, context):
     if not patterns.is_batchnorm_cnn(graph):

@@ -243,3 +243,20 @@ def test_a_suppression_matching_a_dismissed_finding_is_used(tmp_path):
 def test_file_ignore_of_arc902_silences_it(tmp_path):
     source = "# archlint: file-ignore[ARC902]\na = 1  # noqa: ARC901\n"
     assert _finish(tmp_path, source, [], Settings()) == []
+
+
+def test_a_moved_code_still_selects_and_suppresses_its_rule(tmp_path):
+    """ARC105 became ARC403 (off by default after the validation study): a selector or a
+    suppression comment that names the old code means the new one, as ruff remaps codes."""
+    source = (FIXTURES / "ARC403" / "bad_unscaled_branches.py").read_text()
+    findings, _ = check(tmp_path, source)
+    assert "ARC403" not in {f["code"] for f in findings}  # off by default
+    path = tmp_path / "net.py"
+    result = run("check", str(path), "--no-verify", "--output-format", "json", "--extend-select", "ARC105")
+    assert "ARC105 is now ARC403" in result.stderr
+    (moved,) = [f for f in json.loads(result.stdout) if f["code"] == "ARC403"]
+    lines = source.splitlines(True)
+    lines[moved["noqa_row"] - 1] = lines[moved["noqa_row"] - 1].rstrip("\n") + "  # noqa: ARC105\n"
+    suppressed = "".join(lines)
+    findings, _ = check(tmp_path, suppressed, "--extend-select", "ARC403")
+    assert {f["code"] for f in findings} & {"ARC403", "ARC902"} == set(), findings

@@ -149,6 +149,35 @@ def test_off_by_default_rules_quote_the_studys_numbers():
         assert quoted in " ".join(get(code).doc.split()), code
 
 
+def test_rules_ship_the_studys_calibrated_defaults_with_their_evidence():
+    """Each rule the study tests ships the threshold calibrated on the calibration half
+    (recomputed here from results.jsonl, and as summary.json records it) and quotes its
+    precision and recall there and on the held-out half; a rule without predictive power is
+    off by default under its ARC4xx successor, and its old code still names it."""
+    import analyze
+
+    from archlint.config import DEFAULT_SELECT, is_selected
+    from archlint.rule import REDIRECTS, registry
+
+    summary = json.loads((STUDY / "summary.json").read_text())
+    records, _ = analyze.load(STUDY / "results.jsonl")
+    bad = analyze.labels(records, config.BAD_RULE)
+    cal = analyze.calibrate([r for r in records if analyze.half(r["id"]) == "calibration"], bad)
+    assert analyze.shipped_defaults(cal) == summary["shipped"]["defaults"]
+    reg = registry()
+    for code, shipped in summary["shipped"]["defaults"].items():
+        if not shipped["options"]:
+            successor = shipped["demoted_to"]
+            assert successor, f"{code} shows no predictive power: analyze.DEMOTED_TO must name its successor"
+            assert code not in reg and REDIRECTS[code] == successor
+            assert not is_selected(successor, DEFAULT_SELECT, ())
+            continue
+        rule = reg[code]
+        assert None not in shipped["options"].values(), f"{code} has a family without power: it needs a successor"
+        assert {k: rule.options[k] for k in shipped["options"]} == shipped["options"], code
+        assert analyze.evidence_line(summary, code) in " ".join(rule.doc.split()), code
+
+
 def test_calibration_prefers_precision_and_finds_no_power_where_there_is_none():
     import analyze
 

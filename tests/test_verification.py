@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from archlint.config import Settings
 from archlint.engine import check_file
+from archlint.rule import get
 from conftest import FIXTURES
 
 EXAMPLE = FIXTURES / "example_model.py"
@@ -12,11 +13,14 @@ LENET = FIXTURES / "architectures" / "good_lenet.py"
 
 
 def test_a_question_for_the_measurement_is_not_a_finding_without_one():
-    # LeNet's max pooling is not predicted: ARC201 (no BatchNorm) asks the measurement.
+    # LeNet's max pooling is not predicted: ARC201 (no BatchNorm) asks the measurement, which
+    # answers: confirmed at the study's threshold, dismissed at the one before it (0.98).
     assert check_file(LENET, Settings(verify=False)).findings == []
     measured = check_file(LENET, Settings(show_dismissed=True)).findings
     assert {f.code for f in measured} == {"ARC201"}
-    assert all(f.status == "dismissed" and f.measured is not None for f in measured)
+    assert all(f.status == "confirmed" and f.measured > 0.711 for f in measured)
+    before = check_file(LENET, Settings(show_dismissed=True, rule_options={"collapsing-domain": {"threshold": 0.98}})).findings
+    assert before and all(f.status == "dismissed" and 0.711 < f.measured < 0.98 for f in before)
 
 
 def test_a_specific_finding_replaces_arc101_unless_it_is_not_selected():
@@ -33,7 +37,7 @@ def test_message_carries_the_value_prediction_and_threshold():
     assert finding.status == "confirmed"
     assert "{value}" not in finding.message
     assert f"compound to NLC {finding.measured:.3g}" in finding.message
-    assert finding.message.endswith(f"(predicted {finding.predicted:.3g}; threshold 3)")
+    assert finding.message.endswith(f"(predicted {finding.predicted:.3g}; threshold {get('ARC103').options['threshold']:g})")
     assert abs(finding.measured / finding.predicted - 1) < 0.15
 
 
@@ -54,7 +58,7 @@ def test_a_value_beside_its_threshold_never_reads_as_equal_to_it():
     from archlint.rule import Finding, compose
 
     def message(status, measured):
-        f = Finding(code="ARC105", message="block NLC {value}", span=Span("net.py", 1), status=status,
+        f = Finding(code="ARC403", message="block NLC {value}", span=Span("net.py", 1), status=status,
                     predicted=1.31, measured=measured, threshold=1.3)
         return compose(f).message
 

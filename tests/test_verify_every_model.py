@@ -30,8 +30,12 @@ def test_a_nan_output_is_found_by_measurement_at_the_op_that_makes_it():
 
 
 def test_a_collapse_after_pooling_is_found_at_the_pooling_with_the_prediction_beside_it():
-    settings = Settings(input_shape="3,16,16")
-    assert check_file(POOLED, Settings(input_shape="3,16,16", verify=False)).findings == []
+    # The mechanism at the threshold before the validation study (0.98): the last
+    # pre-activation is under it and only the pooling crosses it. At the study's 0.711 the
+    # pre-activations already cross.
+    before = {"collapsing-domain": {"threshold": 0.98}}
+    settings = Settings(input_shape="3,16,16", select=("ARC201",), rule_options=before)
+    assert check_file(POOLED, Settings(input_shape="3,16,16", verify=False, select=("ARC201",), rule_options=before)).findings == []
     (f,) = check_file(POOLED, settings).findings
     assert f.code == "ARC201" and f.status == "confirmed" and f.found_by_measurement
     # Located at the layer where the collapse appears (the pooling's construction), not the class.

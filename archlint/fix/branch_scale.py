@@ -1,4 +1,4 @@
-"""ARC105: scale each residual branch down at initialisation, at its last layer.
+"""ARC403: scale each residual branch down at initialisation, at its last layer.
 
 A skip divides the branch's excess nonlinearity by k^2 + 1 (k: the skip/branch std ratio):
 NLC_block^2 = (k^2 + NLC_branch^2) / (k^2 + 1). From the block NLC and ratio the rule

@@ -9,7 +9,7 @@ from typing import Callable
 FIXERS: dict[str, str] = {
     "ARC103": "archlint.fix.leaky_slope",
     "ARC104": "archlint.fix.init_gain",
-    "ARC105": "archlint.fix.branch_scale",
+    "ARC403": "archlint.fix.branch_scale",
     "ARC201": "archlint.fix.norm_before_activation",
     "ARC205": "archlint.fix.init_gain",
     "ARC301": "archlint.fix.remove_activation",

@@ -292,6 +292,96 @@ def combine(records: list[dict], bad: dict[str, bool], cal: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# The rules' defaults after the study
+
+
+# The rule option each calibrated threshold becomes (per family for config.PER_FAMILY_RULES:
+# ``threshold`` for MLPs, ``conv-threshold`` for models with convolutions).
+THRESHOLD_OPTION = {
+    "ARC101": {"mlp": "threshold", "cnn": "conv-threshold"},
+    "ARC102": "threshold",
+    "ARC103": {"mlp": "threshold", "cnn": "conv-threshold"},
+    "ARC104": "threshold",
+    "ARC105": "threshold",
+    "ARC201": "threshold",
+    "ARC202": "threshold",
+    "ARC203": "threshold",
+    "ARC204": "threshold",
+    "ARC205": "max-std",
+}
+# Rules whose value the study records but whose default verdict it cannot test: ARC303 judges
+# batches under ``warn-below`` (32), and every architecture trains at config.BATCH_SIZE (128).
+NOT_TESTED = {"ARC303": f"the study trains at batch {config.BATCH_SIZE}; the rule judges batches under 32"}
+# A rule without a calibrated threshold (no predictive power) leaves the default selection for
+# this off-by-default successor, which keeps its check and options.
+DEMOTED_TO = {"ARC105": "ARC403"}
+
+
+def shipped(value: float) -> float:
+    """A calibrated threshold as a rule ships it: 3 significant digits."""
+    return float(f"{value:.3g}")
+
+
+def shipped_defaults(cal: dict) -> dict:
+    """Per rule the study tests: the options it ships with (each calibrated threshold, per
+    family where the rule has one), or the off-by-default rule it is demoted to."""
+    out: dict = {}
+    for code, option in THRESHOLD_OPTION.items():
+        c = cal[code]
+        if c["global"] is None:
+            # No predictive power: off by default under DEMOTED_TO's code (None, as on a
+            # smoke run's handful of architectures, is for a human to decide; a test checks).
+            out[code] = {"demoted_to": DEMOTED_TO.get(code), "options": {}}
+            continue
+        if isinstance(option, dict):
+            # None: no power in that family, which then needs an ARC4xx successor (as above).
+            options = {name: None if (t := c["branches"].get(family) or c["global"]).get("none") else shipped(t["threshold"])
+                       for family, name in option.items()}
+        else:
+            options = {option: shipped(c["global"]["threshold"])}
+        out[code] = {"demoted_to": None, "options": options}
+    return out
+
+
+def shipped_threshold(rec: dict, code: str, defaults: dict) -> float | None:
+    d = defaults[code]
+    if not d["options"]:
+        return None
+    option = THRESHOLD_OPTION[code]
+    return d["options"][option[rec["spec"]["family"]] if isinstance(option, dict) else option]
+
+
+def shipped_fires(rec: dict, code: str, defaults: dict) -> bool:
+    """The rule with its shipped defaults (simulated on the recorded values)."""
+    return beyond(rule_value(rec, code), shipped_threshold(rec, code, defaults), config.RULE_DIRECTION[code])
+
+
+def evaluate_defaults(cal_recs: list[dict], ev_recs: list[dict], bad: dict[str, bool], cal: dict) -> dict:
+    """The shipped defaults on both halves: any rule, and each rule alone (the evidence line of
+    its documentation)."""
+    defaults = shipped_defaults(cal)
+
+    def on(recs, codes):
+        return confusion([any(shipped_fires(r, c, defaults) for c in codes) for r in recs], [bad[r["id"]] for r in recs])
+
+    codes = [c for c, d in defaults.items() if d["options"]]
+    return {
+        "defaults": defaults, "not_tested": NOT_TESTED,
+        "calibration": on(cal_recs, codes), "evaluation": on(ev_recs, codes),
+        "per_rule": {c: {"calibration": on(cal_recs, [c]), "evaluation": on(ev_recs, [c])} for c in codes},
+    }
+
+
+def evidence_line(summary: dict, code: str) -> str:
+    """The sentence a rule's documentation quotes for its calibrated defaults (a test checks
+    that it does)."""
+    sh = summary["shipped"]
+    c, e = sh["per_rule"][code]["calibration"], sh["per_rule"][code]["evaluation"]
+    return (f"Calibrated on {c['n']} architectures of the validation study: precision {c['precision']:.2f}, "
+            f"recall {c['recall']:.2f}; on the {e['n']} held out: precision {e['precision']:.2f}, recall {e['recall']:.2f}.")
+
+
+# ---------------------------------------------------------------------------------------
 # Statistics
 
 
@@ -396,6 +486,7 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
                               "min_true_positives": config.MIN_TRUE_POSITIVES, "min_group": config.MIN_GROUP}
     summary["per_rule"] = main["per_rule"]
     summary["thresholds"] = main["thresholds"]
+    summary["shipped"] = evaluate_defaults(cal_recs, ev_recs, primary, main["thresholds"])
     summary["branch_power"] = branch_power(cal_recs, primary)
     summary["sensitivity"] = {}
     for rule in (config.BAD_RULE, *config.ALTERNATIVE_RULES):
@@ -514,13 +605,31 @@ def markdown(summary: dict) -> str:
             "| verdict | precision | recall | tp/flagged/bad |",
             "|---|---|---|---|",
             f"| any rule, calibrated thresholds | {_pr(summary['evaluation'])} |",
-            f"| any finding, default thresholds | {_pr(summary['evaluation_default_thresholds'])} |",
+            f"| archlint's findings during the run (its thresholds before the study) | {_pr(summary['evaluation_default_thresholds'])} |",
+            f"| archlint's defaults after the study (below) | {_pr(summary['shipped']['evaluation'])} |",
             f"| any rule, thresholds of the committed F1 objective | {_pr(summary['evaluation_f1_objective'])} |",
         ]
         for code, c in summary["per_rule"].items():
             lines.append(f"| {code} calibrated | {_pr(c['calibrated'])} |")
-            lines.append(f"| {code} default | {_pr(c['default'])} |")
+            lines.append(f"| {code} before the study | {_pr(c['default'])} |")
         combined = summary["evaluation"]["combined_rules"]
+        sh = summary["shipped"]
+        lines += ["", "## archlint's defaults after the study", "",
+                  "Each rule's option set to its calibrated threshold (3 significant digits; per family where the rule "
+                  "has one); a rule without one is off by default under its successor's code. Simulated on the recorded "
+                  "values: a rule fires when its value is beyond its threshold. Recall is of all bad architectures.", "",
+                  "| rule | shipped options | calibration half: precision | recall | tp/flagged/bad | "
+                  "evaluation half: precision | recall | tp/flagged/bad |", "|---|---|---|---|---|---|---|---|",
+                  f"| any | - | {_pr(sh['calibration'])} | {_pr(sh['evaluation'])} |"]
+        for code, d in sh["defaults"].items():
+            if not d["options"]:
+                lines.append(f"| {code} | off by default as {d['demoted_to']} | - | - | - | - | - | - |")
+                continue
+            opts = ", ".join(f"{k} = {v:g}" for k, v in d["options"].items())
+            per = sh["per_rule"][code]
+            lines.append(f"| {code} | {opts} | {_pr(per['calibration'])} | {_pr(per['evaluation'])} |")
+        for code, why in sh["not_tested"].items():
+            lines.append(f"| {code} | unchanged: {why} | - | - | - | - | - | - |")
     lines += ["", f"Combined rules of the calibrated verdict: {', '.join(combined) or 'none'}.",
               "", "## Calibrated thresholds (calibration half)", "",
               "Per rule, over all families, and per family for the rules with a threshold per family where the family has "

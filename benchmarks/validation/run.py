@@ -151,7 +151,9 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
     # Every rule's value: permissive options, one measurement with every segment they ask for.
     started = time.perf_counter()
     found, errors = [], {}
-    value_rules = [(code, code, opts) for code, opts in config.PERMISSIVE_OPTIONS.items()]
+    # A rule that moved after the run (ARC105 is ARC403) is the same computation, recorded
+    # under the code the protocol names.
+    value_rules = [(rules_api.redirect(code), code, opts) for code, opts in config.PERMISSIVE_OPTIONS.items()]
     # ARC101 and ARC103 left CNNs with BatchNorm to ARC401 and ARC402 (off by default) during
     # the run: the same computation, whose value is still recorded under the original code.
     value_rules += [(successor, origin, config.PERMISSIVE_OPTIONS[origin])
