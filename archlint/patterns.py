@@ -331,9 +331,20 @@ def features_after_activations(graph: ArchGraph) -> list[str]:
     return path[start:]
 
 
+def head_input(graph: ArchGraph) -> str:
+    """The model's features: the input of its final Linear/Conv when the output is one, else
+    the output."""
+    out = graph[graph.output]
+    if out.kind in (OpKind.LINEAR, OpKind.CONV) and out.inputs:
+        return out.inputs[0]
+    return graph.output
+
+
 def screened_nodes(graph: ArchGraph) -> list[str]:
     """The nodes a screening measurement needs: what the rules' ``find`` reads (the output,
-    the pre-activations, the features after the last activation). The output is always
-    measured."""
+    the pre-activations, the features after the last activation, the inputs and the head's
+    input). The output is always measured."""
     names = [pre for _, pre in pre_activations(graph)] + features_after_activations(graph)
+    if graph.output is not None:
+        names += [*sources(graph), head_input(graph)]
     return list(dict.fromkeys(names))

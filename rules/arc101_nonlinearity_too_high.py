@@ -6,7 +6,9 @@ when it is above ``threshold`` (models without convolutions) or ``conv-threshold
 with convolutions). The verification pass measures the output NLC and confirms or dismisses.
 Where the predictor does not model an op (max pooling, attention), the NLC is measured
 instead, and only a measured value is reported, for models with enough nonlinear layers to
-reach the threshold at the BN-ReLU rate (1.211 per layer). The finding points at the model's class or
+reach the threshold at the BN-ReLU rate (1.211 per layer). A model predicted under the
+threshold is still reported when the measurement every model gets finds its NLC above it
+(the threshold was calibrated on measured values). The finding points at the model's class or
 factory. When a more specific rule explains the high NLC (ARC103 deep-plain-stack, ARC104
 activation-operating-point, ARC403 residual-branch-dominates), that finding is shown instead.
 
@@ -87,10 +89,26 @@ def output_nlc(graph, options, code):
     nonlinear = sum(1 for n in graph.nodes if n.is_nonlinear and n.name in patterns.signal_nodes(graph))
     if unpredicted and not patterns.worth_measuring(nonlinear, threshold):
         return []
-    return [at_model(graph, graph.output,
+    return [_finding(graph, code, threshold, predicted=predicted, needs_measurement=unpredicted)]
+
+
+def find(graph, report, options, context):
+    """From the measurement: an output NLC above the threshold that the static pass did not
+    report (its prediction was under the threshold's margin). The threshold was calibrated
+    on the measured value (the validation study), so the measured value decides."""
+    if patterns.is_batchnorm_cnn(graph) or graph.output is None or not patterns.sources(graph):
+        return []
+    threshold = patterns.nlc_threshold(graph, options)
+    value = evidence.measured_nlc(report, report.output)
+    if value is None or value <= threshold:
+        return []
+    return [_finding(graph, CODE, threshold, measured=value, predicted=evidence.predicted_nlc(graph, graph.output))]
+
+
+def _finding(graph, code, threshold, **fields):
+    return at_model(graph, graph.output,
         code=code,
         message=f"{graph.name} has NLC {{value}} from its input to its output",
-        predicted=predicted,
         threshold=threshold,
         explanation=(
             "a network that is highly nonlinear at initialisation fits a highly folded function "
@@ -101,8 +119,8 @@ def output_nlc(graph, options, code):
             "near-linear range (smaller init gain for tanh/sigmoid, BatchNorm gain < 1), or "
             "normalise the nonlinearity"
         ),
-        needs_measurement=unpredicted,
-    )]
+        **fields,
+    )
 
 def confirm(finding, report, options):
     threshold = finding.threshold

@@ -4,7 +4,9 @@
 Looks at models with at least ``min-layers`` nonlinear layers and no skip connections, and
 reports one whose NLC from input to output is below ``threshold``: the nonlinear layers do
 almost nothing at initialisation. The predicted value is the mean-field NLC; the measured
-output NLC confirms. Models whose output the predictor cannot follow are not looked at. Residual networks are exempt: starting near the identity is their design
+output NLC confirms; a model the prediction leaves above the threshold (or cannot follow) is
+still reported when the measurement every model gets finds its NLC below it (the threshold
+was calibrated on measured values). Residual networks are exempt: starting near the identity is their design
 (the residual trick), and their NLC at initialisation says little about their depth. A
 warning since the validation study calibrated the lower edge (below); before, an info.
 
@@ -55,22 +57,44 @@ SUMMARY = "A plain deep network is effectively linear at initialisation"
 OPTIONS = {"threshold": 1.09, "min-layers": 3}
 
 
-def check(graph, options, context):
+def _layers(graph, options) -> int | None:
+    """The number of nonlinear layers of a plain model the rule looks at, else None."""
     if graph.output is None or patterns.has_skip_connections(graph):
-        return []
+        return None
     layers = sum(len(run.layers) for run in patterns.plain_runs(graph))
-    if layers < int(options["min-layers"]):
+    return layers if layers >= int(options["min-layers"]) else None
+
+
+def check(graph, options, context):
+    layers = _layers(graph, options)
+    if layers is None:
         return []
     threshold = float(options["threshold"])
     predicted = evidence.predicted_nlc(graph, graph.output)
-    # Only a prediction raises this (informational) question: measuring every model the
-    # predictor cannot follow just to ask whether it is too linear is not worth its cost.
+    # Statically, only a prediction raises the question; a model the predictor cannot follow
+    # is judged by the measurement every model gets (find).
     if predicted is None or predicted >= threshold:
         return []
-    return [at_model(graph, graph.output,
+    return [_finding(graph, layers, threshold, predicted=predicted)]
+
+
+def find(graph, report, options, context):
+    """From the measurement: an output NLC below the threshold that the static pass did not
+    report. The threshold was calibrated on the measured value (the validation study)."""
+    layers = _layers(graph, options)
+    if layers is None:
+        return []
+    threshold = float(options["threshold"])
+    value = evidence.measured_nlc(report, report.output)
+    if value is None or value >= threshold:
+        return []
+    return [_finding(graph, layers, threshold, measured=value, predicted=evidence.predicted_nlc(graph, graph.output))]
+
+
+def _finding(graph, layers, threshold, **fields):
+    return at_model(graph, graph.output,
         code=CODE,
         message=f"{graph.name} has {layers} nonlinear layers but NLC {{value}}: it is nearly linear",
-        predicted=predicted,
         threshold=threshold,
         explanation=(
             "with NLC near 1 the layers compute an almost linear function at initialisation, "
@@ -80,7 +104,8 @@ def check(graph, options, context):
             "initialise for the activation's working range (tanh: std 1/sqrt(fan_in)), "
             "normalise before the activations, or use fewer layers"
         ),
-    )]
+        **fields,
+    )
 
 
 def confirm(finding, report, options):

@@ -14,12 +14,15 @@ LENET = FIXTURES / "architectures" / "good_lenet.py"
 
 def test_a_question_for_the_measurement_is_not_a_finding_without_one():
     # LeNet's max pooling is not predicted: ARC201 (no BatchNorm) asks the measurement, which
-    # answers: confirmed at the study's threshold, dismissed at the one before it (0.98).
+    # answers: confirmed at the study's threshold, dismissed at the one before it (0.98). The
+    # measurement also finds ARC203's decay, which nothing predicted.
     assert check_file(LENET, Settings(verify=False)).findings == []
-    measured = check_file(LENET, Settings(show_dismissed=True)).findings
-    assert {f.code for f in measured} == {"ARC201"}
-    assert all(f.status == "confirmed" and f.measured > 0.711 for f in measured)
-    before = check_file(LENET, Settings(show_dismissed=True, rule_options={"collapsing-domain": {"threshold": 0.98}})).findings
+    measured = {f.code: f for f in check_file(LENET, Settings(show_dismissed=True)).findings}
+    assert set(measured) == {"ARC201", "ARC203"}
+    assert measured["ARC201"].status == "confirmed" and measured["ARC201"].measured > 0.711
+    assert measured["ARC203"].status == "confirmed" and measured["ARC203"].found_by_measurement
+    before = check_file(LENET, Settings(show_dismissed=True, select=("ARC201",),
+                                        rule_options={"collapsing-domain": {"threshold": 0.98}})).findings
     assert before and all(f.status == "dismissed" and 0.711 < f.measured < 0.98 for f in before)
 
 

@@ -263,6 +263,16 @@ def branch_power(records: list[dict], bad: dict[str, bool]) -> dict:
     return out
 
 
+def branches_without_power(power: dict) -> list[tuple[str, str]]:
+    """The (rule, family branch) pairs that show no predictive power by the committed
+    criterion (config.LEFT_TO_OFF_BY_DEFAULT): no threshold at the precision goal and an AUC
+    at or below chance, over at least config.MIN_GROUP architectures of each class (fewer
+    cannot show that power is absent)."""
+    return [(code, br) for code, per in power.items() for br, b in per.items()
+            if b["n"] and b["threshold"] is None and b["auc"] is not None and b["auc"] <= 0.5
+            and b["bad"] >= config.MIN_GROUP and b["n"] - b["bad"] >= config.MIN_GROUP]
+
+
 def threshold_for(rec: dict, code: str, cal: dict) -> float | None:
     c = cal[code]
     t = c["branches"].get(rec["spec"]["family"]) or c["global"]
@@ -606,7 +616,7 @@ def markdown(summary: dict) -> str:
             "|---|---|---|---|",
             f"| any rule, calibrated thresholds | {_pr(summary['evaluation'])} |",
             f"| archlint's findings during the run (its thresholds before the study) | {_pr(summary['evaluation_default_thresholds'])} |",
-            f"| archlint's defaults after the study (below) | {_pr(summary['shipped']['evaluation'])} |",
+            f"| archlint's defaults after the study, simulated on the recorded values (below; recheck.md runs them) | {_pr(summary['shipped']['evaluation'])} |",
             f"| any rule, thresholds of the committed F1 objective | {_pr(summary['evaluation_f1_objective'])} |",
         ]
         for code, c in summary["per_rule"].items():

@@ -119,12 +119,10 @@ def _num(v):
     return v if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
 
 
-def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.Module]:
-    """Default findings, every rule's value, and the output statistics. Returns the record
-    and the model archlint built (seed ``config.MEASURE_SEED``)."""
-    from archlint import evidence, patterns
-    from archlint import measure as measure_mod
-    from archlint import rule as rules_api
+def default_findings(spec: dict, device: str, workdir: Path):
+    """archlint's findings with its default settings, as a user gets them: the model written
+    to a file, the inputs a batch of real training rows. Returns (record, check_file's
+    result, the batch)."""
     from archlint.config import Settings
     from archlint.engine import check_file
 
@@ -142,6 +140,17 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
     record: dict = {"findings": [_finding_dict(f) for f in result.findings], "check_seconds": check_seconds}
     record["warning"] = any(f.severity in ("warning", "error") and f.status != "dismissed" and not f.code.startswith("ARC9")
                             for f in result.findings)
+    return record, result, batch
+
+
+def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.Module]:
+    """Default findings, every rule's value, and the output statistics. Returns the record
+    and the model archlint built (seed ``config.MEASURE_SEED``)."""
+    from archlint import evidence, patterns
+    from archlint import measure as measure_mod
+    from archlint import rule as rules_api
+
+    record, result, batch = default_findings(spec, device, workdir)
     meta = [f.code for f in result.findings if f.code.startswith("ARC9")]
     if not result.models or result.models[0].graph is None:
         raise RuntimeError(f"archlint did not analyse the model: {meta} {[f.message for f in result.findings]}")
@@ -156,8 +165,8 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
     value_rules = [(rules_api.redirect(code), code, opts) for code, opts in config.PERMISSIVE_OPTIONS.items()]
     # ARC101 and ARC103 left CNNs with BatchNorm to ARC401 and ARC402 (off by default) during
     # the run: the same computation, whose value is still recorded under the original code.
-    value_rules += [(successor, origin, config.PERMISSIVE_OPTIONS[origin])
-                    for (origin, _), successor in config.LEFT_TO_OFF_BY_DEFAULT.items()]
+    successors = {successor: origin for (origin, _), successor in config.LEFT_TO_OFF_BY_DEFAULT.items()}
+    value_rules += [(successor, origin, config.PERMISSIVE_OPTIONS[origin]) for successor, origin in successors.items()]
     for code, recorded_as, opts in value_rules:
         rule = rules_api.get(code)
         # The successor has the original's options but one threshold (no conv-threshold).
