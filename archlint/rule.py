@@ -48,8 +48,9 @@ REDIRECTS = {"ARC105": "ARC403"}
 
 
 def redirect(code: str) -> str:
-    """The code ``code`` names today (itself, unless it moved)."""
-    return REDIRECTS.get(code.upper(), code)
+    """The code ``code`` names today (itself, unless it moved). Case-sensitive, as codes are
+    in suppression comments."""
+    return REDIRECTS.get(code, code)
 
 
 def is_meta_code(code: str) -> bool:

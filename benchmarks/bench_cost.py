@@ -273,10 +273,44 @@ def part2(x) -> None:
         print(f"- {n}")
 
 
+def profile(names: list[str]) -> None:
+    """Where one output-only measurement's CPU time goes, per shape: the matrix products
+    (the arithmetic a forward pass also does) against everything else, with the probes and
+    passes it took. The floor of a forward-mode measurement is its passes' primal products
+    plus one tangent product per probe."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    products = {"aten::mm", "aten::addmm", "aten::bmm", "aten::mkldnn_convolution", "aten::_conv_depthwise2d",
+                "aten::_slow_conv2d_forward", "aten::_mkldnn_rnn", "aten::_thnn_fused_lstm_cell"}
+    print("CPU times are medians of 3 without the profiler; the products' share comes from one profiled run.\n")
+    print("| shape | forward CPU | output only: x forward | probes | matrix products: share, x forward | the rest: x forward |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        description, build = shapes()[name]
+        model, x = build()
+        graph = trace(model, (x[:4],), name=name)
+        forward = plain_forward(model, x)
+
+        def output_only():
+            return measure(model, x, graph=graph, nodes=(), population=False)
+
+        forward(), output_only()  # warm-up
+        f = statistics.median(timed_both(forward)[1] for _ in range(3))
+        m = statistics.median(timed_both(output_only)[1] for _ in range(3))
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            report = output_only()
+        events = prof.key_averages()
+        share = sum(e.self_cpu_time_total for e in events if e.key in products) / sum(e.self_cpu_time_total for e in events)
+        print(f"| {description} | {f:.3f}s | {m / f:.1f}x | {report.probes} | {share:.0%}, {share * m / f:.1f}x | "
+              f"{(1 - share) * m / f:.1f}x |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("suite", "1", "2"), default="suite",
-                        help="suite (default): every shape; 1, 2: the ResNet-18 studies")
+    parser.add_argument("--part", choices=("suite", "1", "2", "profile"), default="suite",
+                        help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
+                             "output-only measurement's time goes, per shape")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -284,12 +318,15 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part == "suite":
+    if args.part in ("suite", "profile"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
             parser.error(f"unknown shapes: {', '.join(unknown)} (known: {', '.join(shapes())})")
-        suite(names, args.repeats or SUITE_REPEATS)
+        if args.part == "profile":
+            profile(names)
+        else:
+            suite(names, args.repeats or SUITE_REPEATS)
         return 0
     x = images(N, torch.Generator().manual_seed(0))
     if args.part == "1":
