@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
+
 from click.testing import CliRunner
 
 from archlint import cli, output
@@ -43,6 +45,42 @@ def test_a_collapse_after_pooling_is_found_at_the_pooling_with_the_prediction_be
     assert f.measured > 0.98 > f.predicted
     assert f"found by measurement; predicted {f.predicted:.3g}" in f.message
     assert "always on or always off" in f.message  # a ReLU network
+
+
+# Five cold tanh layers, then a running sum the mean-field predictor does not follow: nothing
+# is predicted at the output, and the measurement finds it nearly linear.
+UNPREDICTED_LINEAR = """
+import torch
+import torch.nn as nn
+
+
+class ColdTanhCumsum(nn.Module):
+    def __init__(self, width=256, depth=5, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(depth)])
+        self.head = nn.Linear(width // 2, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.cumsum(self.body(x), dim=1)[:, ::2] / 16)
+"""
+
+
+@pytest.mark.parametrize("code, source, beyond", [
+    # ARC101: log of a clamped value, which the predictor does not follow; NLC about 5.
+    ("ARC101", (FIXTURES / "ARC206" / "good_finite_log.py").read_text(), lambda v, t: v > t),
+    ("ARC102", UNPREDICTED_LINEAR, lambda v, t: v < t),
+    # ARC203: token ids, a mean over the sequence; predicted above the threshold.
+    ("ARC203", (FIXTURES / "hostile" / "integer_inputs.py").read_text(), lambda v, t: v < t),
+])
+def test_a_calibrated_value_the_prediction_missed_is_found_by_measurement(tmp_path, code, source, beyond):
+    """The thresholds were calibrated on measured values, so a measured value beyond one is
+    reported even where the static pass predicted nothing, or a value within it."""
+    path = tmp_path / "net.py"
+    path.write_text(source)
+    assert check_file(path, Settings(verify=False, select=(code,))).findings == []
+    (f,) = check_file(path, Settings(select=(code,))).findings
+    assert f.code == code and f.status == "confirmed" and f.found_by_measurement
+    assert beyond(f.measured, f.threshold) and "found by measurement" in f.message
 
 
 def _json_and_sarif(path, *args):
