@@ -331,13 +331,10 @@ def features_after_activations(graph: ArchGraph) -> list[str]:
     return path[start:]
 
 
-def head_input(graph: ArchGraph) -> str:
-    """The model's features: the input of its final Linear/Conv when the output is one, else
-    the output."""
+def head_input(graph: ArchGraph) -> str | None:
+    """The input of the model's final Linear/Conv when its output is one, else None."""
     out = graph[graph.output]
-    if out.kind in (OpKind.LINEAR, OpKind.CONV) and out.inputs:
-        return out.inputs[0]
-    return graph.output
+    return out.inputs[0] if out.kind in (OpKind.LINEAR, OpKind.CONV) and out.inputs else None
 
 
 def screened_nodes(graph: ArchGraph) -> list[str]:
@@ -346,5 +343,5 @@ def screened_nodes(graph: ArchGraph) -> list[str]:
     input). The output is always measured."""
     names = [pre for _, pre in pre_activations(graph)] + features_after_activations(graph)
     if graph.output is not None:
-        names += [*sources(graph), head_input(graph)]
+        names += [*sources(graph), head_input(graph) or graph.output]
     return list(dict.fromkeys(names))

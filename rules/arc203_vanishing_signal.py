@@ -62,6 +62,12 @@ SUMMARY = "The input-dependent signal shrinks by orders of magnitude before the 
 OPTIONS = {"threshold": 0.116}
 
 
+def _features(graph) -> str:
+    """The input of the final Linear/Conv (a small or zero-initialised output layer is a
+    deliberate choice), else the output."""
+    return patterns.head_input(graph) or graph.output
+
+
 def _predicted_std(graph, name):
     node = evidence.predicted(graph, name)
     return math.sqrt(node.v) if node is not None and node.v is not None else None
@@ -78,7 +84,7 @@ def check(graph, options, context):
     if graph.output is None or not sources:
         return []
     threshold = float(options["threshold"])
-    features = patterns.head_input(graph)
+    features = _features(graph)
     decay = _predicted_decay(graph, sources, features)
     if decay is None or decay >= threshold:
         return []
@@ -92,7 +98,7 @@ def find(graph, report, options, context):
     sources = patterns.sources(graph)
     if graph.output is None or not sources:
         return []
-    finding = _finding(graph, sources, patterns.head_input(graph), float(options["threshold"]))
+    finding = _finding(graph, sources, _features(graph), float(options["threshold"]))
     verdict = confirm(finding, report, options)
     if not verdict.confirmed:
         return []

@@ -46,7 +46,6 @@ Calibrated on 309 architectures of the validation study: precision 0.85, recall 
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.graph import OpKind
 from archlint.rule import at_node, Verdict
 
 CODE = "ARC205"
@@ -54,11 +53,6 @@ NAME = "output-scale"
 SEVERITY = "warning"
 SUMMARY = "The model's outputs are very large, or dominated by a constant from the output layer"
 OPTIONS = {"max-std": 1.33, "max-neuron-bias": 0.9}
-
-
-def _head_input(graph):
-    out = graph[graph.output]
-    return out.inputs[0] if out.kind in (OpKind.LINEAR, OpKind.CONV) and out.inputs else None
 
 
 def check(graph, options, context):
@@ -77,7 +71,7 @@ def check(graph, options, context):
             data={"kind": "std"},
         )]
     nb = evidence.predicted(graph, graph.output)
-    head_input = _head_input(graph)
+    head_input = patterns.head_input(graph)
     before = evidence.predicted(graph, head_input)
     limit = float(options["max-neuron-bias"])
     if nb is None or nb.neuron_bias is None or before is None or before.neuron_bias is None:
