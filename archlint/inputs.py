@@ -81,9 +81,9 @@ class InputSpec:
 # --------------------------------------------------------------------------------------
 # Inference
 
-
-def infer_inputs(model: nn.Module) -> InputSpec:
-    """The input the model's first layer expects, as a one-argument spec."""
+def infer_inputs(model: nn.Module, graph_module: fx.GraphModule | None = None) -> InputSpec:
+    """The input the model's first layer expects, as a one-argument spec. ``graph_module``:
+    the model's fx trace when the caller already has one, so that it is not traced again."""
     required = _required_forward_args(model)
     if len(required) > 1:
         raise InputInferenceError(
@@ -91,7 +91,7 @@ def infer_inputs(model: nn.Module) -> InputSpec:
             f"({', '.join(required)}); give them with --inputs \"(torch.randn(...), ...)\""
         )
     candidates = []
-    first = _first_consumer(model)
+    first = _first_consumer(model, graph_module)
     if first is not None:
         candidates.append(first)
     candidates += [m for _, m in model.named_modules() if not any(True for _ in m.children())]
@@ -126,12 +126,14 @@ def _required_forward_args(model: nn.Module) -> list[str]:
     ]
 
 
-def _first_consumer(model: nn.Module) -> nn.Module | None:
+def _first_consumer(model: nn.Module, graph_module: fx.GraphModule | None = None) -> nn.Module | None:
     """The first submodule fx sees called directly on a forward argument."""
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:  # untraceable forward (data-dependent control flow...): fall back
-        return None
+    if graph_module is None:
+        try:
+            graph_module = fx.symbolic_trace(model)
+        except Exception:  # untraceable forward (data-dependent control flow...): fall back
+            return None
+    graph = graph_module.graph
     for node in graph.nodes:
         if node.op == "call_module" and any(a.op == "placeholder" for a in node.all_input_nodes):
             return model.get_submodule(node.target)

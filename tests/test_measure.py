@@ -120,6 +120,44 @@ def test_output_nlc_matches_exact_reference(name, model):
     assert report.output_nlc == pytest.approx(exact, rel=0.05), name
 
 
+@pytest.mark.parametrize(
+    "name, layer, shape",
+    [
+        ("linear", nn.Linear(12, 7), (6, 12)),
+        ("conv2d", nn.Conv2d(3, 5, 3, padding=1), (6, 3, 8, 8)),
+        ("batch norm, batch statistics", nn.BatchNorm2d(3), (6, 3, 5, 5)),
+        ("batch norm, running statistics", nn.BatchNorm2d(3).eval(), (6, 3, 5, 5)),
+        ("layer norm", nn.LayerNorm(9), (6, 4, 9)),
+        ("layer norm over two dims, no affine", nn.LayerNorm((4, 9), elementwise_affine=False), (6, 4, 9)),
+    ],
+)
+def test_lean_tangent_rules_give_pytorchs_own_tangents(name, layer, shape):
+    """The measurement's own tangent rules (measure.overrides) against PyTorch's forward-mode
+    rules, for several probes at once as the measurement runs them."""
+    from torch.func import jvp
+
+    from archlint.measure.overrides import _MeasureMode
+
+    torch.manual_seed(0)
+    for p in layer.parameters():
+        nn.init.normal_(p)  # weights and biases away from 1 and 0, so a dropped factor shows
+    if isinstance(layer, nn.BatchNorm2d) and not layer.training:
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2.0)
+    if isinstance(layer, nn.BatchNorm2d) and layer.training:
+        layer.track_running_stats = False  # as the measurement configures it: no buffer updates
+    x, directions = torch.randn(shape), torch.randn((3,) + shape)
+
+    def tangents():
+        return vmap(lambda d: jvp(layer, (x,), (d,))[1])(directions)
+
+    with torch.no_grad():
+        reference = tangents()
+        with _MeasureMode():
+            lean = tangents()
+    assert torch.allclose(lean, reference, rtol=1e-4, atol=1e-5), name
+
+
 def test_cnn_output_and_intermediate_nlc_match_exact_reference():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),

@@ -70,7 +70,7 @@ def measure(
 def _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes, population_probes,
              nodes, budget, started) -> Report:
     home = _model_device(model)
-    args, batch_dims = _resolve_inputs(model, inputs, batch_size, samples, seed)
+    args, batch_dims = _resolve_inputs(model, inputs, batch_size, samples, seed, graph)
     n_rows = args[0].shape[batch_dims[0]]
     if graph is None:
         example = tuple(a.narrow(d, 0, min(4, n_rows)).to(home) for a, d in zip(args, batch_dims))
