@@ -170,11 +170,46 @@ def test_cnn_output_and_intermediate_nlc_match_exact_reference():
 
 
 def test_affine_prefix_has_nlc_exactly_one():
-    # With permuted-sample directions every probe has exactly the sample covariance, so an
-    # affine map comes out at 1 up to rounding, not just on average.
+    # Each probe's directions (the batch's centred samples, rotated among themselves) have
+    # exactly the sample covariance, so an affine map comes out at 1 up to rounding, not
+    # just on average.
     report = measure(mlp(2, 32, nn.Tanh), gaussian(64, 16))
     assert report.nodes["_0"].nlc == pytest.approx(1.0, abs=1e-5)
     assert report.nodes["_1"].nlc > 1.0
+
+
+def test_rotated_directions_keep_the_sample_covariance_and_tame_heavy_tails():
+    """A probe's directions are the batch's centred samples rotated among themselves: their
+    covariance is exactly the sample's, and a few outlying samples no longer make one
+    probe's numerator heavy-tailed."""
+    from archlint.measure.runner import _mixed, _random_rotation
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 20, generator=g)
+    x[:3, 0] *= 40  # three samples far out along the direction the Jacobians see
+    centred = x - x.mean(0)
+    rotated = _mixed(centred, _random_rotation(128, g))
+    assert torch.allclose(rotated.T @ rotated, centred.T @ centred, rtol=1e-4, atol=1e-3)
+
+    # Half the rows' Jacobians see the first input coordinate, half see nothing: one
+    # probe's numerator is mean_i (J_i . u_i)^2, with u_i the direction of row i.
+    sees = (torch.arange(128) % 2 == 0).float()
+
+    def one_probe_numerators(rotate: bool) -> torch.Tensor:
+        values = []
+        for _ in range(200):
+            directions = centred[torch.randperm(128, generator=g)]
+            if rotate:
+                directions = _mixed(directions, _random_rotation(128, g))
+            values.append((sees * directions[:, 0].square()).mean())
+        return torch.stack(values)
+
+    single, mixed = one_probe_numerators(False), one_probe_numerators(True)
+    exact = 0.5 * centred[:, 0].square().mean()
+    for values in (single, mixed):  # the same expectation: tr(J C J^T)
+        assert float(values.mean()) == pytest.approx(float(exact), rel=0.25)
+    relative_spread = [float(v.std() / v.mean()) for v in (single, mixed)]
+    assert relative_spread[1] < relative_spread[0] / 3, relative_spread
 
 
 def test_standard_error_matches_spread_over_independent_samples():
