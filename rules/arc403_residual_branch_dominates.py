@@ -40,7 +40,7 @@ alpha = 0.1), or normalise the branch input rather than its output (pre-activati
 
 ``--fix`` (verified): the last normalisation of the branch starts at the weight alpha that
 brings the block NLC halfway to the threshold (``nn.init.constant_(self.branch[-1].weight,
-0.39)``), or its last Linear/Conv's initial weights are scaled by alpha. Not zero: every
+0.4)``), or its last Linear/Conv's initial weights are scaled by alpha. Not zero: every
 block would be the identity and the network linear.
 
 ## Options
