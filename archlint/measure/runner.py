@@ -50,9 +50,10 @@ def _mixed(rows: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     the sample's covariance (so an affine map still measures exactly 1) and makes each
     direction a mixture of all of them. With one sample per direction ||J u||^2 is
     heavy-tailed: one probe's relative variance of a thin residual CNN's output numerator
-    was 0.19 with single samples against 0.011 rotated (ResNet-18 0.0016 / 0.0011, depth-20
-    MLP 0.0061 / 0.0039), so it needed many more probes. The rotated directions of different
-    rows are uncorrelated, as the batch NLC of batch-coupled models needs."""
+    was 0.19 with single samples against 0.007 rotated (depth-20 MLP 0.0061 / 0.0019,
+    ResNet-18 0.0016 / 0.0018: benchmarks/bench_directions.py), so it needed many more
+    probes. The rotated directions of different rows are uncorrelated, as the batch NLC of
+    batch-coupled models needs."""
     flat = rows.reshape(rows.shape[0], -1)
     work = torch.promote_types(flat.dtype, torch.float32)  # half precision: mixed in float32
     mixed = rotation.to(device=flat.device, dtype=work) @ flat.to(work)
