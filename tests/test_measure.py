@@ -158,6 +158,42 @@ def test_lean_tangent_rules_give_pytorchs_own_tangents(name, layer, shape):
     assert torch.allclose(lean, reference, rtol=1e-4, atol=1e-5), name
 
 
+@pytest.mark.parametrize("options", [
+    {"num_layers": 2, "batch_first": True},
+    {"num_layers": 1, "bidirectional": True},
+    {"num_layers": 2, "bias": False, "bidirectional": True, "batch_first": True},
+])
+def test_lean_lstm_rule_gives_pytorchs_own_tangents(options):
+    """The LSTM's own rule (values from the fused kernel, tangents step by step) against
+    PyTorch's forward-mode rule on its step-by-step kernel: outputs and final states, with a
+    given initial state, for several probes at once."""
+    from torch.func import jvp
+
+    from archlint.measure.overrides import _MeasureMode
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 16, **options).eval()
+    layers = options["num_layers"] * (2 if options.get("bidirectional") else 1)
+    x = torch.randn((5, 7, 8) if options.get("batch_first") else (7, 5, 8))
+    state = (torch.randn(layers, 5, 16), torch.randn(layers, 5, 16))
+    directions = torch.randn((3,) + x.shape)
+
+    def run(inputs):
+        out, (h, c) = lstm(inputs, state)
+        return out, h, c
+
+    def values_and_tangents():
+        return vmap(lambda d: jvp(run, (x,), (d,)))(directions)
+
+    with torch.no_grad():
+        with torch.backends.mkldnn.flags(enabled=False):
+            (ref_values, ref_tangents) = values_and_tangents()
+        with _MeasureMode():
+            (values, tangents) = values_and_tangents()
+    for got, want in zip(values + tangents, ref_values + ref_tangents):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_cnn_output_and_intermediate_nlc_match_exact_reference():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),

@@ -1,5 +1,6 @@
 """Function overrides during a measurement: dropout off, recurrent kernels with forward-mode
-derivatives, and lean tangent rules for convolution, linear layers, batch norm and layer norm."""
+derivatives, and lean tangent rules for convolution, linear layers, batch norm, layer norm
+and LSTMs."""
 
 from __future__ import annotations
 
@@ -92,6 +93,94 @@ def _layer_norm(x, normalized_shape, weight, bias, eps):
     return fwAD.make_dual(out, tangent if weight is None else tangent * weight)
 
 
+def _lstm(args, kwargs):
+    """torch.lstm (the unpacked form nn.LSTM calls) with a lean tangent rule; None where it
+    does not apply (packed sequences, projections, tangents on the state or the weights,
+    dropout in train mode), and the caller falls back to PyTorch's own rule.
+
+    PyTorch's forward-mode rule needs its step-by-step recurrent kernel (oneDNN's fused one
+    has none) and differentiates every elementwise operation of every step. Here the values
+    come from the fused kernel, one layer and direction at a time; the gates of all steps are
+    then recomputed at once from the known previous outputs (two products over the whole
+    sequence), and only the tangents run step by step: per step one product with the
+    recurrent weights and a few elementwise operations, for all probes at once."""
+    if len(args) + len(kwargs) != 9 or kwargs or not isinstance(args[1], (list, tuple)):
+        return None
+    x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first = args
+    directions = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    if (len(hx) != 2 or len(params) != num_layers * directions * per or x.dim() != 3 or (train and dropout > 0)
+            or any(_has_tangent(t) for t in list(hx) + list(params))):
+        return None
+    hidden = params[1].shape[1]
+    if any(params[k * per + 1].shape != (4 * hidden, hidden) for k in range(num_layers * directions)):
+        return None  # projections (proj_size): another recurrence
+    primal, tangent = fwAD.unpack_dual(x)
+    if batch_first:
+        primal, tangent = primal.transpose(0, 1), tangent.transpose(0, 1)
+    h_n, c_n, dh_n, dc_n = [], [], [], []
+    for layer in range(num_layers):
+        outs, douts = [], []
+        for d in range(directions):
+            k = layer * directions + d
+            weights = params[k * per:(k + 1) * per]
+            seq, dseq = (primal, tangent) if d == 0 else (primal.flip(0), tangent.flip(0))
+            out, h, c, dout, dh, dc = _lstm_layer(seq, dseq, hx[0][k], hx[1][k], weights)
+            outs.append(out if d == 0 else out.flip(0))
+            douts.append(dout if d == 0 else dout.flip(0))
+            h_n.append(h)
+            c_n.append(c)
+            dh_n.append(dh)
+            dc_n.append(dc)
+        primal, tangent = torch.cat(outs, -1), torch.cat(douts, -1)
+    if batch_first:
+        # Contiguous, as the fused kernel returns it: a layer after it folds its rows into one
+        # matrix product instead of a batched one.
+        primal, tangent = primal.transpose(0, 1).contiguous(), tangent.transpose(0, 1).contiguous()
+    return (fwAD.make_dual(primal, tangent), fwAD.make_dual(torch.stack(h_n), torch.stack(dh_n)),
+            fwAD.make_dual(torch.stack(c_n), torch.stack(dc_n)))
+
+
+def _rows_times(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w for x of shape (T, B, n) as one matrix product over all T * B rows (a batched
+    product otherwise, several times slower under vmap)."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[-1],))
+
+
+def _lstm_layer(seq, dseq, h0, c0, weights):
+    """One layer and direction, time first: the values from the fused kernel, the tangents
+    step by step (see _lstm). PyTorch's gate order: input, forget, cell, output."""
+    w_ih, w_hh = weights[0], weights[1]
+    out, h_last, c_last = torch.lstm(seq, [h0[None], c0[None]], list(weights), len(weights) == 4, 1, 0.0, False, False, False)
+    previous = torch.cat([h0[None], out[:-1]])
+    gates = _rows_times(seq, w_ih.T) + _rows_times(previous, w_hh.T)
+    if len(weights) == 4:
+        gates = gates + (weights[2] + weights[3])
+    i, f, g, o = gates.chunk(4, -1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    cells, c = [], c0
+    for t in range(seq.shape[0]):
+        c = f[t] * c + i[t] * g[t]
+        cells.append(c)
+    cell = torch.stack(cells)
+    cell_before = torch.cat([c0[None], cell[:-1]])
+    tanh_cell = torch.tanh(cell)
+    # d gates = (dx W_ih^T + dh_prev W_hh^T) * gate_slopes; dh = do * tanh(c) + to_h * dc.
+    gate_slopes = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
+    to_h = o * (1 - tanh_cell * tanh_cell)
+    from_input = _rows_times(dseq, w_ih.T)
+    dh = dc = None
+    douts = []
+    for t in range(seq.shape[0]):
+        dgates = from_input[t] if dh is None else from_input[t] + dh @ w_hh.T
+        di, df, dg, do = (dgates * gate_slopes[t]).chunk(4, -1)
+        dc_new = df * cell_before[t] + di * g[t] + i[t] * dg
+        dc = dc_new if dc is None else dc_new + f[t] * dc
+        dh = do * tanh_cell[t] + to_h[t] * dc
+        douts.append(dh)
+    return out, h_last[0], c_last[0], torch.stack(douts), dh, dc
+
+
 _AFFINE_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 _DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout}
 # Activations with an ``inplace`` flag. In place, forward mode also updates the input's
@@ -155,6 +244,10 @@ class _MeasureMode(TorchFunctionMode):
             call = self._out_of_place(func, args, kwargs)
             if call is not None:
                 return func(*call[0], **call[1])
+        if func is torch.lstm and args and _has_tangent(args[0]):
+            lean = _lstm(args, kwargs)
+            if lean is not None:
+                return lean
         if func in _RNN_FUNCS:
             with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
                 return func(*args, **kwargs)
