@@ -81,6 +81,7 @@ class InputSpec:
 # --------------------------------------------------------------------------------------
 # Inference
 
+
 def infer_inputs(model: nn.Module, graph_module: fx.GraphModule | None = None) -> InputSpec:
     """The input the model's first layer expects, as a one-argument spec. ``graph_module``:
     the model's fx trace when the caller already has one, so that it is not traced again."""

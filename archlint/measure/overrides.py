@@ -104,7 +104,7 @@ def _lstm(args, kwargs):
     then recomputed at once from the known previous outputs (two products over the whole
     sequence), and only the tangents run step by step: per step one product with the
     recurrent weights and a few elementwise operations, for all probes at once."""
-    if len(args) + len(kwargs) != 9 or kwargs or not isinstance(args[1], (list, tuple)):
+    if kwargs or len(args) != 9 or not isinstance(args[1], (list, tuple)):
         return None
     x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first = args
     directions = 2 if bidirectional else 1
