@@ -31,7 +31,10 @@ The process's allocator is tuned as archlint's own processes tune theirs
 ``--allocator default`` leaves glibc's defaults, as in a user's process calling
 archlint.measure.
 
-    python benchmarks/bench_cost.py [--part suite|1|2] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+``--part rules``: archlint's own tangent rules for layer norm and LSTMs against PyTorch's, on
+the GPT and the LSTM language model, in one process (see own_rules).
+
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -306,11 +309,48 @@ def profile(names: list[str]) -> None:
               f"{(1 - share) * m / f:.1f}x |")
 
 
+def own_rules(repeats: int) -> None:
+    """archlint's own tangent rules for layer norm (the GPT) and LSTMs (the LSTM language
+    model) against PyTorch's forward-mode rules, in one process: the output NLC and all
+    statistics with the rule and without it, in alternation, the order swapped every round
+    (whichever runs first in a round tends to be the slower). CPU seconds, medians."""
+    import torch.nn.functional as F
+
+    import archlint.measure.overrides as overrides
+
+    own = {"gpt": ("_layer_norm", overrides._layer_norm, lambda x, shape, w, b, eps: F.layer_norm(x, shape, w, b, eps)),
+           "lstm-lm": ("_lstm", overrides._lstm, lambda args, kwargs: None)}  # None: PyTorch's rule
+    print("| shape | rule | output only: own / PyTorch's (CPU s) | all statistics: own / PyTorch's (CPU s) |")
+    print("|---|---|---|---|")
+    for name, (attr, ours, theirs) in own.items():
+        _, build = shapes()[name]
+        model, x = build()
+        graph = trace(model, (x[:4],), name=name)
+        kinds = {"output": dict(nodes=(), population=False), "all": {}}
+        times = {(rule, kind): [] for rule in ("own", "pytorch") for kind in kinds}
+        rules = {"own": ours, "pytorch": theirs}
+        for kind, options in kinds.items():  # warm-up
+            for rule in rules.values():
+                setattr(overrides, attr, rule)
+                measure(model, x, graph=graph, **options)
+        for r in range(repeats):
+            order = ["own", "pytorch"] if r % 2 == 0 else ["pytorch", "own"]
+            for kind, options in kinds.items():
+                for rule in order:
+                    setattr(overrides, attr, rules[rule])
+                    times[rule, kind].append(timed_both(lambda: measure(model, x, graph=graph, **options))[1])
+        setattr(overrides, attr, ours)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"| {name} | {attr.strip('_')} | {med['own', 'output']:.2f} / {med['pytorch', 'output']:.2f} "
+              f"| {med['own', 'all']:.2f} / {med['pytorch', 'all']:.2f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("suite", "1", "2", "profile"), default="suite",
+    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
-                             "output-only measurement's time goes, per shape")
+                             "output-only measurement's time goes, per shape; rules: archlint's layer-norm and "
+                             "LSTM tangent rules against PyTorch's")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -327,6 +367,9 @@ def main() -> int:
             profile(names)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
+        return 0
+    if args.part == "rules":
+        own_rules(args.repeats or REPEATS)
         return 0
     x = images(N, torch.Generator().manual_seed(0))
     if args.part == "1":
