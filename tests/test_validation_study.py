@@ -224,3 +224,25 @@ def test_recheck_runs_archlint_as_it_ships_and_resumes(tmp_path):
     assert "| evaluation | archlint today |" in (tmp_path / "recheck.md").read_text()
     again = _run("recheck.py", "--limit", "2", "--half", "evaluation", "--out", str(out))
     assert "2 already checked" in again.stderr and len(out.read_text().splitlines()) == 4
+
+
+def test_recheck_separates_findings_the_simulation_cannot_see():
+    """Where the product and the simulation differ, recheck.py says which of the product's
+    own flags have no recorded value of the rule (the study records a rule's value where its
+    static check reports, so a value only the measurement finds is missing)."""
+    import analyze
+    import recheck
+
+    summary = json.loads((STUDY / "summary.json").read_text())
+    defaults = summary["shipped"]["defaults"]
+    records, _ = analyze.load(STUDY / "results.jsonl")
+    bad = analyze.labels(records, config.BAD_RULE)
+    unrecorded = next(r for r in records if not r["archlint"]["values"].get("ARC203"))
+    recorded = next(r for r in records if analyze.shipped_fires(r, "ARC203", defaults))
+    flag = {"code": "ARC203", "severity": "warning"}
+    rechecked = {unrecorded["id"]: {"findings": [flag]}, recorded["id"]: {"findings": []}}
+    d = recheck.differences([unrecorded, recorded], rechecked, defaults, bad)["ARC203"]
+    assert d["product_only"] == 1 and d["product_only_unrecorded"] == 1 and d["product_only_alone"] == 1
+    assert d["product_only_bad"] == int(bad[unrecorded["id"]])
+    assert d["simulated_only"] == 1 and d["simulated_only_bad"] == int(bad[recorded["id"]])
+    assert d["unrecorded"] == 1

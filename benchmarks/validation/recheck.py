@@ -60,6 +60,38 @@ def summarise(records: list[dict], rechecked: dict[str, dict]) -> dict:
             "simulated": analyze.confusion(simulated, truth),
             "agree": sum(a == b for a, b in zip(today, simulated)),
         }
+    recs = [r for r in records if r["id"] in rechecked and "error" not in rechecked[r["id"]]]
+    out["differences"] = differences(recs, rechecked, defaults, bad)
+    return out
+
+
+def differences(recs: list[dict], rechecked: dict[str, dict], defaults: dict, bad: dict[str, bool]) -> dict:
+    """Per rule, both halves: the architectures the product flags and the simulation does not,
+    and the other way round, with how many of them are bad; and, of the product's own, how
+    many no other rule flags, and how many have no recorded value of that rule at all (run.py
+    records a rule's value where its static check reports with permissive options, so a value
+    only the measurement finds, the rules' ``find``, was never recorded, and the simulation
+    cannot see it)."""
+    out = {}
+    for code, d in defaults.items():
+        if not d["options"]:
+            continue
+        product = {r["id"] for r in recs
+                   if any(f["code"] == code and f["severity"] == "warning" for f in rechecked[r["id"]]["findings"])}
+        simulated = {r["id"] for r in recs if analyze.shipped_fires(r, code, defaults)}
+        unrecorded = {r["id"] for r in recs if not r["archlint"]["values"].get(code)}
+        product_only, simulated_only = product - simulated, simulated - product
+        # Of the product's own, those no other rule flags: the verdict rests on this rule alone.
+        alone = {i for i in product_only
+                 if all(f["code"] == code or f["severity"] != "warning" for f in rechecked[i]["findings"])}
+        if product_only or simulated_only:
+            out[code] = {
+                "product_only": len(product_only), "product_only_bad": sum(bad[i] for i in product_only),
+                "product_only_unrecorded": len(product_only & unrecorded),
+                "product_only_alone": len(alone), "product_only_alone_bad": sum(bad[i] for i in alone),
+                "simulated_only": len(simulated_only), "simulated_only_bad": sum(bad[i] for i in simulated_only),
+                "unrecorded": len(unrecorded), "unrecorded_bad": sum(bad[i] for i in unrecorded),
+            }
     return out
 
 
@@ -69,12 +101,26 @@ def markdown(summary: dict) -> str:
              "the run) against the primary label, beside analyze.py's simulation of the shipped thresholds on the "
              "recorded values. Precision and recall with 95% Wilson intervals; tp/flagged/bad.", "",
              "| half | verdict | precision | recall | tp/flagged/bad |", "|---|---|---|---|---|"]
-    for which, s in summary.items():
+    halves = {k: v for k, v in summary.items() if k in ("calibration", "evaluation")}
+    for which, s in halves.items():
         lines.append(f"| {which} | archlint today | {analyze._pr(s['archlint'])} |")
         lines.append(f"| {which} | simulated (analyze.py) | {analyze._pr(s['simulated'])} |")
     lines.append("")
-    for which, s in summary.items():
+    for which, s in halves.items():
         lines.append(f"{which}: the two verdicts agree on {s['agree']} of {s['archlint']['n']} architectures.")
+    if summary.get("differences"):
+        lines += ["", "Where a rule's findings differ (both halves): flagged by the product only (bad; without any "
+                  "recorded value of the rule, so that the simulation cannot see it; flagged by no other rule, bad), "
+                  "flagged by the simulation only "
+                  "(bad); and how many architectures have no recorded value of the rule (bad). A rule's "
+                  "finding can also give way to a more specific one for the same model (ARC101 to ARC103, ARC104 "
+                  "or ARC403), so a rule's difference is not a difference of the verdict.", "",
+                  "| rule | product only (bad; unrecorded; alone, bad) | simulation only (bad) | no recorded value (bad) |",
+                  "|---|---|---|---|"]
+        for code, d in summary["differences"].items():
+            lines.append(f"| {code} | {d['product_only']} ({d['product_only_bad']}; {d['product_only_unrecorded']}; "
+                         f"{d['product_only_alone']}, {d['product_only_alone_bad']}) | "
+                         f"{d['simulated_only']} ({d['simulated_only_bad']}) | {d['unrecorded']} ({d['unrecorded_bad']}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,6 +158,8 @@ def main(argv=None) -> int:
     md.write_text(markdown(summary))
     args.out.with_name(args.out.stem + "_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     for which, s in summary.items():
+        if which not in ("calibration", "evaluation"):
+            continue
         a, b = s["archlint"], s["simulated"]
         print(f"{which}: archlint today precision {a['precision']} recall {a['recall']} ({a['tp']}/{a['flagged']}/{a['bad']}); "
               f"simulated {b['precision']} / {b['recall']}; agree on {s['agree']} of {a['n']}", file=sys.stderr)
