@@ -205,11 +205,15 @@ def test_cnn_output_and_intermediate_nlc_match_exact_reference():
     assert report.nodes["_4"].nlc == pytest.approx(exact_nlc(per_sample(net[:5]), x), rel=0.05)
 
 
-def test_affine_prefix_has_nlc_exactly_one():
-    # Each probe's directions (the batch's centred samples, rotated among themselves) have
-    # exactly the sample covariance, so an affine map comes out at 1 up to rounding, not
-    # just on average.
-    report = measure(mlp(2, 32, nn.Tanh), gaussian(64, 16))
+@pytest.mark.parametrize("rows", [64, 300])
+def test_affine_prefix_has_nlc_exactly_one(rows):
+    # Each probe's directions (the batch's centred samples, rotated among themselves, in
+    # blocks of at most ROTATION_ROWS for a large batch) have exactly the sample covariance,
+    # so an affine map comes out at 1 up to rounding, not just on average.
+    from archlint.measure.runner import ROTATION_ROWS
+
+    assert rows < ROTATION_ROWS or rows > 2 * ROTATION_ROWS  # one block, and several
+    report = measure(mlp(2, 32, nn.Tanh), gaussian(rows, 16), batch_size=rows)
     assert report.nodes["_0"].nlc == pytest.approx(1.0, abs=1e-5)
     assert report.nodes["_1"].nlc > 1.0
 
