@@ -60,6 +60,8 @@ Calibrated on 309 architectures of the validation study: precision 0.93, recall 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from archlint import evidence, patterns
 from archlint.rule import at_model, Verdict
 
@@ -98,11 +100,10 @@ def find(graph, report, options, context):
     on the measured value (the validation study), so the measured value decides."""
     if patterns.is_batchnorm_cnn(graph) or graph.output is None or not patterns.sources(graph):
         return []
-    threshold = patterns.nlc_threshold(graph, options)
-    value = evidence.measured_nlc(report, report.output)
-    if value is None or value <= threshold:
-        return []
-    return [_finding(graph, CODE, threshold, measured=value, predicted=evidence.predicted_nlc(graph, graph.output))]
+    finding = _finding(graph, CODE, patterns.nlc_threshold(graph, options),
+                       predicted=evidence.predicted_nlc(graph, graph.output))
+    verdict = confirm(finding, report, options)
+    return [replace(finding, measured=verdict.measured)] if verdict.confirmed else []
 
 
 def _finding(graph, code, threshold, **fields):

@@ -47,6 +47,8 @@ Calibrated on 309 architectures of the validation study: precision 0.94, recall 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from archlint import evidence, patterns
 from archlint.rule import at_model, Verdict
 
@@ -84,11 +86,9 @@ def find(graph, report, options, context):
     layers = _layers(graph, options)
     if layers is None:
         return []
-    threshold = float(options["threshold"])
-    value = evidence.measured_nlc(report, report.output)
-    if value is None or value >= threshold:
-        return []
-    return [_finding(graph, layers, threshold, measured=value, predicted=evidence.predicted_nlc(graph, graph.output))]
+    finding = _finding(graph, layers, float(options["threshold"]), predicted=evidence.predicted_nlc(graph, graph.output))
+    verdict = confirm(finding, report, options)
+    return [replace(finding, measured=verdict.measured)] if verdict.confirmed else []
 
 
 def _finding(graph, layers, threshold, **fields):
