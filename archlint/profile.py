@@ -7,7 +7,7 @@ predicted, with the rules' thresholds and findings.
 panels with matplotlib (the optional extra ``archlint[plot]``):
 
 1. the NLC from the input (log scale), with the band between the rules' thresholds for a
-   too-linear (ARC102) and a too-nonlinear (ARC101) network;
+   too-linear (ARC406) and a too-nonlinear (ARC101) network;
 2. each activation's layer NLC (its NLC over its input's), with ARC104's threshold;
 3. the RMS and the between-input spread (log scale), with ARC202's and ARC203's ratios to
    the input;
@@ -132,9 +132,9 @@ def plot(report: Any, graph: ArchGraph | None = None, findings: Iterable[Any] = 
 
     ax = axes[0]
     lines(ax, "nlc", "NLC from the input", "C0", log=True)
-    low, high = opts.get("ARC102", {}).get("threshold"), opts.get("ARC101", {}).get("threshold")
+    low, high = opts.get("ARC406", {}).get("threshold"), opts.get("ARC101", {}).get("threshold")
     if low and high:
-        ax.axhspan(low, high, color="green", alpha=0.08, label=f"band {low:g} to {high:g} (ARC102, ARC101)")
+        ax.axhspan(low, high, color="green", alpha=0.08, label=f"band {low:g} to {high:g} (ARC406, ARC101)")
     ax.set_ylabel("NLC")
     ax = axes[1]
     lines(ax, "layer_nlc", "layer NLC", "C1")

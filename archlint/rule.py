@@ -42,9 +42,9 @@ CODE_RE = re.compile(r"^ARC\d{3}$")
 
 
 # Codes that moved, old to new, as ruff remaps renamed rules: a selector, an ignore or a
-# suppression comment naming the old code means the new one. ARC105 became ARC403 (off by
-# default) when the validation study found no predictive power in it.
-REDIRECTS = {"ARC105": "ARC403"}
+# suppression comment naming the old code means the new one. ARC105 became ARC403 and ARC102
+# became ARC406 (off by default) when the validation study found no predictive power in them.
+REDIRECTS = {"ARC105": "ARC403", "ARC102": "ARC406"}
 
 
 def redirect(code: str) -> str:

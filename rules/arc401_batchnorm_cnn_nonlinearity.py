@@ -7,7 +7,7 @@ BatchNorm. Off by default; select it with ``--extend-select ARC401``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
 found no predictive power in this family: in its calibration half (309 architectures), the
-output NLC of CNNs with BatchNorm ranked their outcomes at AUC 0.39 over 66 architectures
+output NLC of CNNs with BatchNorm ranked their outcomes at AUC 0.41 over 68 architectures
 (49 bad; 0.5 is chance), and no threshold reached the study's precision goal of 0.85. MLPs
 with BatchNorm, which ARC101 still judges: AUC 0.73 over 55 architectures (20 bad).
 

@@ -235,7 +235,8 @@ def test_recheck_separates_findings_the_simulation_cannot_see():
 
     summary = json.loads((STUDY / "summary.json").read_text())
     defaults = summary["shipped"]["defaults"]
-    records, _ = analyze.load(STUDY / "results.jsonl")
+    # As the run recorded them: revalue.py has since filled ARC203's gaps.
+    records, _ = analyze.load(STUDY / "results.jsonl", found_values=False)
     bad = analyze.labels(records, config.BAD_RULE)
     unrecorded = next(r for r in records if not r["archlint"]["values"].get("ARC203"))
     recorded = next(r for r in records if analyze.shipped_fires(r, "ARC203", defaults))
@@ -246,3 +247,38 @@ def test_recheck_separates_findings_the_simulation_cannot_see():
     assert d["product_only_bad"] == int(bad[unrecorded["id"]])
     assert d["simulated_only"] == 1 and d["simulated_only_bad"] == int(bad[recorded["id"]])
     assert d["unrecorded"] == 1
+
+
+def test_values_found_by_measurement_are_recorded_and_added_where_the_run_has_none(tmp_path):
+    """run.rule_values records the value a rule's ``find`` judges where its static check
+    reports nothing (the run did not: ARC203 on a CNN the predictor cannot follow), as the
+    product's finding measures it; analyze.py adds it to a record only where the run has no
+    value of that rule, and revalue.py resumes."""
+    import analyze
+    import revalue
+
+    spec = generate.architecture(0)  # a 1-D CNN whose features' std the predictor cannot follow
+    line = revalue.revalue_one(spec)
+    entry = line["values"]["ARC203"][0]
+    assert entry["found_by_measurement"] and entry["predicted"] is None and 0 < entry["measured"] < 1
+    # The same value the product's finding is judged by, at a threshold just above it.
+    import run
+
+    from archlint.rule import get
+
+    _, result, batch = run.default_findings(spec, "cpu", tmp_path)
+    graph = result.models[0].graph
+    _, _, report = run.rule_values(graph, batch, "cpu")
+    def at(t):  # a CNN: its threshold is conv-threshold
+        return {"threshold": t, "conv-threshold": t}
+
+    found = get("ARC203").find(graph, report, at(entry["measured"] * 1.01), None)
+    assert [f.measured for f in found] == [pytest.approx(entry["measured"])]
+    assert not get("ARC203").find(graph, report, at(entry["measured"] * 0.99), None)
+
+    recorded = {"id": spec["id"], "spec": spec, "archlint": {"values": {"ARC203": [{"measured": 0.5, "predicted": 0.4}]}}}
+    missing = {"id": "other", "spec": spec, "archlint": {"values": {}}}
+    merged = analyze.with_found_values([recorded, missing], {spec["id"]: line, "other": line})
+    assert analyze.rule_value(merged[0], "ARC203") == 0.5  # the run's value stays
+    assert analyze.rule_value(merged[1], "ARC203") == pytest.approx(entry["measured"])
+    assert analyze.rule_value(merged[1], "ARC104") is None  # only the rules whose find judges one value

@@ -7,7 +7,7 @@ between 1 and the rule's threshold; the branch is multiplied by alpha = k / k'. 
 layer of the branch carries alpha: a normalisation's weight starts at alpha
 (``nn.init.constant_(self.branch[-1].weight, 0.2)``), a Linear or Conv's initial weights are
 scaled by it. Zero-initialising would make every block the identity at initialisation, and
-the whole network linear (ARC102), so a fix never does that.
+the whole network linear (ARC406), so a fix never does that.
 """
 
 from __future__ import annotations

@@ -52,8 +52,10 @@ BRANCH_NAMES = ("mlp-nobn", "mlp-bn", "cnn-nobn", "cnn-bn")
 # Loading
 
 
-def load(path: Path) -> tuple[list[dict], list[dict]]:
-    """(usable records, records that failed)."""
+def load(path: Path, *, found_values: bool = True) -> tuple[list[dict], list[dict]]:
+    """(usable records, records that failed). With ``found_values``, the values that
+    revalue.py recorded beside the results (values.jsonl, where it exists) are added where
+    the run recorded none (with_found_values)."""
     good, failed = [], []
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -63,7 +65,28 @@ def load(path: Path) -> tuple[list[dict], list[dict]]:
         except json.JSONDecodeError:
             continue  # a line cut by an interruption
         (failed if "error" in rec or not rec.get("train") else good).append(rec)
+    values = path.with_name("values.jsonl")
+    if found_values and values.exists():
+        import revalue
+
+        good = with_found_values(good, revalue.load(values))
     return good, failed
+
+
+def with_found_values(records: list[dict], revalued: dict[str, dict]) -> list[dict]:
+    """The records with the values recorded again (revalue.py) of the rules whose ``find``
+    judges one measured value (config.VALUE_FOUND_BY_MEASUREMENT), where the run recorded
+    none for that rule: the run recorded a rule's value only where its static check
+    reported. Where the run has a value, it stays (recorded with the protocol's measurement)."""
+    out = []
+    for rec in records:
+        again = revalued.get(rec["id"], {}).get("values", {})
+        added = {code: again[code] for code in config.VALUE_FOUND_BY_MEASUREMENT
+                 if again.get(code) and not rec["archlint"]["values"].get(code)}
+        if added:
+            rec = {**rec, "archlint": {**rec["archlint"], "values": {**rec["archlint"]["values"], **added}}}
+        out.append(rec)
+    return out
 
 
 def _f(v) -> float | None:
@@ -315,7 +338,7 @@ THRESHOLD_OPTION = {
     "ARC105": "threshold",
     "ARC201": "threshold",
     "ARC202": "threshold",
-    "ARC203": "threshold",
+    "ARC203": {"mlp": "threshold", "cnn": "conv-threshold"},
     "ARC204": "threshold",
     "ARC205": "max-std",
 }
@@ -324,7 +347,7 @@ THRESHOLD_OPTION = {
 NOT_TESTED = {"ARC303": f"the study trains at batch {config.BATCH_SIZE}; the rule judges batches under 32"}
 # A rule without a calibrated threshold (no predictive power) leaves the default selection for
 # this off-by-default successor, which keeps its check and options.
-DEMOTED_TO = {"ARC105": "ARC403"}
+DEMOTED_TO = {"ARC105": "ARC403", "ARC102": "ARC406"}
 
 
 def shipped(value: float) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import tempfile
 from pathlib import Path
@@ -137,17 +136,7 @@ def main(argv=None) -> int:
     done = run.done_ids(args.out)
     todo = [r["spec"] for r in wanted if r["id"] not in done][: args.limit]
     print(f"{len(wanted)} architectures, {len(done)} already checked in {args.out}, {len(todo)} to check now", file=sys.stderr)
-    with open(args.out, "a") as out:
-        if args.workers > 1:
-            with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-                results = pool.imap_unordered(recheck_one, todo)
-                for rec in results:
-                    out.write(json.dumps(rec) + "\n")
-                    out.flush()
-        else:
-            for spec in todo:
-                out.write(json.dumps(recheck_one(spec)) + "\n")
-                out.flush()
+    run.append_each(args.out, recheck_one, todo, args.workers)
     rechecked = {}
     for line in args.out.read_text().splitlines():
         if line.strip():

@@ -143,22 +143,18 @@ def default_findings(spec: dict, device: str, workdir: Path):
     return record, result, batch
 
 
-def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.Module]:
-    """Default findings, every rule's value, and the output statistics. Returns the record
-    and the model archlint built (seed ``config.MEASURE_SEED``)."""
-    from archlint import evidence, patterns
+def rule_values(graph, batch: torch.Tensor, device: str) -> tuple[dict, dict, object]:
+    """Every rule's value for the traced model: each rule's static check with permissive
+    options (config.PERMISSIVE_OPTIONS), judged by one measurement with every segment they
+    ask for, and, for a rule whose ``find`` judges one measured value
+    (config.VALUE_FOUND_BY_MEASUREMENT), that value where its check reported nothing (no
+    prediction): the product reports those too. Returns (values by code, errors by code,
+    the measurement)."""
+    from archlint import patterns
     from archlint import measure as measure_mod
     from archlint import rule as rules_api
 
-    record, result, batch = default_findings(spec, device, workdir)
-    meta = [f.code for f in result.findings if f.code.startswith("ARC9")]
-    if not result.models or result.models[0].graph is None:
-        raise RuntimeError(f"archlint did not analyse the model: {meta} {[f.message for f in result.findings]}")
-    graph = result.models[0].graph
-    model = graph.model
-
-    # Every rule's value: permissive options, one measurement with every segment they ask for.
-    started = time.perf_counter()
+    context = rules_api.RunContext(batch_size=config.BATCH_SIZE)
     found, errors = [], {}
     # A rule that moved after the run (ARC105 is ARC403) is the same computation, recorded
     # under the code the protocol names.
@@ -172,14 +168,13 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
         # The successor has the original's options but one threshold (no conv-threshold).
         options = {**rule.options, **{k: v for k, v in opts.items() if k in rule.options}}
         try:
-            found += [(rule, recorded_as, options, f)
-                      for f in rule.check(graph, options, rules_api.RunContext(batch_size=config.BATCH_SIZE))]
+            found += [(rule, recorded_as, options, f) for f in rule.check(graph, options, context)]
         except Exception as exc:  # a rule that breaks out of its usual range is recorded, not fatal
             errors[code] = f"{type(exc).__name__}: {exc}"
     # As the engine does: a segment from where the signal enters is its end node's own NLC.
     sources = set(patterns.sources(graph))
     segments = sorted({f.segment for _, _, _, f in found if f.segment is not None and f.segment[0] not in sources})
-    report = measure_mod.measure(model, batch, graph=graph, device=device, batch_size=config.BATCH_SIZE,
+    report = measure_mod.measure(graph.model, batch, graph=graph, device=device, batch_size=config.BATCH_SIZE,
                                  seed=config.MEASURE_SEED, segments=segments)
     values: dict[str, list] = {}
     for rule, recorded_as, options, f in found:
@@ -189,6 +184,40 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
             if key in f.data:
                 entry[key] = f.data[key]
         values.setdefault(recorded_as, []).append(entry)
+    # The successors (ARC407 for ARC203's CNNs with BatchNorm) find their share the same way.
+    by_measurement = [(rules_api.redirect(code), code) for code in config.VALUE_FOUND_BY_MEASUREMENT]
+    by_measurement += [(successor, origin) for successor, origin in successors.items() if origin in config.VALUE_FOUND_BY_MEASUREMENT]
+    for code, recorded_as in by_measurement:
+        if values.get(recorded_as):
+            continue
+        rule = rules_api.get(code)
+        options = {**rule.options, **{k: v for k, v in config.PERMISSIVE_OPTIONS[recorded_as].items() if k in rule.options}}
+        try:
+            found_here = rule.find(graph, report, options, context)
+        except Exception as exc:
+            errors[code] = f"{type(exc).__name__}: {exc}"
+            continue
+        for f in found_here:
+            values.setdefault(recorded_as, []).append({"predicted": _num(f.predicted), "measured": _num(f.measured),
+                                                       "node": f.node, "found_by_measurement": True, "reason": f.reason})
+    return values, errors, report
+
+
+def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.Module]:
+    """Default findings, every rule's value, and the output statistics. Returns the record
+    and the model archlint built (seed ``config.MEASURE_SEED``)."""
+    from archlint import evidence
+
+    record, result, batch = default_findings(spec, device, workdir)
+    meta = [f.code for f in result.findings if f.code.startswith("ARC9")]
+    if not result.models or result.models[0].graph is None:
+        raise RuntimeError(f"archlint did not analyse the model: {meta} {[f.message for f in result.findings]}")
+    graph = result.models[0].graph
+    model = graph.model
+
+    # Every rule's value: permissive options, one measurement with every segment they ask for.
+    started = time.perf_counter()
+    values, errors, report = rule_values(graph, batch, device)
     record["values"] = values
     record["value_errors"] = errors
     out = report.output_stats
@@ -416,6 +445,26 @@ def done_ids(path: Path) -> set[str]:
             except (json.JSONDecodeError, KeyError):
                 continue  # a line cut by an interruption: that architecture runs again
     return ids
+
+
+def append_each(path: Path, fn, items: list, workers: int = 1) -> None:
+    """``fn(item)`` for each item (in a pool of ``workers`` processes when more than one),
+    each result appended to ``path`` as one JSON line as it comes, so that an interrupted
+    run resumes (done_ids). For the scripts that go over the recorded architectures again
+    (recheck.py, revalue.py)."""
+    with open(path, "a") as out:
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            out.write("\n")  # a line cut by an interruption stays on its own (and is ignored)
+        if workers > 1:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                results = pool.imap_unordered(fn, items)
+                for rec in results:
+                    out.write(json.dumps(rec) + "\n")
+                    out.flush()
+        else:
+            for item in items:
+                out.write(json.dumps(fn(item)) + "\n")
+                out.flush()
 
 
 def _worker(job):
