@@ -1,6 +1,7 @@
 """The validation study's pipeline end to end (benchmarks/validation): a few architectures
 generated, measured by archlint, trained over the rate grid and analysed, so the study never
-rots. Uses run.py --smoke (a handful of architectures, a few training steps)."""
+rots. Uses run.py --quick (two dozen architectures, a few training steps), as the study's
+protocol asks, on two workers (the suite itself runs on one core)."""
 
 from __future__ import annotations
 
@@ -52,16 +53,17 @@ def test_generated_sources_are_plain_pytorch_and_build_deterministically():
         assert out.shape == (3, 10)
 
 
-def test_smoke_run_resumes_and_analysis_writes_summary(tmp_path):
+def test_quick_run_resumes_and_analysis_writes_summary(tmp_path):
     out = tmp_path / "results.jsonl"
-    first = _run("run.py", "--smoke", "--out", str(out))
+    quick = ("--quick", "--workers", "2", "--out", str(out))
+    first = _run("run.py", *quick)
     assert first.returncode == 0, first.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == config.SMOKE_N
+    assert len(lines) == config.QUICK_N
     ok = [r for r in lines if "error" not in r]
-    assert len(ok) == config.SMOKE_N, [r.get("traceback") for r in lines if "error" in r]
+    assert len(ok) == config.QUICK_N, [r.get("traceback") for r in lines if "error" in r]
     families = {(r["spec"]["family"], r["spec"]["norm"] == "batch", r["spec"]["skip"]) for r in ok}
-    assert ("cnn", True, True) in families  # the smoke run includes a residual BN CNN
+    assert ("cnn", True, True) in families  # --quick includes a residual BN CNN
     for r in ok:
         # archlint analysed the generated Net with the same initialisation that was trained.
         assert r["same_init"] is True
@@ -84,16 +86,16 @@ def test_smoke_run_resumes_and_analysis_writes_summary(tmp_path):
 
     # Resume: a second invocation finds every id done and adds nothing.
     before = out.read_text()
-    second = _run("run.py", "--smoke", "--out", str(out))
+    second = _run("run.py", *quick)
     assert second.returncode == 0, second.stderr
     assert out.read_text() == before
-    assert f"{config.SMOKE_N} already in" in second.stderr
+    assert f"{config.QUICK_N} already in" in second.stderr
 
     # An interruption that cut the last line: that architecture runs again, on a line of its own.
     out.write_text(before[:-40])
-    third = _run("run.py", "--smoke", "--out", str(out))
+    third = _run("run.py", *quick)
     assert third.returncode == 0, third.stderr
-    assert f"{config.SMOKE_N - 1} already in" in third.stderr
+    assert f"{config.QUICK_N - 1} already in" in third.stderr
     parsed = []
     for line in out.read_text().splitlines():
         try:
@@ -108,8 +110,8 @@ def test_smoke_run_resumes_and_analysis_writes_summary(tmp_path):
     summary = json.loads((summary_dir / "summary.json").read_text())
     ev = summary["evaluation"]
     assert {"precision", "recall", "n", "bad"} <= set(ev)
-    assert summary["n_usable"] == config.SMOKE_N
-    assert ev["n"] == summary["n_evaluation"] and summary["n_calibration"] + summary["n_evaluation"] == config.SMOKE_N
+    assert summary["n_usable"] == config.QUICK_N
+    assert ev["n"] == summary["n_evaluation"] and summary["n_calibration"] + summary["n_evaluation"] == config.QUICK_N
     assert 0 <= ev["bad"] <= ev["n"]
     assert (summary_dir / "nlc_vs_error.png").stat().st_size > 1000
     assert "Spearman" in (summary_dir / "summary.md").read_text()

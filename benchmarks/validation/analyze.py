@@ -363,7 +363,7 @@ def shipped_defaults(cal: dict) -> dict:
         c = cal[code]
         if c["global"] is None:
             # No predictive power: off by default under DEMOTED_TO's code (None, as on a
-            # smoke run's handful of architectures, is for a human to decide; a test checks).
+            # --quick run's two dozen architectures, is for a human to decide; a test checks).
             out[code] = {"demoted_to": DEMOTED_TO.get(code), "options": {}}
             continue
         if isinstance(option, dict):

@@ -79,11 +79,9 @@ JACOB_COV_K = 1e-5
 
 N_ARCHITECTURES = 640
 GENERATOR_SEED = 15
-QUICK_N = 24   # --quick: a few dozen, for a human, under 5 minutes
-SMOKE_N = 6    # --smoke: the test's end-to-end run
-# Short training for --quick / --smoke: they check the pipeline, not outcomes.
+QUICK_N = 24   # --quick: a few dozen, under 5 minutes; the test's end-to-end run
+# Short training for --quick: it checks the pipeline, not outcomes.
 QUICK_STEPS = 40
-SMOKE_STEPS = 12
 
 # ---------------------------------------------------------------------------------------
 # The outcome label, fixed before any verdict was looked at.

@@ -4,8 +4,7 @@ architecture is appended (and flushed) to the results file, so an interrupted ru
 where it stopped: ids already in the file are skipped.
 
     python benchmarks/validation/run.py --out benchmarks/validation/results.jsonl
-    python benchmarks/validation/run.py --quick --out /tmp/quick.jsonl     # ~24 archs, minutes
-    python benchmarks/validation/run.py --smoke --out /tmp/smoke.jsonl     # the test's run
+    python benchmarks/validation/run.py --quick --out /tmp/quick.jsonl     # 24 archs, minutes (the test)
     python benchmarks/validation/run.py --limit 20 --workers 2 --device cuda
 
 Per architecture (protocol in config.py):
@@ -476,7 +475,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.jsonl")
     ap.add_argument("--quick", action="store_true", help=f"{config.QUICK_N} architectures, {config.QUICK_STEPS} steps")
-    ap.add_argument("--smoke", action="store_true", help=f"{config.SMOKE_N} architectures, {config.SMOKE_STEPS} steps (the test)")
     ap.add_argument("--limit", type=int, help="at most this many architectures (the first ones)")
     ap.add_argument("--only", type=int, nargs="*", help="these architecture indices")
     ap.add_argument("--workers", type=int, default=1)
@@ -488,10 +486,8 @@ def main(argv=None) -> int:
     n, steps = config.N_ARCHITECTURES, None
     if args.quick:
         n, steps = config.QUICK_N, config.QUICK_STEPS
-    if args.smoke:
-        n, steps = config.SMOKE_N, config.SMOKE_STEPS
     specs = generate.architectures(n)
-    if args.quick or args.smoke:
+    if args.quick:
         specs = _varied(specs, n)
     if args.only:
         specs = [generate.architecture(i) for i in args.only]
@@ -519,7 +515,7 @@ def main(argv=None) -> int:
 
 
 def _varied(specs: list[dict], n: int) -> list[dict]:
-    """--quick / --smoke: the first architectures, plus the first deep residual BN CNN and a
+    """--quick: the first architectures, plus the first deep residual BN CNN and a
     plain BN CNN if they are not among them, so every code path runs."""
     out = list(specs)
     slot, i = len(out) - 1, n
