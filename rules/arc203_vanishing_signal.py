@@ -4,8 +4,9 @@
 Predicts the input-dependent standard deviation (sqrt of the mean over units of Var_x) at the
 model's features, the input of its final Linear/Conv layer (or the output when it does not
 end in one), relative to that of the input (or the embedding output), and reports a decay
-below ``threshold`` (``conv-threshold`` for models with convolutions). The final layer is left out because a small or zero-initialised output
-layer is a deliberate and harmless choice. The verification pass measures the same ratio;
+below ``threshold`` (``conv-threshold`` for models with convolutions). The final layer is
+left out because a small or zero-initialised output layer is a deliberate and harmless
+choice. The verification pass measures the same ratio;
 when the signal has dropped below floating-point resolution it says "signal vanished" and
 never reports an NLC of 0. A model the prediction leaves above the threshold (or cannot
 follow) is still reported when the measurement every model gets finds the decay below it

@@ -18,9 +18,9 @@ bound (0.73) is not above that base rate; over all of them, a lower NLC ranked t
 below chance (AUC 0.41). Plain deep networks train badly in that study whatever their NLC:
 the rule's own condition carries the information, not its value. (On the held-out half the
 same threshold flags 10 bad and 1 good of 156, 91 bad; the decision was the calibration
-half's, by the committed criterion.) Before the 43 values the
-run had not recorded (models the prediction cannot follow, 38 of them bad) were added, the
-same threshold had passed (base rate 0.70), and the rule shipped on by default as ARC102.
+half's, by the committed criterion.) Before the 43 values the run had not recorded (models
+the prediction cannot follow, 38 of them bad) were added, the same threshold had passed
+(base rate 0.70), and the rule shipped on by default as ARC102.
 
 ## Why is this bad?
 A network with NLC near 1 computes a nearly linear function of its input: its depth buys

@@ -10,10 +10,10 @@ Off by default because the validation study (benchmarks/validation, docs/validat
 found no predictive power in this family: in its calibration half (309 architectures), with
 every architecture's value recorded, the features/input ratio of CNNs with BatchNorm ranked
 their outcomes at AUC 0.45 over 68 architectures (49 bad; 0.5 is chance), and no threshold
-reached the study's precision goal of 0.85. BatchNorm rescales every layer during training,
-so a small signal at initialisation is restored by the first steps; pooling, which lowers
-the ratio of most CNNs' features, is harmless there. (SENet18 of kuangliu/pytorch-cifar, a
-well-known CIFAR-10 architecture, measures 0.094 at initialisation.)
+reached the study's precision goal of 0.85. Why is not established: BatchNorm sets every
+layer's scale, so the ratio of such a CNN's features is lowered mostly by its pooling, not
+by a signal fading layer after layer. (SENet18 of kuangliu/pytorch-cifar, a well-known
+CIFAR-10 architecture, measures 0.094 at initialisation.)
 
 ## Why is this bad?
 As ARC203's finding: a signal that fades away leaves an output that does not depend on the

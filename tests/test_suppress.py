@@ -169,9 +169,10 @@ def test_meta_findings_at_the_class_line_and_import_errors_are_suppressible(tmp_
 
 # -- ARC902 --------------------------------------------------------------------------------
 
-# The input FLATTEN was written for; its default-init convolution leaves the pooled features
-# 0.34 of the input's signal, under ARC203's threshold for CNNs, which these tests are not about.
-FITS = ("--input-shape", "3,224,224", "--ignore", "ARC203")
+# The input FLATTEN was written for. Its default-init convolution leaves its features 0.34 of
+# the input's signal, under ARC203's threshold for CNNs, which these tests are not about.
+SHAPE = ("--input-shape", "3,224,224")
+FITS = (*SHAPE, "--ignore", "ARC203")
 
 
 def test_arc902_points_at_a_stale_suppression_and_fails_the_run(tmp_path):
@@ -209,7 +210,7 @@ def test_arc902_stays_quiet_where_it_cannot_know(tmp_path):
     found, _ = check(tmp_path, stale, *fits)
     assert [f["code"] for f in found] == ["ARC902"]
     # ARC901 not selected: the run cannot tell whether the comment is needed.
-    found, _ = check(tmp_path, stale, *fits[:2], "--ignore", "ARC203,ARC901")
+    found, _ = check(tmp_path, stale, *SHAPE, "--ignore", "ARC203,ARC901")
     assert found == []
     # The model was not analysed (ARC904): its rules never ran, so their suppressions
     # are not judged ...
