@@ -24,11 +24,11 @@ def _resolve_inputs(model: nn.Module, inputs: Any, batch_size: int, samples: int
     """The forward's positional arguments for all rows, and the batch dimension of each.
     ``graph``: the model's trace, when there is one (its fx graph, the same as
     ``fx.symbolic_trace``'s, serves input inference instead of a second trace)."""
-    traced = {"graph_module": graph.graph_module} if graph is not None and graph.graph_module is not None else {}
+    graph_module = graph.graph_module if graph is not None else None
     if inputs is None:
         from archlint.inputs import infer_inputs, make_batch
 
-        spec = infer_inputs(model, **traced)
+        spec = infer_inputs(model, graph_module)
         if samples is None:
             samples = batch_size * math.ceil(MIN_SAMPLES / batch_size)
         generator = torch.Generator().manual_seed(seed)
@@ -39,7 +39,7 @@ def _resolve_inputs(model: nn.Module, inputs: Any, batch_size: int, samples: int
     args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     if not args or not all(isinstance(a, torch.Tensor) and a.dim() >= 1 for a in args):
         raise MeasureError("inputs must be a tensor or a tuple of tensors with a batch dimension")
-    dims = _given_batch_dims(model, args, traced)
+    dims = _given_batch_dims(model, args, graph_module)
     rows = {a.shape[d] for a, d in zip(args, dims)}
     if len(rows) != 1:
         raise MeasureError(f"the inputs disagree on the batch size: {sorted(rows)}")
@@ -48,12 +48,12 @@ def _resolve_inputs(model: nn.Module, inputs: Any, batch_size: int, samples: int
     return args, dims
 
 
-def _given_batch_dims(model: nn.Module, args: tuple, traced: dict) -> list[int]:
+def _given_batch_dims(model: nn.Module, args: tuple, graph_module) -> list[int]:
     """Batch first, except where the model's first layer is a time-major recurrent layer."""
     from archlint.inputs import InputInferenceError, infer_inputs
 
     try:
-        spec = infer_inputs(model, **traced)
+        spec = infer_inputs(model, graph_module)
     except InputInferenceError:
         return [0] * len(args)
     if len(spec.args) != len(args):

@@ -66,11 +66,24 @@ def load(path: Path, *, found_values: bool = True) -> tuple[list[dict], list[dic
             continue  # a line cut by an interruption
         (failed if "error" in rec or not rec.get("train") else good).append(rec)
     values = path.with_name("values.jsonl")
-    if found_values and values.exists():
-        import revalue
-
-        good = with_found_values(good, revalue.load(values))
+    if found_values:
+        good = with_found_values(good, lines_by_id(values))
     return good, failed
+
+
+def lines_by_id(path: Path) -> dict[str, dict]:
+    """The JSON lines of a file the study's scripts append to, by architecture id ({} when
+    there is no file). A line cut by an interruption is skipped: that architecture runs again."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "id" in rec:
+                out[rec["id"]] = rec
+    return out
 
 
 def with_found_values(records: list[dict], revalued: dict[str, dict]) -> list[dict]:

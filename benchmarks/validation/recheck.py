@@ -137,12 +137,7 @@ def main(argv=None) -> int:
     todo = [r["spec"] for r in wanted if r["id"] not in done][: args.limit]
     print(f"{len(wanted)} architectures, {len(done)} already checked in {args.out}, {len(todo)} to check now", file=sys.stderr)
     run.append_each(args.out, recheck_one, todo, args.workers)
-    rechecked = {}
-    for line in args.out.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            rechecked[rec["id"]] = rec
-    summary = summarise(records, rechecked)
+    summary = summarise(records, analyze.lines_by_id(args.out))
     md = args.out.with_suffix(".md")
     md.write_text(markdown(summary))
     args.out.with_name(args.out.stem + "_summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -16,7 +16,6 @@ are from the run's where both exist (the measurement has changed since the run).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -38,25 +37,10 @@ def revalue_one(spec: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="archlint_revalue_") as tmp:
         try:
             _, result, batch = run.default_findings(spec, "cpu", Path(tmp))
-            if not result.models or result.models[0].graph is None:
-                raise RuntimeError("archlint did not analyse the model")
-            values, errors, _ = run.rule_values(result.models[0].graph, batch, "cpu")
+            values, errors, _ = run.rule_values(run.analysed_graph(result), batch, "cpu")
         except Exception as exc:  # recorded: one architecture must not stop the rest
             return {"id": spec["id"], "error": f"{type(exc).__name__}: {exc}"}
     return {"id": spec["id"], "values": values, "value_errors": errors}
-
-
-def load(path: Path) -> dict[str, dict]:
-    """The recorded lines by architecture id (a line cut by an interruption is skipped)."""
-    out = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            out[rec["id"]] = rec
-    return out
 
 
 def summarise(records: list[dict], revalued: dict[str, dict]) -> dict:
@@ -116,7 +100,7 @@ def main(argv=None) -> int:
     todo = [r["spec"] for r in records if r["id"] not in done][: args.limit]
     print(f"{len(records)} architectures, {len(done)} already in {args.out}, {len(todo)} to record now", file=sys.stderr)
     run.append_each(args.out, revalue_one, todo, args.workers)
-    summary = summarise(records, load(args.out))
+    summary = summarise(records, analyze.lines_by_id(args.out))
     args.out.with_suffix(".md").write_text(markdown(summary))
     gained = ", ".join(f"{c} +{d['gained']}" for c, d in summary["rules"].items() if d["gained"])
     print(f"{summary['revalued']} recorded again; gained: {gained or 'none'}; wrote {args.out.with_suffix('.md')}", file=sys.stderr)

@@ -142,6 +142,15 @@ def default_findings(spec: dict, device: str, workdir: Path):
     return record, result, batch
 
 
+def analysed_graph(result):
+    """The traced graph of the one model check_file analysed; RuntimeError, with archlint's
+    diagnostics, where it did not analyse it."""
+    if not result.models or result.models[0].graph is None:
+        meta = [f.code for f in result.findings if f.code.startswith("ARC9")]
+        raise RuntimeError(f"archlint did not analyse the model: {meta} {[f.message for f in result.findings]}")
+    return result.models[0].graph
+
+
 def rule_values(graph, batch: torch.Tensor, device: str) -> tuple[dict, dict, object]:
     """Every rule's value for the traced model: each rule's static check with permissive
     options (config.PERMISSIVE_OPTIONS), judged by one measurement with every segment they
@@ -208,10 +217,7 @@ def archlint_at_init(spec: dict, device: str, workdir: Path) -> tuple[dict, nn.M
     from archlint import evidence
 
     record, result, batch = default_findings(spec, device, workdir)
-    meta = [f.code for f in result.findings if f.code.startswith("ARC9")]
-    if not result.models or result.models[0].graph is None:
-        raise RuntimeError(f"archlint did not analyse the model: {meta} {[f.message for f in result.findings]}")
-    graph = result.models[0].graph
+    graph = analysed_graph(result)
     model = graph.model
 
     # Every rule's value: permissive options, one measurement with every segment they ask for.
@@ -433,17 +439,10 @@ def protocol(steps: int) -> dict:
 
 
 def done_ids(path: Path) -> set[str]:
-    ids = set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by an interruption: that architecture runs again
-    return ids
+    """The architectures already in ``path`` (a line cut by an interruption: that one runs again)."""
+    import analyze
+
+    return set(analyze.lines_by_id(path))
 
 
 def append_each(path: Path, fn, items: list, workers: int = 1) -> None:
