@@ -213,6 +213,37 @@ def test_calibration_prefers_precision_and_finds_no_power_where_there_is_none():
     assert analyze.recall_at_precision(noise, [i % 2 == 0 for i in range(20)], +1) is None
 
 
+def test_second_seed_label_and_the_verdict_per_branch_and_width():
+    """The outcome noise as a verdict (the second seed's label against the first's, both
+    against the first seed's group cut) and the verdict per family branch and width."""
+    import analyze
+
+    def rec(i, errs, norm="none", width=32):
+        return {"id": f"r{i}", "spec": {"dataset": "digits", "family": "mlp", "norm": norm, "width": width},
+                "train": [{"best": {"diverged_all": False, "test_error": e}} for e in errs]}
+
+    # Ten MLPs: the best 20% are 0.10 and 0.12, so bad is >= 0.165 (the first seed's errors).
+    firsts = [0.10, 0.12, 0.14, 0.16, 0.17, 0.2, 0.3, 0.5, 0.9, 0.15]
+    seconds = {2: 0.2, 5: 0.15, 7: 0.6}  # one good turns bad, one bad turns good, one stays bad
+    recs = [rec(i, [e, seconds[i]] if i in seconds else [e], norm="batch" if i % 2 else "none", width=32 if i < 5 else 64)
+            for i, e in enumerate(firsts)]
+    noise = analyze.label_reproducibility(recs, config.BAD_RULE)
+    assert (noise["n"], noise["bad"], noise["tp"], noise["fp"], noise["fn"]) == (3, 2, 1, 1, 1)
+
+    bad = analyze.labels(recs, config.BAD_RULE)
+    # A verdict that flags the architectures with BatchNorm.
+    cells = analyze.by_cell(recs, bad, lambda r: r["spec"]["norm"] == "batch")
+    seen = {key: c for half in cells.values() for key, c in half.items()}
+    n_all = sum(half["all"]["n"] for half in cells.values())
+    assert n_all == 10
+    with_bn = [k for k in seen if k == "mlp-bn"]
+    assert with_bn and all(seen[k]["fp"] + seen[k]["tp"] == seen[k]["n"] for k in with_bn)
+    assert all(seen[k]["flagged"] == 0 for k in seen if k == "mlp-nobn")
+    total_bad = sum(half["all"]["bad"] for half in cells.values())
+    assert total_bad == sum(bad.values()) == 5
+    widths = {k for k in seen if "width" in k}
+    assert widths <= {"mlp width 32", "mlp width 64"} and widths
+
 def test_recheck_runs_archlint_as_it_ships_and_resumes(tmp_path):
     """recheck.py runs today's archlint on the study's architectures (no training) and
     compares it with analyze.py's simulation of the shipped thresholds; a second run resumes."""

@@ -133,23 +133,69 @@ def half(rec_id: str) -> str:
 # Labels
 
 
-def labels(records: list[dict], rule: dict) -> dict[str, bool]:
+def group_cuts(records: list[dict], rule: dict) -> dict[tuple, float]:
+    """Per group (dataset, family): the best test error (first seed) from which ``rule``
+    calls an architecture bad."""
     by_group = defaultdict(list)
     for r in records:
-        by_group[group(r)].append(r)
-    out = {}
-    for members in by_group.values():
-        errs = sorted(best_error(r) for r in members)
+        by_group[group(r)].append(best_error(r))
+    cuts = {}
+    for key, errs in by_group.items():
+        errs.sort()
         finite = [e for e in errs if math.isfinite(e)]
         if rule["kind"] == "relative":
             top = finite[: max(1, math.ceil(rule["top_share"] * len(errs)))]
-            cut = rule["factor"] * float(np.median(top)) if top else math.inf
+            cuts[key] = rule["factor"] * float(np.median(top)) if top else math.inf
         else:
-            cut = (finite[0] + rule["margin"]) if finite else math.inf
-        for r in members:
-            e = best_error(r)
-            out[r["id"]] = (not math.isfinite(e)) or e >= cut
+            cuts[key] = (finite[0] + rule["margin"]) if finite else math.inf
+    return cuts
+
+
+def is_bad(error: float, cut: float) -> bool:
+    return (not math.isfinite(error)) or error >= cut
+
+
+def labels(records: list[dict], rule: dict) -> dict[str, bool]:
+    cuts = group_cuts(records, rule)
+    return {r["id"]: is_bad(best_error(r), cuts[group(r)]) for r in records}
+
+
+def label_reproducibility(records: list[dict], rule: dict) -> dict | None:
+    """The label of a second training run (the second seed's best error against the same
+    group cut) as a verdict on the first run's label: how far the outcome noise alone keeps
+    any verdict from the architecture from the label. None without second seeds."""
+    cuts = group_cuts(records, rule)
+    twice = [r for r in records if len(r["train"]) > 1]
+    if not twice:
+        return None
+    return confusion([is_bad(best_error(r, 1), cuts[group(r)]) for r in twice],
+                     [is_bad(best_error(r, 0), cuts[group(r)]) for r in twice])
+
+
+def by_cell(records: list[dict], bad: dict[str, bool], fires) -> dict:
+    """The verdict ``fires(rec)`` against the label per half, over all architectures, per
+    family branch, and per family and width: where it works and where the bad architectures
+    it misses are."""
+    out: dict = {}
+    for name in ("calibration", "evaluation"):
+        cells: dict = defaultdict(lambda: ([], []))
+        for r in records:
+            if half(r["id"]) != name:
+                continue
+            for key in ("all", branch(r), f"{r['spec']['family']} width {r['spec']['width']}"):
+                cells[key][0].append(fires(r))
+                cells[key][1].append(bad[r["id"]])
+        out[name] = {key: confusion(*cells[key]) for key in sorted(cells, key=_cell_order)}
     return out
+
+
+def _cell_order(key: str) -> tuple:
+    if key == "all":
+        return (-1, 0, 0)
+    if " width " in key:
+        family, width = key.split(" width ")
+        return (1, family, int(width))
+    return (0, BRANCH_NAMES.index(key), 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,6 +448,11 @@ def shipped_fires(rec: dict, code: str, defaults: dict) -> bool:
     return beyond(rule_value(rec, code), shipped_threshold(rec, code, defaults), config.RULE_DIRECTION[code])
 
 
+def on_by_default(defaults: dict) -> list[str]:
+    """The rules the study tests that ship on by default (with a calibrated threshold)."""
+    return [c for c, d in defaults.items() if d["options"]]
+
+
 def evaluate_defaults(cal_recs: list[dict], ev_recs: list[dict], bad: dict[str, bool], cal: dict) -> dict:
     """The shipped defaults on both halves: any rule, and each rule alone (the evidence line of
     its documentation)."""
@@ -410,7 +461,7 @@ def evaluate_defaults(cal_recs: list[dict], ev_recs: list[dict], bad: dict[str, 
     def on(recs, codes):
         return confusion([any(shipped_fires(r, c, defaults) for c in codes) for r in recs], [bad[r["id"]] for r in recs])
 
-    codes = [c for c, d in defaults.items() if d["options"]]
+    codes = on_by_default(defaults)
     return {
         "defaults": defaults, "not_tested": NOT_TESTED,
         "calibration": on(cal_recs, codes), "evaluation": on(ev_recs, codes),
@@ -534,6 +585,10 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
     summary["thresholds"] = main["thresholds"]
     summary["shipped"] = evaluate_defaults(cal_recs, ev_recs, primary, main["thresholds"])
     summary["branch_power"] = branch_power(cal_recs, primary)
+    defaults = summary["shipped"]["defaults"]
+    summary["shipped_by_cell"] = by_cell(records, primary,
+                                         lambda r: any(shipped_fires(r, c, defaults) for c in on_by_default(defaults)))
+    summary["label_reproducibility"] = label_reproducibility(records, config.BAD_RULE)
     summary["sensitivity"] = {}
     for rule in (config.BAD_RULE, *config.ALTERNATIVE_RULES):
         ev = main if rule is config.BAD_RULE else evaluate(labels(records, rule))
@@ -708,6 +763,21 @@ def markdown(summary: dict) -> str:
             left = config.LEFT_TO_OFF_BY_DEFAULT.get((code, br))
             cells.append(f"{auc_text} ({b['n']}, {b['bad']} bad){thr}{f' -> {left}' if left else ''}")
         lines.append(f"| {code} | " + " | ".join(cells) + " |")
+    if "shipped_by_cell" in summary:
+        lines += ["", "## Where archlint's defaults work, and where they miss", "",
+                  "archlint's defaults after the study (simulated, as above) per family branch and per family and "
+                  "width: precision | recall | tp/flagged/bad; the bad architectures missed are bad - tp.", "",
+                  "| where | calibration half: precision | recall | tp/flagged/bad | evaluation half: precision | recall "
+                  "| tp/flagged/bad |", "|---|---|---|---|---|---|---|"]
+        cal, ev = summary["shipped_by_cell"]["calibration"], summary["shipped_by_cell"]["evaluation"]
+        for key in sorted(cal.keys() | ev.keys(), key=_cell_order):
+            lines.append(f"| {key} | " + " | ".join(_pr(h[key]) if key in h else "- | - | -" for h in (cal, ev)) + " |")
+    if summary.get("label_reproducibility"):
+        lr = summary["label_reproducibility"]
+        lines += ["", f"The label of a second training run (second seed, {lr['n']} architectures) as a verdict on the "
+                      f"first run's label: precision {lr['precision']:.2f}, recall {lr['recall']:.2f} "
+                      f"({lr['tp']}/{lr['flagged']}/{lr['bad']}): how far the outcome noise alone keeps a verdict "
+                      "from the label."]
     if "sensitivity" in summary:
         lines += ["", "## Sensitivity to the label", "",
                   "| label | bad | calibrated precision | recall | tp/flagged/bad | default precision | recall | tp/flagged/bad |",
