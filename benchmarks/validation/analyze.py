@@ -189,6 +189,17 @@ def by_cell(records: list[dict], bad: dict[str, bool], fires) -> dict:
     return out
 
 
+def by_cell_table(cells: dict) -> list[str]:
+    """by_cell's result as a markdown table, both halves side by side."""
+    lines = ["Precision | recall | tp/flagged/bad; the bad architectures missed are bad - tp.", "",
+             "| where | calibration half: precision | recall | tp/flagged/bad | evaluation half: precision | recall "
+             "| tp/flagged/bad |", "|---|---|---|---|---|---|---|"]
+    cal, ev = cells["calibration"], cells["evaluation"]
+    for key in sorted(cal.keys() | ev.keys(), key=_cell_order):
+        lines.append(f"| {key} | " + " | ".join(_pr(h[key]) if key in h else "- | - | -" for h in (cal, ev)) + " |")
+    return lines
+
+
 def _cell_order(key: str) -> tuple:
     if key == "all":
         return (-1, 0, 0)
@@ -765,13 +776,8 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {code} | " + " | ".join(cells) + " |")
     if "shipped_by_cell" in summary:
         lines += ["", "## Where archlint's defaults work, and where they miss", "",
-                  "archlint's defaults after the study (simulated, as above) per family branch and per family and "
-                  "width: precision | recall | tp/flagged/bad; the bad architectures missed are bad - tp.", "",
-                  "| where | calibration half: precision | recall | tp/flagged/bad | evaluation half: precision | recall "
-                  "| tp/flagged/bad |", "|---|---|---|---|---|---|---|"]
-        cal, ev = summary["shipped_by_cell"]["calibration"], summary["shipped_by_cell"]["evaluation"]
-        for key in sorted(cal.keys() | ev.keys(), key=_cell_order):
-            lines.append(f"| {key} | " + " | ".join(_pr(h[key]) if key in h else "- | - | -" for h in (cal, ev)) + " |")
+                  "archlint's defaults after the study (simulated, as above; recheck.md has the product's own) per "
+                  "family branch and per family and width.", "", *by_cell_table(summary["shipped_by_cell"])]
     if summary.get("label_reproducibility"):
         lr = summary["label_reproducibility"]
         lines += ["", f"The label of a second training run (second seed, {lr['n']} architectures) as a verdict on the "

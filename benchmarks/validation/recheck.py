@@ -53,7 +53,7 @@ def summarise(records: list[dict], rechecked: dict[str, dict]) -> dict:
         truth = [bad[r["id"]] for r in recs]
         # run.default_findings' verdict: a standing warning-level finding, today's selection.
         today = [rechecked[r["id"]]["warning"] for r in recs]
-        simulated = [any(analyze.shipped_fires(r, c, defaults) for c, d in defaults.items() if d["options"]) for r in recs]
+        simulated = [any(analyze.shipped_fires(r, c, defaults) for c in analyze.on_by_default(defaults)) for r in recs]
         out[which] = {
             "archlint": analyze.confusion(today, truth),
             "simulated": analyze.confusion(simulated, truth),
@@ -61,6 +61,7 @@ def summarise(records: list[dict], rechecked: dict[str, dict]) -> dict:
         }
     recs = [r for r in records if r["id"] in rechecked and "error" not in rechecked[r["id"]]]
     out["differences"] = differences(recs, rechecked, defaults, bad)
+    out["by_cell"] = analyze.by_cell(recs, bad, lambda r: rechecked[r["id"]]["warning"])
     return out
 
 
@@ -107,6 +108,9 @@ def markdown(summary: dict) -> str:
     lines.append("")
     for which, s in halves.items():
         lines.append(f"{which}: the two verdicts agree on {s['agree']} of {s['archlint']['n']} architectures.")
+    if summary.get("by_cell"):
+        lines += ["", "archlint today per family branch and per family and width:", "",
+                  *analyze.by_cell_table(summary["by_cell"])]
     if summary.get("differences"):
         lines += ["", "Where a rule's findings differ (both halves): flagged by the product only (bad; without any "
                   "recorded value of the rule, so that the simulation cannot see it; flagged by no other rule, bad), "
