@@ -16,7 +16,16 @@ The suite's shapes from bench_cost.py, built as there; models with BatchNorm in 
 with populated statistics (so that each row's Jacobian is its own), 128 samples, one
 forward-mode jvp per probe. Prints the relative variance per probe and the mean of each.
 
+``--part shared``: why some outputs need many probes, and what would cut them. Per row i the
+numerator is tr(M_i), M_i = J_i Ĉ J_i^T (outputs x outputs), and one Gaussian probe's
+relative variance is 2 ||M_i||_F^2 / tr(M_i)^2: large when M_i has few large eigenvalues.
+From exact per-row Jacobians (float64, ROWS rows): that variance, the share of the
+numerator along the top eigenvectors of sum_i M_i (directions shared by all rows), and the
+variance left to the probes if the part along the top k of them were computed exactly (one
+reverse-mode pass per direction) and only the rest estimated.
+
     python benchmarks/bench_directions.py [--shapes thin-resnet,mlp20,resnet18] [--probes 24]
+    python benchmarks/bench_directions.py --part shared [--shapes thin-resnet,mlp20]
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import common  # noqa: F401  (first: the repository importable, one thread)
 import torch
 from bench_cost import shapes
 from exact import populate_bn
-from torch.func import jvp
+from torch.func import jacrev, jvp, vmap
 
 from archlint.measure.runner import _mixed, _random_rotation
 
@@ -43,11 +52,49 @@ def directions(scheme: str, centred: torch.Tensor, g: torch.Generator) -> torch.
     return (z @ centred.reshape(n, -1)).reshape(centred.shape)
 
 
+ROWS = 48
+
+
+def shared_directions(names: list[str]) -> None:
+    print(f"| shape | outputs | one probe's relative variance per row | numerator share of the top 1 / 2 / 3 "
+          f"shared directions | relative variance left with 1 / 2 / 3 of them exact |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        _, build = shapes()[name]
+        model, x = build()
+        model, x = model.double().requires_grad_(False), x.double()
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            populate_bn(model, (x,), x.shape[0])
+        model.eval()
+        n = x.shape[0]
+        centred = (x - x.mean(0)).reshape(n, -1)
+        jac = vmap(jacrev(lambda xi: model(xi[None])[0]))(x[:ROWS])
+        jac = jac.reshape(ROWS, jac.shape[1], -1)
+        ju = jac @ centred.T / n**0.5
+        m = ju @ ju.transpose(1, 2)  # per row: J_i Ĉ J_i^T
+        trace = m.diagonal(dim1=1, dim2=2).sum(-1)
+        eigenvalues, vectors = torch.linalg.eigh(m.sum(0))
+        eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
+        shares = (eigenvalues / eigenvalues.sum())[:3].cumsum(0)
+        left = []
+        for k in (1, 2, 3):
+            rest = torch.eye(m.shape[1], dtype=m.dtype) - vectors[:, :k] @ vectors[:, :k].T
+            r = rest @ m @ rest
+            left.append(float((2 * r.square().sum((1, 2)) / trace**2).mean()))
+        full = float((2 * m.square().sum((1, 2)) / trace**2).mean())
+        print(f"| {name} | {m.shape[1]} | {full:.3f} | " + " / ".join(f"{float(v):.2f}" for v in shares) + " | "
+              + " / ".join(f"{v:.4f}" for v in left) + " |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=("directions", "shared"), default="directions")
     parser.add_argument("--shapes", default="thin-resnet,mlp20,resnet18")
     parser.add_argument("--probes", type=int, default=24)
     args = parser.parse_args()
+    if args.part == "shared":
+        shared_directions(args.shapes.split(","))
+        return 0
     print(f"| shape | directions | numerator (mean of {args.probes} probes) | relative variance per probe |")
     print("|---|---|---|---|")
     for name in args.shapes.split(","):
