@@ -2,8 +2,8 @@
 
 Tracing and measuring run the model, and a train-mode forward pass updates BatchNorm running
 statistics and ``num_batches_tracked``. ``preserved_state`` snapshots everything a run can
-touch (parameter and buffer values, training flags, ``requires_grad``) and puts it back,
-bit for bit, on exit, also when the run raises.
+touch (parameter and buffer values, training flags, ``requires_grad``, a buffer's place
+outside any autograd graph) and puts it back, bit for bit, on exit, also when the run raises.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
                     tensor.data = saved
                 else:
                     tensor.copy_(saved)
+                if tensor.grad_fn is not None:
+                    # A buffer updated in place by a forward pass with gradients on (the
+                    # measurement's reverse-mode pass) joined its graph: a leaf again.
+                    tensor.detach_()
         for module, flag in training:
             module.training = flag
         for param, flag in requires_grad:

@@ -21,7 +21,7 @@ import common  # noqa: F401  (first: the repository importable, one thread)
 import torch
 from common import N, images
 from exact import exact_nlc, populate_bn
-from models import SmallCNN, TinyTransformer, mlp, small_resnet
+from models import SmallCNN, ThinResidualCNN, TinyTransformer, mlp, small_resnet
 from torch import nn
 
 from archlint.measure import measure
@@ -63,6 +63,10 @@ def models():
     populate_bn(resnet, pictures, N)
     yield RESNET, resnet, pictures
     yield "pre-LN transformer block (token ids)", seeded(10, TinyTransformer), tokens
+    # Its 10 pooled outputs move mostly together: the measurement deflates them (measure.deflate).
+    thin = seeded(11, ThinResidualCNN)
+    populate_bn(thin, pictures, N)
+    yield "thin residual CNN (6 blocks, 32 channels at 32x32, eval)", thin, pictures
 
 
 def intermediate(report, count=4):

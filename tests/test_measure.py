@@ -395,6 +395,107 @@ def test_population_is_absent_without_train_mode_batchnorm():
 
 
 # --------------------------------------------------------------------------------------
+# Outputs whose rows share a direction: the part along it exact (measure.deflate)
+
+
+def common_mode(model, units):
+    """The model's head made to read the mean of its inputs into every output, so that the
+    outputs move mostly together (as the pooled head of a thin residual CNN does)."""
+    with torch.no_grad():
+        model[-1].weight.mul_(0.1).add_(torch.ones_like(model[-1].weight) / units)
+    return model
+
+
+def _deflated(report):
+    return any("reverse-mode pass" in n for n in report.notes)
+
+
+def test_an_output_whose_rows_share_a_direction_needs_two_probes_and_matches_the_exact_nlc(monkeypatch):
+    from archlint.measure import deflate
+
+    model = common_mode(mlp(3, 64, d_out=8), 64)
+    x = gaussian(128, 16)
+    exact = exact_nlc(per_sample(model), x)
+    for seed in range(3):
+        report = measure(model, x, seed=seed)
+        assert _deflated(report) and report.probes == 2
+        assert report.output_nlc == pytest.approx(exact, rel=0.005)
+    # What it saves: the probes alone need many more for the same noise target.
+    monkeypatch.setattr(deflate, "MIN_SAVED_PROBES", 10**6)
+    report = measure(model, x)
+    assert not _deflated(report) and report.probes >= 8
+
+
+def test_a_deflated_affine_map_still_measures_exactly_one():
+    model = common_mode(mlp(2, 16, nn.Identity, d_out=8), 16)
+    report = measure(model, gaussian(128, 16))
+    assert _deflated(report)
+    assert report.output_nlc == pytest.approx(1.0, abs=1e-5)
+
+
+def test_deflated_batch_and_population_values_agree_with_many_probes(monkeypatch):
+    """Batch statistics couple the rows (strongly at batch 16) and the population value takes
+    the eval rule: the fused one (a CNN, one batch) and the separate pass (a BatchNorm1d MLP).
+    The deflated values against the mean of 12 measurements with 16 probes each."""
+    from archlint.measure import deflate
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    cases = [(common_mode(cnn, 16), gaussian(128, 3, 8, 8), 128),
+             (common_mode(mlp(3, 64, batchnorm=True, d_out=8), 64), gaussian(128, 16), 16)]
+    for model, x, batch in cases:
+        deflated = [measure(model, x, seed=s, batch_size=batch) for s in range(4)]
+        assert all(_deflated(r) and r.probes == 2 and r.output_nlc_population is not None for r in deflated)
+        with monkeypatch.context() as m:
+            m.setattr(deflate, "MIN_SAVED_PROBES", 10**6)
+            probed = [measure(model, x, seed=s, batch_size=batch, probes=16, population_probes=16) for s in range(12)]
+        for value in ("output_nlc", "output_nlc_population"):
+            ours = sum(getattr(r, value) for r in deflated) / len(deflated)
+            reference = sum(getattr(r, value) for r in probed) / len(probed)
+            assert ours == pytest.approx(reference, rel=0.02), (value, batch)
+
+
+def test_batch_norm_with_the_batchs_statistics_as_constants_has_the_population_rule():
+    from archlint.measure.overrides import _batch_norm_fixed_stats
+
+    x = gaussian(32, 4, 5, 5).double().requires_grad_(True)
+    weight, bias = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
+    var, mean = torch.var_mean(x.detach(), (0, 2, 3), correction=0)
+    cot = gaussian(32, 4, 5, 5, seed=2).double()
+    ours = torch.autograd.grad(_batch_norm_fixed_stats(x, weight, bias, 1e-5), x, cot)[0]
+    population = torch.autograd.grad(F.batch_norm(x, mean, var, weight, bias, False, 0.0, 1e-5), x, cot)[0]
+    trained = torch.autograd.grad(F.batch_norm(x, None, None, weight, bias, True, 0.0, 1e-5), x, cot)[0]
+    assert torch.allclose(ours, population)
+    assert not torch.allclose(ours, trained)  # the batch rule differs: the check would notice
+    assert torch.allclose(_batch_norm_fixed_stats(x, weight, bias, 1e-5), F.batch_norm(x, None, None, weight, bias, True, 0.0, 1e-5))
+
+
+class TracksActivations(nn.Module):
+    """A common-mode MLP that updates a buffer from its hidden activations in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = common_mode(mlp(3, 64, d_out=8), 64)
+        self.register_buffer("seen", torch.zeros(64))
+
+    def forward(self, x):
+        h = self.net[:-1](x)
+        self.seen.add_(h.mean(0))
+        return self.net[-1](h)
+
+
+def test_a_buffer_updated_during_the_reverse_pass_is_left_as_it_was():
+    model = TracksActivations()
+    before = snapshot(model)
+    report = measure(model, gaussian(128, 16))
+    assert _deflated(report)
+    assert_unchanged(model, before)
+    assert model.seen.grad_fn is None and not model.seen.requires_grad
+    copy.deepcopy(model)  # a tensor in an autograd graph could not be copied
+
+
+# --------------------------------------------------------------------------------------
 # The user's model is left exactly as it was
 
 

@@ -79,6 +79,18 @@ class _BatchNormTangent(torch.autograd.Function):
         return torch.stack(per_probe), 0
 
 
+def _batch_norm_fixed_stats(x, weight, bias, eps):
+    """Batch normalisation with the batch's statistics (biased variance, as in training)
+    taken as constants: its derivative is the population rule's per-channel scale."""
+    dims = [0] + list(range(2, x.dim()))
+    with torch.no_grad():
+        var, mean = torch.var_mean(x, dims, correction=0)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    scale = torch.rsqrt(var + eps) if weight is None else torch.rsqrt(var + eps) * weight
+    out = (x - mean.view(shape)) * scale.view(shape)
+    return out if bias is None else out + bias.view(shape)
+
+
 def _layer_norm(x, normalized_shape, weight, bias, eps):
     """Layer normalisation with a lean tangent rule. With row means <.> over the normalised
     dimensions, xhat = (x - mu) * rstd: dy = weight * rstd * (dx - <dx> - xhat * <dx * xhat>).
@@ -205,6 +217,9 @@ class _MeasureMode(TorchFunctionMode):
     # Probes from this index on take the population rule of train-mode batch norm (set by
     # the runner around a pass; None: all probes take the batch rule).
     eval_from: int | None = None
+    # Train-mode batch norm as constants of the batch's statistics, for autograd too: the
+    # population rule in a reverse-mode pass (measure.deflate).
+    fixed_batch_stats: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -280,4 +295,8 @@ class _MeasureMode(TorchFunctionMode):
                     if weight is not None:
                         scale = scale * weight
                     return _affine_in_input(args[0], F.batch_norm, rest, {}, _scale_channels, (scale,), {})
+        if func is F.batch_norm and self.fixed_batch_stats and args:
+            bn = dict(zip(_BN_ARGS, args[1:]), **kwargs)
+            if bn.get("training", False):
+                return _batch_norm_fixed_stats(args[0], bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5))
         return func(*args, **kwargs)

@@ -12,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from archlint import patterns
 from archlint.graph import ArchGraph, OpKind
+from archlint.measure import deflate
 from archlint.measure.evaluate import _Result
 from archlint.measure.model import _configure, _is_fresh, _measuring, _Runnable
 from archlint.measure.report import MeasureError
@@ -102,6 +103,8 @@ class _Plan:
             starts = {s for s, _ in self.segments}
             every = set(self.wanted)
             pop_probes = self.population_probes if fused else 0
+            if deflate.wanted(graph, runner.trace_batch, self.batch_size, run.dtype):
+                runner.keep_tangent = {graph.output}
             main = runner.run_pass(self.probes + pop_probes, want=every, pool_names=starts,
                                    bn_modules=batch_bns if populatable and not fused else [], bn_nodes=bn_nodes,
                                    seed=self.seed, signs=True, eval_from=self.probes if fused else None)
@@ -109,6 +112,30 @@ class _Plan:
             # Probe noise of one probe per row, relative, at the output: decides how many
             # probes each pass needs (not below the minimum asked for).
             per_probe = _probe_noise(main.accs.get(graph.output))
+            deflated = pop_deflated = None
+            # Only where it saves probes that would run (the time budget caps them).
+            needed = min(_probes_needed(per_probe, PROBE_SE), self.max_probes)
+            if runner.keep_tangent and needed - self.probes >= deflate.MIN_SAVED_PROBES:
+                out = main.accs[graph.output]
+                v = deflate.direction(out.t)
+                after = max(self.probes, _probes_needed(_probe_noise(deflate.left_to_probes(out, v)), PROBE_SE))
+                if needed - after >= deflate.MIN_SAVED_PROBES:
+                    try:
+                        deflated = deflate.find(runner, v, self.seed + 700)
+                        if fused:
+                            pop_v = deflate.direction(pop.accs[graph.output].t)
+                            pop_deflated = deflate.find(runner, pop_v, self.seed + 701, fixed_batch_stats=True)
+                    except Exception as exc:  # an optimisation: the probes measure without it
+                        deflated = pop_deflated = None
+                        notes.append(f"probes not deflated (the reverse-mode pass failed: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:200]})")
+                    else:
+                        deflate.project(out, deflated)
+                        if pop_deflated is not None:
+                            deflate.project(pop.accs[graph.output], pop_deflated)
+                        notes.append("the output's numerator along the direction its rows share computed exactly by "
+                                     "a reverse-mode pass, the probes estimating the rest (measure.deflate)")
+                        per_probe = _probe_noise(out)
             probes = max(self.probes, _probes_needed(per_probe, PROBE_SE))
             if probes > self.max_probes:
                 notes.append(f"{self.max_probes} probes per sample where the probe noise asked for {probes}: the time budget allows no more")
@@ -118,8 +145,12 @@ class _Plan:
                 extra = runner.run_pass(probes - self.probes + needed_pop - pop_probes, want=every, seed=self.seed + 500,
                                         eval_from=probes - self.probes if fused else None, tangent_only=True)
                 extra_main, extra_pop = _split_probes(extra, probes - self.probes) if fused else (extra, None)
+                if deflated is not None:
+                    deflate.project(extra_main.accs[graph.output], deflated)
                 _add_probes(main, extra_main)
                 if fused:
+                    if pop_deflated is not None:
+                        deflate.project(extra_pop.accs[graph.output], pop_deflated)
                     _add_probes(pop, extra_pop)
                     pop_probes = needed_pop
             segs = {seg: runner.segment(seg, probes, main.pools, seed=self.seed + 1 + i)
@@ -134,6 +165,13 @@ class _Plan:
                 _configure(run.root, train_norms - {id(m) for m in batch_bns}, tracking)
                 pop_probes = max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)))
                 pop = runner.run_pass(pop_probes, want=every, pool_names=starts, seed=self.seed + 1000)
+                if deflated is not None:
+                    try:
+                        pop_out = pop.accs[graph.output]
+                        deflate.project(pop_out, deflate.find(runner, deflate.direction(pop_out.t), self.seed + 701))
+                    except Exception as exc:  # as above
+                        notes.append(f"population probes not deflated (the reverse-mode pass failed: "
+                                     f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
                 pop_segs = {seg: runner.segment(seg, pop_probes, pop.pools, seed=self.seed + 1001 + i)
                             for i, seg in enumerate(self.segments)}
         if not populatable:
@@ -170,6 +208,7 @@ def _add_probes(result: "_PassResult", extra: "_PassResult") -> None:
         more = extra.accs.get(name)
         if more is not None and acc.has_tangent and more.has_tangent:
             acc.a = [torch.cat([a, b]) for a, b in zip(acc.a, more.a)]
+            acc.t = [torch.cat([a, b]) for a, b in zip(acc.t, more.t)]
 
 
 def _split_probes(result: "_PassResult", k: int) -> tuple["_PassResult", "_PassResult"]:
@@ -179,8 +218,8 @@ def _split_probes(result: "_PassResult", k: int) -> tuple["_PassResult", "_PassR
     for name, acc in result.accs.items():
         first[name], rest[name] = copy.copy(acc), copy.copy(acc)
         if acc.has_tangent:
-            first[name].a = [a[:k] for a in acc.a]
-            rest[name].a = [a[k:] for a in acc.a]
+            first[name].a, rest[name].a = [a[:k] for a in acc.a], [a[k:] for a in acc.a]
+            first[name].t, rest[name].t = [t[:k] for t in acc.t], [t[k:] for t in acc.t]
     return _PassResult(first, result.pools, result.info), _PassResult(rest, result.pools, result.info)
 
 

@@ -116,6 +116,9 @@ class _Runner:
         # values, and so their statistics, were already taken.
         self.tangent_only = False
         self.private = _private_nodes(run.graph)
+        # Nodes whose tangents are kept whole (rows x units per probe), not only as squared
+        # norms: the output, when measure.deflate may need them.
+        self.keep_tangent: set[str] = set()
 
     def group_args(self, lo: int, hi: int) -> tuple:
         return tuple(a.narrow(d, lo, hi - lo) for a, d in zip(self.args, self.batch_dims))
@@ -166,6 +169,45 @@ class _Runner:
         finally:
             self.eval_from = None
         return _NodeAccResult(result.accs.get(end), result.info, end)
+
+    def reverse(self, lo: int, hi: int, cotangent: torch.Tensor, pools: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per row of the batch lo..hi, the output's numerator along the row's ``cotangent``
+        (rows x output units): c_i^T J_i Ĉ J_i^T c_i = mean_j (u_j . g_i)^2, with g the
+        gradient of sum_i <c_i, output_i> with respect to the sources and u_j the sample's
+        centred source rows (summed over the sources), from one reverse-mode pass. With batch
+        statistics rows interact: g_i then also holds the other rows' cotangents through them
+        (see measure.deflate)."""
+        graph = self.run.graph
+        leaves: dict[str, torch.Tensor] = {}
+        captured: dict[str, torch.Tensor] = {}
+
+        def on_node(name: str, t: torch.Tensor):
+            replaced = None
+            if name in self.sources:
+                replaced = t = t.detach().requires_grad_(True)
+                leaves[name] = t
+            if name == graph.output:
+                captured["out"] = t
+                raise _Stop
+            return replaced
+
+        with torch.enable_grad():
+            try:
+                execute(graph, self.group_args(lo, hi), on_node)
+            except _Stop:
+                pass
+            out = captured["out"]
+            bd = self.info.batch_dim[graph.output]
+            cot = cotangent.to(out.dtype).reshape(out.movedim(bd, 0).shape).movedim(0, bd)
+            grads = torch.autograd.grad(out, list(leaves.values()), cot, allow_unused=True)
+        total = torch.zeros(hi - lo, dtype=torch.float64, device=cotangent.device)
+        for name, g in zip(leaves, grads):
+            if g is not None:
+                g = g.movedim(self._source_batch_dim(name), 0).reshape(hi - lo, -1).double()
+                centred = pools[name].reshape(self.n, -1).double()
+                centred = centred - centred.mean(0)
+                total += (g @ centred.T).square().sum(1) / self.n
+        return total
 
     @contextmanager
     def _eval_probes(self, eval_from: int | None) -> Iterator[None]:
@@ -245,8 +287,11 @@ class _Runner:
                         bd = _batch_dim(graph[name], primal, n, self.trace_batch)
                         info.batch_dim[name] = bd
                         if bd is not None and (name in want or name in bn_inputs):
-                            out["nodes"][name] = (_tangent_term(tangent, bd) if self.tangent_only else
-                                                  _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs))
+                            stats = (_tangent_term(tangent, bd) if self.tangent_only else
+                                     _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs))
+                            if name in self.keep_tangent and tangent is not None:
+                                stats["t"] = tangent.movedim(bd, 0).reshape(n, -1)
+                            out["nodes"][name] = stats
                         if bd is not None and name in pool_names:
                             # A copy: in-place ops further on (ReLU(inplace), +=) may reuse it.
                             out["pools"][name] = primal.movedim(bd, 0).clone()
@@ -278,8 +323,9 @@ class _Runner:
                     per_probe.append(body(shifts))
             out = per_probe[0]
             for name, stats in out["nodes"].items():
-                if "a" in stats:
-                    stats["a"] = torch.stack([p["nodes"][name]["a"] for p in per_probe])
+                for key in _PER_PROBE:
+                    if key in stats:
+                        stats[key] = torch.stack([p["nodes"][name][key] for p in per_probe])
             return out
 
         def one_probe(*directions):
@@ -290,14 +336,18 @@ class _Runner:
 
         with self._eval_probes(self.eval_from):
             out = vmap(one_probe)(*(dirs[s] for s in names))
-        # vmap stacks every output over the probes; only the tangent terms ("a") differ.
+        # vmap stacks every output over the probes; only the tangent terms differ.
         for stats in out["nodes"].values():
             for key in stats:
-                if key != "a":
+                if key not in _PER_PROBE:
                     stats[key] = stats[key][0]
         out["pools"] = {k: v[0] for k, v in out["pools"].items()}
         return out
 
+
+# A node's statistics that differ between probes: squared tangent norms per row, and the
+# tangents themselves where they are kept (_Runner.keep_tangent).
+_PER_PROBE = ("a", "t")
 
 # Ops whose output is a new tensor, not a view or an in-place update of an input.
 _FRESH = {OpKind.CONV, OpKind.LINEAR, OpKind.NORM}
@@ -397,8 +447,12 @@ class _NodeAcc:
         self.pos: torch.Tensor | None = None
         self.chan_mean: list[torch.Tensor] = []
         self.chan_var: list[torch.Tensor] = []
+        # The tangents (probes, rows, units) per batch, where the runner keeps them.
+        self.t: list[torch.Tensor] = []
 
     def add(self, s: dict) -> None:
+        if "t" in s:
+            self.t.append(s["t"].double())
         if "b" not in s:  # a tangent-only pass
             if "a" in s:
                 self.a.append(s["a"].double())

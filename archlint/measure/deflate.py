@@ -1,0 +1,108 @@
+"""Fewer probes for outputs whose rows share a dominant direction.
+
+Per row i the output's numerator is tr(M_i), M_i = J_i Ĉ J_i^T (output units x units), and a
+probe estimates it by ||J_i u_i||^2. When M_i has one large eigenvalue that estimate is
+nearly a one-degree-of-freedom chi-square, and the 1.75% noise target (measure.plan) asks for
+many probes: a thin full-resolution residual CNN with a 10-way head needs 9. Its rows share
+that direction (83% of the numerator lies along one output direction common to all rows:
+``python benchmarks/bench_directions.py --part shared``).
+
+So the numerator is split along a unit direction v of the output: the part along it,
+v^T M_i v, computed exactly by one reverse-mode pass (runner.reverse), and the rest,
+||t||^2 - (v . t)^2 of each probe's tangent t, estimated by the probes as before:
+
+    a_i = v^T M_i v + mean over probes of (||t_i||^2 - (v . t_i)^2).
+
+Both parts are unbiased for any fixed v, so a poor direction costs only noise. v (the same
+for every row) is the top eigenvector of the second moment of the probes' output tangents.
+Chosen on the very probes whose rest it leaves, it fits some of their noise and shrinks the
+rest: by -0.05% of the NLC (+-0.06%, 16 seeds, against the exact value) on the thin residual
+CNN. One direction for all rows keeps an affine map at exactly 1 (the rotated directions'
+second moment is the sample's, runner._mixed). The probes' spread then measures only the
+rest's noise, and plan asks for probes by it. With batch statistics rows interact; each
+row's cotangent gets a random sign, so that the other rows' contributions through the batch
+statistics add up to their expectation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from archlint import memory
+
+# Deflate only where it saves at least this many probes: the reverse pass costs about as
+# much as one or two (the thin residual CNN: forward and backward 3.0x a plain forward
+# pass, one probe about 2.2x; a depth-20 MLP: 2.0x).
+MIN_SAVED_PROBES = 3
+# Output units per row up to which the runner keeps the output's tangents for this (their
+# second moment's eigenvectors cost units^3). A wide output has many directions and little
+# probe noise to begin with.
+MAX_UNITS = 1024
+# The reverse pass holds every activation of the batch: only when they take at most this
+# share of the memory available.
+MEMORY_SHARE = 0.25
+
+
+@dataclass
+class Deflation:
+    """The output direction (units) and, per batch, each row's numerator along it."""
+
+    direction: torch.Tensor
+    exact: list[torch.Tensor]
+
+
+def wanted(graph, traced_batch: int | None, rows: int, dtype: torch.dtype) -> bool:
+    """Whether the output's tangents are worth keeping: few units per row (by the shapes the
+    graph was traced with, ``traced_batch`` rows), a dtype whose reverse pass is as precise
+    as the forward one, and room for the activations of ``rows`` rows."""
+    out = graph[graph.output]
+    if not traced_batch or not out.shape or dtype not in (torch.float32, torch.float64):
+        return False
+    if math.prod(out.shape) // traced_batch > MAX_UNITS:
+        return False
+    per_row = sum(math.prod(node.shape) for node in graph if node.shape) / traced_batch
+    return per_row * rows * torch.finfo(dtype).bits / 8 <= MEMORY_SHARE * memory.available_memory()
+
+
+def direction(t: list[torch.Tensor]) -> torch.Tensor:
+    """The unit direction of the output along which the probes' tangents (per batch: probes,
+    rows, units) have the most energy: the top eigenvector of their second moment."""
+    flat = torch.cat(t, dim=1).reshape(-1, t[0].shape[-1])
+    return torch.linalg.eigh(flat.T @ flat).eigenvectors[:, -1]
+
+
+def left_to_probes(acc, v: torch.Tensor):
+    """A copy of the accumulated output whose tangent terms keep only the noise deflation
+    along ``v`` would leave: the part along v replaced by its mean over the probes. Its probe
+    noise tells how many probes the deflated output will need."""
+    copied = copy.copy(acc)
+    copied.a = [(t @ v).square().mean(0, keepdim=True) + (t.square().sum(-1) - (t @ v).square()).clamp(min=0)
+                for t in acc.t]
+    return copied
+
+
+def project(acc, deflation: Deflation) -> None:
+    """The accumulated output's tangent terms ("a") with the part along the directions exact
+    (its kept tangents, "t", are of the same rows and batches as the deflation's)."""
+    v = deflation.direction
+    acc.a = [e[None] + (t.square().sum(-1) - (t @ v).square()).clamp(min=0) for t, e in zip(acc.t, deflation.exact)]
+
+
+def find(runner, v: torch.Tensor, seed: int, *, fixed_batch_stats: bool = False) -> Deflation:
+    """The output's numerator along ``v``, by a reverse-mode pass over each batch.
+    ``fixed_batch_stats``: the probes took the population rule of train-mode batch norm
+    (plan._fusable), and so does the reverse pass."""
+    generator = torch.Generator().manual_seed(seed)
+    signs = (torch.randint(0, 2, (runner.n,), generator=generator) * 2 - 1).to(v)
+    pools = runner.source_pools()
+    saved = runner.mode.fixed_batch_stats
+    runner.mode.fixed_batch_stats = fixed_batch_stats
+    try:
+        exact = [runner.reverse(lo, hi, signs[lo:hi, None] * v, pools) for lo, hi in runner.groups]
+    finally:
+        runner.mode.fixed_batch_stats = saved
+    return Deflation(v, exact)
