@@ -7,6 +7,11 @@ sub-network from the input, or from the embedding for token inputs, to that node
 Models without batch dependence: BatchNorm models are in eval mode with populated statistics.
 
     python benchmarks/bench_accuracy.py [--device cuda]
+    python benchmarks/bench_accuracy.py --seeds 16   # the thin CNN's output, deflated and not
+
+``--seeds N``: the thin residual CNN's output NLC over N seeds with archlint's default
+measurement (which deflates its shared output direction, measure.deflate) and with the probes
+alone, against the exact value.
 
 With ``--device cuda`` models, samples and the exact references all live on the GPU.
 """
@@ -85,10 +90,42 @@ def on(device, model, inputs):
     return model.to(device), tuple(t.to(device) for t in inputs)
 
 
+def deflation_over_seeds(seeds: int) -> None:
+    """The thin residual CNN's output NLC over many seeds, deflated (archlint's default) and
+    with probes alone (deflation off), against the exact value of the same sample."""
+    import statistics
+
+    from archlint.measure import deflate
+
+    model = next(m for name, m, _ in models() if name.startswith("thin residual CNN"))
+    pictures = samples()[1]
+    exact = exact_nlc(model, pictures, "x", ["fc"])["fc"]
+    print(f"thin residual CNN (eval, populated): exact output NLC {exact:.4f}; {seeds} seeds each")
+    print("| measurement | probes | mean signed error | standard deviation | largest \\|error\\| | seconds each |")
+    print("|---|---|---|---|---|---|")
+    saved = deflate.MIN_SAVED_PROBES
+    for label, min_saved in (("deflated (default)", saved), ("probes alone", 10**6)):
+        deflate.MIN_SAVED_PROBES = min_saved
+        errors, probes, started = [], set(), time.perf_counter()
+        for seed in range(seeds):
+            report = measure(model, pictures, seed=seed, nodes=(), population=False)
+            errors.append(report.output_nlc / exact - 1)
+            probes.add(report.probes)
+        seconds = (time.perf_counter() - started) / seeds
+        print(f"| {label} | {min(probes)}-{max(probes)} | {100 * statistics.mean(errors):+.2f}% | "
+              f"{100 * statistics.stdev(errors):.2f}% | {100 * max(map(abs, errors)):.2f}% | {seconds:.2f} |")
+    deflate.MIN_SAVED_PROBES = saved
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    device = parser.parse_args().device
+    parser.add_argument("--seeds", type=int, help="only the thin CNN's output, deflated and not, over this many seeds")
+    args = parser.parse_args()
+    if args.seeds:
+        deflation_over_seeds(args.seeds)
+        return 0
+    device = args.device
     rows = []
     worst = 0.0
     references = {}
