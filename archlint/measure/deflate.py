@@ -42,9 +42,6 @@ MIN_SAVED_PROBES = 3
 # second moment's eigenvectors cost units^3). A wide output has many directions and little
 # probe noise to begin with.
 MAX_UNITS = 1024
-# The reverse pass holds every activation of the batch: only when they take at most this
-# share of the memory available.
-MEMORY_SHARE = 0.25
 
 
 @dataclass
@@ -55,17 +52,18 @@ class Deflation:
     exact: list[torch.Tensor]
 
 
-def wanted(graph, traced_batch: int | None, rows: int, dtype: torch.dtype) -> bool:
+def wanted(graph, traced_batch: int | None, rows: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the output's tangents are worth keeping: few units per row (by the shapes the
     graph was traced with, ``traced_batch`` rows), a dtype whose reverse pass is as precise
-    as the forward one, and room for the activations of ``rows`` rows."""
+    as the forward one, and room on ``device`` for the activations of ``rows`` rows (the
+    reverse pass holds them all: within the memory budget's share of what is free)."""
     out = graph[graph.output]
     if not traced_batch or not out.shape or dtype not in (torch.float32, torch.float64):
         return False
     if math.prod(out.shape) // traced_batch > MAX_UNITS:
         return False
     per_row = sum(math.prod(node.shape) for node in graph if node.shape) / traced_batch
-    return per_row * rows * torch.finfo(dtype).bits / 8 <= MEMORY_SHARE * memory.available_memory()
+    return per_row * rows * torch.finfo(dtype).bits / 8 <= memory.default_memory_budget(device)
 
 
 def direction(t: list[torch.Tensor]) -> torch.Tensor:

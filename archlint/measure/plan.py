@@ -103,7 +103,7 @@ class _Plan:
             starts = {s for s, _ in self.segments}
             every = set(self.wanted)
             pop_probes = self.population_probes if fused else 0
-            if deflate.wanted(graph, runner.trace_batch, self.batch_size, run.dtype):
+            if deflate.wanted(graph, runner.trace_batch, self.batch_size, run.dtype, run.device):
                 runner.keep_tangent = {graph.output}
             main = runner.run_pass(self.probes + pop_probes, want=every, pool_names=starts,
                                    bn_modules=batch_bns if populatable and not fused else [], bn_nodes=bn_nodes,
