@@ -84,7 +84,7 @@ def left_to_probes(acc, v: torch.Tensor):
 
 
 def project(acc, deflation: Deflation) -> None:
-    """The accumulated output's tangent terms ("a") with the part along the directions exact
+    """The accumulated output's tangent terms ("a") with the part along the direction exact
     (its kept tangents, "t", are of the same rows and batches as the deflation's)."""
     v = deflation.direction
     acc.a = [e[None] + (t.square().sum(-1) - (t @ v).square()).clamp(min=0) for t, e in zip(acc.t, deflation.exact)]
