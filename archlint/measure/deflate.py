@@ -73,21 +73,24 @@ def direction(t: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.eigh(flat.T @ flat).eigenvectors[:, -1]
 
 
+def _rest(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each probe's squared tangent norm without its part along v (probes x rows)."""
+    return (t.square().sum(-1) - (t @ v).square()).clamp(min=0)
+
+
 def left_to_probes(acc, v: torch.Tensor):
     """A copy of the accumulated output whose tangent terms keep only the noise deflation
     along ``v`` would leave: the part along v replaced by its mean over the probes. Its probe
     noise tells how many probes the deflated output will need."""
     copied = copy.copy(acc)
-    copied.a = [(t @ v).square().mean(0, keepdim=True) + (t.square().sum(-1) - (t @ v).square()).clamp(min=0)
-                for t in acc.t]
+    copied.a = [(t @ v).square().mean(0, keepdim=True) + _rest(t, v) for t in acc.t]
     return copied
 
 
 def project(acc, deflation: Deflation) -> None:
     """The accumulated output's tangent terms ("a") with the part along the direction exact
     (its kept tangents, "t", are of the same rows and batches as the deflation's)."""
-    v = deflation.direction
-    acc.a = [e[None] + (t.square().sum(-1) - (t @ v).square()).clamp(min=0) for t, e in zip(acc.t, deflation.exact)]
+    acc.a = [e[None] + _rest(t, deflation.direction) for t, e in zip(acc.t, deflation.exact)]
 
 
 def find(runner, v: torch.Tensor, seed: int, *, fixed_batch_stats: bool = False) -> Deflation:
@@ -96,11 +99,11 @@ def find(runner, v: torch.Tensor, seed: int, *, fixed_batch_stats: bool = False)
     (plan._fusable), and so does the reverse pass."""
     generator = torch.Generator().manual_seed(seed)
     signs = (torch.randint(0, 2, (runner.n,), generator=generator) * 2 - 1).to(v)
-    pools = runner.source_pools()
+    centred = runner.centred_sources()
     saved = runner.mode.fixed_batch_stats
     runner.mode.fixed_batch_stats = fixed_batch_stats
     try:
-        exact = [runner.reverse(lo, hi, signs[lo:hi, None] * v, pools) for lo, hi in runner.groups]
+        exact = [runner.reverse(lo, hi, signs[lo:hi, None] * v, centred) for lo, hi in runner.groups]
     finally:
         runner.mode.fixed_batch_stats = saved
     return Deflation(v, exact)

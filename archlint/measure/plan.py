@@ -15,7 +15,7 @@ from archlint.graph import ArchGraph, OpKind
 from archlint.measure import deflate
 from archlint.measure.evaluate import _Result
 from archlint.measure.model import _configure, _is_fresh, _measuring, _Runnable
-from archlint.measure.report import MeasureError
+from archlint.measure.report import MeasureError, failure
 from archlint.measure.runner import _groups, _NodeAcc, _PassResult, _Runner
 
 # Tangent directions per input row, at least. Each probe costs about one forward pass. The
@@ -127,8 +127,7 @@ class _Plan:
                             pop_deflated = deflate.find(runner, pop_v, self.seed + 701, fixed_batch_stats=True)
                     except Exception as exc:  # an optimisation: the probes measure without it
                         deflated = pop_deflated = None
-                        notes.append(f"probes not deflated (the reverse-mode pass failed: {type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0][:200]})")
+                        notes.append(f"probes not deflated (the reverse-mode pass failed: {failure(exc)})")
                     else:
                         deflate.project(out, deflated)
                         if pop_deflated is not None:
@@ -170,8 +169,7 @@ class _Plan:
                         pop_out = pop.accs[graph.output]
                         deflate.project(pop_out, deflate.find(runner, deflate.direction(pop_out.t), self.seed + 701))
                     except Exception as exc:  # as above
-                        notes.append(f"population probes not deflated (the reverse-mode pass failed: "
-                                     f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+                        notes.append(f"population probes not deflated (the reverse-mode pass failed: {failure(exc)})")
                 pop_segs = {seg: runner.segment(seg, pop_probes, pop.pools, seed=self.seed + 1001 + i)
                             for i, seg in enumerate(self.segments)}
         if not populatable:

@@ -24,6 +24,13 @@ class MeasureError(Exception):
     """The model cannot be measured (it fails on the inputs, or the inputs are unusable)."""
 
 
+def failure(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it), for a note saying
+    why a faster path gave way to a slower one."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 @dataclass
 class NodeStats:
     """One node's measured statistics over the sample.

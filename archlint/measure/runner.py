@@ -14,7 +14,7 @@ from torch.func import jvp, vmap
 from archlint import dtypes
 from archlint.graph import ArchGraph, Node, OpKind
 from archlint.measure.overrides import _MeasureMode
-from archlint.measure.report import MeasureError
+from archlint.measure.report import MeasureError, failure
 from archlint.trace import execute
 
 # Half precision: node statistics are computed in float32 (_node_stats), and such a model
@@ -170,13 +170,22 @@ class _Runner:
             self.eval_from = None
         return _NodeAccResult(result.accs.get(end), result.info, end)
 
-    def reverse(self, lo: int, hi: int, cotangent: torch.Tensor, pools: dict[str, torch.Tensor]) -> torch.Tensor:
+    def centred_sources(self) -> dict[str, torch.Tensor]:
+        """Each source's rows over the whole sample, centred and flattened (n x units), in
+        float64: the u_j of ``reverse``."""
+        out = {}
+        for name, pool in self.source_pools().items():
+            rows = pool.reshape(self.n, -1).double()
+            out[name] = rows - rows.mean(0)
+        return out
+
+    def reverse(self, lo: int, hi: int, cotangent: torch.Tensor, centred: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per row of the batch lo..hi, the output's numerator along the row's ``cotangent``
         (rows x output units): c_i^T J_i Ĉ J_i^T c_i = mean_j (u_j . g_i)^2, with g the
         gradient of sum_i <c_i, output_i> with respect to the sources and u_j the sample's
-        centred source rows (summed over the sources), from one reverse-mode pass. With batch
-        statistics rows interact: g_i then also holds the other rows' cotangents through them
-        (see measure.deflate)."""
+        centred source rows (``centred_sources``; summed over the sources), from one
+        reverse-mode pass. With batch statistics rows interact: g_i then also holds the other
+        rows' cotangents through them (see measure.deflate)."""
         graph = self.run.graph
         leaves: dict[str, torch.Tensor] = {}
         captured: dict[str, torch.Tensor] = {}
@@ -204,9 +213,7 @@ class _Runner:
         for name, g in zip(leaves, grads):
             if g is not None:
                 g = g.movedim(self._source_batch_dim(name), 0).reshape(hi - lo, -1).double()
-                centred = pools[name].reshape(self.n, -1).double()
-                centred = centred - centred.mean(0)
-                total += (g @ centred.T).square().sum(1) / self.n
+                total += (g @ centred[name].T).square().sum(1) / self.n
         return total
 
     @contextmanager
@@ -227,7 +234,7 @@ class _Runner:
             if self.sequential or not sources:
                 raise MeasureError(f"the model failed during the measurement: {type(exc).__name__}: {exc}") from exc
             self.sequential = True
-            self.notes.append(f"probes run one by one (vmap failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            self.notes.append(f"probes run one by one (vmap failed: {failure(exc)})")
             try:
                 return self._pass_once(sources, pools, probes, want, pool_names, bn_inputs, stop_after, seed, signs)
             except Exception as exc2:
