@@ -683,6 +683,58 @@ def test_in_place_activations_keep_their_semantics_and_numbers():
         assert [s.nlc for s in a.nodes.values()] == pytest.approx([s.nlc for s in b.nodes.values()], rel=1e-6)
 
 
+class Rearranges(nn.Module):
+    """Views, transposes and dropout after a layer, and (write=True) a write in place to the
+    layer's value (through a view of it) between it and its view. eager=True: a branch on the batch size that fx
+    cannot trace, so the graph is captured eagerly."""
+
+    def __init__(self, write: bool, eager: bool):
+        super().__init__()
+        self.write, self.eager = write, eager
+        self.a = nn.Linear(16, 32)
+        self.drop = nn.Dropout(0.5)
+        self.b = nn.Linear(32, 4)
+
+    def forward(self, x):
+        if self.eager and x.shape[0] < 1:
+            raise ValueError("an empty batch")
+        h = torch.tanh(2 * self.a(x))
+        if self.write and self.eager:
+            h[:, :8] = 3.0  # not a node of an eager graph
+        elif self.write:
+            h.narrow(1, 0, 8).fill_(3.0)  # fx cannot trace item assignment
+        h = self.drop(h.view(x.shape[0], 4, 8).transpose(1, 2).contiguous().flatten(1))
+        return self.b(h)
+
+
+@pytest.mark.parametrize("write", [False, True])
+@pytest.mark.parametrize("eager", [False, True])
+def test_nodes_that_keep_their_inputs_rows_take_its_statistics(monkeypatch, write, eager):
+    # The views, transpose, contiguous copy, flatten and dropout measure what they would
+    # measure themselves; after a write in place to their input, they measure themselves.
+    import archlint.measure.runner as runner
+
+    torch.manual_seed(0)
+    model, x = Rearranges(write, eager), gaussian(128, 16)
+    traced = trace(model, (x[:4],), name="Rearranges")
+    assert traced.traced_with == ("eager" if eager else "fx")
+    aliased = measure(model, x, graph=traced)
+    kept = [name for name, s in aliased.nodes.items() if s.op in ("view", "transpose", "contiguous", "flatten", "Dropout")]
+    assert len(kept) == 5
+    with monkeypatch.context() as m:
+        m.setattr(runner, "_row_aliases", lambda graph: {})
+        computed = measure(model, x, graph=traced)
+    assert aliased.nodes.keys() == computed.nodes.keys()
+    for name in aliased.nodes:
+        a, c = aliased.nodes[name], computed.nodes[name]
+        assert (a.status, a.nlc is None, a.rms is None) == (c.status, c.nlc is None, c.rms is None)
+        if a.nlc is not None:
+            assert (a.nlc, a.rms) == pytest.approx((c.nlc, c.rms), rel=1e-6)
+    tanh = next(name for name, s in aliased.nodes.items() if s.op == "tanh")
+    # The view holds the tanh's values, or (after the write of 3.0) larger ones.
+    assert (aliased.nodes[kept[0]].rms == aliased.nodes[tanh].rms) == (not write)
+
+
 def test_signal_that_overflows_only_in_float32_is_measured_in_float64():
     model = mlp(4, 16, nn.Identity)
     with torch.no_grad():

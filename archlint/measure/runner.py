@@ -3,6 +3,8 @@ each wanted node's sufficient statistics are accumulated over the batches."""
 
 from __future__ import annotations
 
+import math
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -119,6 +121,8 @@ class _Runner:
         # Nodes whose tangents are kept whole (rows x units per probe), not only as squared
         # norms: the output, when measure.deflate may need them.
         self.keep_tangent: set[str] = set()
+        # Nodes whose statistics are their input's, rows kept (_row_aliases): node -> input.
+        self.aliases = _row_aliases(run.graph)
 
     def group_args(self, lo: int, hi: int) -> tuple:
         return tuple(a.narrow(d, lo, hi - lo) for a, d in zip(self.args, self.batch_dims))
@@ -278,6 +282,12 @@ class _Runner:
 
         def body(shifts: dict[str, torch.Tensor]) -> dict:
             out: dict[str, dict] = {"nodes": {}, "pools": {}}
+            # Each node whose statistics were taken (or aliased): its shape, batch dimension,
+            # value (a weak reference) and that value's version counter, which any write in
+            # place moves (through a view too); and the nodes that take their input's
+            # statistics (_row_aliases).
+            taken: dict[str, tuple[tuple[int, ...], int, weakref.ref, int]] = {}
+            aliased: dict[str, str] = {}
 
             def on_node(name: str, t: torch.Tensor):
                 replaced = None
@@ -294,11 +304,19 @@ class _Runner:
                         bd = _batch_dim(graph[name], primal, n, self.trace_batch)
                         info.batch_dim[name] = bd
                         if bd is not None and (name in want or name in bn_inputs):
-                            stats = (_tangent_term(tangent, bd) if self.tangent_only else
-                                     _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs))
-                            if name in self.keep_tangent and tangent is not None:
-                                stats["t"] = tangent.movedim(bd, 0).reshape(n, -1)
-                            out["nodes"][name] = stats
+                            source = taken.get(self.aliases.get(name))
+                            if (source is not None and name not in bn_inputs and name not in self.preacts
+                                    and name not in self.keep_tangent and source[2]() is not None
+                                    and source[2]()._version == source[3]
+                                    and _rows_kept(graph[name].op, tuple(primal.shape), bd, source[0], source[1], n)):
+                                aliased[name] = self.aliases[name]
+                            else:
+                                stats = (_tangent_term(tangent, bd) if self.tangent_only else
+                                         _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs))
+                                if name in self.keep_tangent and tangent is not None:
+                                    stats["t"] = tangent.movedim(bd, 0).reshape(n, -1)
+                                out["nodes"][name] = stats
+                            taken[name] = (tuple(primal.shape), bd, weakref.ref(t), t._version)
                         if bd is not None and name in pool_names:
                             # A copy: in-place ops further on (ReLU(inplace), +=) may reuse it.
                             out["pools"][name] = primal.movedim(bd, 0).clone()
@@ -315,6 +333,9 @@ class _Runner:
             finally:
                 if self.mode is not None:
                     self.mode.private.clear()
+            # In execution order, so that a chain's earlier links are filled first.
+            for name, source in aliased.items():
+                out["nodes"][name] = {k: v for k, v in out["nodes"][source].items() if k in _ROW_STATS}
             return out
 
         if not dirs:
@@ -384,6 +405,40 @@ def _private_nodes(graph: ArchGraph) -> set[str]:
             if private(node.name):
                 found.add(node.name)
     return found
+
+
+# Ops whose value is their one input's values with each row's values kept in that row
+# (rearranged at most), and so are its tangents: identities, dropout (off while measuring),
+# and reshapes and transposes that keep the batch dimension. Each node's statistics read its
+# values and tangents once more; for these they are their input's (_row_aliases): 61 of a
+# GPT's 175 nodes (the attention heads' views and transposes, the dropouts).
+_KEEPS_ROWS = {"view", "reshape", "flatten", "unflatten", "view_as", "squeeze", "unsqueeze", "Flatten", "Unflatten",
+               "contiguous", "clone", "identity", "Identity",
+               "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+               "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"}
+_PERMUTES = {"permute", "transpose", "t"}
+# The statistics a node takes from its input: per-unit mean, per-row distance and tangent
+# terms. (Sign counts and BatchNorm's channel statistics are per node: never aliased.)
+_ROW_STATS = ("m", "b", "a")
+
+
+def _row_aliases(graph: ArchGraph) -> dict[str, str]:
+    """For each node that keeps its one input's rows (_KEEPS_ROWS, _PERMUTES), that input.
+    Each pass checks that the shapes agree (_rows_kept) and that nothing wrote to the input
+    between the two (its version counter)."""
+    return {node.name: node.inputs[0] for node in graph
+            if node.op in _KEEPS_ROWS | _PERMUTES and len(node.inputs) == 1}
+
+
+def _rows_kept(op: str, shape: tuple[int, ...], bd: int, source_shape: tuple[int, ...], source_bd: int, n: int) -> bool:
+    """Whether a node of ``op`` with this value's shape and batch dimension holds its input's
+    rows: a reshape that keeps every dimension up to the batch's, or a transpose where the
+    batch is the only dimension of its size on both sides."""
+    if math.prod(shape) != math.prod(source_shape):
+        return False
+    if op in _PERMUTES:
+        return sorted(shape) == sorted(source_shape) and shape.count(n) == 1 and source_shape.count(n) == 1
+    return bd == source_bd and shape[:bd + 1] == source_shape[:bd + 1]
 
 
 def _batch_dim(node: Node, t: torch.Tensor, n: int, trace_batch: int | None) -> int | None:
