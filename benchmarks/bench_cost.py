@@ -32,9 +32,11 @@ The process's allocator is tuned as archlint's own processes tune theirs
 archlint.measure.
 
 ``--part rules``: archlint's own tangent rules for layer norm and LSTMs against PyTorch's, on
-the GPT and the LSTM language model, in one process (see own_rules).
+the GPT and the LSTM language model, in one process (see own_rules). ``--part rows``: nodes
+that only rearrange their input's rows taking its statistics against computing their own, on
+the suite's shapes that have such nodes (see kept_rows).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -309,11 +311,28 @@ def profile(names: list[str]) -> None:
               f"{(1 - share) * m / f:.1f}x |")
 
 
+def alternated(model, x, graph, variants: dict, repeats: int) -> dict[tuple[str, str], float]:
+    """CPU seconds (medians) of the output NLC and of all statistics under each variant (a
+    function that switches it on), in one process and in alternation, the order reversed
+    every round (whichever runs first in a round tends to be the slower)."""
+    kinds = {"output": dict(nodes=(), population=False), "all": {}}
+    times = {(variant, kind): [] for variant in variants for kind in kinds}
+    for options in kinds.values():  # warm-up
+        for switch in variants.values():
+            switch()
+            measure(model, x, graph=graph, **options)
+    for r in range(repeats):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for kind, options in kinds.items():
+            for variant in order:
+                variants[variant]()
+                times[variant, kind].append(timed_both(lambda: measure(model, x, graph=graph, **options))[1])
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def own_rules(repeats: int) -> None:
     """archlint's own tangent rules for layer norm (the GPT) and LSTMs (the LSTM language
-    model) against PyTorch's forward-mode rules, in one process: the output NLC and all
-    statistics with the rule and without it, in alternation, the order swapped every round
-    (whichever runs first in a round tends to be the slower). CPU seconds, medians."""
+    model) against PyTorch's forward-mode rules (see ``alternated``)."""
     import torch.nn.functional as F
 
     import archlint.measure.overrides as overrides
@@ -326,31 +345,42 @@ def own_rules(repeats: int) -> None:
         _, build = shapes()[name]
         model, x = build()
         graph = trace(model, (x[:4],), name=name)
-        kinds = {"output": dict(nodes=(), population=False), "all": {}}
-        times = {(rule, kind): [] for rule in ("own", "pytorch") for kind in kinds}
-        rules = {"own": ours, "pytorch": theirs}
-        for kind, options in kinds.items():  # warm-up
-            for rule in rules.values():
-                setattr(overrides, attr, rule)
-                measure(model, x, graph=graph, **options)
-        for r in range(repeats):
-            order = ["own", "pytorch"] if r % 2 == 0 else ["pytorch", "own"]
-            for kind, options in kinds.items():
-                for rule in order:
-                    setattr(overrides, attr, rules[rule])
-                    times[rule, kind].append(timed_both(lambda: measure(model, x, graph=graph, **options))[1])
+        med = alternated(model, x, graph, {"own": lambda: setattr(overrides, attr, ours),
+                                           "pytorch": lambda: setattr(overrides, attr, theirs)}, repeats)
         setattr(overrides, attr, ours)
-        med = {k: statistics.median(v) for k, v in times.items()}
         print(f"| {name} | {attr.strip('_')} | {med['own', 'output']:.2f} / {med['pytorch', 'output']:.2f} "
               f"| {med['own', 'all']:.2f} / {med['pytorch', 'all']:.2f} |", flush=True)
 
 
+def kept_rows(names: list[str], repeats: int) -> None:
+    """Nodes that only rearrange their input's rows (views, transposes, dropout) taking its
+    statistics (archlint.measure.runner._row_aliases) against computing their own, per shape
+    that has such nodes (see ``alternated``)."""
+    import archlint.measure.runner as runner
+
+    aliases = runner._row_aliases
+    print("| shape | such nodes / all nodes | output only: taken / computed (CPU s) | all statistics: taken / computed (CPU s) |")
+    print("|---|---|---|---|")
+    for name in names:
+        _, build = shapes()[name]
+        model, x = build()
+        graph = trace(model, (x[:4],), name=name)
+        if not aliases(graph):
+            continue
+        med = alternated(model, x, graph, {"taken": lambda: setattr(runner, "_row_aliases", aliases),
+                                           "computed": lambda: setattr(runner, "_row_aliases", lambda g: {})}, repeats)
+        runner._row_aliases = aliases
+        print(f"| {name} | {len(aliases(graph))} / {len(graph)} | {med['taken', 'output']:.2f} / {med['computed', 'output']:.2f} "
+              f"| {med['taken', 'all']:.2f} / {med['computed', 'all']:.2f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules"), default="suite",
+    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm and "
-                             "LSTM tangent rules against PyTorch's")
+                             "LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
+                             "taking its statistics against computing their own")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -358,13 +388,15 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile"):
+    if args.part in ("suite", "profile", "rows"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
             parser.error(f"unknown shapes: {', '.join(unknown)} (known: {', '.join(shapes())})")
         if args.part == "profile":
             profile(names)
+        elif args.part == "rows":
+            kept_rows(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0
