@@ -31,8 +31,8 @@ The process's allocator is tuned as archlint's own processes tune theirs
 ``--allocator default`` leaves glibc's defaults, as in a user's process calling
 archlint.measure.
 
-``--part rules``: archlint's own tangent rules for layer norm and LSTMs against PyTorch's, on
-the GPT and the LSTM language model, in one process (see own_rules). ``--part rows``: nodes
+``--part rules``: archlint's own tangent rules for layer norm, softmax and LSTMs against
+PyTorch's, on the GPT and the LSTM language model, in one process (see own_rules). ``--part rows``: nodes
 that only rearrange their input's rows taking its statistics against computing their own, on
 the suite's shapes that have such nodes (see kept_rows).
 
@@ -331,17 +331,18 @@ def alternated(model, x, graph, variants: dict, repeats: int) -> dict[tuple[str,
 
 
 def own_rules(repeats: int) -> None:
-    """archlint's own tangent rules for layer norm (the GPT) and LSTMs (the LSTM language
-    model) against PyTorch's forward-mode rules (see ``alternated``)."""
+    """archlint's own tangent rules for layer norm and softmax (the GPT) and LSTMs (the LSTM
+    language model) against PyTorch's forward-mode rules (see ``alternated``)."""
     import torch.nn.functional as F
 
     import archlint.measure.overrides as overrides
 
-    own = {"gpt": ("_layer_norm", overrides._layer_norm, lambda x, shape, w, b, eps: F.layer_norm(x, shape, w, b, eps)),
-           "lstm-lm": ("_lstm", overrides._lstm, lambda args, kwargs: None)}  # None: PyTorch's rule
+    own = [("gpt", "_layer_norm", overrides._layer_norm, lambda x, shape, w, b, eps: F.layer_norm(x, shape, w, b, eps)),
+           ("gpt", "_softmax", overrides._softmax, lambda x, dim: torch.softmax(x, dim)),
+           ("lstm-lm", "_lstm", overrides._lstm, lambda args, kwargs: None)]  # None: PyTorch's rule
     print("| shape | rule | output only: own / PyTorch's (CPU s) | all statistics: own / PyTorch's (CPU s) |")
     print("|---|---|---|---|")
-    for name, (attr, ours, theirs) in own.items():
+    for name, attr, ours, theirs in own:
         _, build = shapes()[name]
         model, x = build()
         graph = trace(model, (x[:4],), name=name)
@@ -378,8 +379,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
-                             "output-only measurement's time goes, per shape; rules: archlint's layer-norm and "
-                             "LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
+                             "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
+                             "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
                              "taking its statistics against computing their own")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")

@@ -120,6 +120,14 @@ def test_output_nlc_matches_exact_reference(name, model):
     assert report.output_nlc == pytest.approx(exact, rel=0.05), name
 
 
+class CausalSoftmax(nn.Module):
+    """Attention's masked softmax: -inf above the diagonal, Tensor.softmax over the last dim."""
+
+    def forward(self, scores):
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
+        return scores.masked_fill(mask, float("-inf")).softmax(-1)
+
+
 @pytest.mark.parametrize(
     "name, layer, shape",
     [
@@ -129,6 +137,9 @@ def test_output_nlc_matches_exact_reference(name, model):
         ("batch norm, running statistics", nn.BatchNorm2d(3).eval(), (6, 3, 5, 5)),
         ("layer norm", nn.LayerNorm(9), (6, 4, 9)),
         ("layer norm over two dims, no affine", nn.LayerNorm((4, 9), elementwise_affine=False), (6, 4, 9)),
+        ("softmax", nn.Softmax(dim=-1), (6, 4, 9)),
+        ("softmax over dim 1", nn.Softmax(dim=1), (6, 4, 9)),
+        ("causal softmax (Tensor.softmax, -inf)", CausalSoftmax(), (6, 4, 9, 9)),
     ],
 )
 def test_lean_tangent_rules_give_pytorchs_own_tangents(name, layer, shape):

@@ -1,6 +1,6 @@
 """Function overrides during a measurement: dropout off, recurrent kernels with forward-mode
-derivatives, and lean tangent rules for convolution, linear layers, batch norm, layer norm
-and LSTMs."""
+derivatives, and lean tangent rules for convolution, linear layers, batch norm, layer norm,
+softmax and LSTMs."""
 
 from __future__ import annotations
 
@@ -104,6 +104,16 @@ def _layer_norm(x, normalized_shape, weight, bias, eps):
     return fwAD.make_dual(out, tangent if weight is None else tangent * weight)
 
 
+def _softmax(x, dim):
+    """Softmax with a lean tangent rule: dy = y * (dx - <y * dx>), the sum along dim. That is
+    also the formula of its gradient (the Jacobian diag(y) - y y^T is symmetric), so
+    PyTorch's fused backward kernel computes it in one pass; PyTorch's forward-mode rule
+    takes four (a 128x4x64x64 attention map with 2 probes: 6.4 ms against 15.0 ms)."""
+    primal, tangent = fwAD.unpack_dual(x)
+    out = torch.softmax(primal, dim)
+    return fwAD.make_dual(out, torch._softmax_backward_data(tangent, out, dim, primal.dtype))
+
+
 def _lstm(args, kwargs):
     """torch.lstm (the unpacked form nn.LSTM calls) with a lean tangent rule; None where it
     does not apply (packed sequences, projections, tangents on the state or the weights,
@@ -193,6 +203,7 @@ def _lstm_layer(seq, dseq, h0, c0, weights):
 
 
 _AFFINE_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+_SOFTMAX_FUNCS = {F.softmax, torch.softmax, torch.Tensor.softmax}
 _DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout}
 # Activations with an ``inplace`` flag. In place, forward mode also updates the input's
 # tangent in place, about five times the cost of the out-of-place rule (a ReLU on a
@@ -270,6 +281,10 @@ class _MeasureMode(TorchFunctionMode):
                 kwargs = {**kwargs, "dropout_p": 0.0}
             elif len(args) > 4:
                 args = args[:4] + (0.0,) + tuple(args[5:])
+        if func in _SOFTMAX_FUNCS and args and _has_tangent(args[0]) and len(args) <= 2 and set(kwargs) <= {"dim", "_stacklevel", "dtype"}:
+            dim = args[1] if len(args) == 2 else kwargs.get("dim")
+            if dim is not None and kwargs.get("dtype") is None:
+                return _softmax(args[0], dim)
         if func is F.layer_norm and args and _has_tangent(args[0]):
             ln = dict(zip(("normalized_shape", "weight", "bias", "eps"), args[1:]), **kwargs)
             if not (_has_tangent(ln.get("weight")) or _has_tangent(ln.get("bias"))):
