@@ -175,13 +175,19 @@ def shapes():
     }
 
 
+def built(name: str):
+    """The suite's shape ``name`` built fresh and traced beforehand, as archlint's engine
+    does: (description, model, input batch, graph)."""
+    description, build = shapes()[name]
+    model, x = build()
+    return description, model, x, trace(model, (x[:4],), name=name)
+
+
 def suite(names: list[str], repeats: int) -> None:
     print("## Suite: measure() against a plain forward pass (no grad, eval mode), CPU, 1 thread, batch 128\n")
     rows = []
     for name in names:
-        description, build = shapes()[name]
-        model, x = build()
-        graph = trace(model, (x[:4],), name=name)
+        description, model, x, graph = built(name)
         forward = plain_forward(model, x)
         runs = {
             "all": lambda: measure(model, x, graph=graph),
@@ -292,9 +298,7 @@ def profile(names: list[str]) -> None:
     print("| shape | forward CPU | output only: x forward | probes | matrix products: share, x forward | the rest: x forward |")
     print("|---|---|---|---|---|---|")
     for name in names:
-        description, build = shapes()[name]
-        model, x = build()
-        graph = trace(model, (x[:4],), name=name)
+        description, model, x, graph = built(name)
         forward = plain_forward(model, x)
 
         def output_only():
@@ -343,9 +347,7 @@ def own_rules(repeats: int) -> None:
     print("| shape | rule | output only: own / PyTorch's (CPU s) | all statistics: own / PyTorch's (CPU s) |")
     print("|---|---|---|---|")
     for name, attr, ours, theirs in own:
-        _, build = shapes()[name]
-        model, x = build()
-        graph = trace(model, (x[:4],), name=name)
+        _, model, x, graph = built(name)
         med = alternated(model, x, graph, {"own": lambda: setattr(overrides, attr, ours),
                                            "pytorch": lambda: setattr(overrides, attr, theirs)}, repeats)
         setattr(overrides, attr, ours)
@@ -363,9 +365,7 @@ def kept_rows(names: list[str], repeats: int) -> None:
     print("| shape | such nodes / all nodes | output only: taken / computed (CPU s) | all statistics: taken / computed (CPU s) |")
     print("|---|---|---|---|")
     for name in names:
-        _, build = shapes()[name]
-        model, x = build()
-        graph = trace(model, (x[:4],), name=name)
+        _, model, x, graph = built(name)
         if not aliases(graph):
             continue
         med = alternated(model, x, graph, {"taken": lambda: setattr(runner, "_row_aliases", aliases),
