@@ -244,6 +244,28 @@ def test_second_seed_label_and_the_verdict_per_branch_and_width():
     widths = {k for k in seen if "width" in k}
     assert widths <= {"mlp width 32", "mlp width 64"} and widths
 
+
+def test_ranking_power_of_batchnorm_cnns_per_width():
+    """power_by_width: per width, the AUC of each predictor among the family's architectures
+    with that norm only."""
+    import analyze
+
+    def rec(i, width, nlc, bad, family="cnn", norm="batch"):
+        return {"id": f"r{i}", "spec": {"family": family, "norm": norm, "width": width},
+                "archlint": {"stats": {"nlc": nlc, "nlc_population": None}},
+                "baselines": {"params": 100.0 + i, "depth": 4.0, "synflow": None, "jacob_cov": None}}, bad
+
+    pairs = [rec(0, 8, 9.0, False), rec(1, 8, 2.0, True), rec(2, 8, 3.0, True),  # higher NLC, good
+             rec(3, 16, 9.0, True), rec(4, 16, 2.0, False), rec(5, 16, 8.0, True),  # higher NLC, bad
+             rec(6, 16, 1.0, True, norm="none"), rec(7, 32, 5.0, True, family="mlp")]  # not counted
+    records, bad = [r for r, _ in pairs], {r["id"]: b for r, b in pairs}
+    power = analyze.power_by_width(records, bad)
+    assert set(power) == {8, 16}
+    assert (power[8]["n"], power[8]["bad"], power[16]["n"], power[16]["bad"]) == (3, 2, 3, 2)
+    assert (power[8]["nlc"], power[16]["nlc"]) == (0.0, 1.0)
+    assert power[16]["depth"] == 0.5 and power[16]["synflow"] is None
+
+
 def test_recheck_runs_archlint_as_it_ships_and_resumes(tmp_path):
     """recheck.py runs today's archlint on the study's architectures (no training) and
     compares it with analyze.py's simulation of the shipped thresholds; a second run resumes."""

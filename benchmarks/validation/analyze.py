@@ -200,6 +200,26 @@ def by_cell_table(cells: dict) -> list[str]:
     return lines
 
 
+# The predictors of the rank-correlation table, in its order.
+PREDICTORS = ("nlc", "nlc_off_band", "nlc_population", "params", "depth", "synflow", "jacob_cov")
+
+
+def power_by_width(records: list[dict], bad: dict[str, bool], family: str = "cnn", norm: str = "batch") -> dict:
+    """AUC of each predictor against "bad" (larger value: bad) per width, over every
+    architecture of the family with that norm (both halves: descriptive, nothing is chosen
+    by it): whether a branch's lack of ranking power is about narrow networks."""
+    out: dict = {}
+    members = [r for r in records if r["spec"]["family"] == family and r["spec"]["norm"] == norm]
+    for width in sorted({r["spec"]["width"] for r in members}):
+        at = [r for r in members if r["spec"]["width"] == width]
+        cell: dict = {"n": len(at), "bad": sum(bad[r["id"]] for r in at)}
+        for k in PREDICTORS:
+            pairs = [(v, bad[r["id"]]) for r in at if (v := predictors(r)[k]) is not None]
+            cell[k] = auc([v for v, _ in pairs], [b for _, b in pairs], 1)
+        out[width] = cell
+    return out
+
+
 def _cell_order(key: str) -> tuple:
     if key == "all":
         return (-1, 0, 0)
@@ -600,6 +620,7 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
     summary["shipped_by_cell"] = by_cell(records, primary,
                                          lambda r: any(shipped_fires(r, c, defaults) for c in on_by_default(defaults)))
     summary["label_reproducibility"] = label_reproducibility(records, config.BAD_RULE)
+    summary["batchnorm_cnn_power_by_width"] = power_by_width(records, primary)
     summary["sensitivity"] = {}
     for rule in (config.BAD_RULE, *config.ALTERNATIVE_RULES):
         ev = main if rule is config.BAD_RULE else evaluate(labels(records, rule))
@@ -784,6 +805,15 @@ def markdown(summary: dict) -> str:
                       f"first run's label: precision {lr['precision']:.2f}, recall {lr['recall']:.2f} "
                       f"({lr['tp']}/{lr['flagged']}/{lr['bad']}): how far the outcome noise alone keeps a verdict "
                       "from the label."]
+    if summary.get("batchnorm_cnn_power_by_width"):
+        lines += ["", "## CNNs with BatchNorm: ranking power by width (both halves, descriptive)", "",
+                  "AUC of each predictor against \"bad\" (larger value: bad; 0.5: chance) among the CNNs with "
+                  "BatchNorm of each width: whether the branch's lack of ranking power is about narrow networks.", "",
+                  "| width | n | bad | NLC | NLC off the 1-3 band | population NLC | params | depth | synflow | jacob_cov |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for width, c in summary["batchnorm_cnn_power_by_width"].items():
+            cells = [f"{c[k]:.2f}" if c[k] is not None else "-" for k in PREDICTORS]
+            lines.append(f"| {width} | {c['n']} | {c['bad']} | " + " | ".join(cells) + " |")
     if "sensitivity" in summary:
         lines += ["", "## Sensitivity to the label", "",
                   "| label | bad | calibrated precision | recall | tp/flagged/bad | default precision | recall | tp/flagged/bad |",
@@ -794,8 +824,7 @@ def markdown(summary: dict) -> str:
               "| group | n | NLC | NLC off the 1-3 band | population NLC | params | depth | synflow | jacob_cov |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, c in summary["spearman_vs_test_error"].items():
-        cells = [f"{c[k]['rho']:.2f}" if c[k]["rho"] is not None else "-" for k in
-                 ("nlc", "nlc_off_band", "nlc_population", "params", "depth", "synflow", "jacob_cov")]
+        cells = [f"{c[k]['rho']:.2f}" if c[k]["rho"] is not None else "-" for k in PREDICTORS]
         lines.append(f"| {name} | {c['nlc']['n']} | " + " | ".join(cells) + " |")
     if "seed_noise" in summary:
         sn = summary["seed_noise"]
