@@ -467,19 +467,25 @@ def test_deflated_batch_and_population_values_agree_with_many_probes(monkeypatch
             assert ours == pytest.approx(reference, rel=0.02), (value, batch)
 
 
-def test_batch_norm_with_the_batchs_statistics_as_constants_has_the_population_rule():
-    from archlint.measure.overrides import _batch_norm_fixed_stats
+def test_batch_norm_in_a_reverse_pass_has_the_batch_or_the_population_rule():
+    # One forward, two backward passes: the batch rule (PyTorch's train-mode gradient), then
+    # the population rule (the batch's statistics as constants: eval-mode batch norm's).
+    from archlint.measure.overrides import _BatchNormEitherRule, _MeasureMode
 
     x = gaussian(32, 4, 5, 5).double().requires_grad_(True)
     weight, bias = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
     var, mean = torch.var_mean(x.detach(), (0, 2, 3), correction=0)
     cot = gaussian(32, 4, 5, 5, seed=2).double()
-    ours = torch.autograd.grad(_batch_norm_fixed_stats(x, weight, bias, 1e-5), x, cot)[0]
-    population = torch.autograd.grad(F.batch_norm(x, mean, var, weight, bias, False, 0.0, 1e-5), x, cot)[0]
+    mode = _MeasureMode()
+    out = _BatchNormEitherRule.apply(x, weight, bias, 1e-5, mode)
+    batch_rule = torch.autograd.grad(out, x, cot, retain_graph=True)[0]
+    mode.population_backward = True
+    population_rule = torch.autograd.grad(out, x, cot)[0]
     trained = torch.autograd.grad(F.batch_norm(x, None, None, weight, bias, True, 0.0, 1e-5), x, cot)[0]
-    assert torch.allclose(ours, population)
-    assert not torch.allclose(ours, trained)  # the batch rule differs: the check would notice
-    assert torch.allclose(_batch_norm_fixed_stats(x, weight, bias, 1e-5), F.batch_norm(x, None, None, weight, bias, True, 0.0, 1e-5))
+    population = torch.autograd.grad(F.batch_norm(x, mean, var, weight, bias, False, 0.0, 1e-5), x, cot)[0]
+    assert torch.allclose(batch_rule, trained) and torch.allclose(population_rule, population)
+    assert not torch.allclose(trained, population)  # the two rules differ: the checks would notice
+    assert torch.allclose(out, F.batch_norm(x, None, None, weight, bias, True, 0.0, 1e-5))
 
 
 class TracksActivations(nn.Module):

@@ -79,15 +79,29 @@ class _BatchNormTangent(torch.autograd.Function):
         return torch.stack(per_probe), 0
 
 
-def _batch_norm_fixed_stats(x, weight, bias, eps):
-    """Batch normalisation with the batch's statistics (biased variance, as in training)
-    taken as constants: its derivative is the population rule's per-channel scale. The
-    statistics from batch norm's own kernel, then eval-mode batch norm with them as running
-    statistics: on a 128x32x32x32 map 8.6 ms, where var_mean over the batch and positions and
-    the normalisation written out took 33 ms (and their backward several passes)."""
-    with torch.no_grad():
-        _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
-    return F.batch_norm(x, mean, invstd.pow(-2) - eps, weight, bias, False, 0.0, eps)
+class _BatchNormEitherRule(torch.autograd.Function):
+    """Train-mode batch norm in a reverse-mode pass (measure.deflate) whose backward takes
+    the batch rule, or, while the mode's ``population_backward`` is set, the population rule:
+    the batch's statistics (biased variance, as in training) held fixed, a per-channel scale.
+    The forward is the same for both, so one forward pass serves the reverse passes of the
+    batch value and of the population value."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, mode):
+        out, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps, ctx.mode = eps, mode
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, invstd = ctx.saved_tensors
+        if ctx.mode.population_backward:
+            grad_x = _scale_channels(grad, invstd if weight is None else invstd * weight)
+        else:
+            grad_x = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True, ctx.eps,
+                                                               [True, False, False])[0]
+        return grad_x, None, None, None, None
 
 
 def _layer_norm(x, normalized_shape, weight, bias, eps):
@@ -227,9 +241,10 @@ class _MeasureMode(TorchFunctionMode):
     # Probes from this index on take the population rule of train-mode batch norm (set by
     # the runner around a pass; None: all probes take the batch rule).
     eval_from: int | None = None
-    # Train-mode batch norm as constants of the batch's statistics, for autograd too: the
-    # population rule in a reverse-mode pass (measure.deflate).
-    fixed_batch_stats: bool = False
+    # A reverse-mode pass is running (runner.reverse): train-mode batch norm takes a backward
+    # that follows ``population_backward`` (_BatchNormEitherRule).
+    reverse: bool = False
+    population_backward: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -309,8 +324,8 @@ class _MeasureMode(TorchFunctionMode):
                     if weight is not None:
                         scale = scale * weight
                     return _affine_in_input(args[0], F.batch_norm, rest, {}, _scale_channels, (scale,), {})
-        if func is F.batch_norm and self.fixed_batch_stats and args:
+        if func is F.batch_norm and self.reverse and args:
             bn = dict(zip(_BN_ARGS, args[1:]), **kwargs)
             if bn.get("training", False):
-                return _batch_norm_fixed_stats(args[0], bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5))
+                return _BatchNormEitherRule.apply(args[0], bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5), self)
         return func(*args, **kwargs)

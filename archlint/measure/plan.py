@@ -121,10 +121,10 @@ class _Plan:
                 after = max(self.probes, _probes_needed(_probe_noise(deflate.left_to_probes(out, v)), PROBE_SE))
                 if needed - after >= deflate.MIN_SAVED_PROBES:
                     try:
-                        deflated = deflate.find(runner, v, self.seed + 700)
-                        if fused:
-                            pop_v = deflate.direction(pop.accs[graph.output].t)
-                            pop_deflated = deflate.find(runner, pop_v, self.seed + 701, fixed_batch_stats=True)
+                        # With the population riding along, its direction shares the forward pass.
+                        wanted = [(v, False)] + ([(deflate.direction(pop.accs[graph.output].t), True)] if fused else [])
+                        deflated, *rest = deflate.find(runner, wanted, self.seed + 700)
+                        pop_deflated = rest[0] if rest else None
                     except Exception as exc:  # an optimisation: the probes measure without it
                         deflated = pop_deflated = None
                         notes.append(f"probes not deflated (the reverse-mode pass failed: {failure(exc)})")
@@ -167,7 +167,7 @@ class _Plan:
                 if deflated is not None:
                     try:
                         pop_out = pop.accs[graph.output]
-                        deflate.project(pop_out, deflate.find(runner, deflate.direction(pop_out.t), self.seed + 701))
+                        deflate.project(pop_out, deflate.find(runner, [(deflate.direction(pop_out.t), False)], self.seed + 701)[0])
                     except Exception as exc:  # as above
                         notes.append(f"population probes not deflated (the reverse-mode pass failed: {failure(exc)})")
                 pop_segs = {seg: runner.segment(seg, pop_probes, pop.pools, seed=self.seed + 1001 + i)

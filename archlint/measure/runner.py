@@ -183,13 +183,16 @@ class _Runner:
             out[name] = rows - rows.mean(0)
         return out
 
-    def reverse(self, lo: int, hi: int, cotangent: torch.Tensor, centred: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per row of the batch lo..hi, the output's numerator along the row's ``cotangent``
-        (rows x output units): c_i^T J_i Ĉ J_i^T c_i = mean_j (u_j . g_i)^2, with g the
-        gradient of sum_i <c_i, output_i> with respect to the sources and u_j the sample's
-        centred source rows (``centred_sources``; summed over the sources), from one
-        reverse-mode pass. With batch statistics rows interact: g_i then also holds the other
-        rows' cotangents through them (see measure.deflate)."""
+    def reverse(self, lo: int, hi: int, cotangents: list[tuple[torch.Tensor, bool]],
+                centred: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per row of the batch lo..hi and per (cotangent, population) pair, the output's
+        numerator along the row's cotangent (rows x output units): c_i^T J_i Ĉ J_i^T c_i =
+        mean_j (u_j . g_i)^2, with g the gradient of sum_i <c_i, output_i> with respect to the
+        sources and u_j the sample's centred source rows (``centred_sources``; summed over
+        the sources). One forward pass, then one backward pass per pair; ``population``: the
+        backward takes the population rule of train-mode batch norm
+        (overrides._BatchNormEitherRule). With batch statistics rows interact: g_i then also
+        holds the other rows' cotangents through them (see measure.deflate)."""
         graph = self.run.graph
         leaves: dict[str, torch.Tensor] = {}
         captured: dict[str, torch.Tensor] = {}
@@ -204,21 +207,30 @@ class _Runner:
                 raise _Stop
             return replaced
 
-        with torch.enable_grad():
-            try:
-                execute(graph, self.group_args(lo, hi), on_node)
-            except _Stop:
-                pass
-            out = captured["out"]
-            bd = self.info.batch_dim[graph.output]
-            cot = cotangent.to(out.dtype).reshape(out.movedim(bd, 0).shape).movedim(0, bd)
-            grads = torch.autograd.grad(out, list(leaves.values()), cot, allow_unused=True)
-        total = torch.zeros(hi - lo, dtype=torch.float64, device=cotangent.device)
-        for name, g in zip(leaves, grads):
-            if g is not None:
-                g = g.movedim(self._source_batch_dim(name), 0).reshape(hi - lo, -1).double()
-                total += (g @ centred[name].T).square().sum(1) / self.n
-        return total
+        totals = []
+        self.mode.reverse = True
+        try:
+            with torch.enable_grad():
+                try:
+                    execute(graph, self.group_args(lo, hi), on_node)
+                except _Stop:
+                    pass
+                out = captured["out"]
+                bd = self.info.batch_dim[graph.output]
+                for k, (cotangent, population) in enumerate(cotangents):
+                    self.mode.population_backward = population
+                    cot = cotangent.to(out.dtype).reshape(out.movedim(bd, 0).shape).movedim(0, bd)
+                    grads = torch.autograd.grad(out, list(leaves.values()), cot, allow_unused=True,
+                                                retain_graph=k < len(cotangents) - 1)
+                    total = torch.zeros(hi - lo, dtype=torch.float64, device=cotangent.device)
+                    for name, g in zip(leaves, grads):
+                        if g is not None:
+                            g = g.movedim(self._source_batch_dim(name), 0).reshape(hi - lo, -1).double()
+                            total += (g @ centred[name].T).square().sum(1) / self.n
+                    totals.append(total)
+        finally:
+            self.mode.reverse = self.mode.population_backward = False
+        return totals
 
     @contextmanager
     def _eval_probes(self, eval_from: int | None) -> Iterator[None]:
