@@ -316,12 +316,11 @@ class _Runner:
                         bd = _batch_dim(graph[name], primal, n, self.trace_batch)
                         info.batch_dim[name] = bd
                         if bd is not None and (name in want or name in bn_inputs):
-                            source = taken.get(self.aliases.get(name))
-                            if (source is not None and name not in bn_inputs and name not in self.preacts
-                                    and name not in self.keep_tangent and source[2]() is not None
-                                    and source[2]()._version == source[3]
-                                    and _rows_kept(graph[name].op, tuple(primal.shape), bd, source[0], source[1], n)):
-                                aliased[name] = self.aliases[name]
+                            source = self.aliases.get(name)
+                            if (source in taken and name not in bn_inputs and name not in self.preacts
+                                    and name not in self.keep_tangent and _unwritten(*taken[source][2:])
+                                    and _rows_kept(graph[name].op, tuple(primal.shape), bd, *taken[source][:2], n)):
+                                aliased[name] = source
                             else:
                                 stats = (_tangent_term(tangent, bd) if self.tangent_only else
                                          _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs))
@@ -440,6 +439,13 @@ def _row_aliases(graph: ArchGraph) -> dict[str, str]:
     between the two (its version counter)."""
     return {node.name: node.inputs[0] for node in graph
             if node.op in _KEEPS_ROWS | _PERMUTES and len(node.inputs) == 1}
+
+
+def _unwritten(ref: weakref.ref, version: int) -> bool:
+    """Whether the tensor behind ``ref`` is still alive and unwritten since its version
+    counter read ``version`` (a write in place, through any view of it, moves the counter)."""
+    value = ref()
+    return value is not None and value._version == version
 
 
 def _rows_kept(op: str, shape: tuple[int, ...], bd: int, source_shape: tuple[int, ...], source_bd: int, n: int) -> bool:
