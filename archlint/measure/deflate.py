@@ -93,18 +93,18 @@ def project(acc, deflation: Deflation) -> None:
     acc.a = [e[None] + _rest(t, deflation.direction) for t, e in zip(acc.t, deflation.exact)]
 
 
-def find(runner, wanted: list[tuple[torch.Tensor, bool]], seed: int) -> list[Deflation]:
+def find(runner, directions: list[tuple[torch.Tensor, bool]], seed: int) -> list[Deflation]:
     """For each (direction v, population) the output's numerator along v, by one forward
     pass over each batch and a backward pass per direction (runner.reverse).
     ``population``: the probes took the population rule of train-mode batch norm
     (plan._fusable), and so does that backward pass."""
     generator = torch.Generator().manual_seed(seed)
-    signs = [(torch.randint(0, 2, (runner.n,), generator=generator) * 2 - 1).to(v) for v, _ in wanted]
+    signs = [(torch.randint(0, 2, (runner.n,), generator=generator) * 2 - 1).to(v) for v, _ in directions]
     centred = runner.centred_sources()
-    exact: list[list[torch.Tensor]] = [[] for _ in wanted]
+    exact: list[list[torch.Tensor]] = [[] for _ in directions]
     for lo, hi in runner.groups:
-        totals = runner.reverse(lo, hi, [(s[lo:hi, None] * v, population) for s, (v, population) in zip(signs, wanted)],
+        totals = runner.reverse(lo, hi, [(s[lo:hi, None] * v, population) for s, (v, population) in zip(signs, directions)],
                                 centred)
         for found, total in zip(exact, totals):
             found.append(total)
-    return [Deflation(v, found) for (v, _), found in zip(wanted, exact)]
+    return [Deflation(v, found) for (v, _), found in zip(directions, exact)]

@@ -122,8 +122,8 @@ class _Plan:
                 if needed - after >= deflate.MIN_SAVED_PROBES:
                     try:
                         # With the population riding along, its direction shares the forward pass.
-                        wanted = [(v, False)] + ([(deflate.direction(pop.accs[graph.output].t), True)] if fused else [])
-                        deflated, *rest = deflate.find(runner, wanted, self.seed + 700)
+                        directions = [(v, False)] + ([(deflate.direction(pop.accs[graph.output].t), True)] if fused else [])
+                        deflated, *rest = deflate.find(runner, directions, self.seed + 700)
                         pop_deflated = rest[0] if rest else None
                     except Exception as exc:  # an optimisation: the probes measure without it
                         deflated = pop_deflated = None
