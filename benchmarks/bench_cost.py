@@ -375,13 +375,31 @@ def kept_rows(names: list[str], repeats: int) -> None:
               f"| {med['taken', 'all']:.2f} / {med['computed', 'all']:.2f} |", flush=True)
 
 
+def replayed(names: list[str], repeats: int) -> None:
+    """The layers' values kept from the main pass and replayed in the passes that follow it
+    (archlint.measure.replay) against computing them again, per shape (see ``alternated``)."""
+    import archlint.measure.plan as plan
+
+    replayable = plan._replayable
+    print("| shape | output only: replayed / computed (CPU s) | all statistics: replayed / computed (CPU s) |")
+    print("|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        med = alternated(model, x, graph, {"replayed": lambda: setattr(plan, "_replayable", replayable),
+                                           "computed": lambda: setattr(plan, "_replayable", lambda *a: False)}, repeats)
+        plan._replayable = replayable
+        print(f"| {name} | {med['replayed', 'output']:.3f} / {med['computed', 'output']:.3f} "
+              f"| {med['replayed', 'all']:.3f} / {med['computed', 'all']:.3f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows"), default="suite",
+    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
-                             "taking its statistics against computing their own")
+                             "taking its statistics against computing their own; replay: the layers' values of the main "
+                             "pass replayed in the passes that follow against computed again")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -389,7 +407,7 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile", "rows"):
+    if args.part in ("suite", "profile", "rows", "replay"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -398,6 +416,8 @@ def main() -> int:
             profile(names)
         elif args.part == "rows":
             kept_rows(names, args.repeats or REPEATS)
+        elif args.part == "replay":
+            replayed(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0

@@ -752,6 +752,67 @@ def test_nodes_that_keep_their_inputs_rows_take_its_statistics(monkeypatch, writ
     assert (aliased.nodes[kept[0]].rms == aliased.nodes[tanh].rms) == (not write)
 
 
+class Replays(nn.Module):
+    """Layers whose values the passes after the main one take from it (measure.replay): a
+    convolution, a transposed one (recomputed in reverse mode), a linear layer called twice
+    (its calls numbered), and (write=True) the convolution's value written in place after it
+    is taken. A 2-way head: the output is deflated (a reverse-mode pass). eager=True: a
+    branch that fx cannot trace, so the graph is captured eagerly."""
+
+    def __init__(self, write: bool, eager: bool):
+        super().__init__()
+        self.write, self.eager = write, eager
+        self.conv = nn.Conv1d(1, 4, 3, padding=1)
+        self.up = nn.ConvTranspose1d(4, 4, 3, padding=1)
+        self.shared = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, x):
+        if self.eager and x.shape[0] < 1:
+            raise ValueError("an empty batch")
+        h = self.conv(x.unsqueeze(1))
+        if self.write:
+            h.mul_(2.0)
+        h = self.up(torch.tanh(h)).flatten(1)
+        h = torch.tanh(self.shared(h))
+        h = torch.tanh(self.shared(h))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("write", [False, True])
+@pytest.mark.parametrize("eager", [False, True])
+def test_layer_values_replayed_in_later_passes_measure_what_computing_them_does(monkeypatch, write, eager):
+    # The reverse-mode pass, the segment's pass and any pass that adds probes take the
+    # layers' values from the main pass, and measure exactly what computing them measures;
+    # the value written in place after it was taken is computed again.
+    import archlint.measure.plan as plan
+
+    replays = []
+
+    class Counted(plan.Replay):
+        def __init__(self):
+            super().__init__()
+            replays.append(self)
+
+    monkeypatch.setattr(plan, "Replay", Counted)
+    torch.manual_seed(0)
+    model, x = Replays(write, eager), gaussian(128, 16)
+    traced = trace(model, (x[:4],), name="Replays")
+    assert traced.traced_with == ("eager" if eager else "fx")
+    names = [node.name for node in traced]
+    segment = (names[names.index(next(n.name for n in traced if n.op == "tanh"))], traced.output)
+    replayed = measure(model, x, graph=traced, segments=[segment])
+    assert any("reverse-mode pass" in note for note in replayed.notes)
+    assert len(replays) == 1 and replays[0].replayed >= 5
+    with monkeypatch.context() as m:
+        m.setattr(plan, "_replayable", lambda *args: False)
+        computed = measure(model, x, graph=traced, segments=[segment])
+    assert len(replays) == 1
+    assert (replayed.output_nlc, replayed.probes) == (computed.output_nlc, computed.probes)
+    assert replayed.segments[segment].nlc == computed.segments[segment].nlc
+    assert [(s.nlc, s.rms) for s in replayed.nodes.values()] == [(s.nlc, s.rms) for s in computed.nodes.values()]
+
+
 def test_signal_that_overflows_only_in_float32_is_measured_in_float64():
     model = mlp(4, 16, nn.Identity)
     with torch.no_grad():

@@ -13,21 +13,26 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from archlint.measure.replay import REPLAYED, Replay, ReplayedAffine, input_gradient
+
 
 def _has_tangent(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None
 
 
-def _affine_in_input(x, func, args, kwargs, tangent_func, tangent_args, tangent_kwargs):
+def _affine_in_input(x, func, args, kwargs, tangent_func, tangent_args, tangent_kwargs, primal_value=None):
     """y = func(x, *args) for a func that is affine in x, with the tangent its linear part,
     tangent_func(t, *tangent_args) (for convolution and linear: the same call without the
     bias). PyTorch's own forward-mode rules for convolution and linear also convolve the input
     with a zero weight tangent (a third convolution) or copy the tangents. The dual is
     unpacked and made again by hand: an autograd.Function with a jvp rule cost about 0.8 ms a
     call under vmap (its generated vmap rule), more than the 128x512 by 512x512 product of a
-    depth-20 MLP's layer."""
+    depth-20 MLP's layer. ``primal_value(primal, compute)``: where the value may come from
+    (measure.replay)."""
     primal, tangent = fwAD.unpack_dual(x)
-    return fwAD.make_dual(func(primal, *args, **kwargs), tangent_func(tangent, *tangent_args, **tangent_kwargs))
+    value = (func(primal, *args, **kwargs) if primal_value is None
+             else primal_value(primal, lambda: func(primal, *args, **kwargs)))
+    return fwAD.make_dual(value, tangent_func(tangent, *tangent_args, **tangent_kwargs))
 
 
 def _scale_channels(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -248,6 +253,8 @@ class _MeasureMode(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
+        # The kept values of the layers, while a plan replays them (measure.replay).
+        self.replay: Replay | None = None
         # Tensors (by id, with a weak reference to check it is still the same one) that no
         # one else holds or views: the runner marks them from the graph. An in-place
         # activation of one runs out of place, the same values and tangents.
@@ -304,6 +311,23 @@ class _MeasureMode(TorchFunctionMode):
             ln = dict(zip(("normalized_shape", "weight", "bias", "eps"), args[1:]), **kwargs)
             if not (_has_tangent(ln.get("weight")) or _has_tangent(ln.get("bias"))):
                 return _layer_norm(args[0], tuple(ln["normalized_shape"]), ln.get("weight"), ln.get("bias"), ln.get("eps", 1e-5))
+        primal_value = None
+        if self.replay is not None and func in REPLAYED and args:
+            # Every call is numbered, whether its value is replayed or not (measure.replay).
+            replay, x, weight = self.replay, args[0], args[1] if len(args) > 1 else kwargs.get("weight")
+            key = replay.key(func, weight)
+
+            def primal_value(primal, compute):
+                return replay.value(key, weight, primal, compute)
+
+            if not _has_tangent(x) and not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values())):
+                if not (torch.is_grad_enabled() and x.requires_grad):
+                    return primal_value(x, lambda: func(*args, **kwargs))
+                # A reverse-mode pass (runner.reverse): the kept value, the layer's input
+                # gradient backward.
+                gradient = input_gradient(func, x, tuple(args[1:]), kwargs)
+                kept = replay.take(key, weight, x) if gradient is not None else None
+                return func(*args, **kwargs) if kept is None else ReplayedAffine.apply(x, kept, gradient)
         if (func in _AFFINE_FUNCS or func is F.batch_norm) and args and _has_tangent(args[0]):
             if func in _AFFINE_FUNCS and not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values())):
                 rest, tangent_rest = tuple(args[1:]), list(args[1:])
@@ -312,7 +336,7 @@ class _MeasureMode(TorchFunctionMode):
                     tangent_rest[1] = None  # the bias: linear(x, w, b), conv*(x, w, b, ...)
                 if "bias" in tangent_kwargs:
                     tangent_kwargs["bias"] = None
-                return _affine_in_input(args[0], func, rest, kwargs, func, tuple(tangent_rest), tangent_kwargs)
+                return _affine_in_input(args[0], func, rest, kwargs, func, tuple(tangent_rest), tangent_kwargs, primal_value)
             if func is F.batch_norm:
                 bn = dict(zip(_BN_ARGS, args[1:]), **kwargs)
                 weight, bias, eps = bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5)

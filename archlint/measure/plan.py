@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-from archlint import patterns
+from archlint import memory, patterns
 from archlint.graph import ArchGraph, OpKind
 from archlint.measure import deflate
 from archlint.measure.evaluate import _Result
 from archlint.measure.model import _configure, _is_fresh, _measuring, _Runnable
+from archlint.measure.replay import Replay
 from archlint.measure.report import MeasureError, failure
 from archlint.measure.runner import _groups, _NodeAcc, _PassResult, _Runner
 
@@ -105,9 +106,13 @@ class _Plan:
             pop_probes = self.population_probes if fused else 0
             if deflate.wanted(graph, runner.trace_batch, self.batch_size, run.dtype, run.device):
                 runner.keep_tangent = {graph.output}
+            if len(groups) == 1 and _replayable(graph, runner.trace_batch, self.batch_size, run.dtype, run.device):
+                measure_mode.replay = Replay()
             main = runner.run_pass(self.probes + pop_probes, want=every, pool_names=starts,
                                    bn_modules=batch_bns if populatable and not fused else [], bn_nodes=bn_nodes,
                                    seed=self.seed, signs=True, eval_from=self.probes if fused else None)
+            if measure_mode.replay is not None:
+                measure_mode.replay.recording = False
             main, pop = _split_probes(main, self.probes) if fused else (main, None)
             # Probe noise of one probe per row, relative, at the output: decides how many
             # probes each pass needs (not below the minimum asked for).
@@ -160,6 +165,8 @@ class _Plan:
                 pop_segs = {seg: runner.segment(seg, pop_probes, main.pools, seed=self.seed + 1001 + i, eval_from=0)
                             for i, seg in enumerate(self.segments)}
             elif populatable:
+                # Batch norm on running statistics: other values from here on.
+                measure_mode.replay = None
                 _populate(batch_bns, bn_nodes, main)
                 _configure(run.root, train_norms - {id(m) for m in batch_bns}, tracking)
                 pop_probes = max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)))
@@ -227,6 +234,16 @@ def _split_probes(result: "_PassResult", k: int) -> tuple["_PassResult", "_PassR
 # MLP has the batch size (128), where deep chaotic stacks amplify the difference (a depth-20
 # BN-ReLU MLP at batch 32: 24%), so such models keep their own population pass.
 FUSED_MIN_COUNT = 1024
+
+
+def _replayable(graph: ArchGraph, traced_batch: int | None, rows: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the values of a batch's convolutions and linear layers (by the shapes the
+    graph was traced with, ``traced_batch`` rows) may be kept for the passes that follow
+    (measure.replay): within half the memory budget's share of what is free."""
+    if not traced_batch:
+        return False
+    per_row = sum(math.prod(node.shape) for node in graph if node.kind in (OpKind.CONV, OpKind.LINEAR) and node.shape)
+    return per_row / traced_batch * rows * dtype.itemsize <= memory.default_memory_budget(device) / 2
 
 
 def _fusable(graph: ArchGraph, run: _Runnable, batch_bns: list[_BatchNorm], batch_size: int) -> bool:

@@ -212,6 +212,7 @@ class _Runner:
         try:
             with torch.enable_grad():
                 try:
+                    self._new_pass()
                     execute(graph, self.group_args(lo, hi), on_node)
                 except _Stop:
                     pass
@@ -231,6 +232,12 @@ class _Runner:
         finally:
             self.mode.reverse = self.mode.population_backward = False
         return totals
+
+    def _new_pass(self) -> None:
+        """A pass over the model begins: the layers' calls are numbered from the start
+        (measure.replay)."""
+        if self.mode is not None and self.mode.replay is not None:
+            self.mode.replay.new_pass()
 
     @contextmanager
     def _eval_probes(self, eval_from: int | None) -> Iterator[None]:
@@ -338,6 +345,7 @@ class _Runner:
                 return replaced
 
             try:
+                self._new_pass()
                 execute(graph, args, on_node)
             except _Stop:
                 pass
