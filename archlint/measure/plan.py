@@ -106,7 +106,13 @@ class _Plan:
             pop_probes = self.population_probes if fused else 0
             if deflate.wanted(graph, runner.trace_batch, self.batch_size, run.dtype, run.device):
                 runner.keep_tangent = {graph.output}
-            if len(groups) == 1 and _replayable(graph, runner.trace_batch, self.batch_size, run.dtype, run.device):
+            # Passes after the main one over the same batch are likely where the output has few
+            # units per row (its probe noise may ask for more probes or a deflation) and
+            # where there are segments. Elsewhere keeping them only costs: the GPT's linear
+            # values (about 240 MB) kept, its output NLC took 1.45 s against 1.38 s
+            # (benchmarks/bench_cost.py --part replay, before this condition).
+            likely = bool(runner.keep_tangent or self.segments)
+            if likely and len(groups) == 1 and _replayable(graph, runner.trace_batch, self.batch_size, run.dtype, run.device):
                 measure_mode.replay = Replay()
             main = runner.run_pass(self.probes + pop_probes, want=every, pool_names=starts,
                                    bn_modules=batch_bns if populatable and not fused else [], bn_nodes=bn_nodes,
