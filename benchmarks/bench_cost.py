@@ -34,9 +34,10 @@ archlint.measure.
 ``--part rules``: archlint's own tangent rules for layer norm, softmax and LSTMs against
 PyTorch's, on the GPT and the LSTM language model, in one process (see own_rules). ``--part rows``: nodes
 that only rearrange their input's rows taking its statistics against computing their own, on
-the suite's shapes that have such nodes (see kept_rows).
+the suite's shapes that have such nodes (see kept_rows). ``--part replay``: the passes after the
+main one taking its convolution and linear values against computing them (see replayed).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
