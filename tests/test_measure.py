@@ -754,15 +754,17 @@ def test_nodes_that_keep_their_inputs_rows_take_its_statistics(monkeypatch, writ
 
 class Replays(nn.Module):
     """Layers whose values the passes after the main one take from it (measure.replay): a
-    convolution, a transposed one (recomputed in reverse mode), a linear layer called twice
-    (its calls numbered), and (write=True) the convolution's value written in place after it
-    is taken. A 2-way head: the output is deflated (a reverse-mode pass). eager=True: a
+    convolution, a train-mode batch norm, a transposed convolution (recomputed in reverse
+    mode), a linear layer called twice (its calls numbered), and (write=True) the
+    convolution's value written in place after it is taken. A 2-way head: the output is
+    deflated (a reverse-mode pass, for the batch and the population value). eager=True: a
     branch that fx cannot trace, so the graph is captured eagerly."""
 
     def __init__(self, write: bool, eager: bool):
         super().__init__()
         self.write, self.eager = write, eager
         self.conv = nn.Conv1d(1, 4, 3, padding=1)
+        self.norm = nn.BatchNorm1d(4)
         self.up = nn.ConvTranspose1d(4, 4, 3, padding=1)
         self.shared = nn.Linear(64, 64)
         self.head = nn.Linear(64, 2)
@@ -773,7 +775,7 @@ class Replays(nn.Module):
         h = self.conv(x.unsqueeze(1))
         if self.write:
             h.mul_(2.0)
-        h = self.up(torch.tanh(h)).flatten(1)
+        h = self.up(torch.tanh(self.norm(h))).flatten(1)
         h = torch.tanh(self.shared(h))
         h = torch.tanh(self.shared(h))
         return self.head(h)
@@ -809,6 +811,7 @@ def test_layer_values_replayed_in_later_passes_measure_what_computing_them_does(
         computed = measure(model, x, graph=traced, segments=[segment])
     assert len(replays) == 1
     assert (replayed.output_nlc, replayed.probes) == (computed.output_nlc, computed.probes)
+    assert replayed.output_nlc_population == computed.output_nlc_population is not None
     assert replayed.segments[segment].nlc == computed.segments[segment].nlc
     assert [(s.nlc, s.rms) for s in replayed.nodes.values()] == [(s.nlc, s.rms) for s in computed.nodes.values()]
 

@@ -13,25 +13,25 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from archlint.measure.replay import REPLAYED, Replay, ReplayedAffine, input_gradient
+from archlint.measure.replay import AFFINE, REPLAYED, Replay, ReplayedAffine, input_gradient
 
 
 def _has_tangent(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None
 
 
-def _affine_in_input(x, func, args, kwargs, tangent_func, tangent_args, tangent_kwargs, primal_value=None):
+def _affine_in_input(x, func, args, kwargs, tangent_func, tangent_args, tangent_kwargs, primal_values=None):
     """y = func(x, *args) for a func that is affine in x, with the tangent its linear part,
     tangent_func(t, *tangent_args) (for convolution and linear: the same call without the
     bias). PyTorch's own forward-mode rules for convolution and linear also convolve the input
     with a zero weight tangent (a third convolution) or copy the tangents. The dual is
     unpacked and made again by hand: an autograd.Function with a jvp rule cost about 0.8 ms a
     call under vmap (its generated vmap rule), more than the 128x512 by 512x512 product of a
-    depth-20 MLP's layer. ``primal_value(primal, compute)``: where the value may come from
+    depth-20 MLP's layer. ``primal_values(primal, compute)``: where the value may come from
     (measure.replay)."""
     primal, tangent = fwAD.unpack_dual(x)
-    value = (func(primal, *args, **kwargs) if primal_value is None
-             else primal_value(primal, lambda: func(primal, *args, **kwargs)))
+    value = (func(primal, *args, **kwargs) if primal_values is None
+             else primal_values(primal, lambda: (func(primal, *args, **kwargs),))[0])
     return fwAD.make_dual(value, tangent_func(tangent, *tangent_args, **tangent_kwargs))
 
 
@@ -41,7 +41,7 @@ def _scale_channels(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return t * scale.view([1, -1] + [1] * (t.dim() - 2))
 
 
-def _batch_norm_train(x, weight, bias, eps, eval_from):
+def _batch_norm_train(x, weight, bias, eps, eval_from, primal_values=None):
     """Batch normalisation with the statistics of the batch, with a lean tangent rule.
 
     With batch means <.> per channel, xhat = (x - mu) / sigma and s = gamma / sigma:
@@ -49,9 +49,14 @@ def _batch_norm_train(x, weight, bias, eps, eval_from):
     That is also the formula of its gradient (the Jacobian is symmetric within a channel), so
     PyTorch's fused batch-norm backward kernel computes the tangent in one pass over the data;
     PyTorch's forward-mode rule takes about six and materialises zero tangents for the running
-    statistics. The dual is made by hand, as in _affine_in_input."""
+    statistics. The dual is made by hand, as in _affine_in_input. ``primal_values(primal,
+    compute)``: where the value and statistics may come from (measure.replay)."""
     primal, tangent = fwAD.unpack_dual(x)
-    out, mean, invstd = torch.native_batch_norm(primal, weight, bias, None, None, True, 0.0, eps)
+
+    def compute():
+        return torch.native_batch_norm(primal, weight, bias, None, None, True, 0.0, eps)
+
+    out, mean, invstd = compute() if primal_values is None else primal_values(primal, compute)
     return fwAD.make_dual(out, _BatchNormTangent.apply(tangent, primal, weight, mean, invstd, eps, eval_from))
 
 
@@ -92,8 +97,13 @@ class _BatchNormEitherRule(torch.autograd.Function):
     batch value and of the population value."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, mode):
-        out, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+    def forward(ctx, x, weight, bias, eps, mode, kept=None):
+        """``kept``: the value, mean and inverse standard deviation kept from the main pass
+        (measure.replay), else computed."""
+        if kept is None:
+            out, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        else:
+            out, mean, invstd = kept[0].detach(), kept[1], kept[2]  # a new alias: the graph attaches to it
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps, ctx.mode = eps, mode
         return out
@@ -106,7 +116,7 @@ class _BatchNormEitherRule(torch.autograd.Function):
         else:
             grad_x = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True, ctx.eps,
                                                                [True, False, False])[0]
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 def _layer_norm(x, normalized_shape, weight, bias, eps):
@@ -311,23 +321,25 @@ class _MeasureMode(TorchFunctionMode):
             ln = dict(zip(("normalized_shape", "weight", "bias", "eps"), args[1:]), **kwargs)
             if not (_has_tangent(ln.get("weight")) or _has_tangent(ln.get("bias"))):
                 return _layer_norm(args[0], tuple(ln["normalized_shape"]), ln.get("weight"), ln.get("bias"), ln.get("eps", 1e-5))
-        primal_value = None
+        primal_values = key = None
         if self.replay is not None and func in REPLAYED and args:
             # Every call is numbered, whether its value is replayed or not (measure.replay).
-            replay, x, weight = self.replay, args[0], args[1] if len(args) > 1 else kwargs.get("weight")
+            replay, x = self.replay, args[0]
+            weight = dict(zip(_BN_ARGS, args[1:]), **kwargs).get("weight") if func is F.batch_norm else (
+                args[1] if len(args) > 1 else kwargs.get("weight"))
             key = replay.key(func, weight)
 
-            def primal_value(primal, compute):
-                return replay.value(key, weight, primal, compute)
+            def primal_values(primal, compute):
+                return replay.values(key, weight, primal, compute)
 
-            if not _has_tangent(x) and not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values())):
+            if func in AFFINE and not _has_tangent(x) and not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values())):
                 if not (torch.is_grad_enabled() and x.requires_grad):
-                    return primal_value(x, lambda: func(*args, **kwargs))
+                    return primal_values(x, lambda: (func(*args, **kwargs),))[0]
                 # A reverse-mode pass (runner.reverse): the kept value, the layer's input
                 # gradient backward.
                 gradient = input_gradient(func, x, tuple(args[1:]), kwargs)
                 kept = replay.take(key, weight, x) if gradient is not None else None
-                return func(*args, **kwargs) if kept is None else ReplayedAffine.apply(x, kept, gradient)
+                return func(*args, **kwargs) if kept is None else ReplayedAffine.apply(x, kept[0], gradient)
         if (func in _AFFINE_FUNCS or func is F.batch_norm) and args and _has_tangent(args[0]):
             if func in _AFFINE_FUNCS and not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values())):
                 rest, tangent_rest = tuple(args[1:]), list(args[1:])
@@ -336,13 +348,13 @@ class _MeasureMode(TorchFunctionMode):
                     tangent_rest[1] = None  # the bias: linear(x, w, b), conv*(x, w, b, ...)
                 if "bias" in tangent_kwargs:
                     tangent_kwargs["bias"] = None
-                return _affine_in_input(args[0], func, rest, kwargs, func, tuple(tangent_rest), tangent_kwargs, primal_value)
+                return _affine_in_input(args[0], func, rest, kwargs, func, tuple(tangent_rest), tangent_kwargs, primal_values)
             if func is F.batch_norm:
                 bn = dict(zip(_BN_ARGS, args[1:]), **kwargs)
                 weight, bias, eps = bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5)
                 if not (_has_tangent(weight) or _has_tangent(bias)):
                     if bn.get("training", False):
-                        return _batch_norm_train(args[0], weight, bias, eps, self.eval_from)
+                        return _batch_norm_train(args[0], weight, bias, eps, self.eval_from, primal_values)
                     rest = (bn["running_mean"], bn["running_var"], weight, bias, False, 0.0, eps)
                     scale = torch.rsqrt(bn["running_var"] + eps)
                     if weight is not None:
@@ -351,5 +363,6 @@ class _MeasureMode(TorchFunctionMode):
         if func is F.batch_norm and self.reverse and args:
             bn = dict(zip(_BN_ARGS, args[1:]), **kwargs)
             if bn.get("training", False):
-                return _BatchNormEitherRule.apply(args[0], bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5), self)
+                kept = self.replay.take(key, bn.get("weight"), args[0]) if key is not None else None
+                return _BatchNormEitherRule.apply(args[0], bn.get("weight"), bn.get("bias"), bn.get("eps", 1e-5), self, kept)
         return func(*args, **kwargs)

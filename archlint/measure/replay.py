@@ -1,19 +1,20 @@
-"""The values of the convolutions and linear layers of one pass, kept and replayed in the
-passes that follow it over the same batch.
+"""The values of the convolutions, linear layers and batch norms of one pass, kept and
+replayed in the passes that follow it over the same batch.
 
 A measurement runs the model several times over the same batch in the same configuration:
 the main pass, then perhaps a pass that adds probes (a noisy output: a depth-20 MLP needs
 3), the reverse-mode pass of measure.deflate (a thin residual CNN), and the segments'
 passes. Each recomputed every layer's value, the same numbers each time; for a
-convolution or a linear layer that is a matrix product as large as the forward pass's.
-So the main pass keeps them (the activations a training step would hold, of one batch),
-and the passes that follow take them instead of computing them: in forward mode the value
-beside a tangent computed as before, in reverse mode through ``ReplayedAffine``, whose
-backward is the layer's input gradient.
+convolution or a linear layer that is a matrix product as large as the forward pass's, for a
+batch norm two passes over its input. So the main pass keeps them (the activations a
+training step would hold, of one batch), and the passes that follow take them instead of
+computing them: in forward mode the value beside a tangent computed as before, in reverse
+mode through ``ReplayedAffine`` (whose backward is the layer's input gradient) or batch
+norm's own reverse rule (overrides._BatchNormEitherRule, given the kept statistics).
 
 A kept value is used only for the same call: the same function and weight (the same
 object, unwritten since), the same occurrence of that weight in the pass (a layer called
-twice has two values), an input of the same shape, and the kept value itself unwritten
+twice has two values), an input of the same shape, and the kept values themselves unwritten
 since (a model that adds to a layer's output in place gets it computed again). The
 passes replay a deterministic computation over the same rows (dropout is off while
 measuring), so the inputs are the same values.
@@ -30,8 +31,10 @@ import torch.nn.functional as F
 from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
 
 # The layers whose values are kept; those with an input gradient below are also replayed in
-# a reverse-mode pass (a transposed convolution is recomputed there).
-REPLAYED = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+# a reverse-mode pass (a transposed convolution is recomputed there). Batch norm's are kept
+# where it uses the batch's statistics (its value, mean and inverse standard deviation).
+AFFINE = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+REPLAYED = AFFINE | {F.batch_norm}
 _CONV_INPUT = {F.conv1d: torch.nn.grad.conv1d_input, F.conv2d: torch.nn.grad.conv2d_input,
                F.conv3d: torch.nn.grad.conv3d_input}
 _CONV_ARGS = ("weight", "bias", "stride", "padding", "dilation", "groups")
@@ -42,8 +45,8 @@ class _Kept:
     weight: weakref.ref
     weight_version: int
     shape: tuple[int, ...]
-    value: torch.Tensor
-    version: int
+    values: tuple[torch.Tensor, ...]
+    versions: tuple[int, ...]
 
 
 class Replay:
@@ -70,25 +73,27 @@ class Replay:
         self._calls[base] = k + 1
         return base + (k,)
 
-    def take(self, key: tuple | None, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-        """The kept value of this call, if there is one and it is still valid."""
+    def take(self, key: tuple | None, weight: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """The kept values of this call, if there are and they are still valid."""
         kept = self._kept.get(key) if key is not None else None
         if (kept is None or kept.weight() is not weight or weight._version != kept.weight_version
-                or kept.shape != tuple(x.shape) or kept.value._version != kept.version):
+                or kept.shape != tuple(x.shape) or tuple(v._version for v in kept.values) != kept.versions):
             return None
         self.replayed += 1
-        return kept.value
+        return kept.values
 
-    def value(self, key: tuple | None, weight: torch.Tensor, x: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The kept value of this call, else ``compute()`` (kept while recording)."""
+    def values(self, key: tuple | None, weight: torch.Tensor, x: torch.Tensor,
+               compute: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        """The kept values of this call, else ``compute()`` (kept while recording)."""
         kept = self.take(key, weight, x)
         if kept is not None:
             return kept
         out = compute()
         if self.recording and key is not None:
-            plain = _unwrapped(out)
-            if plain is not None:
-                self._kept[key] = _Kept(weakref.ref(weight), weight._version, tuple(x.shape), plain, plain._version)
+            plain = tuple(_unwrapped(v) for v in out)
+            if all(v is not None for v in plain):
+                self._kept[key] = _Kept(weakref.ref(weight), weight._version, tuple(x.shape), plain,
+                                        tuple(v._version for v in plain))
         return out
 
 
