@@ -781,22 +781,30 @@ class Replays(nn.Module):
         return self.head(h)
 
 
+@pytest.fixture
+def replays(monkeypatch) -> list:
+    """The measure.replay.Replay objects the measurements create from here on."""
+    import archlint.measure.plan as plan
+
+    created = []
+
+    class Counted(plan.Replay):
+        def __init__(self):
+            super().__init__()
+            created.append(self)
+
+    monkeypatch.setattr(plan, "Replay", Counted)
+    return created
+
+
 @pytest.mark.parametrize("write", [False, True])
 @pytest.mark.parametrize("eager", [False, True])
-def test_layer_values_replayed_in_later_passes_measure_what_computing_them_does(monkeypatch, write, eager):
+def test_layer_values_replayed_in_later_passes_measure_what_computing_them_does(monkeypatch, replays, write, eager):
     # The reverse-mode pass, the segment's pass and any pass that adds probes take the
     # layers' values from the main pass, and measure exactly what computing them measures;
     # the value written in place after it was taken is computed again.
     import archlint.measure.plan as plan
 
-    replays = []
-
-    class Counted(plan.Replay):
-        def __init__(self):
-            super().__init__()
-            replays.append(self)
-
-    monkeypatch.setattr(plan, "Replay", Counted)
     torch.manual_seed(0)
     model, x = Replays(write, eager), gaussian(128, 16)
     traced = trace(model, (x[:4],), name="Replays")
@@ -814,6 +822,22 @@ def test_layer_values_replayed_in_later_passes_measure_what_computing_them_does(
     assert replayed.output_nlc_population == computed.output_nlc_population is not None
     assert replayed.segments[segment].nlc == computed.segments[segment].nlc
     assert [(s.nlc, s.rms) for s in replayed.nodes.values()] == [(s.nlc, s.rms) for s in computed.nodes.values()]
+
+
+def test_layer_values_are_kept_only_within_the_memory_budget(monkeypatch, replays):
+    import archlint.memory as memory
+
+    torch.manual_seed(0)
+    model, x = Replays(False, False), gaussian(128, 16)
+    traced = trace(model, (x[:4],), name="Replays")
+    # Per row the kept values are 4 x 16 (conv) + 4 x 16 (batch norm) + 64 (transposed conv)
+    # + 2 x 64 (the linear layer twice) + 2 floats: 322, so 165 kB for 128 rows.
+    monkeypatch.setattr(memory, "available_memory", lambda: int(2 * 160_000 / memory.MEMORY_FRACTION))
+    assert measure(model, x, graph=traced).status == "ok"
+    assert replays == []
+    monkeypatch.setattr(memory, "available_memory", lambda: int(2 * 170_000 / memory.MEMORY_FRACTION))
+    measure(model, x, graph=traced)
+    assert len(replays) == 1 and replays[0].replayed > 0
 
 
 def test_signal_that_overflows_only_in_float32_is_measured_in_float64():

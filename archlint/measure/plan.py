@@ -243,12 +243,14 @@ FUSED_MIN_COUNT = 1024
 
 
 def _replayable(graph: ArchGraph, traced_batch: int | None, rows: int, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether the values of a batch's convolutions and linear layers (by the shapes the
-    graph was traced with, ``traced_batch`` rows) may be kept for the passes that follow
-    (measure.replay): within half the memory budget's share of what is free."""
+    """Whether the values of a batch's convolutions, linear layers and batch norms (by the
+    shapes the graph was traced with, ``traced_batch`` rows; every norm layer counted) may be
+    kept for the passes that follow (measure.replay): within half the memory budget's share
+    of what is free."""
     if not traced_batch:
         return False
-    per_row = sum(math.prod(node.shape) for node in graph if node.kind in (OpKind.CONV, OpKind.LINEAR) and node.shape)
+    kept = (OpKind.CONV, OpKind.LINEAR, OpKind.NORM)
+    per_row = sum(math.prod(node.shape) for node in graph if node.kind in kept and node.shape)
     return per_row / traced_batch * rows * dtype.itemsize <= memory.default_memory_budget(device) / 2
 
 

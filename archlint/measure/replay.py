@@ -74,7 +74,7 @@ class Replay:
         return base + (k,)
 
     def take(self, key: tuple | None, weight: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """The kept values of this call, if there are and they are still valid."""
+        """The kept values of this call, if any are kept and still valid."""
         kept = self._kept.get(key) if key is not None else None
         if (kept is None or kept.weight() is not weight or weight._version != kept.weight_version
                 or kept.shape != tuple(x.shape) or tuple(v._version for v in kept.values) != kept.versions):
