@@ -107,6 +107,24 @@ def available_memory() -> int:
     return available
 
 
+def data_room() -> int | None:
+    """Bytes this process may still allocate under its RLIMIT_DATA soft limit (a worker's
+    share of ``--memory-limit``: the cap is set there), None without such a limit or where
+    its use cannot be read (``VmData`` of /proc/self/status: what Linux counts against it)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return max(soft - int(line.split()[1]) * 1024, 0)
+    return None
+
+
 def default_memory_limit() -> int | None:
     """Half the physical memory: room for the model, and the machine stays usable."""
     total = physical_memory()

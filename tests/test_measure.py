@@ -838,6 +838,11 @@ def test_layer_values_are_kept_only_within_the_memory_budget(monkeypatch, replay
     monkeypatch.setattr(memory, "available_memory", lambda: int(2 * 170_000 / memory.MEMORY_FRACTION))
     measure(model, x, graph=traced)
     assert len(replays) == 1 and replays[0].replayed > 0
+    # A worker's own cap (RLIMIT_DATA) counts too.
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 40)
+    monkeypatch.setattr(memory, "data_room", lambda: 2 * 160_000)
+    measure(model, x, graph=traced)
+    assert len(replays) == 1
 
 
 def test_signal_that_overflows_only_in_float32_is_measured_in_float64():

@@ -3,6 +3,10 @@ the container's cgroup limit respected by both."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -72,3 +76,23 @@ def test_without_a_cgroup_limit_the_machine_counts(tmp_path, monkeypatch):
     assert total and total > 1024**3
     assert memory.default_memory_limit() == total // 2
     assert 0 < memory.available_memory() <= total
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/self/status (Linux)")
+def test_room_under_the_processes_data_limit():
+    # A worker's cap is RLIMIT_DATA: what is left under it, and None without one.
+    script = (
+        "import resource, sys\n"
+        "from archlint import memory\n"
+        "_, hard = resource.getrlimit(resource.RLIMIT_DATA)\n"
+        "if sys.argv[1] != 'none':\n"
+        "    resource.setrlimit(resource.RLIMIT_DATA, (int(sys.argv[1]), hard))\n"
+        "print(memory.data_room())\n"
+    )
+    unlimited = subprocess.run([sys.executable, "-c", script, "none"], capture_output=True, text=True, check=True)
+    assert unlimited.stdout.strip() == "None"
+    cap = 4 * 1024**3
+    capped = subprocess.run([sys.executable, "-c", script, str(cap)], capture_output=True, text=True, check=True)
+    room = int(capped.stdout)
+    # Less the process's own data (the interpreter and archlint.memory: tens of MB).
+    assert cap - 512 * 1024**2 < room < cap

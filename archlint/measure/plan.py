@@ -246,12 +246,17 @@ def _replayable(graph: ArchGraph, traced_batch: int | None, rows: int, dtype: to
     """Whether the values of a batch's convolutions, linear layers and batch norms (by the
     shapes the graph was traced with, ``traced_batch`` rows; every norm layer counted) may be
     kept for the passes that follow (measure.replay): within half the memory budget's share
-    of what is free."""
+    of what is free, and on the CPU within half of what the process's own cap (a worker's
+    share of the memory limit) still allows."""
     if not traced_batch:
         return False
     kept = (OpKind.CONV, OpKind.LINEAR, OpKind.NORM)
     per_row = sum(math.prod(node.shape) for node in graph if node.kind in kept and node.shape)
-    return per_row / traced_batch * rows * dtype.itemsize <= memory.default_memory_budget(device) / 2
+    room = memory.default_memory_budget(device)
+    capped = memory.data_room() if device.type == "cpu" else None
+    if capped is not None:
+        room = min(room, capped)
+    return per_row / traced_batch * rows * dtype.itemsize <= room / 2
 
 
 def _fusable(graph: ArchGraph, run: _Runnable, batch_bns: list[_BatchNorm], batch_size: int) -> bool:
