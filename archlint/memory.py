@@ -13,6 +13,7 @@ Importing this module is cheap (no torch): the CLI parses sizes before any worke
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from pathlib import Path
@@ -123,6 +124,12 @@ def data_room() -> int | None:
             if line.startswith("VmData:"):
                 return max(soft - int(line.split()[1]) * 1024, 0)
     return None
+
+
+def values_size(shapes, traced_batch: int, rows: int, itemsize: int) -> float:
+    """Bytes of values of these ``shapes`` (recorded with ``traced_batch`` rows) for ``rows``
+    rows: the activations a measurement holds, estimated from the traced graph."""
+    return sum(math.prod(shape) for shape in shapes) / traced_batch * rows * itemsize
 
 
 def default_memory_limit() -> int | None:

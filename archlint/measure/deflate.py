@@ -62,8 +62,8 @@ def wanted(graph, traced_batch: int | None, rows: int, dtype: torch.dtype, devic
         return False
     if math.prod(out.shape) // traced_batch > MAX_UNITS:
         return False
-    per_row = sum(math.prod(node.shape) for node in graph if node.shape) / traced_batch
-    return per_row * rows * torch.finfo(dtype).bits / 8 <= memory.default_memory_budget(device)
+    held = memory.values_size((node.shape for node in graph if node.shape), traced_batch, rows, dtype.itemsize)
+    return held <= memory.default_memory_budget(device)
 
 
 def direction(t: list[torch.Tensor]) -> torch.Tensor:

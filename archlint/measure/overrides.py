@@ -13,11 +13,16 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from archlint.measure.replay import AFFINE, REPLAYED, Replay, ReplayedAffine, input_gradient
+from archlint.measure.replay import Replay, ReplayedAffine, input_gradient
 
 
 def _has_tangent(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None
+
+
+def _fixed_arguments(args: tuple, kwargs: dict) -> bool:
+    """Whether a layer's arguments besides its input (weights, bias, options) carry no tangent."""
+    return not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values()))
 
 
 def _affine_in_input(x, func, args, kwargs, tangent_func, tangent_args, tangent_kwargs, primal_values=None):
@@ -232,6 +237,9 @@ def _lstm_layer(seq, dseq, h0, c0, weights):
 
 
 _AFFINE_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+# The calls whose values a plan keeps and replays (measure.replay): the affine layers, and batch
+# norm where it uses the batch's statistics (its value, mean and inverse standard deviation).
+_REPLAYED = _AFFINE_FUNCS | {F.batch_norm}
 _SOFTMAX_FUNCS = {F.softmax, torch.softmax, torch.Tensor.softmax}
 _DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout}
 # Activations with an ``inplace`` flag. In place, forward mode also updates the input's
@@ -322,7 +330,7 @@ class _MeasureMode(TorchFunctionMode):
             if not (_has_tangent(ln.get("weight")) or _has_tangent(ln.get("bias"))):
                 return _layer_norm(args[0], tuple(ln["normalized_shape"]), ln.get("weight"), ln.get("bias"), ln.get("eps", 1e-5))
         primal_values = key = None
-        if self.replay is not None and func in REPLAYED and args:
+        if self.replay is not None and func in _REPLAYED and args:
             # Every call is numbered, whether its value is replayed or not (measure.replay).
             replay, x = self.replay, args[0]
             weight = dict(zip(_BN_ARGS, args[1:]), **kwargs).get("weight") if func is F.batch_norm else (
@@ -332,7 +340,7 @@ class _MeasureMode(TorchFunctionMode):
             def primal_values(primal, compute):
                 return replay.values(key, weight, primal, compute)
 
-            if func in AFFINE and not _has_tangent(x) and not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values())):
+            if func in _AFFINE_FUNCS and not _has_tangent(x) and _fixed_arguments(args, kwargs):
                 if not (torch.is_grad_enabled() and x.requires_grad):
                     return primal_values(x, lambda: (func(*args, **kwargs),))[0]
                 # A reverse-mode pass (runner.reverse): the kept value, the layer's input
@@ -341,7 +349,7 @@ class _MeasureMode(TorchFunctionMode):
                 kept = replay.take(key, weight, x) if gradient is not None else None
                 return func(*args, **kwargs) if kept is None else ReplayedAffine.apply(x, kept[0], gradient)
         if (func in _AFFINE_FUNCS or func is F.batch_norm) and args and _has_tangent(args[0]):
-            if func in _AFFINE_FUNCS and not any(_has_tangent(a) for a in list(args[1:]) + list(kwargs.values())):
+            if func in _AFFINE_FUNCS and _fixed_arguments(args, kwargs):
                 rest, tangent_rest = tuple(args[1:]), list(args[1:])
                 tangent_kwargs = dict(kwargs)
                 if len(tangent_rest) >= 2:

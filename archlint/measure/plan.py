@@ -250,13 +250,14 @@ def _replayable(graph: ArchGraph, traced_batch: int | None, rows: int, dtype: to
     share of the memory limit) still allows."""
     if not traced_batch:
         return False
-    kept = (OpKind.CONV, OpKind.LINEAR, OpKind.NORM)
-    per_row = sum(math.prod(node.shape) for node in graph if node.kind in kept and node.shape)
+    kinds = (OpKind.CONV, OpKind.LINEAR, OpKind.NORM)
+    kept = memory.values_size((node.shape for node in graph if node.kind in kinds and node.shape), traced_batch, rows,
+                              dtype.itemsize)
     room = memory.default_memory_budget(device)
     capped = memory.data_room() if device.type == "cpu" else None
     if capped is not None:
         room = min(room, capped)
-    return per_row / traced_batch * rows * dtype.itemsize <= room / 2
+    return kept <= room / 2
 
 
 def _fusable(graph: ArchGraph, run: _Runnable, batch_bns: list[_BatchNorm], batch_size: int) -> bool:

@@ -30,11 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
 
-# The layers whose values are kept; those with an input gradient below are also replayed in
-# a reverse-mode pass (a transposed convolution is recomputed there). Batch norm's are kept
-# where it uses the batch's statistics (its value, mean and inverse standard deviation).
-AFFINE = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
-REPLAYED = AFFINE | {F.batch_norm}
+# The layers with an input gradient here are also replayed in a reverse-mode pass (a
+# transposed convolution is recomputed there). Which calls keep values: overrides._REPLAYED.
 _CONV_INPUT = {F.conv1d: torch.nn.grad.conv1d_input, F.conv2d: torch.nn.grad.conv2d_input,
                F.conv3d: torch.nn.grad.conv3d_input}
 _CONV_ARGS = ("weight", "bias", "stride", "padding", "dilation", "groups")
