@@ -36,8 +36,10 @@ PyTorch's, on the GPT and the LSTM language model, in one process (see own_rules
 that only rearrange their input's rows taking its statistics against computing their own, on
 the suite's shapes that have such nodes (see kept_rows). ``--part replay``: the passes after the
 main one taking its convolution and linear values against computing them (see replayed).
+``--part state``: the user's parameters copied before the first call that could write them
+against all copied before the measurement and back after it (see parameter_copies).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import copy
 import importlib.util
 import statistics
 import sys
+from contextlib import contextmanager
 
 import common  # noqa: F401  (first: the repository importable, one thread)
 import torch
@@ -393,14 +396,39 @@ def replayed(names: list[str], repeats: int) -> None:
               f"| {med['replayed', 'all']:.3f} / {med['computed', 'all']:.3f} |", flush=True)
 
 
+def parameter_copies(names: list[str], repeats: int) -> None:
+    """Each parameter copied before the first call that could write it (archlint.state's
+    ParameterGuard: for these shapes, none) against every parameter copied before the
+    measurement and back after it, per shape (see ``alternated``)."""
+    import archlint.measure.model as measure_model
+    from archlint.state import preserved_state
+
+    @contextmanager
+    def up_front(model, copy_parameters_on_write=False):
+        with preserved_state(model) as guard:
+            yield guard
+
+    print("| shape | parameters (MB) | output only: on write / up front (CPU s) | all statistics: on write / up front (CPU s) |")
+    print("|---|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        size = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+        med = alternated(model, x, graph, {"on write": lambda: setattr(measure_model, "preserved_state", preserved_state),
+                                           "up front": lambda: setattr(measure_model, "preserved_state", up_front)}, repeats)
+        measure_model.preserved_state = preserved_state
+        print(f"| {name} | {size:.1f} | {med['on write', 'output']:.3f} / {med['up front', 'output']:.3f} "
+              f"| {med['on write', 'all']:.3f} / {med['up front', 'all']:.3f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay"), default="suite",
+    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
                              "taking its statistics against computing their own; replay: the layers' values of the main "
-                             "pass replayed in the passes that follow against computed again")
+                             "pass replayed in the passes that follow against computed again; state: parameters copied "
+                             "on write against copied up front")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -408,7 +436,7 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile", "rows", "replay"):
+    if args.part in ("suite", "profile", "rows", "replay", "state"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -419,6 +447,8 @@ def main() -> int:
             kept_rows(names, args.repeats or REPEATS)
         elif args.part == "replay":
             replayed(names, args.repeats or REPEATS)
+        elif args.part == "state":
+            parameter_copies(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0

@@ -98,13 +98,13 @@ def _measuring(run: _Runnable) -> Iterator["_MeasureMode"]:
     norms = [m for m in run.root.modules() if isinstance(m, _NormBase)]
     tracking = [(m, m.track_running_stats) for m in norms]
     with ExitStack() as stack:
-        stack.enter_context(preserved_state(run.root))
+        guard = stack.enter_context(preserved_state(run.root, copy_parameters_on_write=True))
         stack.callback(lambda: [setattr(m, "track_running_stats", flag) for m, flag in tracking])
         stack.enter_context(torch.no_grad())
         # The fused attention kernels have no forward-mode derivative; the math one does.
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         # Active modes also turn off nn.MultiheadAttention's fused fast path (same reason).
-        yield stack.enter_context(_MeasureMode())
+        yield stack.enter_context(_MeasureMode(guard))
 
 
 def _configure(root: nn.Module, batch_stat_norms: set[int], tracking: dict[int, bool]) -> None:

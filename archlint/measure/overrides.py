@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from archlint.measure.replay import Replay, ReplayedAffine, input_gradient
+from archlint.state import ParameterGuard
 
 
 def _has_tangent(t: Any) -> bool:
@@ -269,8 +270,11 @@ class _MeasureMode(TorchFunctionMode):
     reverse: bool = False
     population_backward: bool = False
 
-    def __init__(self) -> None:
+    def __init__(self, guard: ParameterGuard | None = None) -> None:
         super().__init__()
+        # Copies each parameter before the first call that could write it (archlint.state):
+        # every call of the model's code passes through here first.
+        self.guard = guard
         # The kept values of the layers, while a plan replays them (measure.replay).
         self.replay: Replay | None = None
         # Tensors (by id, with a weak reference to check it is still the same one) that no
@@ -303,6 +307,8 @@ class _MeasureMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.guard is not None:
+            self.guard.before(func, args, kwargs)
         if func in _DROPOUT_FUNCS:
             return args[0] if args else kwargs["input"]
         if self.private:
