@@ -93,8 +93,9 @@ def _float_dtype(module: nn.Module) -> torch.dtype:
 
 @contextmanager
 def _measuring(run: _Runnable) -> Iterator["_MeasureMode"]:
-    """Everything a measurement changes on the modules is put back on exit, and the
-    measurement's function overrides (fast tangents, dropout off) are active."""
+    """Everything a measurement changes on the modules is put back on exit. Yields the
+    measurement's function overrides (fast tangents, dropout off, the parameter guard), which
+    the runner turns on while the model's code runs."""
     norms = [m for m in run.root.modules() if isinstance(m, _NormBase)]
     tracking = [(m, m.track_running_stats) for m in norms]
     with ExitStack() as stack:
@@ -103,8 +104,9 @@ def _measuring(run: _Runnable) -> Iterator["_MeasureMode"]:
         stack.enter_context(torch.no_grad())
         # The fused attention kernels have no forward-mode derivative; the math one does.
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        # Active modes also turn off nn.MultiheadAttention's fused fast path (same reason).
-        yield stack.enter_context(_MeasureMode(guard))
+        # Entered by the runner while the model runs (runner._running_model). Active modes
+        # also turn off nn.MultiheadAttention's fused fast path (same reason).
+        yield _MeasureMode(guard)
 
 
 def _configure(root: nn.Module, batch_stat_norms: set[int], tracking: dict[int, bool]) -> None:
