@@ -149,6 +149,18 @@ def default_memory_budget(device: "str | object" = "cpu") -> int:
     return int(budget)
 
 
+def measurement_room(device: "str | object" = "cpu") -> int:
+    """Bytes a measurement may hold at once: the memory budget's share of what is free and,
+    on a CPU, half of what the process's own cap (``data_room``: a worker's share of
+    ``--memory-limit``) still allows. Half: the heap keeps what a measurement frees (see
+    worker.keep_freed_memory), and the file's later models need room too. A DenseNet-201's
+    reverse pass on a batch of 32 rows held about 3 GB; in a worker capped at 6 GiB, the next
+    model of its file could not allocate a convolution afterwards."""
+    room = default_memory_budget(device)
+    capped = data_room() if getattr(device, "type", device) == "cpu" else None
+    return room if capped is None else min(room, capped // 2)
+
+
 def share(size: int | None, workers: int) -> int | None:
     """One of ``workers`` concurrent analyses' part of ``size`` (a memory limit or budget they
     share evenly, so that together they stay within it); None (no limit) stays None."""

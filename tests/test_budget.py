@@ -63,6 +63,18 @@ def sleepy_module(per_row: float) -> nn.Module:
     return namespace["Sleepy"]()
 
 
+class BNSleepy(nn.Module):
+    """Sleepy with train-mode BatchNorm after it: its batch is part of the function."""
+
+    def __init__(self, per_row):
+        super().__init__()
+        self.inner = sleepy_module(per_row)
+        self.bn = nn.BatchNorm1d(10)
+
+    def forward(self, x):
+        return self.bn(self.inner(x))
+
+
 def model_file(tmp_path, *models: tuple[str, float], name: str = "models.py"):
     path = tmp_path / name
     path.write_text(SLEEPY + "".join(HOT_MLP.format(name=name, per_row=per_row) for name, per_row in models))
@@ -91,18 +103,7 @@ def test_a_model_slower_than_the_budget_is_measured_on_fewer_samples():
 
 def test_train_mode_batchnorm_keeps_its_batch_size_under_the_budget():
     torch.manual_seed(0)
-    sleepy = sleepy_module(0.01)
-
-    class BNSleepy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = sleepy
-            self.bn = nn.BatchNorm1d(10)
-
-        def forward(self, x):
-            return self.bn(self.inner(x))
-
-    model = BNSleepy()
+    model = BNSleepy(0.01)
     x = torch.randn(128, 32)
     graph = trace(model, (x[:2],), name="BNSleepy")
     report = measure(model, x, graph=graph, batch_size=32, budget=5.0)
@@ -111,11 +112,49 @@ def test_train_mode_batchnorm_keeps_its_batch_size_under_the_budget():
     assert report.budget_note is not None
 
 
+def test_a_model_that_does_not_fit_one_batch_is_measured_on_a_smaller_one():
+    torch.manual_seed(0)
+    model = BNSleepy(0.01)  # 1.28 s a forward pass of 128 rows, 0.32 s of 32
+    x = torch.randn(128, 32)
+    graph = trace(model, (x[:2],), name="BNSleepy")
+    # One batch of 128 with one probe: about 4 forward passes, 5.1 s; of 32 rows: 1.3 s.
+    report = measure(model, x, graph=graph, budget=4.0)
+    assert report.mode == "train-bn" and report.batch_size == 32 and report.samples == 32
+    assert report.seconds < 1.5 * 4.0
+    assert "batches of 32 rows instead of 128" in report.budget_note
+    assert "no population (eval) value" in report.budget_note and report.output_nlc_population is None
+    assert report.output_nlc is not None and report.output_nlc_se > 0
+
+
+def test_a_smaller_batch_is_chosen_only_within_the_memory_a_measurement_may_hold(monkeypatch):
+    import archlint.memory as memory
+
+    torch.manual_seed(0)
+    model = BNSleepy(0.01)
+    x = torch.randn(128, 32)
+    graph = trace(model, (x[:2],), name="BNSleepy")
+    monkeypatch.setattr(memory, "measurement_room", lambda device: 1000)
+    with pytest.raises(OverBudget, match="smaller batches that would fit the time need more memory"):
+        measure(model, x, graph=graph, budget=4.0)
+
+
+def test_what_a_forward_pass_holds_at_its_peak():
+    from archlint.measure.budget import _held_at_once
+
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8))
+    x = torch.randn(10, 16)
+    graph = trace(model, (x[:4],), name="chain")
+    # At the ReLU: its input (64) and its value (64); the input (16) was dropped after the
+    # first layer read it.
+    assert _held_at_once(graph, (x,), [0], 10) == 128 * 10 * 4
+
+
 def test_a_model_over_the_budget_is_not_run_for_a_whole_batch():
     model = sleepy_module(0.1)  # a batch of 128 rows would sleep 12.8 s
     x = torch.randn(128, 32)
     graph = trace(model, (x[:2],), name="Sleepy")
-    with pytest.raises(OverBudget, match=r"takes about .* exceeds the measurement budget of 1 s \(raise it with --measure-budget\)"):
+    with pytest.raises(OverBudget, match=r"takes about .* exceeds the measurement budget of 1 s, as does one of 32 rows "
+                                         r"\(raise it with --measure-budget\)"):
         measure(model, x, graph=graph, budget=1.0)
 
 

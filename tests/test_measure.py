@@ -845,6 +845,23 @@ def test_layer_values_are_kept_only_within_the_memory_budget(monkeypatch, replay
     assert len(replays) == 1
 
 
+def test_the_reverse_pass_is_wanted_only_within_half_of_the_workers_cap(monkeypatch):
+    import archlint.memory as memory
+    from archlint.measure import deflate
+
+    model, x = mlp(3, 16, d_out=2), gaussian(128, 16)
+    graph = trace(model, (x[:4],), name="mlp")
+    held = memory.values_size((node.shape for node in graph if node.shape), 4, 128, 4)  # what it holds
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 40)
+    monkeypatch.setattr(memory, "data_room", lambda: None)
+    assert deflate.wanted(graph, 4, 128, torch.float32, cpu)
+    monkeypatch.setattr(memory, "data_room", lambda: int(2 * held) + 2)
+    assert deflate.wanted(graph, 4, 128, torch.float32, cpu)
+    monkeypatch.setattr(memory, "data_room", lambda: int(2 * held) - 2)
+    assert not deflate.wanted(graph, 4, 128, torch.float32, cpu)
+
+
 def test_signal_that_overflows_only_in_float32_is_measured_in_float64():
     model = mlp(4, 16, nn.Identity)
     with torch.no_grad():

@@ -9,11 +9,15 @@ this order until the estimate fits:
 1. the extra probes the plan may add for a noisy output (``max_probes``; the plan's notes
    say so when it wanted more);
 2. batches: fewer samples, whole batches of the same size. With train-mode BatchNorm the
-   batch size is part of the function that is measured, so it is never made smaller;
+   batch size is part of the function that is measured, so it is kept as long as it can be;
 3. the second probe per sample (one probe; the standard error still covers the probes);
-4. the population (eval-mode) value of a train-mode BatchNorm model.
+4. the population (eval-mode) value of a train-mode BatchNorm model;
+5. the batch size: halved, down to MIN_BATCH rows, each smaller size timed before it is
+   chosen (a CIFAR ResNet-101 on a CPU, 6.5-11 s per batch of 128, fits 30 s with batches of
+   32); then the batches, probes and population value are chosen again, without the
+   population value.
 
-If one batch with one probe and no population value does not fit, the model is not
+If one batch of MIN_BATCH rows with one probe and no population value does not fit, the model is not
 measured (``OverBudget``): its findings stay ``predicted`` with that reason, and the file's
 other models are analysed as usual. What was given up is said in ``Fit.note``, which the
 report's notes and the findings' notes carry beside the standard error that was reached.
@@ -30,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from archlint import memory
 from archlint.measure.report import MeasureError
 
 # Seconds one model's measurement may take by default. On a CPU, 30 s measures the common
@@ -63,6 +68,11 @@ FLOAT64_FACTOR = {"cpu": 4.0, "cuda": 8.0}
 # per batch is not run for minutes to learn that). A difference, so that the fixed cost of a
 # call (Python, kernel launches) is not scaled with the rows.
 SMALL_ROWS = (2, 8)
+# The smallest batch the budget may measure on (the last thing it gives up). With train-mode
+# BatchNorm the batch is part of the function that is measured: a CIFAR ResNet-18's output NLC
+# on one batch of 32 rows was about 2% below that on one batch of 128 (7.02 against 7.21,
+# 7.00 / 7.13, 6.93 / 7.10 on three probe seeds), within one standard error (0.22-0.28).
+MIN_BATCH = 32
 
 
 class OverBudget(MeasureError):
@@ -89,6 +99,8 @@ class Fit:
     # The estimate of the measurement asked for, and what was given up (empty: nothing).
     full_estimate: float = 0.0
     given_up: list[str] = field(default_factory=list)
+    # The rows of each batch (the batch size asked for, unless step 5 made it smaller).
+    batch_size: int = 0
 
     @property
     def note(self) -> str | None:
@@ -177,74 +189,151 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     cheapest = _cost(1, 1, 0, False, fresh, segments, sequential)
     few, more = SMALL_ROWS
     full_passes = _cost(batches, probes, population, fused and batches == 1, fresh, segments, sequential)
-    forward = None
+    forward = per_rows = None
+    too_slow = short_of_memory = False
+    asked = population
     if batch > more:
 
-        def guess() -> float:
+        def guess() -> tuple[float, float]:
             # The fastest of two: the difference is scaled up ~20 times, and a busy
             # machine's pause in one call must not make a model look too slow to try.
-            t_few, t_more = (time_forward(run, args, batch_dims, rows, repeat=2) for rows in (few, more))
-            return t_more + max(0.0, t_more - t_few) / (more - few) * (batch - more)
+            return tuple(time_forward(run, args, batch_dims, rows, repeat=2) for rows in (few, more))
+
+        def at(timings: tuple[float, float]):
+            t_few, t_more = timings
+            return lambda rows: t_more + max(0.0, t_more - t_few) / (more - few) * (rows - more)
 
         # Three times the budget: the guess is rough, and a model wrongly left unmeasured
         # costs more than timing its batch (a fraction of the budget) does.
         over = 3 * (budget - spent) / cheapest
-        guessed = guess()
-        if guessed > over:
+        per_rows = at(guess())
+        if per_rows(batch) > over:
             # Confirmed before it counts: on a loaded machine a pause of seconds in both
             # timings of a size happens (a ResNet-34 looked 117 s slow per batch, not 5 s).
-            guessed = min(guessed, guess())
-        if guessed > over:
-            raise OverBudget(_too_slow(guessed, batch, cheapest, budget, budget - spent, "about "))
-        if guessed * full_passes * 4 <= budget - (time.perf_counter() - started):
+            second = at(guess())
+            if second(batch) < per_rows(batch):
+                per_rows = second
+        guessed = per_rows(batch)
+        too_slow = guessed > over
+        if not too_slow and guessed * full_passes * 4 <= budget - (time.perf_counter() - started):
             # Far inside the budget even if the guess is 4 times too low (the usual model):
             # the whole measurement runs, and timing a whole batch would only add to it.
             forward = guessed
-    if forward is None:
+    if forward is None and not too_slow:
         forward = time_forward(run, args, batch_dims, batch)
+
+    def search(forward: float, batches: int, population: int, fused: bool) -> tuple[int, int, int] | None:
+        """The most batches, then probes, that fit what is left, with the population value
+        if it fits at all."""
+        left = budget - (time.perf_counter() - started)
+        for pop in dict.fromkeys((population, 0)):
+            for p in range(probes, 0, -1):
+                for b in range(batches, 0, -1):
+                    if forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential) <= left:
+                        return b, p, pop
+        return None
+
+    choice = search(forward, batches, population, fused) if forward is not None else None
+    size, full_forward = batch, forward
+    if choice is None and per_rows is not None:
+        # Step 5: smaller batches, down to MIN_BATCH rows, without the population value (its
+        # batch statistics would be those of a smaller batch too).
+        room = memory.measurement_room(run.device)
+        for smaller in _halvings(batch):
+            if per_rows(smaller) * cheapest > budget - (time.perf_counter() - started):
+                continue
+            if (1 + probes) * _held_at_once(run.graph, args, batch_dims, smaller) > room:
+                # A worker near its memory cap (the heap keeps what earlier models freed):
+                # an allocation failing inside the measurement is worse than not measuring.
+                short_of_memory = True
+                continue
+            forward = time_forward(run, args, batch_dims, smaller)
+            choice = search(forward, math.ceil(n / smaller), 0, False)
+            if choice is not None:
+                size, batches, fused = smaller, math.ceil(n / smaller), False
+                break
+    if choice is None:
+        slowest = full_forward if full_forward is not None else per_rows(batch)
+        about = "" if full_forward is not None else "about "
+        reason = _too_slow(slowest, batch, cheapest, budget, budget - (time.perf_counter() - started), about,
+                           bool(_halvings(batch)))
+        if short_of_memory:
+            reason += "; smaller batches that would fit the time need more memory than this process may still use"
+        raise OverBudget(reason)
+    b, p, pop = choice
     left = budget - (time.perf_counter() - started)
 
     def cost(b: int, p: int, pop: int) -> float:
         return forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential)
 
-    full = cost(batches, probes, population)
-    choice = None
-    for pop in dict.fromkeys((population, 0)):
-        for p in range(probes, 0, -1):
-            for b in range(batches, 0, -1):
-                if cost(b, p, pop) <= left:
-                    choice = (b, p, pop)
-                    break
-            if choice:
-                break
-        if choice:
-            break
-    if choice is None:
-        raise OverBudget(_too_slow(forward, batch, cheapest, budget, left, ""))
-    b, p, pop = choice
     # Extra probes (one more pass) only as far as the time left allows.
     spare = (left - cost(b, p, pop)) / (forward * b) - PASS_BASE
     per_probe = (PASS_BASE + PER_PROBE if sequential else PER_PROBE) * (1 + segments)
     extra = max(0, min(max_probes - p, math.floor(spare / per_probe)))
     given_up = []
+    if size < batch:
+        given_up.append(f"batches of {size} rows instead of {batch}")
     if b < batches:
-        given_up.append(f"{b * batch} of {batches * batch} samples")
+        given_up.append(f"{b * size} of {batches * size} samples")
     if p < probes:
         given_up.append(f"{p} probe per sample instead of {probes}")
-    if pop < population:
+    if pop < asked:
         given_up.append("no population (eval) value")
-    rows = n if b == batches else b * batch
-    return Fit(budget, rows, p, p + extra, bool(pop), forward, cost(b, p, pop), full, given_up)
+    rows = n if b == batches else b * size
+    full = (full_forward if full_forward is not None else per_rows(batch)) * full_passes
+    return Fit(budget, rows, p, p + extra, bool(pop), forward, cost(b, p, pop), full, given_up, size)
 
 
-def _too_slow(forward: float, batch: int, cheapest: float, budget: float, left: float, about: str) -> str:
+def _held_at_once(graph: Any, args: tuple, batch_dims: list[int], rows: int) -> float:
+    """Bytes of values a forward pass of ``rows`` rows holds at its peak, by the graph's
+    shapes: each node's value from its node until its last user (the graph runs node by node
+    and drops what nothing reads any more). A forward-mode measurement holds one such set
+    per probe besides, so (1 + probes) times this is its own peak."""
+    from archlint.measure.plan import _trace_batch
+
+    traced = _trace_batch(graph, batch_dims)
+    if not traced:
+        return 0.0
+    order = {node.name: i for i, node in enumerate(graph)}
+    last = {}
+    for node in graph:
+        for name in node.inputs:
+            last[name] = order[node.name]
+    itemsize = next((a.element_size() for a in args if a.is_floating_point()), 4)
+    peak = held = 0.0
+    ends: dict[int, float] = {}
+    for i, node in enumerate(graph):
+        if node.shape:
+            size = memory.values_size([node.shape], traced, rows, itemsize)
+            held += size
+            ends[last.get(node.name, i)] = ends.get(last.get(node.name, i), 0.0) + size
+        peak = max(peak, held)
+        held -= ends.pop(i, 0.0)
+    return peak
+
+
+def _halvings(batch: int) -> list[int]:
+    """The smaller batch sizes step 5 tries, largest first: halving, down to MIN_BATCH."""
+    sizes, size = [], batch // 2
+    while size >= MIN_BATCH:
+        sizes.append(size)
+        size //= 2
+    if batch > MIN_BATCH and (not sizes or sizes[-1] > MIN_BATCH):
+        sizes.append(MIN_BATCH)
+    return sizes
+
+
+def _too_slow(forward: float, batch: int, cheapest: float, budget: float, left: float, about: str,
+              smaller: bool = False) -> str:
     """Why a model is not measured. ``left``: what was left of the budget once the model was
-    traced and timed, when that is what the smallest measurement exceeds."""
+    traced and timed, when that is what the smallest measurement exceeds; ``smaller``:
+    smaller batches were tried too."""
     room = f"the measurement budget of {budget:g} s"
     if forward * cheapest <= budget:
         room = f"the {_seconds(max(left, 0.0))} s left (after tracing and timing it) of {room}"
+    tried = f", as does one of {MIN_BATCH} rows" if smaller else ""
     return (f"one forward pass of a batch of {batch} takes {about}{_seconds(forward)} s, so even the smallest "
-            f"measurement (one batch, one probe: about {_seconds(forward * cheapest)} s) exceeds {room} "
+            f"measurement (one batch, one probe: about {_seconds(forward * cheapest)} s) exceeds {room}{tried} "
             f"(raise it with --measure-budget)")
 
 

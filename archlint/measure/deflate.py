@@ -56,14 +56,14 @@ def wanted(graph, traced_batch: int | None, rows: int, dtype: torch.dtype, devic
     """Whether the output's tangents are worth keeping: few units per row (by the shapes the
     graph was traced with, ``traced_batch`` rows), a dtype whose reverse pass is as precise
     as the forward one, and room on ``device`` for the activations of ``rows`` rows (the
-    reverse pass holds them all: within the memory budget's share of what is free)."""
+    reverse pass holds them all: memory.measurement_room)."""
     out = graph[graph.output]
     if not traced_batch or not out.shape or dtype not in (torch.float32, torch.float64):
         return False
     if math.prod(out.shape) // traced_batch > MAX_UNITS:
         return False
     held = memory.values_size((node.shape for node in graph if node.shape), traced_batch, rows, dtype.itemsize)
-    return held <= memory.default_memory_budget(device)
+    return held <= memory.measurement_room(device)
 
 
 def direction(t: list[torch.Tensor]) -> torch.Tensor:

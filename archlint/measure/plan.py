@@ -245,19 +245,14 @@ FUSED_MIN_COUNT = 1024
 def _replayable(graph: ArchGraph, traced_batch: int | None, rows: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the values of a batch's convolutions, linear layers and batch norms (by the
     shapes the graph was traced with, ``traced_batch`` rows; every norm layer counted) may be
-    kept for the passes that follow (measure.replay): within half the memory budget's share
-    of what is free, and on the CPU within half of what the process's own cap (a worker's
-    share of the memory limit) still allows."""
+    kept for the passes that follow (measure.replay): within half of what a measurement may
+    hold (memory.measurement_room)."""
     if not traced_batch:
         return False
     kinds = (OpKind.CONV, OpKind.LINEAR, OpKind.NORM)
     kept = memory.values_size((node.shape for node in graph if node.kind in kinds and node.shape), traced_batch, rows,
                               dtype.itemsize)
-    room = memory.default_memory_budget(device)
-    capped = memory.data_room() if device.type == "cpu" else None
-    if capped is not None:
-        room = min(room, capped)
-    return kept <= room / 2
+    return kept <= memory.measurement_room(device) / 2
 
 
 def _fusable(graph: ArchGraph, run: _Runnable, batch_bns: list[_BatchNorm], batch_size: int) -> bool:
