@@ -13,12 +13,13 @@ this order until the estimate fits:
 3. the second probe per sample (one probe; the standard error still covers the probes);
 4. the population (eval-mode) value of a train-mode BatchNorm model;
 5. the batch size: halved, down to MIN_BATCH rows, each smaller size timed before it is
-   chosen (a CIFAR ResNet-101 on a CPU, 6.5-11 s per batch of 128, fits 30 s with batches of
-   32); then the batches, probes and population value are chosen again, without the
-   population value.
+   chosen and only where a forward-mode pass of it fits the memory a measurement may hold
+   (memory.measurement_room); the batches and probes are then chosen again at that size,
+   without the population value. A CIFAR ResNet-101 on a CPU (one forward pass of 128 rows:
+   about 7 s) is measured on one batch of 64 rows in 27 s of a 30 s budget.
 
-If one batch of MIN_BATCH rows with one probe and no population value does not fit, the model is not
-measured (``OverBudget``): its findings stay ``predicted`` with that reason, and the file's
+If one batch of MIN_BATCH rows with one probe and no population value does not fit, the
+model is not measured (``OverBudget``): its findings stay ``predicted`` with that reason, and the file's
 other models are analysed as usual. What was given up is said in ``Fit.note``, which the
 report's notes and the findings' notes carry beside the standard error that was reached.
 A float32 measurement's float64 re-check (``allows_float64``) runs only if its estimate
@@ -170,8 +171,8 @@ def passes(run: Any, batch: int, population: bool) -> tuple[bool, bool, bool]:
 
 def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes: int, max_probes: int,
         population: int, fused: bool, fresh: bool, segments: int, budget: float, spent: float = 0.0) -> Fit:
-    """Choose the sample (whole batches), the probes and the population pass so that the
-    measurement's estimate fits ``budget`` seconds: ``spent`` is already gone (tracing, the
+    """Choose the sample (whole batches), the probes, the population pass and last the batch
+    size so that the measurement's estimate fits ``budget`` seconds: ``spent`` is already gone (tracing, the
     inputs), and the forward passes timed here count too.
 
     ``population``: the population probes when a population value is asked and possible
