@@ -172,10 +172,10 @@ def _trace_model(bm: Any, module: Any, path: str, settings: Settings, sites: Any
     except trace_mod.ForwardError as exc:
         where = _user_frame_span(exc.exc, path) or span
         on_meta = f" on the meta device ({bm.meta_reason})" if bm.meta_reason else ""
+        advice = memory.EXHAUSTED_HINT if memory.exhausted(exc.exc) else "give them with --inputs or --input-shape"
         result.findings.append(rules_api.meta(
             "ARC904",
-            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}{on_meta}; "
-            f"give them with --inputs or --input-shape",
+            f"{entry.name} raised {exc} on the example inputs {_describe_inputs(example)}{on_meta}; {advice}",
             where,
             model=entry.name,
         ))
@@ -261,7 +261,9 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
         return rules_api.not_verified(graph.name, findings, str(exc), graph.span)
     except Exception as exc:  # the model's code may fail on the measurement batch
         where = _user_frame_span(exc, graph.span.path) if graph.span is not None else None
-        return rules_api.not_verified(graph.name, findings, f"the measurement failed ({type(exc).__name__}: {exc})", where or graph.span)
+        hint = f"; {memory.EXHAUSTED_HINT}" if memory.exhausted(exc) else ""
+        return rules_api.not_verified(graph.name, findings, f"the measurement failed ({type(exc).__name__}: {exc}){hint}",
+                                      where or graph.span)
     graph.measured = model_result.measured = report
     model_result.over_budget = model_result.over_budget or report.budget_note is not None
     out = []

@@ -149,6 +149,22 @@ def default_memory_budget(device: "str | object" = "cpu") -> int:
     return int(budget)
 
 
+# How PyTorch's allocators and the C library say that memory ran out (CPU and CUDA).
+_EXHAUSTED = ("can't allocate memory", "cannot allocate memory", "out of memory", "bad_alloc")
+# What a user can do about it, said with every such error.
+EXHAUSTED_HINT = ("it ran out of memory: raise --memory-limit, or analyse fewer files at once (--jobs), "
+                  "whose workers share it")
+
+
+def exhausted(exc: BaseException) -> bool:
+    """Whether an exception says that memory ran out, not that the model or its inputs are
+    wrong (PyTorch's allocators raise RuntimeErrors that say so)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return any(words in text for words in _EXHAUSTED)
+
+
 def measurement_room(device: "str | object" = "cpu") -> int:
     """Bytes a measurement may hold at once: the memory budget's share of what is free and,
     on a CPU, half of what the process's own cap (``data_room``: a worker's share of

@@ -24,7 +24,10 @@ class Net(nn.Module):
 ## Use instead
 Give the inputs explicitly: ``--input-shape 3,224,224`` or
 ``--inputs "torch.randn(8, 3, 224, 224)"``, or an ``inputs = "..."`` entry under
-``[[tool.archlint.models]]``.
+``[[tool.archlint.models]]``. Where the error says that memory ran out (an allocator's
+"can't allocate memory", "out of memory", a ``MemoryError``), the inputs are not the cause
+and the message says so: raise ``--memory-limit``, or analyse fewer files at once
+(``--jobs``), whose workers share it.
 
 ## Options
 None.

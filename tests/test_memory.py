@@ -96,3 +96,63 @@ def test_room_under_the_processes_data_limit():
     room = int(capped.stdout)
     # Less the process's own data (the interpreter and archlint.memory: tens of MB).
     assert cap - 512 * 1024**2 < room < cap
+
+
+EXHAUSTING = '''
+import torch
+from torch import nn
+
+
+class OnTrace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, x):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+
+class OnMeasure(nn.Module):
+    """Runs on the few rows it is traced with, not on a measurement's batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if x.shape[0] > 16:
+            raise MemoryError()
+        return self.lin(x)
+
+
+class WrongInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.lin(x.reshape(len(x), 2, -1))
+'''
+
+
+def test_running_out_of_memory_is_told_apart_from_wrong_inputs(tmp_path):
+    from archlint.config import Settings
+    from archlint.engine import check_file
+
+    path = tmp_path / "models.py"
+    path.write_text(EXHAUSTING)
+    findings = {f.model: f for f in check_file(str(path), Settings()).findings if f.code in ("ARC904", "ARC905")}
+    assert findings["OnTrace"].code == "ARC904"
+    assert memory.EXHAUSTED_HINT in findings["OnTrace"].message and "--inputs" not in findings["OnTrace"].message
+    assert findings["OnMeasure"].code == "ARC905"
+    assert "the measurement failed (MemoryError" in findings["OnMeasure"].message
+    assert memory.EXHAUSTED_HINT in findings["OnMeasure"].message
+    assert findings["WrongInput"].code == "ARC904"
+    assert "--inputs" in findings["WrongInput"].message and memory.EXHAUSTED_HINT not in findings["WrongInput"].message
+
+
+def test_exhausted_memory_is_recognised_by_its_words_and_type():
+    assert memory.exhausted(MemoryError())
+    assert memory.exhausted(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert memory.exhausted(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 62914560 bytes"))
+    assert not memory.exhausted(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x5120 and 1280x10)"))
