@@ -42,8 +42,9 @@ from archlint.measure.report import MeasureError
 # CIFAR-size models in full: a ResNet-18's measurement (128 samples) takes about 8 s on one
 # idle core (benchmarks/RESULTS_measure.md), a ResNet-34's 25 s on one core of a loaded
 # two-core machine (4.9 s per forward pass), so a file of five such models is done in a few
-# minutes; deeper ones (a ResNet-50 and up) get fewer probes or batches, or stay unmeasured
-# with the reason, instead of stalling the run. A GPU measures a ResNet-18 in 0.2 s
+# minutes; deeper ones (a ResNet-50 and up) get fewer probes, batches or rows per batch (all
+# of kuangliu/pytorch-cifar's, down to a DenseNet-161 on 32 rows), or stay unmeasured with the
+# reason, instead of stalling the run. A GPU measures a ResNet-18 in 0.2 s
 # (benchmarks/RESULTS_cuda.md, an H200): 10 s covers models some 50 times its cost, and a
 # model that needs more would need minutes; the check stays interactive (the editor server
 # runs it on every save).
