@@ -1,6 +1,7 @@
 """The user's model is left as it was: a measurement copies a parameter only before a call that
-could write it, and a model that writes its parameters in its forward pass, in any of the
-ways Python code can, gets them back bit for bit."""
+could write it, and a model that writes its parameters in its forward pass (ten ways of doing
+it in Python, traced and eager) gets them back bit for bit; a write no call announced is
+reported."""
 
 from __future__ import annotations
 
