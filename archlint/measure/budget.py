@@ -194,6 +194,12 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     forward = per_rows = None
     too_slow = short_of_memory = False
     asked = population
+
+    def left() -> float:
+        return budget - (time.perf_counter() - started)
+
+    def cost(forward: float, fused: bool, b: int, p: int, pop: int) -> float:
+        return forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential)
     if batch > more:
 
         def guess() -> tuple[float, float]:
@@ -217,7 +223,7 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
                 per_rows = second
         guessed = per_rows(batch)
         too_slow = guessed > over
-        if not too_slow and guessed * full_passes * 4 <= budget - (time.perf_counter() - started):
+        if not too_slow and guessed * full_passes * 4 <= left():
             # Far inside the budget even if the guess is 4 times too low (the usual model):
             # the whole measurement runs, and timing a whole batch would only add to it.
             forward = guessed
@@ -227,11 +233,11 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     def search(forward: float, batches: int, population: int, fused: bool) -> tuple[int, int, int] | None:
         """The most batches, then probes, that fit what is left, with the population value
         if it fits at all."""
-        left = budget - (time.perf_counter() - started)
+        room = left()
         for pop in dict.fromkeys((population, 0)):
             for p in range(probes, 0, -1):
                 for b in range(batches, 0, -1):
-                    if forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential) <= left:
+                    if cost(forward, fused, b, p, pop) <= room:
                         return b, p, pop
         return None
 
@@ -242,34 +248,29 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
         # batch statistics would be those of a smaller batch too).
         room = memory.measurement_room(run.device)
         for smaller in _halvings(batch):
-            if per_rows(smaller) * cheapest > budget - (time.perf_counter() - started):
+            if per_rows(smaller) * cheapest > left():
                 continue
             if (1 + probes) * _held_at_once(run.graph, args, batch_dims, smaller) > room:
                 # A worker near its memory cap (the heap keeps what earlier models freed):
                 # an allocation failing inside the measurement is worse than not measuring.
                 short_of_memory = True
                 continue
-            forward = time_forward(run, args, batch_dims, smaller)
-            choice = search(forward, math.ceil(n / smaller), 0, False)
+            forward, count = time_forward(run, args, batch_dims, smaller), math.ceil(n / smaller)
+            choice = search(forward, count, 0, False)
             if choice is not None:
-                size, batches, fused = smaller, math.ceil(n / smaller), False
+                size, batches, fused = smaller, count, False
                 break
     if choice is None:
         slowest = full_forward if full_forward is not None else per_rows(batch)
         about = "" if full_forward is not None else "about "
-        reason = _too_slow(slowest, batch, cheapest, budget, budget - (time.perf_counter() - started), about,
-                           bool(_halvings(batch)))
+        reason = _too_slow(slowest, batch, cheapest, budget, left(), about, bool(_halvings(batch)))
         if short_of_memory:
             reason += "; smaller batches that would fit the time need more memory than this process may still use"
         raise OverBudget(reason)
     b, p, pop = choice
-    left = budget - (time.perf_counter() - started)
-
-    def cost(b: int, p: int, pop: int) -> float:
-        return forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential)
-
+    estimate = cost(forward, fused, b, p, pop)
     # Extra probes (one more pass) only as far as the time left allows.
-    spare = (left - cost(b, p, pop)) / (forward * b) - PASS_BASE
+    spare = (left() - estimate) / (forward * b) - PASS_BASE
     per_probe = (PASS_BASE + PER_PROBE if sequential else PER_PROBE) * (1 + segments)
     extra = max(0, min(max_probes - p, math.floor(spare / per_probe)))
     given_up = []
@@ -283,7 +284,7 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
         given_up.append("no population (eval) value")
     rows = n if b == batches else b * size
     full = (full_forward if full_forward is not None else per_rows(batch)) * full_passes
-    return Fit(budget, rows, p, p + extra, bool(pop), forward, cost(b, p, pop), full, given_up, size)
+    return Fit(budget, rows, p, p + extra, bool(pop), forward, estimate, full, given_up, size)
 
 
 def _held_at_once(graph: Any, args: tuple, batch_dims: list[int], rows: int) -> float:
