@@ -132,14 +132,14 @@ class ParameterGuard:
             address = _storage(p) if type(p) is nn.Parameter and p.layout == torch.strided else None
             if address is not None and address not in buffers:
                 self._waiting.setdefault(address, []).append((names[id(p)], p))
-        self._watched = [named for group in self._waiting.values() for named in group]
-        # What restoring checks of the parameters never copied: nothing wrote them.
-        self._before = {id(p): (p._version, p.data_ptr()) for _, p in self._watched}
+        # With what restoring checks of the parameters never copied (nothing wrote them): the
+        # version counter and the memory address.
+        self._watched = [(name, p, p._version, p.data_ptr()) for group in self._waiting.values() for name, p in group]
         self._copies: dict[int, tuple[str, torch.Tensor, torch.Tensor]] = {}
 
     def watched(self) -> set[int]:
         """The parameters (ids) copied on write, not up front."""
-        return {id(p) for _, p in self._watched}
+        return {id(p) for _, p, _, _ in self._watched}
 
     def copied(self) -> list[str]:
         """The names of the parameters copied so far, in the order of their copies."""
@@ -164,8 +164,8 @@ class ParameterGuard:
         """A watched parameter that was not copied must be as it was. A write that moved its
         version counter or replaced its memory without a call seen before it (a C++
         extension writing in place) could not be undone: said, not hidden."""
-        for name, p in self._watched:
-            if id(p) not in self._copies and (p._version, p.data_ptr()) != self._before[id(p)]:
+        for name, p, version, address in self._watched:
+            if id(p) not in self._copies and (p._version, p.data_ptr()) != (version, address):
                 raise RuntimeError(f"parameter {name!r} was written during the run by a call archlint could not see "
                                    "before it ran, so its values could not be put back")
 
