@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import jacrev, vmap
+from torch.func import jacfwd, jacrev, vmap
 
 from archlint.measure import NodeStats, Report, load_data, measure
 from archlint.trace import trace
@@ -40,15 +40,16 @@ def gaussian(n, *shape, seed=1):
     return torch.randn((n,) + shape, generator=torch.Generator().manual_seed(seed))
 
 
-def exact_nlc(f, x, batched=True):
+def exact_nlc(f, x, batched=True, jacobian=jacrev):
     """sqrt(mean_n tr(J_n Ĉ J_n^T) / tr Cov f): per-sample Jacobians in float64, Ĉ the
     (biased) sample covariance of x. f maps one sample to its output. batched=False: one
-    sample at a time, for models that vmap cannot run (control flow on values, mutation)."""
+    sample at a time, for models that vmap cannot run (control flow on values, mutation).
+    ``jacobian``: torch.func.jacfwd for outputs much wider than their inputs."""
     x = x.double()
     n = x.shape[0]
     with torch.no_grad():
         if batched:
-            J = vmap(jacrev(f))(x)
+            J = vmap(jacobian(f))(x)
             out = vmap(f)(x)
         else:
             J = torch.stack([torch.autograd.functional.jacobian(f, xi) for xi in x])
@@ -510,6 +511,50 @@ def test_a_buffer_updated_during_the_reverse_pass_is_left_as_it_was():
     assert_unchanged(model, before)
     assert model.seen.grad_fn is None and not model.seen.requires_grad
     copy.deepcopy(model)  # a tensor in an autograd graph could not be copied
+
+
+# --------------------------------------------------------------------------------------
+# Wide outputs: one probe to start with (plan.WIDE_OUTPUT_UNITS)
+
+
+def per_position(layers, d_in=8, width=64, d_out=80, sigma_w2=3.0):
+    """A tanh network applied at each of a sequence's positions: with 16 positions its
+    output has 16 x 80 = 1280 units per row, and its Jacobian has many directions."""
+    torch.manual_seed(0)
+    stack, fan_in = [], d_in
+    for _ in range(layers):
+        lin = nn.Linear(fan_in, width)
+        nn.init.normal_(lin.weight, 0.0, (sigma_w2 / fan_in) ** 0.5)
+        stack += [lin, nn.Tanh()]
+        fan_in = width
+    return nn.Sequential(*stack, nn.Linear(fan_in, d_out))
+
+
+def test_a_wide_output_is_measured_with_one_probe_and_matches_the_exact_nlc():
+    from archlint.measure import plan
+
+    model = per_position(2)
+    x = gaussian(128, 16, 8)
+    assert math.prod(model(x[:1]).shape) > plan.WIDE_OUTPUT_UNITS
+    exact = exact_nlc(per_sample(model), x, jacobian=jacfwd)
+    for seed in range(3):
+        report = measure(model, x, seed=seed)
+        assert report.probes == 1
+        # Against the same sample only the probes' noise remains; se covers the sample too.
+        assert abs(report.output_nlc - exact) < min(2 * report.output_nlc_se, 0.02 * exact), (report.output_nlc, exact)
+    # Asked for, two probes are still two.
+    assert measure(model, x, probes=2).probes == 2
+
+
+def test_a_wide_output_of_few_directions_gets_the_probes_its_noise_asks_for():
+    """2048 output units that move along two directions: one probe per row sees about two
+    degrees of freedom, and the spread between the rows shows it."""
+    model = nn.Sequential(mlp(3, 64, nn.Tanh, sigma_w2=3.0, d_out=2), nn.Linear(2, 2048))
+    x = gaussian(128, 16)
+    exact = exact_nlc(per_sample(model), x, jacobian=jacfwd)
+    report = measure(model, x)
+    assert report.probes >= 4
+    assert report.output_nlc == pytest.approx(exact, rel=0.03)
 
 
 # --------------------------------------------------------------------------------------

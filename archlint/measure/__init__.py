@@ -8,13 +8,15 @@ per node would cost O(depth^2).
 
 Estimator (digest §1.4). The numerator uses the exact identity
 tr(J Cov_x J^T) = E_{x'} ||J(x)(x' - E x)||^2: every row x of the sample gets ``probes``
-tangent directions u = x' - mean(x), where x' is the row that a random permutation of the
-sample puts there (one permutation per probe). So each probe's directions have exactly the
-sample covariance, and the estimate is unbiased for the NLC of the sample. The probes are
+tangent directions: the sample's centred rows x' - mean(x), permuted and rotated among
+themselves by a random orthogonal matrix (runner._mixed; one per probe). So each probe's
+directions have exactly the sample covariance, each mixes many samples, and the estimate is
+unbiased for the NLC of the sample. The probes are
 batched with ``torch.func.vmap`` over ``torch.func.jvp``: the primal values are computed once
-and only the tangents are repeated. Two probes per row to start with; more when the probe
-part of the output's standard error, estimated from the spread between each row's probes, is
-above PROBE_SE. The denominator is the trace of the sample covariance of the node (biased,
+and only the tangents are repeated. Two probes per row to start with (one for an output of
+more than WIDE_OUTPUT_UNITS units per row, whose many directions make one enough); more when
+the probe part of the output's standard error, estimated from the spread between each row's
+probes (with one probe, bounded by the spread between the rows), is above PROBE_SE. The denominator is the trace of the sample covariance of the node (biased,
 like the directions). The standard error comes from the per-row numerator and denominator
 terms (delta method), so it covers both the sampling of the inputs and the probes.
 

@@ -15,7 +15,7 @@ from archlint import device as device_setting
 from archlint import dtypes
 from archlint.measure.model import _model_device, _Runnable
 from archlint.measure import budget as time_budget
-from archlint.measure.plan import MAX_PROBES, POPULATION_PROBES, PROBES, _Plan
+from archlint.measure.plan import MAX_PROBES, POPULATION_PROBES, _Plan, first_probes
 from archlint.measure.report import MeasureError, Report
 from archlint.trace import trace
 
@@ -31,7 +31,7 @@ def measure(
     segments: Sequence[tuple[str, str]] = (),
     population: bool = True,
     samples: int | None = None,
-    probes: int = PROBES,
+    probes: int | None = None,
     population_probes: int = POPULATION_PROBES,
     nodes: Iterable[str] | None = None,
     budget: float | None = None,
@@ -47,6 +47,8 @@ def measure(
     at the start node with directions drawn from that node's batch distribution.
     ``population``: for train-mode BatchNorm models, also measure the eval-mode model with
     populated running statistics.
+    ``probes``: tangent directions per row, at least (default: two, one for an output of
+    more than ``plan.WIDE_OUTPUT_UNITS`` units per row); a noisy output gets more.
     ``nodes``: the nodes whose statistics are wanted (default: every node); the output is
     always measured. Fewer nodes cost less: each one's statistics read its values and tangents.
     ``budget``: seconds the measurement may take (None: no limit). One plain forward pass is
@@ -56,7 +58,7 @@ def measure(
     one probe would not fit.
     """
     started = time.perf_counter()
-    if probes < 1:
+    if probes is not None and probes < 1:
         raise ValueError("probes must be at least 1")
     target = device_setting.resolve(device)
     # Tracing runs the model as it is (dropout included): the global RNG is put back after.
@@ -84,6 +86,8 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         if start not in graph.ancestors(end):
             raise ValueError(f"segment {start!r} -> {end!r}: {end!r} does not depend on {start!r}")
 
+    if probes is None:
+        probes = first_probes(graph, batch_dims)
     wanted = None
     if nodes is not None:
         wanted = set(nodes) | {graph.output}

@@ -28,6 +28,14 @@ from archlint.measure.runner import _groups, _NodeAcc, _PassResult, _Runner
 # sample's exact NLC at about 3 sigma, and adds about 15% to the ~3% sampling error of 128
 # samples; a CIFAR ResNet-18 with a 10-way head meets it with 2 probes.
 PROBES = 2
+# An output of more units per row than this (a language model's logits at every position, an
+# image-to-image network) starts with ONE probe. Its Jacobian has many directions, so one
+# probe per row is far inside the target: a GPT's (64 positions x 512 logits) relative
+# variance per probe was 5e-6 against the target's 3.1e-4, a 32-step LSTM language model's
+# 8e-6. With one probe the spread between a row's probes is unknown, but the spread between
+# the rows bounds it (_probe_noise), and a pass adds probes where the bound asks for them.
+# The same limit as deflate.MAX_UNITS: an output up to it may be deflated instead.
+WIDE_OUTPUT_UNITS = deflate.MAX_UNITS
 PROBE_SE = 0.0175
 MAX_PROBES = 16
 # The population (eval) pass of a train-mode BatchNorm model is a second full pass. Its
@@ -148,7 +156,7 @@ class _Plan:
                         per_probe = _probe_noise(out)
             probes = max(self.probes, _probes_needed(per_probe, PROBE_SE))
             if probes > self.max_probes:
-                notes.append(f"{self.max_probes} probes per sample where the probe noise asked for {probes}: the time budget allows no more")
+                notes.append(f"{self.max_probes} probe{'s' if self.max_probes > 1 else ''} per sample where the probe noise asked for {probes}: the time budget allows no more")
                 probes = max(self.probes, self.max_probes)
             needed_pop = max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE))) if fused else 0
             if probes > self.probes or needed_pop > pop_probes:
@@ -192,19 +200,31 @@ class _Plan:
         return result
 
 
+def first_probes(graph: ArchGraph, batch_dims: list[int]) -> int:
+    """Probes per row of the main pass when none are asked for: PROBES, or one for an output
+    of more than WIDE_OUTPUT_UNITS units per row (by the shapes the graph was traced with)."""
+    traced = _trace_batch(graph, batch_dims)
+    out = graph[graph.output] if graph.output else None
+    if traced and out is not None and out.shape and math.prod(out.shape) // traced > WIDE_OUTPUT_UNITS:
+        return 1
+    return PROBES
+
+
 def _probe_noise(acc: "_NodeAcc | None") -> float | None:
     """The relative variance that ONE probe per row contributes to the NLC estimate, from
-    the spread between the probes of each row (None with fewer than two probes)."""
-    if acc is None or not acc.has_tangent or not acc.a or acc.a[0].shape[0] < 2:
+    the spread between the probes of each row; with one probe per row, an upper bound: the
+    spread between the rows, which adds their own differences to the probes' noise."""
+    if acc is None or not acc.has_tangent or not acc.a:
         return None
     a = torch.cat(acc.a, dim=1)  # (probes, rows)
     mean = a.mean()
-    if not bool(torch.isfinite(mean)) or float(mean) <= 0:
+    if a.shape[1] < 2 or not bool(torch.isfinite(mean)) or float(mean) <= 0:
         return None
     # Var of the numerator with one probe per row is mean_row Var_probe(a) / rows; the NLC
     # is its square root, which halves the relative error. (Relative first: the squared
     # tangents of a tiny signal underflow when squared again.)
-    return float((a / mean).var(0).mean()) / a.shape[1] / 4
+    spread = (a / mean).var(0).mean() if a.shape[0] > 1 else (a[0] / mean).var()
+    return float(spread) / a.shape[1] / 4
 
 
 def _probes_needed(per_probe: float | None, target: float) -> int:
