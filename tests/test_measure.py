@@ -278,6 +278,23 @@ def test_standard_error_matches_spread_over_independent_samples():
     assert 0.5 < spread / mean_se < 2.0, (spread, mean_se)
 
 
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 3 * 50 * 4])
+def test_node_statistics_taken_a_chunk_of_rows_at_a_time_are_those_of_the_whole_node(monkeypatch, chunk_bytes):
+    """The per-row distances from the mean and the per-unit counts of positive values, taken
+    in one chunk and in chunks of 3 rows (the last one partial), against float64 sums."""
+    from archlint.measure import runner
+
+    monkeypatch.setattr(runner, "ROW_CHUNK_BYTES", chunk_bytes)
+    p = torch.randn(5, 10, 10, generator=torch.Generator().manual_seed(0)) * 2 + 0.5  # 10 rows on dim 1
+    tangent = torch.randn(5, 10, 10)  # one probe's, as each call under vmap sees it
+    stats = runner._node_stats(p, tangent, 1, 10, signs=True, bn_input=False)
+    rows = p.movedim(1, 0).reshape(10, -1).double()
+    assert torch.allclose(stats["m"].double(), rows.mean(0), rtol=0, atol=1e-6)
+    assert torch.allclose(stats["b"].double(), (rows - rows.mean(0)).square().sum(1), rtol=1e-5, atol=0)
+    assert torch.equal(stats["pos"], (rows > 0).sum(0, dtype=torch.int32))
+    assert torch.allclose(stats["a"].double(), tangent.movedim(1, 0).reshape(10, -1).double().square().sum(1), rtol=1e-5)
+
+
 def test_segment_nlc_matches_exact_reference_of_the_sub_network():
     model = mlp(6, 64, nn.Tanh, sigma_w2=4.0)
     x = gaussian(128, 16)

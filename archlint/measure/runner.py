@@ -498,6 +498,12 @@ def _batch_dim(node: Node, t: torch.Tensor, n: int, trace_batch: int | None) -> 
     return None
 
 
+# On a CPU a node's rows are centred and counted a chunk of about this many bytes at a time:
+# the chunk's centred copy and sign mask stay in the cache, where a whole node's (50 MB for
+# a MobileNetV2 block's expanded map of 128 rows) would go out to memory and be read back.
+ROW_CHUNK_BYTES = 1 << 20
+
+
 def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, signs: bool, bn_input: bool) -> dict:
     """The sufficient statistics of one node over one batch, as tensors (under vmap they are
     the only way out): m, the per-unit mean; b, each row's squared distance from it; a, each
@@ -505,19 +511,30 @@ def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, 
     BatchNorm's per-channel batch statistics of this (input) node.
 
     Writing a new tensor the size of a node costs several times more than reading one on a
-    CPU, so everything here is a reduction that reads the node without temporaries; cdist
-    without the matrix-product shortcut computes the centred row norms exactly that way."""
+    CPU, so the node is read by reductions, and what needs a temporary (the centred rows,
+    the sign mask) is done a cache-sized chunk of rows at a time (ROW_CHUNK_BYTES). On the
+    expanded maps of MobileNetV2's blocks (128 x 98,304 values) the distances and counts took
+    27 ms against 47 ms with cdist and one mask, and the distances are closer to float64's
+    (2e-6 relative against 3e-5). A GPU takes the whole node at once: each chunk is a kernel
+    launch."""
     flat = p.movedim(bd, 0).reshape(n, -1)
     if dtypes.name(flat.dtype) in dtypes.LOW_PRECISION:
-        # The model computed in half precision; its statistics need not (cdist has no half
-        # kernel on CPU, and squared norms overflow float16).
+        # The model computed in half precision; its statistics need not (squared norms
+        # overflow float16).
         flat = flat.float()
     m = flat.mean(0)
-    distance = torch.cdist(flat[None], m[None, None], compute_mode="donot_use_mm_for_euclid_dist")
-    stats = {"m": m, "b": distance.view(n).square()}
+    rows = n if flat.device.type != "cpu" else max(1, ROW_CHUNK_BYTES // max(1, flat.shape[1] * flat.element_size()))
+    distances, pos = [], None
+    for lo in range(0, n, rows):
+        part = flat[lo:lo + rows]
+        distances.append(torch.linalg.vector_norm(part - m, dim=1))
+        if signs:
+            count = (part > 0).sum(0, dtype=torch.int32)
+            pos = count if pos is None else pos + count
+    stats = {"m": m, "b": torch.cat(distances).square()}
     stats.update(_tangent_term(tangent, bd))
     if signs:
-        stats["pos"] = (flat > 0).sum(0, dtype=torch.int32)
+        stats["pos"] = pos
     if bn_input and bd == 0 and p.dim() >= 2:
         # Per channel (dim 1) over the batch and all positions, as BatchNorm computes them
         # (its own kernel is several times faster than var_mean over those dimensions).
