@@ -38,8 +38,10 @@ the suite's shapes that have such nodes (see kept_rows). ``--part replay``: the 
 main one taking its convolution and linear values against computing them (see replayed).
 ``--part state``: the user's parameters copied before the first call that could write them
 against all copied before the measurement and back after it (see parameter_copies).
+``--part chunks``: each node's row distances and sign counts a cache-sized chunk of rows at a
+time against the whole node at once (see row_chunks).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -420,15 +422,46 @@ def parameter_copies(names: list[str], repeats: int) -> None:
               f"| {med['on write', 'all']:.3f} / {med['up front', 'all']:.3f} |", flush=True)
 
 
+def row_chunks(names: list[str], repeats: int) -> None:
+    """Each node's row distances and sign counts taken a cache-sized chunk of rows at a time
+    (archlint.measure.runner.ROW_CHUNK_BYTES, a CPU's way) against the whole node at once (a
+    GPU's way), per shape (see ``alternated``)."""
+    import archlint.measure.runner as runner
+
+    chunk = runner.ROW_CHUNK_BYTES
+    # One node first: a MobileNetV2 block's expanded map (128 x 96 x 32 x 32, 50 MB), four
+    # of them in turn so that each is read from memory, as a node written a while ago is.
+    nodes = [torch.randn(N, 96, 32, 32) for _ in range(4)]
+    node_times = {}
+    for label, size in (("chunks", chunk), ("whole", 1 << 62)):
+        runner.ROW_CHUNK_BYTES = size
+        node_times[label] = statistics.median(
+            timed_both(lambda: runner._node_stats(nodes[i % 4], None, 0, N, signs=True, bn_input=False))[1]
+            for i in range(12))
+    runner.ROW_CHUNK_BYTES = chunk
+    print(f"one pre-activation node of {N} x 96 x 32 x 32 (distances and sign counts; CPU ms, median of 12): "
+          f"chunks {1e3 * node_times['chunks']:.1f} / whole node {1e3 * node_times['whole']:.1f}\n")
+    print("| shape | output only: chunks / whole node (CPU s) | all statistics: chunks / whole node (CPU s) |")
+    print("|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        med = alternated(model, x, graph, {"chunks": lambda: setattr(runner, "ROW_CHUNK_BYTES", chunk),
+                                           "whole": lambda: setattr(runner, "ROW_CHUNK_BYTES", 1 << 62)}, repeats)
+        runner.ROW_CHUNK_BYTES = chunk
+        print(f"| {name} | {med['chunks', 'output']:.3f} / {med['whole', 'output']:.3f} "
+              f"| {med['chunks', 'all']:.3f} / {med['whole', 'all']:.3f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state"), default="suite",
+    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
                              "taking its statistics against computing their own; replay: the layers' values of the main "
                              "pass replayed in the passes that follow against computed again; state: parameters copied "
-                             "on write against copied up front")
+                             "on write against copied up front; chunks: node statistics a chunk of rows at a time "
+                             "against the whole node at once")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -436,7 +469,7 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile", "rows", "replay", "state"):
+    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -449,6 +482,8 @@ def main() -> int:
             replayed(names, args.repeats or REPEATS)
         elif args.part == "state":
             parameter_copies(names, args.repeats or REPEATS)
+        elif args.part == "chunks":
+            row_chunks(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0

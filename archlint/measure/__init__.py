@@ -11,14 +11,15 @@ tr(J Cov_x J^T) = E_{x'} ||J(x)(x' - E x)||^2: every row x of the sample gets ``
 tangent directions: the sample's centred rows x' - mean(x), permuted and rotated among
 themselves by a random orthogonal matrix (runner._mixed; one per probe). So each probe's
 directions have exactly the sample covariance, each mixes many samples, and the estimate is
-unbiased for the NLC of the sample. The probes are
-batched with ``torch.func.vmap`` over ``torch.func.jvp``: the primal values are computed once
-and only the tangents are repeated. Two probes per row to start with (one for an output of
-more than WIDE_OUTPUT_UNITS units per row, whose many directions make one enough); more when
-the probe part of the output's standard error, estimated from the spread between each row's
-probes (with one probe, bounded by the spread between the rows), is above PROBE_SE. The denominator is the trace of the sample covariance of the node (biased,
-like the directions). The standard error comes from the per-row numerator and denominator
-terms (delta method), so it covers both the sampling of the inputs and the probes.
+unbiased for the NLC of the sample. The probes are batched with ``torch.func.vmap`` over
+``torch.func.jvp``: the primal values are computed once and only the tangents are repeated.
+Two probes per row to start with (one for an output of more than WIDE_OUTPUT_UNITS units per
+row, whose many directions make one enough); more when the probe part of the output's
+standard error, estimated from the spread between each row's probes (with one probe, bounded
+by the spread between the rows), is above PROBE_SE. The denominator is the trace of the
+sample covariance of the node (biased, like the directions). The standard error comes from
+the per-row numerator and denominator terms (delta method), so it covers both the sampling
+of the inputs and the probes.
 
 Cost: about one forward pass for the primal values plus one per probe, because the tangent
 rules of the layers that dominate (convolution, linear, batch norm) are replaced by lean ones
@@ -72,7 +73,8 @@ if TYPE_CHECKING:
     from archlint.measure.api import measure
     from archlint.measure.data import MIN_SAMPLES, load_data
     from archlint.measure.evaluate import PRECISION_NLC, PRECISION_SPREAD
-    from archlint.measure.plan import FUSED_MIN_COUNT, MAX_PROBES, POPULATION_PROBE_SE, POPULATION_PROBES, PROBE_SE, PROBES
+    from archlint.measure.plan import (FUSED_MIN_COUNT, MAX_PROBES, POPULATION_PROBE_SE, POPULATION_PROBES, PROBE_SE, PROBES,
+                                       WIDE_OUTPUT_UNITS)
 
 # The public names that need torch, and the submodule that defines each.
 _LAZY = {
@@ -80,6 +82,7 @@ _LAZY = {
     "load_data": "data",
     "MIN_SAMPLES": "data",
     "PROBES": "plan",
+    "WIDE_OUTPUT_UNITS": "plan",
     "PROBE_SE": "plan",
     "MAX_PROBES": "plan",
     "POPULATION_PROBE_SE": "plan",

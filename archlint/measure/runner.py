@@ -513,10 +513,9 @@ def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, 
     Writing a new tensor the size of a node costs several times more than reading one on a
     CPU, so the node is read by reductions, and what needs a temporary (the centred rows,
     the sign mask) is done a cache-sized chunk of rows at a time (ROW_CHUNK_BYTES). On the
-    expanded maps of MobileNetV2's blocks (128 x 98,304 values) the distances and counts took
-    27 ms against 47 ms with cdist and one mask, and the distances are closer to float64's
-    (2e-6 relative against 3e-5). A GPU takes the whole node at once: each chunk is a kernel
-    launch."""
+    expanded map of a MobileNetV2 block (128 x 98,304 values) the statistics took 35 ms
+    against 45 ms for the whole node at once (``python benchmarks/bench_cost.py --part
+    chunks``). A GPU takes the whole node at once: each chunk is a kernel launch."""
     flat = p.movedim(bd, 0).reshape(n, -1)
     if dtypes.name(flat.dtype) in dtypes.LOW_PRECISION:
         # The model computed in half precision; its statistics need not (squared norms
