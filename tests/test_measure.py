@@ -176,9 +176,9 @@ def test_lean_tangent_rules_give_pytorchs_own_tangents(name, layer, shape):
     {"num_layers": 2, "bias": False, "bidirectional": True, "batch_first": True},
 ])
 def test_lean_lstm_rule_gives_pytorchs_own_tangents(options):
-    """The LSTM's own rule (values from the fused kernel, tangents step by step) against
-    PyTorch's forward-mode rule on its step-by-step kernel: outputs and final states, with a
-    given initial state, for several probes at once."""
+    """The LSTM's own rule (values and tangents step by step) against PyTorch's forward-mode
+    rule on its step-by-step kernel: outputs and final states, with a given initial state, for
+    several probes at once."""
     from torch.func import jvp
 
     from archlint.measure.overrides import _MeasureMode

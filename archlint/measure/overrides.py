@@ -155,11 +155,10 @@ def _lstm(args, kwargs):
     dropout in train mode), and the caller falls back to PyTorch's own rule.
 
     PyTorch's forward-mode rule needs its step-by-step recurrent kernel (oneDNN's fused one
-    has none) and differentiates every elementwise operation of every step. Here the values
-    come from the fused kernel, one layer and direction at a time; the gates of all steps are
-    then recomputed at once from the known previous outputs (two products over the whole
-    sequence), and only the tangents run step by step: per step one product with the
-    recurrent weights and a few elementwise operations, for all probes at once."""
+    has none) and differentiates every elementwise operation of every step. Here each layer
+    and direction takes one product for the input's share of all steps' gates, then per step
+    one product with the recurrent weights for the values and, after them, one for the
+    tangents of all probes at once (_lstm_layer)."""
     if kwargs or len(args) != 9 or not isinstance(args[1], (list, tuple)):
         return None
     x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first = args
@@ -204,37 +203,48 @@ def _rows_times(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _lstm_layer(seq, dseq, h0, c0, weights):
-    """One layer and direction, time first: the values from the fused kernel, the tangents
-    step by step (see _lstm). PyTorch's gate order: input, forget, cell, output."""
+    """One layer and direction, time first (see _lstm). PyTorch's gate order: input, forget,
+    cell, output. The input's share of the gates of all steps is one product; then the values
+    go step by step, one product with the recurrent weights each, as the fused kernel's do; then
+    the tangents, for all probes at once. Taking the values from the fused kernel instead meant
+    computing the gates again from its outputs: two more products over the whole sequence."""
     w_ih, w_hh = weights[0], weights[1]
-    out, h_last, c_last = torch.lstm(seq, [h0[None], c0[None]], list(weights), len(weights) == 4, 1, 0.0, False, False, False)
-    previous = torch.cat([h0[None], out[:-1]])
-    gates = _rows_times(seq, w_ih.T) + _rows_times(previous, w_hh.T)
+    from_input = _rows_times(seq, w_ih.T)
     if len(weights) == 4:
-        gates = gates + (weights[2] + weights[3])
-    i, f, g, o = gates.chunk(4, -1)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    cells, c = [], c0
+        from_input = from_input + (weights[2] + weights[3])
+    hidden = w_hh.shape[1]
+    w_hh_t = w_hh.T
+    h, c = h0, c0
+    outs, cells, activated = [], [], []
     for t in range(seq.shape[0]):
-        c = f[t] * c + i[t] * g[t]
+        gates = torch.addmm(from_input[t], h, w_hh_t)
+        # sigmoid for the input, forget and output gates, tanh for the cell's.
+        act = gates.sigmoid()
+        act[:, 2 * hidden:3 * hidden] = gates[:, 2 * hidden:3 * hidden].tanh()
+        i, f, g, o = act.chunk(4, -1)
+        c = torch.addcmul(f * c, i, g)
+        h = o * c.tanh()
+        outs.append(h)
         cells.append(c)
-    cell = torch.stack(cells)
+        activated.append(act)
+    out, cell = torch.stack(outs), torch.stack(cells)
+    i, f, g, o = torch.stack(activated).chunk(4, -1)
     cell_before = torch.cat([c0[None], cell[:-1]])
     tanh_cell = torch.tanh(cell)
     # d gates = (dx W_ih^T + dh_prev W_hh^T) * gate_slopes; dh = do * tanh(c) + to_h * dc.
     gate_slopes = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
     to_h = o * (1 - tanh_cell * tanh_cell)
-    from_input = _rows_times(dseq, w_ih.T)
+    d_from_input = _rows_times(dseq, w_ih.T)
     dh = dc = None
     douts = []
     for t in range(seq.shape[0]):
-        dgates = from_input[t] if dh is None else from_input[t] + dh @ w_hh.T
+        dgates = d_from_input[t] if dh is None else torch.addmm(d_from_input[t], dh, w_hh_t)
         di, df, dg, do = (dgates * gate_slopes[t]).chunk(4, -1)
-        dc_new = df * cell_before[t] + di * g[t] + i[t] * dg
-        dc = dc_new if dc is None else dc_new + f[t] * dc
-        dh = do * tanh_cell[t] + to_h[t] * dc
+        dc_new = torch.addcmul(torch.addcmul(df * cell_before[t], di, g[t]), i[t], dg)
+        dc = dc_new if dc is None else torch.addcmul(dc_new, f[t], dc)
+        dh = torch.addcmul(do * tanh_cell[t], to_h[t], dc)
         douts.append(dh)
-    return out, h_last[0], c_last[0], torch.stack(douts), dh, dc
+    return out, h, c, torch.stack(douts), dh, dc
 
 
 _AFFINE_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
