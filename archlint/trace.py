@@ -16,6 +16,7 @@ forward-mode AD dual tensors).
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -65,6 +66,8 @@ def trace(
     else:
         try:
             values = _run_recording_values(gm, model, example_inputs)
+            if _take_output_out_of_its_layer(gm, values):
+                values = _run_recording_values(gm, model, example_inputs)
         except Exception as exc:
             # The traced program differs from the eager one (e.g. a Python branch on a
             # shape that fx baked in); the eager capture decides below whether the model
@@ -184,14 +187,46 @@ class _ValueInfo:
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
     floating: bool = False
-    first_float_index: int | None = None
+    # For a tuple or list: the indices that lead to its first floating-point tensor.
+    float_path: tuple[int, ...] | None = None
 
 
 def _describe_value(value: Any) -> _ValueInfo:
     if isinstance(value, torch.Tensor):
         return _ValueInfo(True, True, tuple(value.shape), dtypes.name(value.dtype), value.is_floating_point())
     tensors = [t for t in _flatten(value) if isinstance(t, torch.Tensor)]
-    return _ValueInfo(False, bool(tensors))
+    return _ValueInfo(False, bool(tensors), float_path=_float_path(value))
+
+
+def _float_path(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, torch.Tensor):
+        return () if value.is_floating_point() else None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            path = _float_path(v)
+            if path is not None:
+                return (i,) + path
+    return None
+
+
+def _take_output_out_of_its_layer(gm: fx.GraphModule, values: dict[str, _ValueInfo]) -> bool:
+    """When a model returns a layer's tuple as it is (``return self.lstm(x)``: its output and
+    its final states), no node's value is the tensor archlint measures: the first
+    floating-point one. Then getitem nodes that take it out are added after the layer (nothing
+    uses them, so the model computes and returns what it did) and it becomes the graph's
+    output (_first_float_node). Whether any were added."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    if _first_float_node(out.args[0], values, {name: None for name in values}) is not None:
+        return False
+    for item in _flatten(out.args[0]):
+        if isinstance(item, fx.Node) and item.name in values and values[item.name].float_path:
+            node = item
+            for index in values[item.name].float_path:
+                with gm.graph.inserting_after(node):
+                    node = gm.graph.call_function(operator.getitem, (node, index))
+            gm.recompile()
+            return True
+    return False
 
 
 def _nodes_from_fx(gm: fx.GraphModule, values: dict[str, _ValueInfo], call_sites: dict[str, Any], locate: "_Locator") -> tuple[list[Node], str | None]:
@@ -252,6 +287,9 @@ def _first_float_node(out_arg: Any, values: dict[str, _ValueInfo], kept: dict[st
             info = values[item.name]
             if info.is_tensor and info.floating:
                 return item.name
+            taken = _taken_out(item, info.float_path)
+            if taken is not None and taken.name in kept:
+                return taken.name  # added by _take_output_out_of_its_layer
             if not info.is_tensor and item.op == "call_function":
                 # A dataclass or namedtuple built in forward is a node of its own: its
                 # fields are the node's arguments, in order.
@@ -259,6 +297,18 @@ def _first_float_node(out_arg: Any, values: dict[str, _ValueInfo], kept: dict[st
                 if found is not None:
                     return found
     return None
+
+
+def _taken_out(node: fx.Node, path: tuple[int, ...] | None) -> fx.Node | None:
+    """The getitem node that takes the element at ``path`` out of ``node``'s value, if any."""
+    if not path:
+        return None
+    for index in path:
+        node = next((u for u in node.users if u.op == "call_function" and u.target is operator.getitem
+                     and u.args == (node, index)), None)
+        if node is None:
+            return None
+    return node
 
 
 # --------------------------------------------------------------------------------------

@@ -1018,6 +1018,33 @@ def test_tuple_or_dict_output_uses_the_first_floating_output():
     assert wrapped.output_nlc == pytest.approx(plain.output_nlc, rel=1e-6)
 
 
+class Encoder(nn.Module):
+    """Returns its LSTM's tuple as it is: (output, (h, c))."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16, num_layers=2, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)
+
+
+def test_a_layers_tuple_returned_as_it_is_is_measured_at_its_first_floating_output():
+    torch.manual_seed(0)
+    model = Encoder()
+    x = gaussian(64, 5, 8)
+    graph = trace(model, (x[:4],), name="Encoder")
+    assert graph.traced_with == "fx" and graph.output != "rnn"
+    report = measure(model, x, graph=graph)
+    assert report.status == "ok"
+    # The model itself computes and returns what it did: the whole tuple.
+    out, (h, c) = graph.graph_module(x)
+    assert torch.equal(out, model(x)[0]) and h.shape == (2, 64, 16)
+    body = copy.deepcopy(model).double().eval()
+    exact = exact_nlc(lambda xi: body(xi.unsqueeze(0))[0].squeeze(0), x, batched=False)
+    assert report.output_nlc == pytest.approx(exact, rel=0.05)
+
+
 def test_data_string_loads_module_function(tmp_path, monkeypatch):
     (tmp_path / "my_batches.py").write_text("import torch\n\ndef batch():\n    return torch.randn(32, 16)\n")
     monkeypatch.chdir(tmp_path)
