@@ -68,6 +68,8 @@ def models():
     populate_bn(resnet, pictures, N)
     yield RESNET, resnet, pictures
     yield "pre-LN transformer block (token ids)", seeded(10, TinyTransformer), tokens
+    # 16 positions x 100 logits per row: a wide output, measured with one probe to start with.
+    yield "pre-LN transformer LM (token ids, 16 x 100 logits)", seeded(12, lambda: TinyTransformer(language_model=True)), tokens
     # Its 10 pooled outputs move mostly together: the measurement deflates them (measure.deflate).
     thin = seeded(11, ThinResidualCNN)
     populate_bn(thin, pictures, N)

@@ -112,22 +112,24 @@ class PreLNBlock(nn.Module):
 
 class TinyTransformer(nn.Module):
     """Token and position embeddings, pre-LayerNorm blocks, final LayerNorm, mean-pooled
-    classification head. Input: token ids (batch, seq)."""
+    classification head. Input: token ids (batch, seq). ``language_model``: a head over the
+    vocabulary at every position instead (seq x vocab logits per row)."""
 
     def __init__(self, vocab: int = 100, seq: int = 16, d: int = 32, heads: int = 4, hidden: int = 64,
-                 blocks: int = 1, classes: int = 10):
+                 blocks: int = 1, classes: int = 10, language_model: bool = False):
         super().__init__()
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(seq, d)
         self.blocks = nn.Sequential(*[PreLNBlock(d, heads, hidden) for _ in range(blocks)])
         self.ln = nn.LayerNorm(d)
-        self.head = nn.Linear(d, classes)
+        self.language_model = language_model
+        self.head = nn.Linear(d, vocab if language_model else classes)
 
     def forward(self, ids):
         positions = torch.arange(ids.shape[1], device=ids.device)
         x = self.tok(ids) + self.pos(positions)
         x = self.ln(self.blocks(x))
-        return self.head(x.mean(1))
+        return self.head(x if self.language_model else x.mean(1))
 
 
 class ThinResidualCNN(nn.Module):
