@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import linecache
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -483,11 +484,12 @@ def _stack_line(proc: Any, dump_path: str, path: str, ask: bool = False) -> int 
             time.sleep(0.02)
         time.sleep(0.05)  # let the dump finish
     real = os.path.realpath(path)
-    for text_line in _read(dump_path).splitlines():  # most recent call first
-        match = _FRAME.match(text_line)
-        if match and os.path.realpath(match.group(1)) == real:
-            return int(match.group(2))
-    return None
+    lines = [int(match.group(2)) for match in map(_FRAME.match, _read(dump_path).splitlines())  # most recent call first
+             if match and os.path.realpath(match.group(1)) == real]
+    # A function entered as the stack overflowed has run no line yet: its frame shows its
+    # def (or decorator) line, and the line that was running is its caller's.
+    running = [n for n in lines if not linecache.getline(path, n).lstrip().startswith(("def ", "async def ", "@"))]
+    return (running or lines or [None])[0]
 
 
 def _read(path: str) -> str:

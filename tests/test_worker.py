@@ -286,3 +286,22 @@ def test_model_code_sees_the_users_environment(isolated, tmp_path):
     """))
     report = isolated.analyse(path, Settings(verify=False))
     assert [f.code for f in report.findings] == []
+
+
+def test_a_crash_as_a_function_was_entered_points_at_the_line_that_called_it(tmp_path):
+    """faulthandler shows a frame that overflowed the stack as it was entered at its def line:
+    the line that was running is its caller's (the recursive call)."""
+    model = tmp_path / "model.py"
+    model.write_text("class Node:\n    @property\n    def again(self):\n        return self.again\n")
+    dump = tmp_path / "stack"
+
+    def dumped(*lines):
+        frames = "".join(f'  File "{model}", line {n} in again\n' for n in lines)
+        dump.write_text("Fatal Python error: Segmentation fault\n\nCurrent thread 0x1 (most recent call first):\n" + frames)
+        return worker._stack_line(None, str(dump), str(model))
+
+    assert dumped(4, 4, 4) == 4
+    assert dumped(3, 4, 4) == 4  # entered: its def line
+    assert dumped(2, 4, 4) == 4  # a decorated function shows its decorator's line
+    assert dumped(3) == 3  # nothing else of the file on the stack: the def line is all there is
+    assert dumped() is None
