@@ -487,7 +487,9 @@ def _stack_line(proc: Any, dump_path: str, path: str, ask: bool = False) -> int 
     lines = [int(match.group(2)) for match in map(_FRAME.match, _read(dump_path).splitlines())  # most recent call first
              if match and os.path.realpath(match.group(1)) == real]
     # A function entered as the stack overflowed has run no line yet: its frame shows its
-    # def (or decorator) line, and the line that was running is its caller's.
+    # def (or decorator) line, and the line that was running is its caller's. (checkcache:
+    # a long-lived parent, the editor server, sees the file change between runs.)
+    linecache.checkcache(path)
     running = [n for n in lines if not linecache.getline(path, n).lstrip().startswith(("def ", "async def ", "@"))]
     return (running or lines or [None])[0]
 
