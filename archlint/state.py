@@ -104,13 +104,18 @@ def _reads_only(func: Any, args: tuple, kwargs: dict) -> bool:
     return False
 
 
+def unwrapped(t: torch.Tensor) -> torch.Tensor:
+    """The tensor under torch.func's wrappers (a value inside jvp or vmap), or ``t``."""
+    while is_functorch_wrapped_tensor(t):
+        t = get_unwrapped(t)
+    return t
+
+
 def _storage(t: torch.Tensor) -> int | None:
     """The address of the memory a tensor sees (under torch.func's wrappers, the wrapped
     tensor's); None where it has none that can be read (sparse tensors, wrapper subclasses)."""
-    while is_functorch_wrapped_tensor(t):
-        t = get_unwrapped(t)
     try:
-        return t.untyped_storage().data_ptr()
+        return unwrapped(t).untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return None
 

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
+
+from archlint.state import unwrapped
 
 # The layers with an input gradient here are also replayed in a reverse-mode pass (a
 # transposed convolution is recomputed there). Which calls keep values: overrides._REPLAYED.
@@ -97,9 +98,7 @@ class Replay:
 def _unwrapped(t: torch.Tensor) -> torch.Tensor | None:
     """The plain tensor under torch.func's wrappers (a value computed inside jvp), or None
     where it is batched (its shape then differs from the value's)."""
-    plain = t
-    while is_functorch_wrapped_tensor(plain):
-        plain = get_unwrapped(plain)
+    plain = unwrapped(t)
     return plain if plain.shape == t.shape else None
 
 
