@@ -52,6 +52,14 @@ class Deflation:
     exact: list[torch.Tensor]
 
 
+def wide(graph, traced_batch: int | None) -> bool:
+    """Whether the output has more than MAX_UNITS units per row (by the shapes the graph was
+    traced with, ``traced_batch`` rows): many directions, little probe noise per probe, and
+    second moments too costly to deflate (plan.first_probes starts it with one probe)."""
+    out = graph[graph.output] if graph.output else None
+    return bool(traced_batch and out is not None and out.shape and math.prod(out.shape) // traced_batch > MAX_UNITS)
+
+
 def wanted(graph, traced_batch: int | None, rows: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the output's tangents are worth keeping: few units per row (by the shapes the
     graph was traced with, ``traced_batch`` rows), a dtype whose reverse pass is as precise
@@ -60,7 +68,7 @@ def wanted(graph, traced_batch: int | None, rows: int, dtype: torch.dtype, devic
     out = graph[graph.output]
     if not traced_batch or not out.shape or dtype not in (torch.float32, torch.float64):
         return False
-    if math.prod(out.shape) // traced_batch > MAX_UNITS:
+    if wide(graph, traced_batch):
         return False
     held = memory.values_size((node.shape for node in graph if node.shape), traced_batch, rows, dtype.itemsize)
     return held <= memory.measurement_room(device)

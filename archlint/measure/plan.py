@@ -34,7 +34,7 @@ PROBES = 2
 # variance per probe was 5e-6 against the target's 3.1e-4, a 32-step LSTM language model's
 # 8e-6. With one probe the spread between a row's probes is unknown, but the spread between
 # the rows bounds it (_probe_noise), and a pass adds probes where the bound asks for them.
-# The same limit as deflate.MAX_UNITS: an output up to it may be deflated instead.
+# The limit deflate.wide tests (deflate.MAX_UNITS): an output up to it may be deflated instead.
 WIDE_OUTPUT_UNITS = deflate.MAX_UNITS
 PROBE_SE = 0.0175
 MAX_PROBES = 16
@@ -203,11 +203,7 @@ class _Plan:
 def first_probes(graph: ArchGraph, batch_dims: list[int]) -> int:
     """Probes per row of the main pass when none are asked for: PROBES, or one for an output
     of more than WIDE_OUTPUT_UNITS units per row (by the shapes the graph was traced with)."""
-    traced = _trace_batch(graph, batch_dims)
-    out = graph[graph.output] if graph.output else None
-    if traced and out is not None and out.shape and math.prod(out.shape) // traced > WIDE_OUTPUT_UNITS:
-        return 1
-    return PROBES
+    return 1 if deflate.wide(graph, _trace_batch(graph, batch_dims)) else PROBES
 
 
 def _probe_noise(acc: "_NodeAcc | None") -> float | None:
