@@ -104,7 +104,6 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
             segments=len(segments), budget=budget, spent=time.perf_counter() - started)
         args = tuple(a.narrow(d, 0, fitted.rows) for a, d in zip(args, batch_dims))
         probes, population = fitted.probes, population and (fitted.population or not populatable)
-    if fitted is not None:
         batch_size = fitted.batch_size
     plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population, wanted)
     if fitted is not None:

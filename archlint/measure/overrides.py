@@ -215,7 +215,7 @@ def _lstm_layer(seq, dseq, h0, c0, weights):
     hidden = w_hh.shape[1]
     w_hh_t = w_hh.T
     h, c = h0, c0
-    outs, cells, activated = [], [], []
+    outs, cells, tanh_cells, activated = [], [], [], []
     for t in range(seq.shape[0]):
         gates = torch.addmm(from_input[t], h, w_hh_t)
         # sigmoid for the input, forget and output gates, tanh for the cell's.
@@ -223,14 +223,15 @@ def _lstm_layer(seq, dseq, h0, c0, weights):
         act[:, 2 * hidden:3 * hidden] = gates[:, 2 * hidden:3 * hidden].tanh()
         i, f, g, o = act.chunk(4, -1)
         c = torch.addcmul(f * c, i, g)
-        h = o * c.tanh()
+        tanh_c = c.tanh()
+        h = o * tanh_c
         outs.append(h)
         cells.append(c)
+        tanh_cells.append(tanh_c)
         activated.append(act)
-    out, cell = torch.stack(outs), torch.stack(cells)
+    out, cell, tanh_cell = torch.stack(outs), torch.stack(cells), torch.stack(tanh_cells)
     i, f, g, o = torch.stack(activated).chunk(4, -1)
     cell_before = torch.cat([c0[None], cell[:-1]])
-    tanh_cell = torch.tanh(cell)
     # d gates = (dx W_ih^T + dh_prev W_hh^T) * gate_slopes; dh = do * tanh(c) + to_h * dc.
     gate_slopes = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
     to_h = o * (1 - tanh_cell * tanh_cell)
