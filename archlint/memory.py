@@ -13,6 +13,7 @@ Importing this module is cheap (no torch): the CLI parses sizes before any worke
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import re
@@ -89,7 +90,7 @@ def physical_memory() -> int | None:
 
 def available_memory() -> int:
     """Bytes available to new allocations: MemAvailable on Linux, and no more than what the
-    container's cgroup limit leaves."""
+    container's cgroup limit leaves; plus the free top of this process's heap (heap_kept)."""
     available = None
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/meminfo") as f:
@@ -105,13 +106,31 @@ def available_memory() -> int:
     cgroup = _cgroup()
     if cgroup is not None:
         available = min(available, max(cgroup[0] - cgroup[1], 0))
-    return available
+    return available + heap_kept()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_kept() -> int:
+    """Bytes free at the top of this process's heap: kept, not given back, by an analysing
+    process (worker.keep_freed_memory), and ready for its next allocations without counting
+    again against its cap or the machine's memory. glibc 2.33 and later; 0 elsewhere."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError, TypeError):
+        return 0
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().keepcost)
 
 
 def data_room() -> int | None:
     """Bytes this process may still allocate under its RLIMIT_DATA soft limit (a worker's
     share of ``--memory-limit``: the cap is set there), None without such a limit or where
-    its use cannot be read (``VmData`` of /proc/self/status: what Linux counts against it)."""
+    its use cannot be read (``VmData`` of /proc/self/status: what Linux counts against it,
+    less the free top of the heap, which new allocations reuse: heap_kept)."""
     try:
         import resource
     except ImportError:  # Windows
@@ -122,7 +141,7 @@ def data_room() -> int | None:
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmData:"):
-                return max(soft - int(line.split()[1]) * 1024, 0)
+                return max(soft - int(line.split()[1]) * 1024 + heap_kept(), 0)
     return None
 
 

@@ -138,11 +138,16 @@ def prepare_process(workers: int = 1) -> None:
 # glibc serves blocks over its mmap threshold (at most 32 MiB) with fresh mappings and gives
 # them back on free, so every such tensor costs page faults and the kernel's zeroing again.
 # The verification pass allocates many (a CIFAR ResNet-18's probe tangents are ~100 MB each):
-# that was a third of its CPU time. From the heap, freed blocks are reused; the heap's top is
-# given back once 256 MiB of it are free.
+# that was a third of its CPU time. From the heap, freed blocks are reused.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _HEAP_UP_TO = 1 << 30
-_TRIM_OVER = 256 << 20
+# And the heap keeps its top: given back once 256 MiB of it were free (as before), what a
+# pass freed was faulted in again by the next pass or measurement: 330,000 page faults in a
+# measurement of the suite's MobileNetV2 blocks after one of its kind, a third of its CPU time
+# on this project's machine (``python benchmarks/bench_cost.py --part heap``, and the suite).
+# An analysing process ends with its file; until then what its heap keeps free at the top is
+# counted as its room (memory.heap_kept).
+_NEVER = -1
 
 
 def keep_freed_memory() -> None:
@@ -155,7 +160,7 @@ def keep_freed_memory() -> None:
         return
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt(_M_MMAP_THRESHOLD, _HEAP_UP_TO)
-    mallopt(_M_TRIM_THRESHOLD, _TRIM_OVER)
+    mallopt(_M_TRIM_THRESHOLD, _NEVER)
 
 
 # --------------------------------------------------------------------------------------

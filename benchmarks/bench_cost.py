@@ -39,9 +39,10 @@ main one taking its convolution and linear values against computing them (see re
 ``--part state``: the user's parameters copied before the first call that could write them
 against all copied before the measurement and back after it (see parameter_copies).
 ``--part chunks``: each node's row distances and sign counts a cache-sized chunk of rows at a
-time against the whole node at once (see row_chunks).
+time against the whole node at once (see row_chunks). ``--part heap``: the heap's top kept
+by archlint's processes against given back once 256 MiB of it are free (see heap_top).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -452,16 +453,48 @@ def row_chunks(names: list[str], repeats: int) -> None:
               f"| {med['chunks', 'all']:.3f} / {med['whole', 'all']:.3f} |", flush=True)
 
 
+def heap_top(names: list[str], repeats: int) -> None:
+    """The heap's top kept by archlint's processes (archlint.worker.keep_freed_memory) against
+    given back once 256 MiB of it are free (as before), per shape (see ``alternated``), with
+    the page faults of one measurement of all statistics after one of its kind."""
+    import ctypes
+    import resource
+
+    import archlint.worker as worker
+
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    variants = {"kept": lambda: mallopt(worker._M_TRIM_THRESHOLD, worker._NEVER),
+                "given back": lambda: mallopt(worker._M_TRIM_THRESHOLD, 256 << 20)}
+    print("| shape | output only: kept / given back (CPU s) | all statistics: kept / given back (CPU s) "
+          "| page faults of all statistics: kept / given back |")
+    print("|---|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        med = alternated(model, x, graph, variants, repeats)
+        faults = {}
+        for variant, switch in variants.items():
+            switch()
+            measure(model, x, graph=graph)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            measure(model, x, graph=graph)
+            faults[variant] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        keep_freed_memory()
+        print(f"| {name} | {med['kept', 'output']:.3f} / {med['given back', 'output']:.3f} "
+              f"| {med['kept', 'all']:.3f} / {med['given back', 'all']:.3f} "
+              f"| {faults['kept']} / {faults['given back']} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks"), default="suite",
+    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks", "heap"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
                              "taking its statistics against computing their own; replay: the layers' values of the main "
                              "pass replayed in the passes that follow against computed again; state: parameters copied "
                              "on write against copied up front; chunks: node statistics a chunk of rows at a time "
-                             "against the whole node at once")
+                             "against the whole node at once; heap: the heap's top kept against given back")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -469,7 +502,7 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks"):
+    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -484,6 +517,8 @@ def main() -> int:
             parameter_copies(names, args.repeats or REPEATS)
         elif args.part == "chunks":
             row_chunks(names, args.repeats or REPEATS)
+        elif args.part == "heap":
+            heap_top(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0

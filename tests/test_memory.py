@@ -62,8 +62,12 @@ def _fake_cgroup(tmp_path, monkeypatch, limit: str, usage: str):
 
 
 def test_budget_and_limit_follow_the_containers_cgroup(tmp_path, monkeypatch):
-    # A 1 GiB container with 256 MiB in use leaves 768 MiB, whatever the host has free.
+    # A 1 GiB container with 256 MiB in use leaves 768 MiB, whatever the host has free; and
+    # what this process's heap keeps free at its top is this process's to reuse.
     _fake_cgroup(tmp_path, monkeypatch, str(1024**3), str(256 * 1024**2))
+    monkeypatch.setattr(memory, "heap_kept", lambda: 64 * 1024**2)
+    assert memory.available_memory() == (768 + 64) * 1024**2
+    monkeypatch.setattr(memory, "heap_kept", lambda: 0)
     assert memory.available_memory() == 768 * 1024**2
     assert memory.default_memory_budget("cpu") == int(memory.MEMORY_FRACTION * 768 * 1024**2)
     assert memory.physical_memory() == 1024**3

@@ -218,6 +218,33 @@ def test_analysing_processes_reuse_large_freed_blocks():
     assert faults("tuned") < default / 3
 
 
+TOP_OF_THE_HEAP = """
+import ctypes, resource
+from archlint import memory, worker
+worker.keep_freed_memory()
+_, hard = resource.getrlimit(resource.RLIMIT_DATA)
+resource.setrlimit(resource.RLIMIT_DATA, (8 << 30, hard))
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
+room = memory.data_room()
+block = libc.malloc(400 << 20)  # from the heap's top, nothing allocated after it
+ctypes.memset(block, 1, 400 << 20)
+libc.free(block)
+print(memory.heap_kept(), room - memory.data_room())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and mallinfo2")
+def test_the_heaps_kept_top_counts_as_room_under_the_cap():
+    # 400 MiB freed at the top of the heap stay there (given back before: more than 256 MiB),
+    # and count as room: under RLIMIT_DATA they are the process's, and its later models may
+    # plan with them (memory.data_room, measurement_room).
+    out = subprocess.run([sys.executable, "-c", TOP_OF_THE_HEAP], capture_output=True, text=True, check=True, cwd=REPO)
+    kept, room_lost = map(int, out.stdout.split())
+    assert kept >= 400 << 20
+    assert room_lost < 16 << 20
+
+
 def test_fork_server_leaves_the_working_directory_off_sys_path(monkeypatch):
     # The fork server is `python -c`: without PYTHONSAFEPATH its sys.path starts with the
     # working directory, and run from a checkout of archlint it imported the source tree's
