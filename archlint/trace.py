@@ -111,9 +111,18 @@ def execute(graph: ArchGraph, args: tuple, on_node: OnNode) -> Any:
                 f"(at step {position}: {event.op!r} instead of "
                 f"{ops_expected[position] if position < len(ops_expected) else 'the end'!r})"
             )
-        replacement = on_node(names[position], event.output) if isinstance(event.output, torch.Tensor) else None
+        name, value = names[position], event.output
         position += 1
-        return replacement
+        if isinstance(value, torch.Tensor):
+            return on_node(name, value)
+        if name != graph.output:
+            return None
+        # The model returns a layer's tuple as it is (``return self.lstm(x)``): what archlint
+        # measures is its first floating-point tensor, as fx's getitem nodes take it out
+        # (_take_output_out_of_its_layer).
+        first = first_float_output(value)
+        replacement = on_node(name, first) if first is not None else None
+        return None if replacement is None else _replace_tensors(value, lambda i, t: replacement if t is first else t)
 
     if inputs:
         args = _replace_tensors(args, lambda i, t: _or(on_node(inputs[i], t), t) if i < len(inputs) else t)
@@ -453,6 +462,11 @@ def _eager_capture(model: nn.Module, inputs: tuple, locate: "_Locator") -> tuple
             out = runner.run(inputs)
             first = first_float_output(out)
             output = owner.get(id(first)) if first is not None else None
+        node = next((n for n in nodes if n.name == output), None)
+        if node is not None and node.shape is None:
+            # A layer's tuple returned as it is: the output node stands for its first
+            # floating-point tensor (execute measures that one).
+            node.shape, node.dtype = tuple(first.shape), _dtype(first)
     except Exception as exc:
         raise ForwardError(exc) from exc
     return nodes, output

@@ -1045,6 +1045,30 @@ def test_a_layers_tuple_returned_as_it_is_is_measured_at_its_first_floating_outp
     assert report.output_nlc == pytest.approx(exact, rel=0.05)
 
 
+class UntraceableEncoder(Encoder):
+    """The same, with a branch on a value, which fx cannot trace: captured eagerly."""
+
+    def forward(self, x):
+        if float(x.abs().max()) > 1e9:
+            x = x / 2
+        return self.rnn(x)
+
+
+def test_an_eager_graphs_layer_tuple_returned_as_it_is_is_measured_like_fxs():
+    torch.manual_seed(0)
+    model = Encoder()
+    eager_model = UntraceableEncoder()
+    eager_model.load_state_dict(model.state_dict())
+    x = gaussian(64, 5, 8)
+    eager = trace(eager_model, (x[:4],), name="UntraceableEncoder")
+    assert eager.traced_with == "eager" and eager[eager.output].shape == (4, 5, 16)
+    report = measure(eager_model, x, graph=eager)
+    assert report.status == "ok" and report.output_nlc is not None
+    # The same first floating-point tensor as the fx graph's getitem nodes take out.
+    assert report.output_nlc == pytest.approx(measure(model, x, graph=trace(model, (x[:4],), name="Encoder")).output_nlc,
+                                              rel=1e-6)
+
+
 def test_data_string_loads_module_function(tmp_path, monkeypatch):
     (tmp_path / "my_batches.py").write_text("import torch\n\ndef batch():\n    return torch.randn(32, 16)\n")
     monkeypatch.chdir(tmp_path)
