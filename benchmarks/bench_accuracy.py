@@ -7,11 +7,12 @@ sub-network from the input, or from the embedding for token inputs, to that node
 Models without batch dependence: BatchNorm models are in eval mode with populated statistics.
 
     python benchmarks/bench_accuracy.py [--device cuda]
-    python benchmarks/bench_accuracy.py --seeds 16   # the thin CNN's output, deflated and not
+    python benchmarks/bench_accuracy.py --seeds 16   # the thin CNN's output alone, three ways
 
-``--seeds N``: the thin residual CNN's output NLC over N seeds with archlint's default
-measurement (which deflates its shared output direction, measure.deflate) and with the probes
-alone, against the exact value.
+``--seeds N``: the thin residual CNN's output NLC alone over N seeds, against the exact value:
+by reverse-mode probes (archlint's default for the output alone, measure.cotangents), by
+forward-mode probes deflated along the shared output direction (measure.deflate: the default
+where other nodes are measured too), and by forward-mode probes alone.
 
 With ``--device cuda`` models, samples and the exact references all live on the GPU.
 """
@@ -93,11 +94,13 @@ def on(device, model, inputs):
 
 
 def deflation_over_seeds(seeds: int) -> None:
-    """The thin residual CNN's output NLC over many seeds, deflated (archlint's default) and
-    with probes alone (deflation off), against the exact value of the same sample."""
+    """The thin residual CNN's output NLC alone over many seeds: by reverse-mode probes
+    (archlint's default for the output alone, measure.cotangents), by forward-mode probes
+    deflated (the default where other nodes are measured too) and by forward-mode probes
+    alone, against the exact value of the same sample."""
     import statistics
 
-    from archlint.measure import deflate
+    from archlint.measure import cotangents, deflate
 
     model = next(m for name, m, _ in models() if name.startswith("thin residual CNN"))
     pictures = samples()[1]
@@ -106,8 +109,10 @@ def deflation_over_seeds(seeds: int) -> None:
     print("| measurement | probes | mean signed error | standard deviation | largest \\|error\\| | seconds each |")
     print("|---|---|---|---|---|---|")
     saved = deflate.MIN_SAVED_PROBES
-    for label, min_saved in (("deflated (default)", saved), ("probes alone", 10**6)):
-        deflate.MIN_SAVED_PROBES = min_saved
+    for label, reverse, min_saved in (("reverse-mode probes (default)", True, saved),
+                                      ("forward-mode probes, deflated", False, saved),
+                                      ("forward-mode probes alone", False, 10**6)):
+        cotangents.ENABLED, deflate.MIN_SAVED_PROBES = reverse, min_saved
         errors, probes, started = [], set(), time.perf_counter()
         for seed in range(seeds):
             report = measure(model, pictures, seed=seed, nodes=(), population=False)
@@ -116,13 +121,13 @@ def deflation_over_seeds(seeds: int) -> None:
         seconds = (time.perf_counter() - started) / seeds
         print(f"| {label} | {min(probes)}-{max(probes)} | {100 * statistics.mean(errors):+.2f}% | "
               f"{100 * statistics.stdev(errors):.2f}% | {100 * max(map(abs, errors)):.2f}% | {seconds:.2f} |")
-    deflate.MIN_SAVED_PROBES = saved
+    cotangents.ENABLED, deflate.MIN_SAVED_PROBES = True, saved
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seeds", type=int, help="only the thin CNN's output, deflated and not, over this many seeds")
+    parser.add_argument("--seeds", type=int, help="only the thin CNN's output alone, three ways, over this many seeds")
     args = parser.parse_args()
     if args.seeds:
         deflation_over_seeds(args.seeds)

@@ -41,8 +41,10 @@ against all copied before the measurement and back after it (see parameter_copie
 ``--part chunks``: each node's row distances and sign counts a cache-sized chunk of rows at a
 time against the whole node at once (see row_chunks). ``--part heap``: the heap's top kept
 by archlint's processes against given back once 256 MiB of it are free (see heap_top).
+``--part cotangents``: the output alone by reverse-mode probes (archlint.measure.cotangents)
+against forward-mode probes, with the probes each took (see cotangent_probes).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -485,16 +487,52 @@ def heap_top(names: list[str], repeats: int) -> None:
               f"| {faults['kept']} / {faults['given back']} |", flush=True)
 
 
+def cotangent_probes(names: list[str], repeats: int) -> None:
+    """The output NLC alone (no population value) by reverse-mode probes against forward-mode
+    probes (measure.cotangents.ENABLED), in one process and in alternation (the order
+    reversed every round), CPU seconds and multiples of a plain forward pass (medians), with
+    the probes and the value each took on seed 0."""
+    from archlint.measure import cotangents
+
+    print("| shape | forward pass (CPU s) | reverse-mode: x forward (probes) | forward-mode: x forward (probes) "
+          "| output NLC: reverse / forward mode |")
+    print("|---|---|---|---|---|")
+    variants = {"reverse": True, "forward": False}
+    for name in names:
+        _, model, x, graph = built(name)
+        forward = plain_forward(model, x)
+        times: dict[str, list[float]] = {k: [] for k in ("plain", *variants)}
+        reports = {}
+        for enabled in variants.values():  # warm-up
+            cotangents.ENABLED = enabled
+            measure(model, x, graph=graph, nodes=(), population=False)
+        forward()
+        for r in range(repeats):
+            for variant in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+                cotangents.ENABLED = variants[variant]
+                _, cpu, reports[variant] = timed_both(lambda: measure(model, x, graph=graph, nodes=(), population=False))
+                times[variant].append(cpu)
+            times["plain"].append(timed_both(forward)[1])
+        cotangents.ENABLED = True
+        med = {k: statistics.median(v) for k, v in times.items()}
+        f = med["plain"]
+        print(f"| {name} | {f:.3f} | {med['reverse'] / f:.2f}x ({reports['reverse'].probes}) "
+              f"| {med['forward'] / f:.2f}x ({reports['forward'].probes}) "
+              f"| {reports['reverse'].output_nlc:.3f} / {reports['forward'].output_nlc:.3f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks", "heap"), default="suite",
+    parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks", "heap",
+                                           "cotangents"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
                              "taking its statistics against computing their own; replay: the layers' values of the main "
                              "pass replayed in the passes that follow against computed again; state: parameters copied "
                              "on write against copied up front; chunks: node statistics a chunk of rows at a time "
-                             "against the whole node at once; heap: the heap's top kept against given back")
+                             "against the whole node at once; heap: the heap's top kept against given back; cotangents: the "
+                             "output alone by reverse-mode probes against forward-mode ones")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -502,7 +540,7 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap"):
+    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -519,6 +557,8 @@ def main() -> int:
             row_chunks(names, args.repeats or REPEATS)
         elif args.part == "heap":
             heap_top(names, args.repeats or REPEATS)
+        elif args.part == "cotangents":
+            cotangent_probes(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0

@@ -24,8 +24,16 @@ numerator along the top eigenvectors of sum_i M_i (directions shared by all rows
 variance left to the probes if the part along the top k of them were computed exactly (one
 reverse-mode pass per direction) and only the rest estimated.
 
+``--part cotangents``: the same M_i, and the relative variance of one probe's estimate of the
+numerator over all 128 rows (ROWS rows' variances, scaled to 128), for a forward-mode probe
+with Gaussian input directions (2 ||M_i||_F^2 per row) and for reverse-mode probes whose
+cotangents are random signs (2 x the squared off-diagonal entries of M_i): in the output's
+own units, and in the basis of the eigenvectors of the output's covariance over the sample,
+as measure.cotangents draws them.
+
     python benchmarks/bench_directions.py [--shapes thin-resnet,mlp20,resnet18] [--probes 24]
     python benchmarks/bench_directions.py --part shared [--shapes thin-resnet,mlp20]
+    python benchmarks/bench_directions.py --part cotangents [--shapes mlp20,thin-resnet,mobilenetv2,resnet18,vgg-bn]
 """
 
 from __future__ import annotations
@@ -55,23 +63,52 @@ def directions(scheme: str, centred: torch.Tensor, g: torch.Generator) -> torch.
 ROWS = 48
 
 
+def row_matrices(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shape's M_i = J_i Ĉ J_i^T of its first ROWS rows (float64; BatchNorm in eval mode
+    with populated statistics), and its output over the sample (rows x units)."""
+    _, build = shapes()[name]
+    model, x = build()
+    model, x = model.double().requires_grad_(False), x.double()
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        populate_bn(model, (x,), x.shape[0])
+    model.eval()
+    n = x.shape[0]
+    centred = (x - x.mean(0)).reshape(n, -1)
+    jac = vmap(jacrev(lambda xi: model(xi[None])[0]))(x[:ROWS])
+    jac = jac.reshape(ROWS, jac.shape[1], -1)
+    ju = jac @ centred.T / n**0.5
+    with torch.no_grad():
+        out = model(x).reshape(n, -1)
+    return ju @ ju.transpose(1, 2), out
+
+
+def cotangent_noise(names: list[str]) -> None:
+    print("| shape | outputs | forward mode, Gaussian directions | reverse mode, signs in the output's units "
+          "| reverse mode, signs in the output covariance's eigenvectors (archlint) |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        m, out = row_matrices(name)
+        total = m.diagonal(dim1=1, dim2=2).sum()
+        centred = out - out.mean(0)
+        basis = torch.linalg.eigh(centred.T @ centred).eigenvectors
+
+        def off_diagonal(a: torch.Tensor) -> torch.Tensor:
+            return a - torch.diag_embed(a.diagonal(dim1=1, dim2=2))
+
+        # Var of the one-probe estimate of the mean over 128 rows, relative to its square.
+        scale = ROWS / 128 / total**2
+        forward = 2 * m.square().sum() * scale
+        own_units = 2 * off_diagonal(m).square().sum() * scale
+        rotated = 2 * off_diagonal(basis.T @ m @ basis).square().sum() * scale
+        print(f"| {name} | {m.shape[1]} | {float(forward):.2e} | {float(own_units):.2e} | {float(rotated):.2e} |", flush=True)
+
+
 def shared_directions(names: list[str]) -> None:
     print(f"| shape | outputs | one probe's relative variance per row | numerator share of the top 1 / 2 / 3 "
           f"shared directions | relative variance left with 1 / 2 / 3 of them exact |")
     print("|---|---|---|---|---|")
     for name in names:
-        _, build = shapes()[name]
-        model, x = build()
-        model, x = model.double().requires_grad_(False), x.double()
-        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            populate_bn(model, (x,), x.shape[0])
-        model.eval()
-        n = x.shape[0]
-        centred = (x - x.mean(0)).reshape(n, -1)
-        jac = vmap(jacrev(lambda xi: model(xi[None])[0]))(x[:ROWS])
-        jac = jac.reshape(ROWS, jac.shape[1], -1)
-        ju = jac @ centred.T / n**0.5
-        m = ju @ ju.transpose(1, 2)  # per row: J_i Ĉ J_i^T
+        m, _ = row_matrices(name)  # per row: J_i Ĉ J_i^T
         trace = m.diagonal(dim1=1, dim2=2).sum(-1)
         eigenvalues, vectors = torch.linalg.eigh(m.sum(0))
         eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
@@ -88,12 +125,15 @@ def shared_directions(names: list[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("directions", "shared"), default="directions")
+    parser.add_argument("--part", choices=("directions", "shared", "cotangents"), default="directions")
     parser.add_argument("--shapes", default="thin-resnet,mlp20,resnet18")
     parser.add_argument("--probes", type=int, default=24)
     args = parser.parse_args()
     if args.part == "shared":
         shared_directions(args.shapes.split(","))
+        return 0
+    if args.part == "cotangents":
+        cotangent_noise(args.shapes.split(","))
         return 0
     print(f"| shape | directions | numerator (mean of {args.probes} probes) | relative variance per probe |")
     print("|---|---|---|---|")

@@ -531,6 +531,127 @@ def test_a_buffer_updated_during_the_reverse_pass_is_left_as_it_was():
 
 
 # --------------------------------------------------------------------------------------
+# The output alone: reverse-mode probes (measure.cotangents)
+
+
+def _by_cotangents(report):
+    return any("reverse-mode probes" in n for n in report.notes)
+
+
+def test_the_output_alone_by_reverse_mode_probes_matches_the_exact_nlc(monkeypatch):
+    from archlint.measure import cotangents
+
+    model = mlp(3, 64, act=nn.Tanh, sigma_w2=3.0)
+    x = gaussian(128, 16)
+    exact = exact_nlc(per_sample(model), x)
+    reports = [measure(model, x, nodes=(), seed=seed) for seed in range(6)]
+    assert all(_by_cotangents(r) for r in reports)
+    errors = [r.output_nlc / exact - 1 for r in reports]
+    assert max(map(abs, errors)) < 0.05 and abs(sum(errors) / len(errors)) < 0.015
+    # The same measurement by forward-mode probes: the route was taken, not the default one.
+    monkeypatch.setattr(cotangents, "ENABLED", False)
+    forward = measure(model, x, nodes=())
+    assert not _by_cotangents(forward) and forward.output_nlc != reports[0].output_nlc
+    assert forward.output_nlc == pytest.approx(exact, rel=0.05)
+
+
+def test_an_affine_map_by_reverse_mode_probes_measures_exactly_one_with_one_probe():
+    # The cotangents' basis diagonalises the output's covariance, which is each row's M_i
+    # here: no probe noise at all (random signs in the output's own units would have some).
+    report = measure(mlp(2, 16, nn.Identity, d_out=8), gaussian(128, 16), nodes=())
+    assert _by_cotangents(report) and report.probes == 1
+    assert report.output_nlc == pytest.approx(1.0, abs=1e-6)
+
+
+def test_batch_and_population_values_by_reverse_mode_probes_agree_with_many_forward_probes(monkeypatch):
+    """Train-mode batch norm couples the rows, and the population value rides along (one
+    batch): each row's signs are its own. Against the mean of 8 measurements with 16
+    forward-mode probes each."""
+    from archlint.measure import cotangents
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    x = gaussian(128, 3, 8, 8)
+    before = snapshot(cnn)
+    ours = [measure(cnn, x, nodes=(), seed=s) for s in range(8)]
+    assert all(_by_cotangents(r) and r.output_nlc_population is not None for r in ours)
+    assert_unchanged(cnn, before)
+    monkeypatch.setattr(cotangents, "ENABLED", False)
+    probed = [measure(cnn, x, nodes=(), seed=s, probes=16, population_probes=16) for s in range(8)]
+    for value in ("output_nlc", "output_nlc_population"):
+        mean = sum(getattr(r, value) for r in ours) / len(ours)
+        reference = sum(getattr(r, value) for r in probed) / len(probed)
+        assert mean == pytest.approx(reference, rel=0.02), value
+
+
+def test_more_reverse_mode_probes_come_from_the_first_batchs_recorded_graph(monkeypatch):
+    """Where the first batch's noise asks for more probes, they are backward passes over the
+    graph that batch recorded, and the next batch takes as many at once: one forward pass
+    per batch. Asked-for probes are honoured."""
+    from archlint.measure import plan
+
+    model = mlp(2, 32, act=nn.Tanh)
+    x = gaussian(256, 16)
+    graph = trace(model, (x[:4],), name="mlp")
+    calls = []
+    model[0].register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(plan, "PROBE_SE", 0.002)  # asks for every probe the plan allows
+    report = measure(model, x, graph=graph, nodes=(), batch_size=128)
+    assert _by_cotangents(report) and report.probes == plan.MAX_PROBES
+    assert len(calls) == 2
+    monkeypatch.undo()
+    assert measure(model, x, graph=graph, nodes=(), probes=3).probes >= 3
+
+
+class _NoBackward(torch.autograd.Function):
+    """Doubles its input; forward mode only (its backward fails)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("no backward here")
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        return tangent * 2
+
+
+def no_backward(x):
+    return _NoBackward.apply(x)
+
+
+torch.fx.wrap("no_backward")  # a call in the traced graph, run as it is (fx would trace into apply)
+
+
+class ForwardModeOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp(2, 16, act=nn.Tanh)
+
+    def forward(self, x):
+        return self.net(no_backward(x))
+
+
+def test_an_output_whose_reverse_mode_pass_fails_is_measured_by_forward_mode_probes():
+    model = ForwardModeOnly()
+    x = gaussian(128, 16)
+    report = measure(model, x, nodes=())
+    assert not _by_cotangents(report)
+    assert any("reverse-mode pass failed" in n and "no backward here" in n for n in report.notes)
+    assert report.output_nlc == pytest.approx(exact_nlc(per_sample(model.net), 2 * x), rel=0.05)
+
+
+# --------------------------------------------------------------------------------------
 # Wide outputs: one probe to start with (plan.WIDE_OUTPUT_UNITS)
 
 

@@ -86,6 +86,7 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         if start not in graph.ancestors(end):
             raise ValueError(f"segment {start!r} -> {end!r}: {end!r} does not depend on {start!r}")
 
+    asked_probes = probes
     if probes is None:
         probes = first_probes(graph, batch_dims)
     wanted = None
@@ -106,6 +107,8 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         probes, population = fitted.probes, population and (fitted.population or not populatable)
         batch_size = fitted.batch_size
     plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population, wanted)
+    # Asked for: at least that many (fewer where the budget gave some up), on either kind of probe.
+    plan.asked_probes = probes if asked_probes is not None else None
     if fitted is not None:
         plan.max_probes = fitted.max_probes
     given_up = [fitted.note] if fitted is not None and fitted.note else []

@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from archlint import memory, patterns
 from archlint.graph import ArchGraph, OpKind
-from archlint.measure import deflate
+from archlint.measure import cotangents, deflate
 from archlint.measure.evaluate import _Result
 from archlint.measure.model import _configure, _is_fresh, _measuring, _Runnable
 from archlint.measure.replay import Replay
@@ -59,6 +59,8 @@ class _Plan:
         self.population = population
         # Probes per sample the noise may ask for (fewer under a time budget: measure.budget).
         self.max_probes = MAX_PROBES
+        # Probes per sample the caller asked for (None: as the plan chooses).
+        self.asked_probes: int | None = None
         n = args[0].shape[batch_dims[0]]
         self.notes: list[str] = []
         if n < 2:
@@ -109,6 +111,14 @@ class _Plan:
             # the tangent rule of batch norm differs. Its probes then ride along in the main
             # pass instead of a second full pass (see _fusable).
             fused = populatable and len(groups) == 1 and _fusable(graph, run, batch_bns, self.batch_size)
+            if (cotangents.ENABLED and self.wanted == [graph.output] and not self.segments and (fused or not populatable)
+                    and deflate.wanted(graph, runner.trace_batch, self.batch_size, run.dtype, run.device)):
+                found = self._by_cotangents(runner, fused, notes)
+                if found is not None:
+                    main, pop, probes, pop_probes = found
+                    result = _Result(self, run, mode, main, pop, {}, {}, notes + runner.notes, runner.sources)
+                    result.probes, result.population_probes = probes, (pop_probes if populatable else None)
+                    return result
             starts = {s for s, _ in self.segments}
             every = set(self.wanted)
             pop_probes = self.population_probes if fused else 0
@@ -198,6 +208,46 @@ class _Plan:
         result = _Result(self, run, mode, main, pop, segs, pop_segs, notes + runner.notes, runner.sources)
         result.probes, result.population_probes = probes, pop_probes
         return result
+
+
+    def _by_cotangents(self, runner: _Runner, fused: bool, notes: list[str]):
+        """The output alone, by reverse-mode probes (measure.cotangents): (main pass, population
+        pass or None, probes, population probes). One probe per row first (or as many as were
+        asked for), and more where its noise asks for them: on the first batch's recorded
+        graph, and if the whole sample still asks for more, by another pass. None where a
+        reverse-mode pass fails: forward-mode probes measure instead (noted)."""
+        output = runner.run.graph.output
+
+        def asked_for(per_probe: float | None) -> tuple[int, int]:
+            return (_probes_needed(per_probe, PROBE_SE),
+                    min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)) if fused else 0)
+
+        def needed(a: torch.Tensor) -> tuple[int, int]:
+            # The first batch's rows (a: probes x rows) as if they were the whole sample's.
+            acc = _NodeAcc()
+            acc.a = [a]
+            per_probe = _probe_noise(acc)
+            probes, pop_probes = asked_for(per_probe * a.shape[1] / runner.n if per_probe is not None else None)
+            return min(self.max_probes, probes), pop_probes
+
+        try:
+            main, pop = cotangents.measure_output(runner, self.asked_probes or 1, self.population_probes if fused else 0,
+                                                  self.seed, needed)
+            have, have_pop = (len(p.accs[output].a[0]) if p is not None else 0 for p in (main, pop))
+            probes, pop_probes = asked_for(_probe_noise(main.accs[output]))
+            if probes > self.max_probes:
+                notes.append(f"{self.max_probes} probe{'s' if self.max_probes > 1 else ''} per sample where the probe noise asked for {probes}: the time budget allows no more")
+            probes, pop_probes = max(have, min(probes, self.max_probes)), max(have_pop, pop_probes)
+            if probes > have or pop_probes > have_pop:
+                extra_main, extra_pop = cotangents.measure_output(runner, probes - have, pop_probes - have_pop, self.seed + 500)
+                _add_probes(main, extra_main)
+                if extra_pop is not None:
+                    _add_probes(pop, extra_pop)
+        except Exception as exc:  # an optimisation: forward-mode probes measure without it
+            notes.append(f"forward-mode probes measured the output (its reverse-mode pass failed: {failure(exc)})")
+            return None
+        notes.append("the output's numerator by reverse-mode probes, one backward pass per probe (measure.cotangents)")
+        return main, pop, probes, pop_probes
 
 
 def first_probes(graph: ArchGraph, batch_dims: list[int]) -> int:

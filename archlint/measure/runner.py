@@ -93,6 +93,39 @@ class _NodeInfo:
     seen: set[str] = field(default_factory=set)
 
 
+class _Recorded:
+    """A batch's forward pass recorded from the sources (``leaves``) to the output
+    (_Runner.reverse_pass): the output's value and batch dimension, and backward passes."""
+
+    def __init__(self, runner: "_Runner", out: torch.Tensor, leaves: dict[str, torch.Tensor], batch_dim: int):
+        self.runner = runner
+        self.out = out
+        self.leaves = leaves
+        self.batch_dim = batch_dim
+        self.rows = out.shape[batch_dim]
+
+    @property
+    def output(self) -> torch.Tensor:
+        return self.out.detach()
+
+    def numerator(self, cotangent: torch.Tensor, population: bool, centred: dict[str, torch.Tensor],
+                  last: bool = False) -> torch.Tensor:
+        """Each row's numerator along its row of ``cotangent`` (rows x output units), by one
+        backward pass (_Runner.reverse). ``last``: the recorded graph is freed after it (else
+        when the recording's context ends)."""
+        runner, out, bd = self.runner, self.out, self.batch_dim
+        runner.mode.population_backward = population
+        cot = cotangent.to(out.dtype).reshape(out.movedim(bd, 0).shape).movedim(0, bd)
+        with runner._running_model():  # a custom autograd.Function's backward is model code
+            grads = torch.autograd.grad(out, list(self.leaves.values()), cot, allow_unused=True, retain_graph=not last)
+        total = torch.zeros(self.rows, dtype=torch.float64, device=cotangent.device)
+        for name, g in zip(self.leaves, grads):
+            if g is not None:
+                g = g.movedim(runner._source_batch_dim(name), 0).reshape(self.rows, -1).double()
+                total += (g @ centred[name].T).square().sum(1) / runner.n
+        return total
+
+
 class _Runner:
     def __init__(self, run, args, batch_dims, groups, sources, preacts, trace_batch):
         self.run = run
@@ -193,6 +226,14 @@ class _Runner:
         backward takes the population rule of train-mode batch norm
         (overrides._BatchNormEitherRule). With batch statistics rows interact: g_i then also
         holds the other rows' cotangents through them (see measure.deflate)."""
+        with self.reverse_pass(lo, hi) as recorded:
+            return [recorded.numerator(cotangent, population, centred, last=k == len(cotangents) - 1)
+                    for k, (cotangent, population) in enumerate(cotangents)]
+
+    @contextmanager
+    def reverse_pass(self, lo: int, hi: int) -> Iterator["_Recorded"]:
+        """One forward pass of the batch lo..hi that records the graph from the sources to the
+        output, for backward passes (``_Recorded.numerator``) while the context lasts."""
         graph = self.run.graph
         leaves: dict[str, torch.Tensor] = {}
         captured: dict[str, torch.Tensor] = {}
@@ -207,7 +248,6 @@ class _Runner:
                 raise _Stop
             return replaced
 
-        totals = []
         self.mode.reverse = True
         try:
             with torch.enable_grad():
@@ -218,22 +258,18 @@ class _Runner:
                 except _Stop:
                     pass
                 out = captured["out"]
-                bd = self.info.batch_dim[graph.output]
-                for k, (cotangent, population) in enumerate(cotangents):
-                    self.mode.population_backward = population
-                    cot = cotangent.to(out.dtype).reshape(out.movedim(bd, 0).shape).movedim(0, bd)
-                    with self._running_model():  # a custom autograd.Function's backward is model code
-                        grads = torch.autograd.grad(out, list(leaves.values()), cot, allow_unused=True,
-                                                    retain_graph=k < len(cotangents) - 1)
-                    total = torch.zeros(hi - lo, dtype=torch.float64, device=cotangent.device)
-                    for name, g in zip(leaves, grads):
-                        if g is not None:
-                            g = g.movedim(self._source_batch_dim(name), 0).reshape(hi - lo, -1).double()
-                            total += (g @ centred[name].T).square().sum(1) / self.n
-                    totals.append(total)
+                bd = self.info.batch_dim.get(graph.output)
+                if bd is None:
+                    bd = _batch_dim(graph[graph.output], out, hi - lo, self.trace_batch)
+                if bd is None:
+                    raise MeasureError("the output has no batch dimension")
+                recorded = _Recorded(self, out, leaves, bd)
+                try:
+                    yield recorded
+                finally:
+                    recorded.out, recorded.leaves = None, {}  # the recorded graph freed
         finally:
             self.mode.reverse = self.mode.population_backward = False
-        return totals
 
     def _running_model(self):
         """The measurement's function mode, active while the model's code runs and only then:
