@@ -21,6 +21,12 @@ sample covariance of the node (biased, like the directions). The standard error 
 the per-row numerator and denominator terms (delta method), so it covers both the sampling
 of the inputs and the probes.
 
+Where the output alone is measured (``nodes=()``) and it has at most 1024 units per row,
+reverse-mode probes estimate its numerator instead (``cotangents``): per row, one backward
+pass along a cotangent of random signs in the eigenvectors of the output's covariance. Such
+a probe has a fraction of a forward-mode probe's noise on these outputs (an affine map has
+none), so one usually meets PROBE_SE where forward mode needs two to eleven.
+
 Cost: about one forward pass for the primal values plus one per probe, because the tangent
 rules of the layers that dominate (convolution, linear, batch norm) are replaced by lean ones
 (_MeasureMode) and the per-node statistics are read-only reductions. A train-mode BatchNorm
@@ -50,8 +56,10 @@ Semantics:
 
 The package, by stage: ``report`` (the result types), ``data`` (the sample), ``model``
 (where the model runs, module configuration), ``overrides`` (function overrides during a
-measurement), ``runner`` (one pass over all batches), ``evaluate`` (from accumulated sums to
-numbers), ``plan`` (which passes run), ``budget`` (what fits a time budget) and ``api`` (``measure()``). Importing the package, or
+measurement), ``runner`` (one pass over all batches), ``replay`` (a batch's layer values kept for the
+passes after the first), ``deflate`` (an output direction all rows share, computed exactly),
+``cotangents`` (the output alone by reverse-mode probes), ``evaluate`` (from accumulated sums
+to numbers), ``plan`` (which passes run), ``budget`` (what fits a time budget) and ``api`` (``measure()``). Importing the package, or
 ``archlint.measure.report``, does not import torch: code that only reads reports (output
 formats, the cache) need not pay for it. The names below that need torch are imported on
 first use.
