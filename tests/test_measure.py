@@ -585,6 +585,31 @@ def test_batch_and_population_values_by_reverse_mode_probes_agree_with_many_forw
         assert mean == pytest.approx(reference, rel=0.02), value
 
 
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.head = nn.Linear(8, 32), nn.Linear(6, 32), nn.Linear(32, 5)
+
+    def forward(self, x, y):
+        return self.head(torch.relu(self.a(x) + self.b(y)))
+
+
+def test_reverse_mode_probes_count_the_covariance_between_two_inputs():
+    # The two inputs' directions are one joint direction: the numerator of a backward pass
+    # sums each sample's projections over the inputs before squaring them (their covariance
+    # across inputs counts, as it does for forward-mode probes). Summed after squaring, the
+    # value was 4% below the exact one here.
+    model = TwoInputs()
+    x = gaussian(128, 8)
+    y = x[:, :6] + 0.3 * gaussian(128, 6, seed=3)
+    double = copy.deepcopy(model).double()
+    exact = exact_nlc(lambda z: double(z[None, :8], z[None, 8:])[0], torch.cat([x, y], 1))
+    values = [measure(model, (x, y), nodes=(), seed=s) for s in range(8)]
+    assert all(_by_cotangents(r) for r in values)
+    assert sum(r.output_nlc for r in values) / len(values) == pytest.approx(exact, rel=0.015)
+
+
 def test_more_reverse_mode_probes_come_from_the_first_batchs_recorded_graph(monkeypatch):
     """Where the first batch's noise asks for more probes, they are backward passes over the
     graph that batch recorded, and the next batch takes as many at once: one forward pass

@@ -118,12 +118,14 @@ class _Recorded:
         cot = cotangent.to(out.dtype).reshape(out.movedim(bd, 0).shape).movedim(0, bd)
         with runner._running_model():  # a custom autograd.Function's backward is model code
             grads = torch.autograd.grad(out, list(self.leaves.values()), cot, allow_unused=True, retain_graph=not last)
-        total = torch.zeros(self.rows, dtype=torch.float64, device=cotangent.device)
+        # Per row i and sample j, u_j . g_i summed over the sources before it is squared: the
+        # directions of several sources are one joint direction (as the forward-mode probes'
+        # are), so their covariance across sources counts.
+        projected = torch.zeros(self.rows, runner.n, dtype=torch.float64, device=cotangent.device)
         for name, g in zip(self.leaves, grads):
             if g is not None:
-                g = g.movedim(runner._source_batch_dim(name), 0).reshape(self.rows, -1).double()
-                total += (g @ centred[name].T).square().sum(1) / runner.n
-        return total
+                projected += g.movedim(runner._source_batch_dim(name), 0).reshape(self.rows, -1).double() @ centred[name].T
+        return projected.square().sum(1) / runner.n
 
 
 class _Runner:
