@@ -421,6 +421,41 @@ def test_factory_detection_rules(tmp_path):
     assert [b.name for b in built] == ["defaults"] and not_built == []
 
 
+def test_a_factory_that_only_builds_a_class_with_its_defaults_is_that_class(tmp_path):
+    # The same model twice would report each finding twice; a factory that passes arguments
+    # or does more than build is a model of its own.
+    write(tmp_path, {"net.py": """\
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self, width=4):
+                super().__init__()
+                self.fc = nn.Linear(width, width)
+
+            def forward(self, x):
+                return self.fc(x)
+
+        def make():
+            return Net()
+
+        def make_named():
+            \"\"\"The default net.\"\"\"
+            model = Net()
+            return model
+
+        def wider():
+            return Net(8)
+
+        def changed():
+            model = Net()
+            model.fc = nn.Linear(4, 2)
+            return model
+    """})
+    _, d, built, not_built = build(tmp_path / "net.py")
+    assert [(e.name, e.kind) for e in d.entries] == [("Net", "class"), ("wider", "factory"), ("changed", "factory")]
+    assert [b.name for b in built] == ["Net", "wider", "changed"] and not_built == []
+
+
 def test_no_buildable_class_gives_only_the_top_level_arc903():
     _, _, built, not_built = build(DATA / "gpt.py")
     assert built == []

@@ -200,7 +200,12 @@ def discover(module: ModuleType, path: str) -> Discovery:
         else:
             needs_args.append(ClassNeedingArgs(cls, span, missing))
     factory_calls = _factories(index, module)
+    classes = {e.name for e in entries if e.kind == "class"}
     for name in factory_calls:
+        if _default_build_of(index.functions[name]) in classes:
+            # ``def make(): return Encoder()``: the class's own model, built the same way.
+            # Checked once, as the class (twice, each finding would be reported twice).
+            continue
         func = vars(module)[name]
         entries.append(ModelEntry(name, "factory", index.spans[name], builder=func, target=func))
     for name, missing in _factories_needing_args(index, module).items():
@@ -361,6 +366,27 @@ def _simple_body(node: ast.FunctionDef) -> list[ast.stmt] | None:
         else:
             return None
     return small
+
+
+def _default_build_of(node: ast.FunctionDef) -> str | None:
+    """The class a factory returns as its constructor builds it without arguments, and does
+    nothing else: ``return Cls()``, or ``model = Cls()`` then ``return model``; else None."""
+    body = _simple_body(node)
+
+    def no_argument_call(expr: ast.expr | None) -> str | None:
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and not expr.args and not expr.keywords:
+            return expr.func.id
+        return None
+
+    if body is None:
+        return None
+    if len(body) == 1:
+        return no_argument_call(body[0].value)
+    if len(body) == 2 and isinstance(body[0], ast.Assign) and len(body[0].targets) == 1:
+        target, returned = body[0].targets[0], body[1].value
+        if isinstance(target, ast.Name) and isinstance(returned, ast.Name) and returned.id == target.id:
+            return no_argument_call(body[0].value)
+    return None
 
 
 def _dotted(expr: ast.expr) -> list[str] | None:
