@@ -118,6 +118,9 @@ class ArchGraph:
     fallback_reason: str | None = None
     # The name of the node whose value is the model's (first floating-point) output.
     output: str | None = None
+    # Every node whose value the model returns (a second head, an auxiliary output), in the
+    # order returned; empty when not known.
+    returned: list[str] = field(default_factory=list)
     # The static prediction (archlint.predict.Prediction: per-node statistics by name, and
     # what segment predictions need), set by the engine; None when it failed.
     prediction: Any = field(default=None, repr=False, compare=False)

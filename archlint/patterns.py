@@ -83,6 +83,21 @@ def signal_nodes(graph: ArchGraph) -> set[str]:
     return reached
 
 
+def live_signal_nodes(graph: ArchGraph) -> set[str]:
+    """Signal nodes that some value the model returns depends on: every returned value, not
+    only the measured output (a second head is judged too). What only a branch's condition
+    reads (``if x.abs().mean() > t:``, captured eagerly) is not. All signal nodes where the
+    graph does not know what is returned."""
+    signal = signal_nodes(graph)
+    returned = [name for name in graph.returned if name in graph]
+    if not returned:
+        return signal
+    live = set(returned)
+    for name in returned:
+        live |= graph.ancestors(name)
+    return signal & live
+
+
 def signal_region(graph: ArchGraph) -> list[str]:
     """Signal nodes that the output depends on, in forward order (the output included)."""
     if graph.output is None or graph.output not in graph:

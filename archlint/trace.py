@@ -74,15 +74,15 @@ def trace(
             # itself is broken.
             fx_error = _short(exc)
         else:
-            nodes, output = _nodes_from_fx(gm, values, tracer.call_sites, locate)
+            nodes, output, returned = _nodes_from_fx(gm, values, tracer.call_sites, locate)
             return ArchGraph(
-                name=name, nodes=nodes, span=span, traced_with="fx", output=output,
+                name=name, nodes=nodes, span=span, traced_with="fx", output=output, returned=returned,
                 model=model, graph_module=gm, example_inputs=example_inputs,
             )
-    nodes, output = _eager_capture(model, example_inputs, locate)
+    nodes, output, returned = _eager_capture(model, example_inputs, locate)
     return ArchGraph(
         name=name, nodes=nodes, span=span, traced_with="eager", fallback_reason=fx_error,
-        output=output, model=model, graph_module=None, example_inputs=example_inputs,
+        output=output, returned=returned, model=model, graph_module=None, example_inputs=example_inputs,
     )
 
 
@@ -238,14 +238,19 @@ def _take_output_out_of_its_layer(gm: fx.GraphModule, values: dict[str, _ValueIn
     return False
 
 
-def _nodes_from_fx(gm: fx.GraphModule, values: dict[str, _ValueInfo], call_sites: dict[str, Any], locate: "_Locator") -> tuple[list[Node], str | None]:
+def _nodes_from_fx(gm: fx.GraphModule, values: dict[str, _ValueInfo], call_sites: dict[str, Any],
+                   locate: "_Locator") -> tuple[list[Node], str | None, list[str]]:
+    """The graph's nodes, its output (the first floating-point value returned) and every node
+    whose value is returned."""
     kept: dict[str, Node] = {}
     output: str | None = None
+    returned: list[str] = []
     modules = dict(gm.named_modules())
     for n in gm.graph.nodes:
         info = values.get(n.name)
         if n.op == "output":
             output = _first_float_node(n.args[0], values, kept)
+            returned = [a.name for a in _fx_arg_nodes(n) if a.name in kept]
             continue
         if n.op == "get_attr" or info is None or not info.has_tensor:
             continue
@@ -280,7 +285,7 @@ def _nodes_from_fx(gm: fx.GraphModule, values: dict[str, _ValueInfo], call_sites
             span=span,
             module=module,
         )
-    return list(kept.values()), output
+    return list(kept.values()), output, returned
 
 
 def _fx_arg_nodes(n: fx.Node) -> list[fx.Node]:
@@ -417,7 +422,9 @@ class _EagerRunner(TorchFunctionMode):
         return replacement
 
 
-def _eager_capture(model: nn.Module, inputs: tuple, locate: "_Locator") -> tuple[list[Node], str | None]:
+def _eager_capture(model: nn.Module, inputs: tuple, locate: "_Locator") -> tuple[list[Node], str | None, list[str]]:
+    """The nodes of one recorded forward pass, its output (the first floating-point tensor
+    returned) and every node whose tensor is returned."""
     nodes: list[Node] = []
     owner: dict[int, str] = {}
     counts: dict[str, int] = {}
@@ -462,6 +469,8 @@ def _eager_capture(model: nn.Module, inputs: tuple, locate: "_Locator") -> tuple
             out = runner.run(inputs)
             first = first_float_output(out)
             output = owner.get(id(first)) if first is not None else None
+            returned = list(dict.fromkeys(owner[id(t)] for t in _flatten(out)
+                                          if isinstance(t, torch.Tensor) and id(t) in owner))
         node = next((n for n in nodes if n.name == output), None)
         if node is not None and node.shape is None:
             # A layer's tuple returned as it is: the output node stands for its first
@@ -469,7 +478,7 @@ def _eager_capture(model: nn.Module, inputs: tuple, locate: "_Locator") -> tuple
             node.shape, node.dtype = tuple(first.shape), _dtype(first)
     except Exception as exc:
         raise ForwardError(exc) from exc
-    return nodes, output
+    return nodes, output, returned
 
 
 # --------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def output_nlc(graph, options, code):
     unpredicted = evidence.predicted(graph, graph.output) is None
     if not unpredicted and (predicted is None or predicted <= threshold * patterns.prediction_margin(graph)):
         return []
-    nonlinear = sum(1 for n in graph.nodes if n.is_nonlinear and n.name in patterns.signal_nodes(graph))
+    live = patterns.live_signal_nodes(graph)
+    nonlinear = sum(1 for n in graph.nodes if n.is_nonlinear and n.name in live)
     if unpredicted and not patterns.worth_measuring(nonlinear, threshold):
         return []
     return [_finding(graph, code, threshold, predicted=predicted, needs_measurement=unpredicted)]

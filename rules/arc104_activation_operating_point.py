@@ -10,7 +10,8 @@ causes: tanh, sigmoid or hardtanh with pre-activation std above about 2 (saturat
 family with mean/std below about -1 (mostly off), GELU/SiLU around mean -1 to -2 (their
 non-monotone dip), even functions such as abs (1.66 at any scale). The verification pass
 measures the layer's own NLC (tangent entering at its input). Activations after an op the
-predictor does not model (max pooling, attention) are not looked at.
+predictor does not model (max pooling, attention) are not looked at, nor are those no value
+the model returns depends on (a branch's condition, ``if torch.tanh(h).mean() > t:``).
 
 It judges networks without BatchNorm. Those with it are left to ARC405 (off by default): in
 the validation study the worst layer NLC ranked the outcomes of MLPs with BatchNorm at AUC
@@ -95,7 +96,7 @@ def operating_points(graph, options, code):
     """The findings of activations whose predicted layer NLC is above the threshold (ARC104,
     and ARC405 for networks with BatchNorm)."""
     threshold = float(options["threshold"])
-    signal = patterns.signal_nodes(graph)
+    signal = patterns.live_signal_nodes(graph)
     worst: dict[str, tuple[float, str, int]] = {}
     for node in graph.nodes:
         if not patterns.is_elementwise_activation(node) or node.name not in signal or not node.inputs:

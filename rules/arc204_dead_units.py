@@ -5,8 +5,9 @@ For every ReLU-family activation (ReLU, ReLU6, LeakyReLU, PReLU, threshold), pre
 fraction of its units that stay at or below zero for every input of a batch of ``batch``
 samples, from the mean-field state of its pre-activation: unit means m ~ N(mean, M - mean^2)
 and input-dependent std sqrt(v), P(dead) = E_m[Phi(-m / sqrt(v))^batch]. Reports the worst
-layer when the fraction is above ``threshold``, with the number of such layers. The
-verification pass counts the units that are never positive on the measured batch.
+layer when the fraction is above ``threshold``, with the number of such layers; only layers
+that a value the model returns depends on. The verification pass counts the units that are
+never positive on the measured batch.
 
 ## Why is this bad?
 A unit that is off for every input passes no gradient to its weights and never recovers:
@@ -85,7 +86,7 @@ def dead_fraction(mean: float, spread_sq: float, v: float, batch: int) -> float:
 def check(graph, options, context):
     threshold = float(options["threshold"])
     batch = int(options["batch"])
-    signal = patterns.signal_nodes(graph)
+    signal = patterns.live_signal_nodes(graph)
     worst = None
     count = 0
     total = 0

@@ -119,3 +119,41 @@ def test_integer_inputs_without_an_embedding_enter_at_their_first_float_node():
     assert g.output in patterns.signal_nodes(g)
     report = archlint.measure(model, ids, graph=g)
     assert report.sources == sources
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.a(h), torch.tanh(self.b(h))
+
+
+class CheckedTwice(nn.Module):
+    """A condition on the signal, which fx cannot trace: captured eagerly."""
+
+    def __init__(self):
+        super().__init__()
+        self.f, self.g = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.f(x)
+        if float(torch.sigmoid(h).mean()) > 2.0:
+            h = h * 0
+        return self.g(torch.relu(h)), h
+
+
+def test_every_returned_value_keeps_what_it_depends_on_live():
+    # The second head is judged too, though the measured output is the first.
+    g = graph_of(TwoHeads(), torch.randn(4, 16))
+    assert g.returned == [g.output, "tanh"] and g.output == "a"
+    assert "tanh" in patterns.live_signal_nodes(g)
+    # What only a branch's condition reads is a signal node, but not a live one.
+    e = graph_of(CheckedTwice(), torch.randn(4, 16))
+    assert e.traced_with == "eager" and len(e.returned) == 2 and e.returned[0] == e.output
+    sigmoid = next(n.name for n in e.nodes if n.op == "sigmoid")
+    relu = next(n.name for n in e.nodes if n.op == "relu")
+    assert sigmoid in patterns.signal_nodes(e) and sigmoid not in patterns.live_signal_nodes(e)
+    assert relu in patterns.live_signal_nodes(e)
