@@ -166,7 +166,7 @@ class _Plan:
                         per_probe = _probe_noise(out)
             probes = max(self.probes, _probes_needed(per_probe, PROBE_SE))
             if probes > self.max_probes:
-                notes.append(f"{self.max_probes} probe{'s' if self.max_probes > 1 else ''} per sample where the probe noise asked for {probes}: the time budget allows no more")
+                notes.append(_capped(self.max_probes, probes))
                 probes = max(self.probes, self.max_probes)
             needed_pop = max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE))) if fused else 0
             if probes > self.probes or needed_pop > pop_probes:
@@ -209,7 +209,6 @@ class _Plan:
         result.probes, result.population_probes = probes, pop_probes
         return result
 
-
     def _by_cotangents(self, runner: _Runner, fused: bool, notes: list[str]):
         """The output alone, by reverse-mode probes (measure.cotangents): (main pass, population
         pass or None, probes, population probes). One probe per row first (or as many as were
@@ -236,7 +235,7 @@ class _Plan:
             have, have_pop = (len(p.accs[output].a[0]) if p is not None else 0 for p in (main, pop))
             probes, pop_probes = asked_for(_probe_noise(main.accs[output]))
             if probes > self.max_probes:
-                notes.append(f"{self.max_probes} probe{'s' if self.max_probes > 1 else ''} per sample where the probe noise asked for {probes}: the time budget allows no more")
+                notes.append(_capped(self.max_probes, probes))
             probes, pop_probes = max(have, min(probes, self.max_probes)), max(have_pop, pop_probes)
             if probes > have or pop_probes > have_pop:
                 extra_main, extra_pop = cotangents.measure_output(runner, probes - have, pop_probes - have_pop, self.seed + 500)
@@ -254,6 +253,12 @@ def first_probes(graph: ArchGraph, batch_dims: list[int]) -> int:
     """Probes per row of the main pass when none are asked for: PROBES, or one for an output
     of more than WIDE_OUTPUT_UNITS units per row (by the shapes the graph was traced with)."""
     return 1 if deflate.wide(graph, _trace_batch(graph, batch_dims)) else PROBES
+
+
+def _capped(max_probes: int, asked: int) -> str:
+    """The note of a measurement whose probe noise asked for more probes than the budget allows."""
+    return (f"{max_probes} probe{'s' if max_probes > 1 else ''} per sample where the probe noise asked for {asked}: "
+            "the time budget allows no more")
 
 
 def _probe_noise(acc: "_NodeAcc | None") -> float | None:
