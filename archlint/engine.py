@@ -224,7 +224,7 @@ def _verify(graph: ArchGraph, entry: Any, findings: list[Finding], settings: Set
     the static pass missed.
 
     A model without static findings gets a screening measurement first (one batch, no
-    population pass, only the nodes the rules' ``find`` reads): a clean model costs that
+    population pass, only the nodes the rules' ``find`` reads, only the output's NLC): a clean model costs that
     much. Where a static finding stands or the screening finds something, the full
     measurement decides, and its numbers are the ones reported.
     """
@@ -314,7 +314,8 @@ def measure_graph(graph: ArchGraph, entry: Any, settings: Settings, target: torc
     """Measure a traced model on the batch the settings ask for (the verification pass, and
     a fixed model's verification in archlint.fix), seeded like the build: ``--data``'s
     function may draw random numbers too. ``screening``: one batch, no population pass,
-    only the nodes the rules' ``find`` reads. ``budget``: seconds (default: the settings'
+    only the nodes the rules' ``find`` reads, and of them only the output's NLC (reverse-mode
+    probes, measure.cotangents; the others' signal statistics). ``budget``: seconds (default: the settings'
     measurement budget); raises ``archlint.measure.budget.OverBudget`` where even one batch
     does not fit."""
     from archlint import inputs as inputs_mod
@@ -330,7 +331,8 @@ def measure_graph(graph: ArchGraph, entry: Any, settings: Settings, target: torc
         batch = inputs_mod.make_batch(spec, max(settings.batch_size, measure_mod.MIN_SAMPLES), torch.Generator().manual_seed(settings.seed))
     else:
         batch = None
-    screen = {"samples": settings.batch_size, "population": False, "nodes": patterns.screened_nodes(graph)} if screening else {}
+    screen = {"samples": settings.batch_size, "population": False, "nodes": patterns.screened_nodes(graph),
+              "nlc_nodes": [graph.output]} if screening else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         return measure_mod.measure(

@@ -355,7 +355,8 @@ def head_input(graph: ArchGraph) -> str | None:
 def screened_nodes(graph: ArchGraph) -> list[str]:
     """The nodes a screening measurement needs: what the rules' ``find`` reads (the output,
     the pre-activations, the features after the last activation, the inputs and the head's
-    input). The output is always measured."""
+    input). The output is always measured, and its NLC is the only one they read: the others'
+    signal statistics are enough (engine.measure_graph)."""
     names = [pre for _, pre in pre_activations(graph)] + features_after_activations(graph)
     if graph.output is not None:
         names += [*sources(graph), head_input(graph) or graph.output]

@@ -629,6 +629,37 @@ def test_more_reverse_mode_probes_come_from_the_first_batchs_recorded_graph(monk
     assert measure(model, x, graph=graph, nodes=(), probes=3).probes >= 3
 
 
+def test_nodes_whose_nlc_is_not_asked_for_get_the_same_signal_statistics_from_the_reverse_pass(monkeypatch):
+    """The screening measurement's shape: several nodes, the output's NLC alone. The others'
+    signal statistics come from the forward pass that the reverse-mode probes record, and are
+    those of a forward-mode measurement; no NLC for them (none asked for)."""
+    from archlint import patterns
+    from archlint.measure import cotangents
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    x = gaussian(128, 3, 8, 8)
+    graph = trace(cnn, (x[:4],), name="cnn")
+    nodes = patterns.screened_nodes(graph)
+    assert len(nodes) > 3
+    ours = measure(cnn, x, graph=graph, nodes=nodes, nlc_nodes=[graph.output], population=False)
+    assert _by_cotangents(ours) and set(ours.nodes) == set(nodes)
+    monkeypatch.setattr(cotangents, "ENABLED", False)
+    forward = measure(cnn, x, graph=graph, nodes=nodes, population=False)
+    for name in nodes:
+        a, b = ours.nodes[name], forward.nodes[name]
+        assert a.status == b.status == "ok"
+        for field in ("mean", "std", "rms", "neuron_bias", "spread", "sign_diversity", "dead_fraction"):
+            if getattr(b, field) is None:
+                assert getattr(a, field) is None, (name, field)
+            else:
+                assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-9, abs=1e-12), (name, field)
+        if name != graph.output:
+            assert a.nlc is None and b.nlc is not None
+    assert ours.output_nlc == pytest.approx(forward.output_nlc, rel=0.05)
+
+
 class _NoBackward(torch.autograd.Function):
     """Doubles its input; forward mode only (its backward fails)."""
 

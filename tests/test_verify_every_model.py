@@ -31,6 +31,18 @@ def test_a_nan_output_is_found_by_measurement_at_the_op_that_makes_it():
     assert "NaN" in f.message and "found by measurement" in f.message
 
 
+def test_a_clean_model_is_screened_by_reverse_mode_probes():
+    # No static finding: the screening measurement reads the output's NLC by reverse-mode
+    # probes and the other nodes' signal statistics, with no forward-mode probe.
+    result = check_file(FIXTURES / "ARC104" / "good_bn_tanh.py", Settings())
+    (model,) = result.models
+    assert result.findings == [] and model.screened
+    report = model.measured
+    assert any("reverse-mode probes" in n for n in report.notes) and report.probes == 1
+    assert report.output_nlc is not None
+    assert all(s.nlc is None for name, s in report.nodes.items() if name != report.output)
+
+
 def test_a_collapse_after_pooling_is_found_at_the_pooling_with_the_prediction_beside_it():
     # The mechanism at the threshold before the validation study (0.98): the last
     # pre-activation is under it and only the pooling crosses it. At the study's 0.711 the

@@ -35,6 +35,7 @@ def measure(
     population_probes: int = POPULATION_PROBES,
     nodes: Iterable[str] | None = None,
     budget: float | None = None,
+    nlc_nodes: Iterable[str] | None = None,
 ) -> Report:
     """Measure every node of ``model`` (see the docstring of the package, archlint.measure).
 
@@ -51,6 +52,10 @@ def measure(
     more than ``plan.WIDE_OUTPUT_UNITS`` units per row); a noisy output gets more.
     ``nodes``: the nodes whose statistics are wanted (default: every node); the output is
     always measured. Fewer nodes cost less: each one's statistics read its values and tangents.
+    ``nlc_nodes``: of those, the nodes whose NLC is wanted (default: all); the others get their
+    signal statistics only (mean, spread, neuron bias, sign counts; ``nlc`` None). With the
+    output's NLC alone, reverse-mode probes measure it (``cotangents``) and no forward-mode
+    probe runs.
     ``budget``: seconds the measurement may take (None: no limit). One plain forward pass is
     timed first; fewer samples (whole batches), probes or no population value are used where
     the estimate says so (``archlint.measure.budget``; the report's first note says what was
@@ -64,13 +69,13 @@ def measure(
     # Tracing runs the model as it is (dropout included): the global RNG is put back after.
     with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
         report = _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes,
-                          population_probes, nodes, budget, started)
+                          population_probes, nodes, budget, started, nlc_nodes)
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _measure(model, inputs, graph, target, batch_size, seed, segments, population, samples, probes, population_probes,
-             nodes, budget, started) -> Report:
+             nodes, budget, started, nlc_nodes=None) -> Report:
     home = _model_device(model)
     args, batch_dims = _resolve_inputs(model, inputs, batch_size, samples, seed, graph)
     n_rows = args[0].shape[batch_dims[0]]
@@ -109,6 +114,7 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
     plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population, wanted)
     # Asked for: at least that many (fewer where the budget gave some up), on either kind of probe.
     plan.asked_probes = probes if asked_probes is not None else None
+    plan.nlc_wanted = set(nlc_nodes) | {graph.output} if nlc_nodes is not None else None
     if fitted is not None:
         plan.max_probes = fitted.max_probes
     given_up = [fitted.note] if fitted is not None and fitted.note else []

@@ -46,21 +46,33 @@ ENABLED = True
 
 
 def measure_output(runner, probes: int, population_probes: int, seed: int,
-                   needed: Callable[[torch.Tensor], tuple[int, int]] | None = None) -> tuple[_PassResult, _PassResult | None]:
+                   needed: Callable[[torch.Tensor], tuple[int, int]] | None = None,
+                   signal: frozenset[str] = frozenset()) -> tuple[_PassResult, _PassResult | None]:
     """The output's statistics, and its numerator by ``probes`` reverse-mode probes per row
     (the batch rule of train-mode batch norm) and ``population_probes`` (its population rule,
     plan._fusable), over all of the runner's batches: one forward pass for each batch and one
     backward pass per probe. ``needed``: given the first batch's tangent terms (probes x rows),
     the probes and population probes per row its noise asks for; the first batch gets what
     more it asks for by backward passes over the graph it recorded, the other batches get as
-    many. The second result is None without population probes."""
+    many. ``signal``: other nodes whose signal statistics alone (no NLC) are taken on the
+    way, from the same forward passes. The second result is None without population probes."""
     graph = runner.run.graph
     name = graph.output
     generator = torch.Generator().manual_seed(seed)
     centred = runner.centred_sources()
     main, pop = _NodeAcc(), _NodeAcc()
+    others: dict[str, _NodeAcc] = {}
+
+    def on_value(node: str, value: torch.Tensor) -> None:
+        if node in signal and node != name:
+            stats = runner.primal_statistics(node, value, hi - lo)
+            if stats is not None:
+                acc = others.setdefault(node, _NodeAcc())
+                acc.primal_only = True
+                acc.add(stats)
+
     for g, (lo, hi) in enumerate(runner.groups):
-        with runner.reverse_pass(lo, hi) as recorded:
+        with runner.reverse_pass(lo, hi, on_value if signal else None) as recorded:
             value, bd, rows = recorded.output, recorded.batch_dim, recorded.rows
             if not value.is_floating_point():
                 raise MeasureError("the output is not floating-point")
@@ -83,7 +95,8 @@ def measure_output(runner, probes: int, population_probes: int, seed: int,
             pop.add({**stats, "a": torch.stack(a_pop)})
     runner.info.seen.add(name)
     runner.info.batch_dim[name] = bd
-    return _PassResult({name: main}, {}, runner.info), (_PassResult({name: pop}, {}, runner.info) if population_probes else None)
+    return (_PassResult({**others, name: main}, {}, runner.info),
+            _PassResult({name: pop}, {}, runner.info) if population_probes else None)
 
 
 def _signs(rows: int, basis: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

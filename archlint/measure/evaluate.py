@@ -86,6 +86,12 @@ def _evaluate(acc: _NodeAcc | None, info: _NodeInfo, name: str, dtype: torch.dty
     floor = (10 * finfo.tiny) ** 2 if dtype == torch.float16 else finfo.tiny * 1e6
     resolved = var > (64 * finfo.eps) ** 2 * scale and scale / units > floor
     if a is None:
+        if acc.primal_only and var > 0:
+            # Signal statistics only (no NLC was asked for here), re-checked in float64 where
+            # float32 cannot resolve them, as elsewhere.
+            if not resolved:
+                return _Value("vanished", stats=stats, doubt="vanished")
+            return _Value("ok", stats=stats, doubt=_spread_doubt(stats))
         return _Value("constant" if var == 0 else "no-gradient", stats=stats)
     if not resolved:
         # Rechecked in float64 unless all-zero weights made it (see _Result._doubts).
@@ -95,8 +101,11 @@ def _evaluate(acc: _NodeAcc | None, info: _NodeInfo, name: str, dtype: torch.dty
         return _Value("no-gradient", nlc=0.0, se=0.0, stats=stats)
     nlc = math.sqrt(numerator / var)
     se = nlc * _relative_se(a, b)
-    doubt = "spread" if stats["spread"] is not None and stats["spread"] < PRECISION_SPREAD else None
-    return _Value("ok", nlc=nlc, se=se, stats=stats, doubt=doubt)
+    return _Value("ok", nlc=nlc, se=se, stats=stats, doubt=_spread_doubt(stats))
+
+
+def _spread_doubt(stats: dict[str, float | None]) -> str | None:
+    return "spread" if stats["spread"] is not None and stats["spread"] < PRECISION_SPREAD else None
 
 
 def _on_host(acc: _NodeAcc) -> _NodeAcc:

@@ -61,6 +61,9 @@ class _Plan:
         self.max_probes = MAX_PROBES
         # Probes per sample the caller asked for (None: as the plan chooses).
         self.asked_probes: int | None = None
+        # The wanted nodes whose NLC is asked for (None: all of them); the others need only
+        # their signal statistics.
+        self.nlc_wanted: set[str] | None = None
         n = args[0].shape[batch_dims[0]]
         self.notes: list[str] = []
         if n < 2:
@@ -111,7 +114,8 @@ class _Plan:
             # the tangent rule of batch norm differs. Its probes then ride along in the main
             # pass instead of a second full pass (see _fusable).
             fused = populatable and len(groups) == 1 and _fusable(graph, run, batch_bns, self.batch_size)
-            if (cotangents.ENABLED and self.wanted == [graph.output] and not self.segments and (fused or not populatable)
+            nlc_at = {n for n in self.wanted if self.nlc_wanted is None or n in self.nlc_wanted}
+            if (cotangents.ENABLED and nlc_at <= {graph.output} and not self.segments and (fused or not populatable)
                     and deflate.wanted(graph, runner.trace_batch, self.batch_size, run.dtype, run.device)):
                 found = self._by_cotangents(runner, fused, notes)
                 if found is not None:
@@ -210,8 +214,9 @@ class _Plan:
         return result
 
     def _by_cotangents(self, runner: _Runner, fused: bool, notes: list[str]):
-        """The output alone, by reverse-mode probes (measure.cotangents): (main pass, population
-        pass or None, probes, population probes). One probe per row first (or as many as were
+        """The output's NLC by reverse-mode probes (measure.cotangents), the other wanted nodes'
+        signal statistics from the same forward passes: (main pass, population pass or None,
+        probes, population probes). One probe per row first (or as many as were
         asked for), and more where its noise asks for them: on the first batch's recorded
         graph, and if the whole sample still asks for more, by another pass. None where a
         reverse-mode pass fails: forward-mode probes measure instead (noted)."""
@@ -231,7 +236,7 @@ class _Plan:
 
         try:
             main, pop = cotangents.measure_output(runner, self.asked_probes or 1, self.population_probes if fused else 0,
-                                                  self.seed, needed)
+                                                  self.seed, needed, frozenset(self.wanted) - {output})
             have, have_pop = (len(p.accs[output].a[0]) if p is not None else 0 for p in (main, pop))
             probes, pop_probes = asked_for(_probe_noise(main.accs[output]))
             if probes > self.max_probes:

@@ -233,14 +233,18 @@ class _Runner:
                     for k, (cotangent, population) in enumerate(cotangents)]
 
     @contextmanager
-    def reverse_pass(self, lo: int, hi: int) -> Iterator["_Recorded"]:
+    def reverse_pass(self, lo: int, hi: int, on_value=None) -> Iterator["_Recorded"]:
         """One forward pass of the batch lo..hi that records the graph from the sources to the
-        output, for backward passes (``_Recorded.numerator``) while the context lasts."""
+        output, for backward passes (``_Recorded.numerator``) while the context lasts.
+        ``on_value(name, value)``: called with each node's value (detached) as it is computed."""
         graph = self.run.graph
         leaves: dict[str, torch.Tensor] = {}
         captured: dict[str, torch.Tensor] = {}
 
         def on_node(name: str, t: torch.Tensor):
+            if on_value is not None:
+                with torch._C.DisableTorchFunction(), torch.no_grad():  # archlint's own calls (see _group)
+                    on_value(name, t.detach())
             replaced = None
             if name in self.sources:
                 replaced = t = t.detach().requires_grad_(True)
@@ -272,6 +276,20 @@ class _Runner:
                     recorded.out, recorded.leaves = None, {}  # the recorded graph freed
         finally:
             self.mode.reverse = self.mode.population_backward = False
+
+    def primal_statistics(self, name: str, t: torch.Tensor, rows: int) -> dict | None:
+        """A node's statistics without tangent terms, as the forward-mode pass takes them (sign
+        counts for pre-activations); None where it has no batch dimension or is not
+        floating-point. Records what a pass learns about the node (``info``)."""
+        self.info.seen.add(name)
+        if not t.is_floating_point():
+            self.info.not_float.add(name)
+            return None
+        bd = _batch_dim(self.run.graph[name], t, rows, self.trace_batch)
+        self.info.batch_dim[name] = bd
+        if bd is None:
+            return None
+        return _node_stats(t, None, bd, rows, name in self.preacts, False)
 
     def _running_model(self):
         """The measurement's function mode, active while the model's code runs and only then:
@@ -609,6 +627,8 @@ class _NodeAcc:
         self.chan_var: list[torch.Tensor] = []
         # The tangents (probes, rows, units) per batch, where the runner keeps them.
         self.t: list[torch.Tensor] = []
+        # Only the signal statistics were asked for: no tangent terms, and no NLC.
+        self.primal_only = False
 
     def add(self, s: dict) -> None:
         if "t" in s:
