@@ -42,9 +42,10 @@ against all copied before the measurement and back after it (see parameter_copie
 time against the whole node at once (see row_chunks). ``--part heap``: the heap's top kept
 by archlint's processes against given back once 256 MiB of it are free (see heap_top).
 ``--part cotangents``: the output alone by reverse-mode probes (archlint.measure.cotangents)
-against forward-mode probes, with the probes each took (see cotangent_probes).
+against forward-mode probes, with the probes each took (see cotangent_probes). ``--part
+screening``: archlint check's screening measurement the same two ways (see screening).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -521,10 +522,51 @@ def cotangent_probes(names: list[str], repeats: int) -> None:
               f"| {reports['reverse'].output_nlc:.3f} / {reports['forward'].output_nlc:.3f} |", flush=True)
 
 
+def screening(names: list[str], repeats: int) -> None:
+    """archlint check's screening measurement of a model without static findings (one batch,
+    no population value, the nodes the rules' find reads, the output's NLC alone: engine.
+    measure_graph) by reverse-mode probes, against the same nodes by forward-mode probes (as
+    before 2026-12-07's fifth session: every screened node's NLC too), in one process and in
+    alternation (the order reversed every round). CPU-time medians as multiples of a plain
+    forward pass, with the probes each took."""
+    from archlint import patterns
+    from archlint.measure import cotangents
+
+    print("| shape | screened nodes | forward pass (CPU s) | reverse mode: x forward (probes) "
+          "| forward mode: x forward (probes) |")
+    print("|---|---|---|---|---|")
+    variants = {"reverse": True, "forward": False}
+    for name in names:
+        _, model, x, graph = built(name)
+        nodes = patterns.screened_nodes(graph)
+        forward = plain_forward(model, x)
+
+        def screen():
+            return measure(model, x, graph=graph, samples=N, population=False, nodes=nodes, nlc_nodes=[graph.output])
+
+        times: dict[str, list[float]] = {k: [] for k in ("plain", *variants)}
+        reports = {}
+        for enabled in variants.values():  # warm-up
+            cotangents.ENABLED = enabled
+            screen()
+        forward()
+        for r in range(repeats):
+            for variant in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+                cotangents.ENABLED = variants[variant]
+                _, cpu, reports[variant] = timed_both(screen)
+                times[variant].append(cpu)
+            times["plain"].append(timed_both(forward)[1])
+        cotangents.ENABLED = True
+        med = {k: statistics.median(v) for k, v in times.items()}
+        f = med["plain"]
+        print(f"| {name} | {len(nodes)} of {len(graph.nodes)} | {f:.3f} | {med['reverse'] / f:.2f}x ({reports['reverse'].probes}) "
+              f"| {med['forward'] / f:.2f}x ({reports['forward'].probes}) |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks", "heap",
-                                           "cotangents"), default="suite",
+                                           "cotangents", "screening"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
@@ -532,7 +574,8 @@ def main() -> int:
                              "pass replayed in the passes that follow against computed again; state: parameters copied "
                              "on write against copied up front; chunks: node statistics a chunk of rows at a time "
                              "against the whole node at once; heap: the heap's top kept against given back; cotangents: the "
-                             "output alone by reverse-mode probes against forward-mode ones")
+                             "output alone by reverse-mode probes against forward-mode ones; screening: archlint check's screening "
+                             "measurement the same two ways")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -540,7 +583,7 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents"):
+    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents", "screening"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -559,6 +602,8 @@ def main() -> int:
             heap_top(names, args.repeats or REPEATS)
         elif args.part == "cotangents":
             cotangent_probes(names, args.repeats or REPEATS)
+        elif args.part == "screening":
+            screening(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0
