@@ -21,7 +21,8 @@ sample covariance of the node (biased, like the directions). The standard error 
 the per-row numerator and denominator terms (delta method), so it covers both the sampling
 of the inputs and the probes.
 
-Where the output alone is measured (``nodes=()``) and it has at most 1024 units per row,
+Where only the output's NLC is wanted (``nodes=()``, or ``nlc_nodes=[output]``: the other
+wanted nodes then get their signal statistics alone) and it has at most 1024 units per row,
 reverse-mode probes estimate its numerator instead (``cotangents``): per row, one backward
 pass along a cotangent of random signs in the eigenvectors of the output's covariance. Such
 a probe has a fraction of a forward-mode probe's noise on these outputs (an affine map has
