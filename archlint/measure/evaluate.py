@@ -86,9 +86,10 @@ def _evaluate(acc: _NodeAcc | None, info: _NodeInfo, name: str, dtype: torch.dty
     floor = (10 * finfo.tiny) ** 2 if dtype == torch.float16 else finfo.tiny * 1e6
     resolved = var > (64 * finfo.eps) ** 2 * scale and scale / units > floor
     if a is None:
-        if acc.primal_only and var > 0:
+        if acc.primal_only:
             # Signal statistics only (no NLC was asked for here), re-checked in float64 where
-            # float32 cannot resolve them, as elsewhere.
+            # float32 cannot resolve them, as elsewhere. The nodes asked for so are the signal's
+            # (patterns.screened_nodes): with a tangent, no variance would read "vanished" too.
             if not resolved:
                 return _Value("vanished", stats=stats, doubt="vanished")
             return _Value("ok", stats=stats, doubt=_spread_doubt(stats))
