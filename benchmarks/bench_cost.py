@@ -488,34 +488,44 @@ def heap_top(names: list[str], repeats: int) -> None:
               f"| {faults['kept']} / {faults['given back']} |", flush=True)
 
 
-def cotangent_probes(names: list[str], repeats: int) -> None:
-    """The output NLC alone (no population value) by reverse-mode probes against forward-mode
-    probes (measure.cotangents.ENABLED), in one process and in alternation (the order
-    reversed every round), CPU seconds and multiples of a plain forward pass (medians), with
-    the probes and the value each took on seed 0."""
+def reverse_against_forward(model, x, run, repeats: int) -> tuple[dict[str, float], dict]:
+    """``run()`` (a measurement) with reverse-mode probes for the output
+    (measure.cotangents.ENABLED) and with forward-mode ones, in one process and in
+    alternation (the order reversed every round), beside a plain forward pass: CPU-time
+    medians ("plain", "reverse", "forward") and each variant's last report."""
     from archlint.measure import cotangents
 
-    print("| shape | forward pass (CPU s) | reverse-mode: x forward (probes) | forward-mode: x forward (probes) "
-          "| output NLC: reverse / forward mode |")
-    print("|---|---|---|---|---|")
     variants = {"reverse": True, "forward": False}
-    for name in names:
-        _, model, x, graph = built(name)
-        forward = plain_forward(model, x)
-        times: dict[str, list[float]] = {k: [] for k in ("plain", *variants)}
-        reports = {}
-        for enabled in variants.values():  # warm-up
-            cotangents.ENABLED = enabled
-            measure(model, x, graph=graph, nodes=(), population=False)
-        forward()
+    forward = plain_forward(model, x)
+    times: dict[str, list[float]] = {k: [] for k in ("plain", *variants)}
+    reports = {}
+    for enabled in variants.values():  # warm-up
+        cotangents.ENABLED = enabled
+        run()
+    forward()
+    try:
         for r in range(repeats):
             for variant in (list(variants) if r % 2 == 0 else list(reversed(variants))):
                 cotangents.ENABLED = variants[variant]
-                _, cpu, reports[variant] = timed_both(lambda: measure(model, x, graph=graph, nodes=(), population=False))
+                _, cpu, reports[variant] = timed_both(run)
                 times[variant].append(cpu)
             times["plain"].append(timed_both(forward)[1])
+    finally:
         cotangents.ENABLED = True
-        med = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, reports
+
+
+def cotangent_probes(names: list[str], repeats: int) -> None:
+    """The output NLC alone (no population value) by reverse-mode probes against forward-mode
+    probes (see reverse_against_forward), CPU seconds and multiples of a plain forward pass
+    (medians), with the probes and the value each took."""
+    print("| shape | forward pass (CPU s) | reverse-mode: x forward (probes) | forward-mode: x forward (probes) "
+          "| output NLC: reverse / forward mode |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        med, reports = reverse_against_forward(
+            model, x, lambda: measure(model, x, graph=graph, nodes=(), population=False), repeats)
         f = med["plain"]
         print(f"| {name} | {f:.3f} | {med['reverse'] / f:.2f}x ({reports['reverse'].probes}) "
               f"| {med['forward'] / f:.2f}x ({reports['forward'].probes}) "
@@ -526,38 +536,20 @@ def screening(names: list[str], repeats: int) -> None:
     """archlint check's screening measurement of a model without static findings (one batch,
     no population value, the nodes the rules' find reads, the output's NLC alone: engine.
     measure_graph) by reverse-mode probes, against the same nodes by forward-mode probes (as
-    before 2026-12-07's fifth session: every screened node's NLC too), in one process and in
-    alternation (the order reversed every round). CPU-time medians as multiples of a plain
-    forward pass, with the probes each took."""
+    before 2026-12-07's fifth session: every screened node's NLC too; see
+    reverse_against_forward). CPU-time medians as multiples of a plain forward pass, with the
+    probes each took."""
     from archlint import patterns
-    from archlint.measure import cotangents
 
     print("| shape | screened nodes | forward pass (CPU s) | reverse mode: x forward (probes) "
           "| forward mode: x forward (probes) |")
     print("|---|---|---|---|---|")
-    variants = {"reverse": True, "forward": False}
     for name in names:
         _, model, x, graph = built(name)
         nodes = patterns.screened_nodes(graph)
-        forward = plain_forward(model, x)
-
-        def screen():
-            return measure(model, x, graph=graph, samples=N, population=False, nodes=nodes, nlc_nodes=[graph.output])
-
-        times: dict[str, list[float]] = {k: [] for k in ("plain", *variants)}
-        reports = {}
-        for enabled in variants.values():  # warm-up
-            cotangents.ENABLED = enabled
-            screen()
-        forward()
-        for r in range(repeats):
-            for variant in (list(variants) if r % 2 == 0 else list(reversed(variants))):
-                cotangents.ENABLED = variants[variant]
-                _, cpu, reports[variant] = timed_both(screen)
-                times[variant].append(cpu)
-            times["plain"].append(timed_both(forward)[1])
-        cotangents.ENABLED = True
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med, reports = reverse_against_forward(
+            model, x, lambda: measure(model, x, graph=graph, samples=N, population=False, nodes=nodes,
+                                      nlc_nodes=[graph.output]), repeats)
         f = med["plain"]
         print(f"| {name} | {len(nodes)} of {len(graph.nodes)} | {f:.3f} | {med['reverse'] / f:.2f}x ({reports['reverse'].probes}) "
               f"| {med['forward'] / f:.2f}x ({reports['forward'].probes}) |", flush=True)
