@@ -228,9 +228,7 @@ class _Plan:
 
         def needed(a: torch.Tensor) -> tuple[int, int]:
             # The first batch's rows (a: probes x rows) as if they were the whole sample's.
-            acc = _NodeAcc()
-            acc.a = [a]
-            per_probe = _probe_noise(acc)
+            per_probe = _spread_noise(a)
             probes, pop_probes = asked_for(per_probe * a.shape[1] / runner.n if per_probe is not None else None)
             return min(self.max_probes, probes), pop_probes
 
@@ -272,7 +270,11 @@ def _probe_noise(acc: "_NodeAcc | None") -> float | None:
     spread between the rows, which adds their own differences to the probes' noise."""
     if acc is None or not acc.has_tangent or not acc.a:
         return None
-    a = torch.cat(acc.a, dim=1)  # (probes, rows)
+    return _spread_noise(torch.cat(acc.a, dim=1))
+
+
+def _spread_noise(a: torch.Tensor) -> float | None:
+    """_probe_noise of the tangent terms ``a`` (probes x rows)."""
     mean = a.mean()
     if a.shape[1] < 2 or not bool(torch.isfinite(mean)) or float(mean) <= 0:
         return None

@@ -280,16 +280,21 @@ class _Runner:
     def primal_statistics(self, name: str, t: torch.Tensor, rows: int) -> dict | None:
         """A node's statistics without tangent terms, as the forward-mode pass takes them (sign
         counts for pre-activations); None where it has no batch dimension or is not
-        floating-point. Records what a pass learns about the node (``info``)."""
+        floating-point."""
+        bd = self._learn(name, t, rows)
+        return None if bd is None else _node_stats(t, None, bd, rows, name in self.preacts, False)
+
+    def _learn(self, name: str, primal: torch.Tensor, rows: int) -> int | None:
+        """Record what a pass learns about a node from its value (``info``: seen, not
+        floating-point, its batch dimension); its batch dimension, None where it has none or
+        is not floating-point."""
         self.info.seen.add(name)
-        if not t.is_floating_point():
+        if not primal.is_floating_point():
             self.info.not_float.add(name)
             return None
-        bd = _batch_dim(self.run.graph[name], t, rows, self.trace_batch)
+        bd = _batch_dim(self.run.graph[name], primal, rows, self.trace_batch)
         self.info.batch_dim[name] = bd
-        if bd is None:
-            return None
-        return _node_stats(t, None, bd, rows, name in self.preacts, False)
+        return bd
 
     def _running_model(self):
         """The measurement's function mode, active while the model's code runs and only then:
@@ -362,7 +367,6 @@ class _Runner:
         statistics of those in ``bn_inputs``), the primal values of the nodes in ``pool_names``.
         ``dirs[s]`` holds each probe's tangent for source s."""
         graph = self.run.graph
-        info = self.info
 
         def body(shifts: dict[str, torch.Tensor]) -> dict:
             out: dict[str, dict] = {"nodes": {}, "pools": {}}
@@ -393,29 +397,24 @@ class _Runner:
 
             def take_statistics(name: str, t: torch.Tensor) -> None:
                 if name in want or name in pool_names or name in bn_inputs:
-                    info.seen.add(name)
                     primal, tangent = fwAD.unpack_dual(t)
-                    if not primal.is_floating_point():
-                        info.not_float.add(name)
-                    else:
-                        bd = _batch_dim(graph[name], primal, n, self.trace_batch)
-                        info.batch_dim[name] = bd
-                        if bd is not None and (name in want or name in bn_inputs):
-                            source = self.aliases.get(name)
-                            if (source in taken and name not in bn_inputs and name not in self.preacts
-                                    and name not in self.keep_tangent and _unwritten(*taken[source][2:])
-                                    and _rows_kept(graph[name].op, tuple(primal.shape), bd, *taken[source][:2], n)):
-                                aliased[name] = source
-                            else:
-                                stats = (_tangent_term(tangent, bd) if self.tangent_only else
-                                         _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs))
-                                if name in self.keep_tangent and tangent is not None:
-                                    stats["t"] = tangent.movedim(bd, 0).reshape(n, -1)
-                                out["nodes"][name] = stats
-                            taken[name] = (tuple(primal.shape), bd, weakref.ref(t), t._version)
-                        if bd is not None and name in pool_names:
-                            # A copy: in-place ops further on (ReLU(inplace), +=) may reuse it.
-                            out["pools"][name] = primal.movedim(bd, 0).clone()
+                    bd = self._learn(name, primal, n)
+                    if bd is not None and (name in want or name in bn_inputs):
+                        source = self.aliases.get(name)
+                        if (source in taken and name not in bn_inputs and name not in self.preacts
+                                and name not in self.keep_tangent and _unwritten(*taken[source][2:])
+                                and _rows_kept(graph[name].op, tuple(primal.shape), bd, *taken[source][:2], n)):
+                            aliased[name] = source
+                        else:
+                            stats = (_tangent_term(tangent, bd) if self.tangent_only else
+                                     _node_stats(primal, tangent, bd, n, signs and name in self.preacts, name in bn_inputs))
+                            if name in self.keep_tangent and tangent is not None:
+                                stats["t"] = tangent.movedim(bd, 0).reshape(n, -1)
+                            out["nodes"][name] = stats
+                        taken[name] = (tuple(primal.shape), bd, weakref.ref(t), t._version)
+                    if bd is not None and name in pool_names:
+                        # A copy: in-place ops further on (ReLU(inplace), +=) may reuse it.
+                        out["pools"][name] = primal.movedim(bd, 0).clone()
 
             try:
                 self._new_pass()
