@@ -45,7 +45,7 @@ by archlint's processes against given back once 256 MiB of it are free (see heap
 against forward-mode probes, with the probes each took (see cotangent_probes). ``--part
 screening``: archlint check's screening measurement the same two ways (see screening).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening|batchnorm] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -456,6 +456,31 @@ def row_chunks(names: list[str], repeats: int) -> None:
               f"| {med['chunks', 'all']:.3f} / {med['whole', 'all']:.3f} |", flush=True)
 
 
+def batch_norm_statistics(names: list[str], repeats: int) -> None:
+    """Train-mode batch norm's statistics by row reductions (archlint.measure.overrides.
+    batch_statistics) against PyTorch's kernel, native_batch_norm (see ``alternated``)."""
+    import archlint.measure.overrides as overrides
+    import archlint.measure.runner as runner
+
+    own = overrides.batch_statistics
+
+    def pytorch(x):
+        _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
+        return mean, invstd.pow(-2)
+
+    def switch(statistics):
+        return lambda: (setattr(overrides, "batch_statistics", statistics), setattr(runner, "batch_statistics", statistics))
+
+    print("| shape | output only: own / PyTorch's (CPU s) | all statistics: own / PyTorch's (CPU s) |")
+    print("|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        med = alternated(model, x, graph, {"own": switch(own), "pytorch": switch(pytorch)}, repeats)
+        switch(own)()
+        print(f"| {name} | {med['own', 'output']:.3f} / {med['pytorch', 'output']:.3f} "
+              f"| {med['own', 'all']:.3f} / {med['pytorch', 'all']:.3f} |", flush=True)
+
+
 def heap_top(names: list[str], repeats: int) -> None:
     """The heap's top kept by archlint's processes (archlint.worker.keep_freed_memory) against
     given back once 256 MiB of it are free (as before), per shape (see ``alternated``), with
@@ -558,7 +583,7 @@ def screening(names: list[str], repeats: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks", "heap",
-                                           "cotangents", "screening"), default="suite",
+                                           "cotangents", "screening", "batchnorm"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
@@ -567,7 +592,7 @@ def main() -> int:
                              "on write against copied up front; chunks: node statistics a chunk of rows at a time "
                              "against the whole node at once; heap: the heap's top kept against given back; cotangents: the "
                              "output alone by reverse-mode probes against forward-mode ones; screening: archlint check's screening "
-                             "measurement the same two ways")
+                             "measurement the same two ways; batchnorm: archlint's batch-norm statistics against PyTorch's kernel")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -575,7 +600,7 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents", "screening"):
+    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents", "screening", "batchnorm"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -596,6 +621,8 @@ def main() -> int:
             cotangent_probes(names, args.repeats or REPEATS)
         elif args.part == "screening":
             screening(names, args.repeats or REPEATS)
+        elif args.part == "batchnorm":
+            batch_norm_statistics(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0

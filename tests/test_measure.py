@@ -506,6 +506,46 @@ def test_batch_norm_in_a_reverse_pass_has_the_batch_or_the_population_rule():
     assert torch.allclose(out, F.batch_norm(x, None, None, weight, bias, True, 0.0, 1e-5))
 
 
+@pytest.mark.parametrize("offset", [0.0, 3.0, 1e3])
+def test_batch_statistics_are_the_batch_s_whatever_its_mean(offset):
+    # Row reductions give train-mode batch norm's mean and biased variance. With a mean of 3
+    # and spreads down to 0.1 (a squared mean up to 900 times the variance), E[x^2] - E[x]^2
+    # would lose about 3e-4 of the variance in float32, and with a mean of 1e3 all of it: there
+    # PyTorch's kernel computes them (overrides.CANCELLATION).
+    from archlint.measure.overrides import batch_norm_train, batch_statistics
+
+    x = gaussian(64, 8, 6, 6) * (torch.rand(8) + 0.1).view(1, -1, 1, 1) + offset
+    mean, var = batch_statistics(x)
+    reference = x.double()
+    assert torch.allclose(mean.double(), reference.mean((0, 2, 3)), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(var.double(), reference.var((0, 2, 3), unbiased=False), rtol=1e-4)
+    weight, bias = torch.rand(8) + 0.5, torch.randn(8)
+    out, _, invstd = batch_norm_train(x, weight, bias, 1e-5)
+    theirs, _, their_invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, 1e-5)
+    assert torch.allclose(out, theirs, atol=1e-4) and torch.allclose(invstd, their_invstd, rtol=1e-4)
+    # A layout the row reductions do not read (channels last), and half precision: PyTorch's.
+    for other in (x.to(memory_format=torch.channels_last), x.half()):
+        _, their_mean, their_invstd = torch.native_batch_norm(other, None, None, None, None, True, 0.0, 0.0)
+        assert [t.tolist() for t in batch_statistics(other)] == [their_mean.tolist(), their_invstd.pow(-2).tolist()]
+
+
+def test_batch_norm_computes_the_same_values_with_and_without_tangents():
+    # A pass without probes (a segment's pass before its start, the population pass of fresh
+    # eval-mode layers) computes train-mode batch norm as the passes with tangents do, bit for
+    # bit: the values of one node do not depend on which pass computed them.
+    import torch.autograd.forward_ad as fwAD
+
+    from archlint.measure.overrides import _MeasureMode
+
+    x, weight = gaussian(32, 4, 5, 5), torch.rand(4) + 0.5
+    with _MeasureMode():
+        plain = F.batch_norm(x, None, None, weight, None, True, 0.0, 1e-5)
+        with fwAD.dual_level():
+            dual = F.batch_norm(fwAD.make_dual(x, torch.randn_like(x)), None, None, weight, None, True, 0.0, 1e-5)
+            with_tangent = fwAD.unpack_dual(dual).primal
+    assert torch.equal(plain, with_tangent)
+
+
 class TracksActivations(nn.Module):
     """A common-mode MLP that updates a buffer from its hidden activations in forward."""
 

@@ -15,7 +15,7 @@ from torch.func import jvp, vmap
 
 from archlint import dtypes
 from archlint.graph import ArchGraph, Node, OpKind
-from archlint.measure.overrides import _MeasureMode
+from archlint.measure.overrides import _MeasureMode, batch_statistics
 from archlint.measure.report import MeasureError, failure
 from archlint.trace import execute
 
@@ -590,12 +590,11 @@ def _node_stats(p: torch.Tensor, tangent: torch.Tensor | None, bd: int, n: int, 
     if signs:
         stats["pos"] = pos
     if bn_input and bd == 0 and p.dim() >= 2:
-        # Per channel (dim 1) over the batch and all positions, as BatchNorm computes them
-        # (its own kernel is several times faster than var_mean over those dimensions).
-        _, mean, invstd = torch.native_batch_norm(p, None, None, None, None, True, 0.0, 0.0)
+        # Per channel (dim 1) over the batch and all positions, as BatchNorm computes them.
+        mean, var = batch_statistics(p)
         count = p.numel() // p.shape[1]
         stats["chan_mean"] = mean
-        stats["chan_var"] = invstd.pow(-2) * (count / max(count - 1, 1))  # unbiased, as PyTorch keeps it
+        stats["chan_var"] = var * (count / max(count - 1, 1))  # unbiased, as PyTorch keeps it
     return stats
 
 
