@@ -101,6 +101,21 @@ def test_a_model_slower_than_the_budget_is_measured_on_fewer_samples():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_the_output_alone_is_estimated_at_the_cost_of_reverse_mode_probes():
+    # The output's NLC alone is measured by reverse-mode probes (measure.cotangents): about
+    # 3.25 forward passes a batch, where this model's forward-mode probes (one by one: it
+    # cannot be traced) would cost 2 x 4. A budget that the first fits for the whole sample,
+    # and the second for one batch, measures every sample.
+    torch.manual_seed(0)
+    model = sleepy_module(0.01)  # a batch of 32 rows: 0.32 s per forward pass
+    x = torch.randn(128, 32)
+    graph = trace(model, (x[:2],), name="Sleepy")
+    report = measure(model, x, graph=graph, batch_size=32, nodes=(), budget=5.5)
+    assert any("reverse-mode probes" in note for note in report.notes)
+    assert report.samples == 128 and report.budget_note is None
+    assert report.seconds < 5.5
+
+
 def test_train_mode_batchnorm_keeps_its_batch_size_under_the_budget():
     torch.manual_seed(0)
     model = BNSleepy(0.01)

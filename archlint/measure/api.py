@@ -15,7 +15,7 @@ from archlint import device as device_setting
 from archlint import dtypes
 from archlint.measure.model import _model_device, _Runnable
 from archlint.measure import budget as time_budget
-from archlint.measure.plan import MAX_PROBES, POPULATION_PROBES, _Plan, first_probes
+from archlint.measure.plan import MAX_PROBES, POPULATION_PROBES, _Plan, _trace_batch, by_cotangents, first_probes
 from archlint.measure.report import MeasureError, Report
 from archlint.trace import trace
 
@@ -103,11 +103,19 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
     run = _Runnable(graph, model, target)
     fitted = None
     if budget is not None:
-        populatable, fused, fresh = time_budget.passes(run, min(batch_size, n_rows), population)
+        batch = min(batch_size, n_rows)
+        populatable, fused, fresh = time_budget.passes(run, batch, population)
+        nlc_at = {node.name for node in graph if (wanted is None or node.name in wanted)
+                  and (nlc_nodes is None or node.name in set(nlc_nodes) | {graph.output})}
+        # The route the plan will take: decided here by the same test, where it does not
+        # depend on the batches the budget keeps (with a population value, only one batch
+        # carries it along; see plan._fusable).
+        reverse = (by_cotangents(graph, _trace_batch(graph, batch_dims), batch, run.dtype, run.device, nlc_at, bool(segments))
+                   and (not populatable or (fused and n_rows <= batch)))
         fitted = time_budget.fit(
-            run, args, batch_dims, batch_size=batch_size, probes=probes, max_probes=MAX_PROBES,
-            population=population_probes if populatable else 0, fused=fused, fresh=fresh,
-            segments=len(segments), budget=budget, spent=time.perf_counter() - started)
+            run, args, batch_dims, batch_size=batch_size, probes=(asked_probes or 1) if reverse else probes,
+            max_probes=MAX_PROBES, population=population_probes if populatable else 0, fused=fused, fresh=fresh,
+            segments=len(segments), budget=budget, spent=time.perf_counter() - started, reverse=reverse)
         args = tuple(a.narrow(d, 0, fitted.rows) for a, d in zip(args, batch_dims))
         probes, population = fitted.probes, population and (fitted.population or not populatable)
         batch_size = fitted.batch_size

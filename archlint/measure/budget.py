@@ -60,6 +60,15 @@ DEFAULT_GPU = 10.0
 # since an estimate that is too low overruns.
 PASS_BASE = 3.0
 PER_PROBE = 1.0
+# The output's NLC alone by reverse-mode probes (measure.cotangents): REVERSE_BASE for the
+# forward pass that records the graph (and the signal statistics of the nodes screened with
+# it), plus one backward pass per probe. Measured against a plain forward pass of batch 128
+# on an idle CPU (one thread; nodes=(), population=False, 1, 2 and 4 probes): 1 probe 2.1x
+# (VGG) to 2.8x (MobileNetV2); each further probe 1.0x (VGG) to 1.65x (MobileNetV2);
+# ResNet-18 2.15, 3.28, 5.75. Rounded up, as above: 1 probe is estimated at 3.25 passes,
+# where forward-mode probes would be 3 + 2.
+REVERSE_BASE = 1.5
+PER_COTANGENT = 1.75
 # A float64 re-check against the float32 measurement it repeats. On this project's CPU a
 # ResNet-18 forward pass (batch 16, one thread) took 4.0 s in float64 against 0.98 s in
 # float32; on a GPU (not measured here) float64 peaks at about 1/8 of TF32 (H100: 67 against
@@ -113,9 +122,13 @@ class Fit:
 
 
 def _cost(batches: int, probes: int, population: int, fused: bool, fresh: bool, segments: int,
-          sequential: bool = False) -> float:
+          sequential: bool = False, reverse: bool = False) -> float:
     """Forward passes of one batch that a measurement costs (see the plan's passes).
-    ``sequential``: the probes run one by one, each with its own primal pass."""
+    ``sequential``: the probes run one by one, each with its own primal pass. ``reverse``:
+    the output's NLC alone is wanted and suits reverse-mode probes (plan.by_cotangents); the
+    plan takes that route where the population value, if any, rides along."""
+    if _by_cotangents(reverse, population, fused, segments):
+        return batches * (REVERSE_BASE + (probes + population) * PER_COTANGENT + (PASS_BASE if fresh else 0))
 
     def one_pass(k: int) -> float:
         return k * (PASS_BASE + PER_PROBE) if sequential and k else PASS_BASE + k * PER_PROBE
@@ -127,6 +140,11 @@ def _cost(batches: int, probes: int, population: int, fused: bool, fresh: bool, 
         per_batch += PASS_BASE  # populating fresh eval-mode BatchNorm statistics
     per_batch += segments * one_pass(probes) * (2 if population else 1)
     return batches * per_batch
+
+
+def _by_cotangents(reverse: bool, population: int, fused: bool, segments: int) -> bool:
+    """Whether the plan takes the reverse-mode route (see ``_cost``)."""
+    return reverse and (fused or not population) and not segments
 
 
 def time_forward(run: Any, args: tuple, batch_dims: list[int], rows: int, repeat: int = 1) -> float:
@@ -171,14 +189,16 @@ def passes(run: Any, batch: int, population: bool) -> tuple[bool, bool, bool]:
 
 
 def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes: int, max_probes: int,
-        population: int, fused: bool, fresh: bool, segments: int, budget: float, spent: float = 0.0) -> Fit:
+        population: int, fused: bool, fresh: bool, segments: int, budget: float, spent: float = 0.0,
+        reverse: bool = False) -> Fit:
     """Choose the sample (whole batches), the probes, the population pass and last the batch
     size so that the measurement's estimate fits ``budget`` seconds: ``spent`` is already gone (tracing, the
     inputs), and the forward passes timed here count too.
 
     ``population``: the population probes when a population value is asked and possible
     (0 otherwise); ``fused``: it rides along in the main pass when the sample is one batch;
-    ``fresh``: eval-mode BatchNorm statistics must be populated first (see ``passes``).
+    ``fresh``: eval-mode BatchNorm statistics must be populated first (see ``passes``);
+    ``reverse``: the output's NLC alone, by reverse-mode probes (see ``_cost``).
     Raises OverBudget.
     """
     started = time.perf_counter() - spent
@@ -188,9 +208,9 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     # functorch cannot batch the probes of most models that torch.fx could not trace either
     # (data-dependent Python in forward): the runner then runs them one by one.
     sequential = getattr(run.graph, "traced_with", None) == "eager"
-    cheapest = _cost(1, 1, 0, False, fresh, segments, sequential)
+    cheapest = _cost(1, 1, 0, False, fresh, segments, sequential, reverse)
     few, more = SMALL_ROWS
-    full_passes = _cost(batches, probes, population, fused and batches == 1, fresh, segments, sequential)
+    full_passes = _cost(batches, probes, population, fused and batches == 1, fresh, segments, sequential, reverse)
     forward = per_rows = None
     too_slow = short_of_memory = False
     asked = population
@@ -199,7 +219,7 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
         return budget - (time.perf_counter() - started)
 
     def cost(forward: float, fused: bool, b: int, p: int, pop: int) -> float:
-        return forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential)
+        return forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential, reverse)
     if batch > more:
 
         def guess() -> tuple[float, float]:
@@ -272,6 +292,9 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     # Extra probes (one more pass) only as far as the time left allows.
     spare = (left() - estimate) / (forward * b) - PASS_BASE
     per_probe = (PASS_BASE + PER_PROBE if sequential else PER_PROBE) * (1 + segments)
+    if _by_cotangents(reverse, pop, fused and b == 1, segments):
+        # More cotangents are backward passes over the first batch's recorded graph.
+        spare, per_probe = (left() - estimate) / (forward * b), PER_COTANGENT
     extra = max(0, min(max_probes - p, math.floor(spare / per_probe)))
     given_up = []
     if size < batch:
