@@ -116,6 +116,55 @@ def test_the_output_alone_is_estimated_at_the_cost_of_reverse_mode_probes():
     assert report.seconds < 5.5
 
 
+def test_a_smaller_batch_that_suits_reverse_mode_probes_is_estimated_at_their_cost():
+    # A reverse-mode pass holds every value of its batch, so a batch of 32 may suit it where
+    # one of 128 does not (plan.by_cotangents): the budget asks again at each smaller size.
+    from archlint.measure import budget
+    from archlint.measure.model import _Runnable
+
+    torch.manual_seed(0)
+    model = sleepy_module(0.01)  # 0.01 s per row in every forward pass
+    x = torch.randn(128, 32)
+    graph = trace(model, (x[:2],), name="Sleepy")
+    asked = []
+
+    def reverse(rows):
+        asked.append(rows)
+        return rows <= 32
+
+    fitted = budget.fit(_Runnable(graph, model, torch.device("cpu")), (x,), [0], batch_size=128, probes=1, max_probes=1,
+                        population=0, fused=False, fresh=False, segments=0, budget=2.5, reverse=reverse)
+    # After 0.2 s of small timings, neither 128 rows (forward mode: 4 forward passes, 5.1 s)
+    # nor 64 (2.6 s) fit; 32 rows by reverse-mode probes (3.25 passes, 1 s, after 0.3 s timing
+    # them) do, with about 0.9 s to spare.
+    assert asked[0] == 128 and 32 in asked
+    assert fitted.batch_size == 32 and fitted.rows == 32
+    assert fitted.estimate == pytest.approx(fitted.forward_seconds * (budget.REVERSE_BASE + budget.PER_COTANGENT))
+
+
+def test_a_whole_batch_that_cannot_fit_is_not_timed(monkeypatch):
+    # The small timings say that even one probe on a whole batch (4 forward passes of 1.28 s)
+    # needs more than 1.5 times the budget: timing that batch would spend half of it, so the
+    # smaller batches are timed instead, and one of them is measured.
+    from archlint.measure import budget
+
+    timed = []
+    time_forward = budget.time_forward
+
+    def recorded(run, args, batch_dims, rows, repeat=1):
+        timed.append(rows)
+        return time_forward(run, args, batch_dims, rows, repeat)
+
+    monkeypatch.setattr(budget, "time_forward", recorded)
+    torch.manual_seed(0)
+    model = sleepy_module(0.01)
+    x = torch.randn(128, 32)
+    graph = trace(model, (x[:2],), name="Sleepy")
+    report = measure(model, x, graph=graph, budget=2.5)
+    assert 128 not in timed and max(timed) == report.batch_size < 128
+    assert report.seconds < 1.5 * 2.5 and f"batches of {report.batch_size} rows instead of 128" in report.budget_note
+
+
 def test_train_mode_batchnorm_keeps_its_batch_size_under_the_budget():
     torch.manual_seed(0)
     model = BNSleepy(0.01)

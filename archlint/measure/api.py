@@ -107,13 +107,17 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         populatable, fused, fresh = time_budget.passes(run, batch, population)
         nlc_at = {node.name for node in graph if (wanted is None or node.name in wanted)
                   and (nlc_nodes is None or node.name in set(nlc_nodes) | {graph.output})}
-        # The route the plan will take: decided here by the same test, where it does not
-        # depend on the batches the budget keeps (with a population value, only one batch
-        # carries it along; see plan._fusable).
-        reverse = (by_cotangents(graph, _trace_batch(graph, batch_dims), batch, run.dtype, run.device, nlc_at, bool(segments))
-                   and (not populatable or (fused and n_rows <= batch)))
+        trace_batch = _trace_batch(graph, batch_dims)
+
+        def reverse(rows: int) -> bool:
+            # The plan's own test for reverse-mode probes at a batch of that many rows.
+            return by_cotangents(graph, trace_batch, rows, run.dtype, run.device, nlc_at, bool(segments))
+
+        # Reverse-mode probes start with one (plan._by_cotangents); with a population value
+        # the plan takes them only where it rides along in the main pass (one batch).
+        one = reverse(batch) and (not populatable or (fused and n_rows <= batch))
         fitted = time_budget.fit(
-            run, args, batch_dims, batch_size=batch_size, probes=(asked_probes or 1) if reverse else probes,
+            run, args, batch_dims, batch_size=batch_size, probes=(asked_probes or 1) if one else probes,
             max_probes=MAX_PROBES, population=population_probes if populatable else 0, fused=fused, fresh=fresh,
             segments=len(segments), budget=budget, spent=time.perf_counter() - started, reverse=reverse)
         args = tuple(a.narrow(d, 0, fitted.rows) for a, d in zip(args, batch_dims))

@@ -15,8 +15,11 @@ this order until the estimate fits:
 5. the batch size: halved, down to MIN_BATCH rows, each smaller size timed before it is
    chosen and only where a forward-mode pass of it fits the memory a measurement may hold
    (memory.measurement_room); the batches and probes are then chosen again at that size,
-   without the population value. A CIFAR ResNet-101 on a CPU (one forward pass of 128 rows:
-   about 7 s) is measured on one batch of 64 rows in 27 s of a 30 s budget.
+   without the population value, and by the cost of reverse-mode probes where the output's
+   NLC alone is wanted and that size suits them. A whole batch is not even timed where two
+   small timings show that one probe on it would not fit (GUESS_MARGIN). A CIFAR ResNet-101
+   on a CPU (one forward pass of 128 rows: about 7 s) is measured on one batch of 64 rows in
+   27 s of a 30 s budget.
 
 If one batch of MIN_BATCH rows with one probe and no population value does not fit, the
 model is not measured (``OverBudget``): its findings stay ``predicted`` with that reason, and the file's
@@ -33,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from archlint import memory
 from archlint.measure.report import MeasureError
@@ -79,6 +82,10 @@ FLOAT64_FACTOR = {"cpu": 4.0, "cuda": 8.0}
 # per batch is not run for minutes to learn that). A difference, so that the fixed cost of a
 # call (Python, kernel launches) is not scaled with the rows.
 SMALL_ROWS = (2, 8)
+# How far that guess may be too high before a whole batch is no longer timed (step 5's
+# smaller batches are timed instead): where the smallest measurement of a whole batch, by the
+# guess, needs more than this many times the time left.
+GUESS_MARGIN = 1.5
 # The smallest batch the budget may measure on (the last thing it gives up). With train-mode
 # BatchNorm the batch is part of the function that is measured: a CIFAR ResNet-18's output NLC
 # on one batch of 32 rows was about 2% below that on one batch of 128 (7.02 against 7.21,
@@ -190,7 +197,7 @@ def passes(run: Any, batch: int, population: bool) -> tuple[bool, bool, bool]:
 
 def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes: int, max_probes: int,
         population: int, fused: bool, fresh: bool, segments: int, budget: float, spent: float = 0.0,
-        reverse: bool = False) -> Fit:
+        reverse: Callable[[int], bool] | None = None) -> Fit:
     """Choose the sample (whole batches), the probes, the population pass and last the batch
     size so that the measurement's estimate fits ``budget`` seconds: ``spent`` is already gone (tracing, the
     inputs), and the forward passes timed here count too.
@@ -198,7 +205,9 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     ``population``: the population probes when a population value is asked and possible
     (0 otherwise); ``fused``: it rides along in the main pass when the sample is one batch;
     ``fresh``: eval-mode BatchNorm statistics must be populated first (see ``passes``);
-    ``reverse``: the output's NLC alone, by reverse-mode probes (see ``_cost``).
+    ``reverse(rows)``: whether the output's NLC alone is wanted and a batch of that many rows
+    suits reverse-mode probes (plan.by_cotangents; see ``_cost``): a reverse pass holds every
+    value of its batch, so a smaller batch may suit them where the full one does not.
     Raises OverBudget.
     """
     started = time.perf_counter() - spent
@@ -208,9 +217,10 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     # functorch cannot batch the probes of most models that torch.fx could not trace either
     # (data-dependent Python in forward): the runner then runs them one by one.
     sequential = getattr(run.graph, "traced_with", None) == "eager"
-    cheapest = _cost(1, 1, 0, False, fresh, segments, sequential, reverse)
+    route = reverse is not None and reverse(batch)
+    cheapest = _cost(1, 1, 0, False, fresh, segments, sequential, route)
     few, more = SMALL_ROWS
-    full_passes = _cost(batches, probes, population, fused and batches == 1, fresh, segments, sequential, reverse)
+    full_passes = _cost(batches, probes, population, fused and batches == 1, fresh, segments, sequential, route)
     forward = per_rows = None
     too_slow = short_of_memory = False
     asked = population
@@ -219,7 +229,7 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
         return budget - (time.perf_counter() - started)
 
     def cost(forward: float, fused: bool, b: int, p: int, pop: int) -> float:
-        return forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential, reverse)
+        return forward * _cost(b, p, pop, fused and b == 1, fresh, segments, sequential, route)
     if batch > more:
 
         def guess() -> tuple[float, float]:
@@ -247,6 +257,11 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
             # Far inside the budget even if the guess is 4 times too low (the usual model):
             # the whole measurement runs, and timing a whole batch would only add to it.
             forward = guessed
+        elif guessed * cheapest > GUESS_MARGIN * left():
+            # Not even the smallest measurement of a whole batch fits, unless the guess is
+            # GUESS_MARGIN times too high: timing that batch would only spend what smaller
+            # batches (step 5) need. kuangliu's PreActResNet152 spent 13 s of its 30 s on it.
+            too_slow = True
     if forward is None and not too_slow:
         forward = time_forward(run, args, batch_dims, batch)
 
@@ -268,7 +283,8 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
         # batch statistics would be those of a smaller batch too).
         room = memory.measurement_room(run.device)
         for smaller in _halvings(batch):
-            if per_rows(smaller) * cheapest > left():
+            route = reverse is not None and reverse(smaller)
+            if per_rows(smaller) * _cost(1, 1, 0, False, fresh, segments, sequential, route) > left():
                 continue
             if (1 + probes) * _held_at_once(run.graph, args, batch_dims, smaller) > room:
                 # A worker near its memory cap (the heap keeps what earlier models freed):
@@ -292,7 +308,7 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
     # Extra probes (one more pass) only as far as the time left allows.
     spare = (left() - estimate) / (forward * b) - PASS_BASE
     per_probe = (PASS_BASE + PER_PROBE if sequential else PER_PROBE) * (1 + segments)
-    if _by_cotangents(reverse, pop, fused and b == 1, segments):
+    if _by_cotangents(route, pop, fused and b == 1, segments):
         # More cotangents are backward passes over the first batch's recorded graph.
         spare, per_probe = (left() - estimate) / (forward * b), PER_COTANGENT
     extra = max(0, min(max_probes - p, math.floor(spare / per_probe)))
