@@ -54,34 +54,47 @@ def _scale_channels(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 CANCELLATION = 100.0
 
 
-def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train-mode batch norm's per-channel (dim 1) mean and biased variance of ``x``.
+def _row_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Train-mode batch norm's per-channel (dim 1) mean and biased variance of ``x`` by two
+    reductions along each row of positions; None where PyTorch's kernel should compute them.
 
     On a CPU, PyTorch's kernel (native_batch_norm) reads a contiguous (N, C, ...) map one
-    channel at a time, at a fraction of the memory's speed; two reductions along each row of
-    positions (the sum and the squared norm) read it in order, 3-4x faster: a MobileNetV2
-    block's expanded map (128 x 144 x 32 x 32) 42 ms against 15 ms with its normalisation,
-    128 x 32 x 32 x 32 9.3 against 2.4 ms (measured by hand; ``python
-    benchmarks/bench_cost.py --part batchnorm`` times the whole measurement both ways).
-    Elsewhere (a GPU, half precision, channels-last, one value per channel and sample), or
-    where the variance would cancel (CANCELLATION), PyTorch's kernel computes them."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() >= 3 and x.is_contiguous():
-        rows = x.reshape(x.shape[0], x.shape[1], -1)
-        count = rows.shape[0] * rows.shape[2]
-        mean = rows.sum(2).sum(0) / count
-        square = torch.linalg.vector_norm(rows, dim=2).square().sum(0) / count
-        var = square - mean.square()
-        if bool(((mean.square() <= CANCELLATION * var) & var.isfinite()).all()):
-            return mean, var
+    channel at a time, at a fraction of the memory's speed; the sum and the squared norm of
+    each row read it in order, 3-4x faster: a MobileNetV2 block's expanded map (128 x 144 x 32
+    x 32) 42 ms against 15 ms with its normalisation, 128 x 32 x 32 x 32 9.3 against 2.4 ms
+    (measured by hand; ``python benchmarks/bench_cost.py --part batchnorm`` times the whole
+    measurement both ways). Elsewhere (a GPU, half precision, channels-last, one value per
+    channel and sample), or where the variance would cancel (CANCELLATION): None."""
+    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() >= 3 and x.is_contiguous()):
+        return None
+    rows = x.reshape(x.shape[0], x.shape[1], -1)
+    count = rows.shape[0] * rows.shape[2]
+    mean = rows.sum(2).sum(0) / count
+    var = torch.linalg.vector_norm(rows, dim=2).square().sum(0) / count - mean.square()
+    if not bool(((mean.square() <= CANCELLATION * var) & var.isfinite()).all()):
+        return None
+    return mean, var
+
+
+def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train-mode batch norm's per-channel (dim 1) mean and biased variance of ``x``
+    (``_row_statistics``, else PyTorch's kernel)."""
+    found = _row_statistics(x)
+    if found is not None:
+        return found
     _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
     return mean, invstd.pow(-2)
 
 
 def batch_norm_train(x: torch.Tensor, weight, bias, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """native_batch_norm in train mode without running statistics, (value, mean, inverse
-    standard deviation), with the statistics of ``batch_statistics`` and the eval-mode
-    kernel's normalisation."""
-    mean, var = batch_statistics(x)
+    """native_batch_norm in train mode without running statistics: (value, mean, inverse
+    standard deviation). With ``_row_statistics``, the eval-mode kernel normalises; else
+    PyTorch's train-mode kernel does it all (in half precision it keeps its statistics in
+    float32 inside, where a variance written in float16 could overflow)."""
+    found = _row_statistics(x)
+    if found is None:
+        return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+    mean, var = found
     out = torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
     return out, mean, torch.rsqrt(var + eps)
 
