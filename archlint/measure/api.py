@@ -100,18 +100,17 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
         unknown = sorted(wanted - {node.name for node in graph})
         if unknown:
             raise ValueError(f"not nodes of the graph: {', '.join(unknown)}")
+    nlc_wanted = set(nlc_nodes) | {graph.output} if nlc_nodes is not None else None
     run = _Runnable(graph, model, target)
     fitted = None
     if budget is not None:
         batch = min(batch_size, n_rows)
         populatable, fused, fresh = time_budget.passes(run, batch, population)
-        nlc_at = {node.name for node in graph if (wanted is None or node.name in wanted)
-                  and (nlc_nodes is None or node.name in set(nlc_nodes) | {graph.output})}
         trace_batch = _trace_batch(graph, batch_dims)
 
         def reverse(rows: int) -> bool:
             # The plan's own test for reverse-mode probes at a batch of that many rows.
-            return by_cotangents(graph, trace_batch, rows, run.dtype, run.device, nlc_at, bool(segments))
+            return by_cotangents(graph, trace_batch, rows, run.dtype, run.device, wanted, nlc_wanted, bool(segments))
 
         # Reverse-mode probes start with one (plan._by_cotangents); with a population value
         # the plan takes them only where it rides along in the main pass (one batch).
@@ -126,7 +125,7 @@ def _measure(model, inputs, graph, target, batch_size, seed, segments, populatio
     plan = _Plan(graph, args, batch_dims, batch_size, seed, list(segments), probes, population_probes, population, wanted)
     # Asked for: at least that many (fewer where the budget gave some up), on either kind of probe.
     plan.asked_probes = probes if asked_probes is not None else None
-    plan.nlc_wanted = set(nlc_nodes) | {graph.output} if nlc_nodes is not None else None
+    plan.nlc_wanted = nlc_wanted
     if fitted is not None:
         plan.max_probes = fitted.max_probes
     given_up = [fitted.note] if fitted is not None and fitted.note else []

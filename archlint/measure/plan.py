@@ -114,9 +114,8 @@ class _Plan:
             # the tangent rule of batch norm differs. Its probes then ride along in the main
             # pass instead of a second full pass (see _fusable).
             fused = populatable and len(groups) == 1 and _fusable(graph, run, batch_bns, self.batch_size)
-            nlc_at = {n for n in self.wanted if self.nlc_wanted is None or n in self.nlc_wanted}
             if (fused or not populatable) and by_cotangents(graph, runner.trace_batch, self.batch_size, run.dtype, run.device,
-                                                            nlc_at, bool(self.segments)):
+                                                            set(self.wanted), self.nlc_wanted, bool(self.segments)):
                 found = self._by_cotangents(runner, fused, notes)
                 if found is not None:
                     main, pop, probes, pop_probes = found
@@ -253,11 +252,14 @@ class _Plan:
 
 
 def by_cotangents(graph: ArchGraph, traced_batch: int | None, rows: int, dtype: torch.dtype, device: torch.device,
-                  nlc_at: set[str], segments: bool) -> bool:
+                  wanted: set[str] | None, nlc_wanted: set[str] | None, segments: bool) -> bool:
     """Whether the output's NLC is measured by reverse-mode probes (measure.cotangents): it is
-    the only NLC wanted (``nlc_at``), there are no segments, and the output suits a reverse
-    pass (deflate.wanted). The plan also needs the population value, if one is asked for, to
-    ride along in the main pass (_fusable); the time budget estimates this route's cost by it."""
+    the only NLC wanted (of the ``wanted`` nodes, those in ``nlc_wanted``; None: all), there
+    are no segments, and the output suits a reverse pass (deflate.wanted). The plan also needs
+    the population value, if one is asked for, to ride along in the main pass (_fusable); the
+    time budget estimates this route's cost by it."""
+    nlc_at = {node.name for node in graph
+              if (wanted is None or node.name in wanted) and (nlc_wanted is None or node.name in nlc_wanted)}
     return (cotangents.ENABLED and nlc_at <= {graph.output} and not segments
             and deflate.wanted(graph, traced_batch, rows, dtype, device))
 
