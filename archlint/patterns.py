@@ -71,6 +71,11 @@ def sources(graph: ArchGraph) -> list[str]:
     return floats + ((embeddings or [fed[0].name]) if fed else [])
 
 
+def has_token_inputs(graph: ArchGraph) -> bool:
+    """Some input is integer (token ids): the signal enters at an embedding (``sources``)."""
+    return any(not dtypes.is_floating(n.dtype) for n in graph.inputs)
+
+
 def signal_nodes(graph: ArchGraph) -> set[str]:
     """Nodes whose value depends on a signal source through floating-point tensors, except
     through ops that cut the dependence (``detach``, ``zeros_like``, ``size``)."""
@@ -296,6 +301,13 @@ def is_batchnorm_cnn(graph: ArchGraph) -> bool:
     rank training outcomes in the validation study (docs/validation.md). ARC101 and ARC103
     leave such models to ARC401 and ARC402, which are off by default."""
     return has_kind(graph, OpKind.CONV) and has_batchnorm(graph)
+
+
+def is_batchnorm_mlp(graph: ArchGraph) -> bool:
+    """A model with BatchNorm and no convolutions: the family whose output scale at
+    initialisation did not rank training outcomes in the validation study. ARC202 and ARC205
+    leave such models to ARC408 and ARC409, which are off by default."""
+    return has_batchnorm(graph) and not has_kind(graph, OpKind.CONV)
 
 
 def nlc_threshold(graph: ArchGraph, options: dict) -> float:

@@ -32,6 +32,7 @@ CASES = [
     ("ARC303/bad_tiny_batch_mlp.py", "ARC303", set()),
     ("ARC104/bad_saturated_tanh.py", "ARC104", set()),
     ("ARC205/bad_hot_head.py", "ARC205", set()),
+    ("ARC409/bad_hot_head_bn_mlp.py", "ARC409", set()),
     ("ARC403/bad_unscaled_branches.py", "ARC403", set()),
     ("ARC103/bad_bn_relu_stack.py", "ARC103", set()),
     # The README's architectures: each becomes a model archlint passes.
@@ -334,7 +335,7 @@ def test_activation_on_logits_in_forward_is_removed(tmp_path, forward, fixed):
 def test_the_rule_command_says_whether_a_fix_exists():
     from archlint.fix.registry import FIXERS
 
-    assert set(FIXERS) == {"ARC103", "ARC104", "ARC201", "ARC205", "ARC301", "ARC303", "ARC403"}
+    assert set(FIXERS) == {"ARC103", "ARC104", "ARC201", "ARC205", "ARC301", "ARC303", "ARC403", "ARC409"}
     text = CliRunner().invoke(cli.main, ["rule", "ARC301"]).output
     assert "Fix is sometimes available." in text
     assert "Fix is not available." in CliRunner().invoke(cli.main, ["rule", "ARC101"]).output

@@ -77,6 +77,11 @@ class ColdTanhCumsum(nn.Module):
 """
 
 
+HOT_HEAD = UNPREDICTED_LINEAR.replace(
+    "        self.head = nn.Linear(width // 2, num_classes)\n",
+    "        self.head = nn.Linear(width // 2, num_classes)\n        nn.init.normal_(self.head.weight, std=5.0)\n")
+
+
 @pytest.mark.parametrize("code, source, beyond", [
     # ARC101: log of a clamped value, which the predictor does not follow; NLC about 5.
     ("ARC101", (FIXTURES / "ARC206" / "good_finite_log.py").read_text(), lambda v, t: v > t),
@@ -85,6 +90,10 @@ class ColdTanhCumsum(nn.Module):
     # running sum; the features' std is not predicted.
     ("ARC203", UNPREDICTED_LINEAR.replace("ColdTanhCumsum", "FadingReluCumsum").replace("depth=5", "depth=10")
      .replace("nn.Tanh()", "nn.ReLU()"), lambda v, t: v < t),
+    # ARC202 and ARC205: the same unpredicted features into an output layer initialised at
+    # std 5 (the output's measured std is about 2.4, its RMS about 2.4 times the input's).
+    ("ARC202", HOT_HEAD, lambda v, t: v > t),
+    ("ARC205", HOT_HEAD, lambda v, t: v > t),
 ])
 def test_a_calibrated_value_the_prediction_missed_is_found_by_measurement(tmp_path, code, source, beyond):
     """The thresholds were calibrated on measured values, so a measured value beyond one is

@@ -1,6 +1,6 @@
-"""ARC104 (saturating activations) and ARC205 (output scale): initialise the layer with gain 1,
-weights of std 1/sqrt(fan_in), which puts a tanh's pre-activations (or the logits) at the
-scale of the layer's input instead of several times it.
+"""ARC104 (saturating activations) and ARC205 / ARC409 (output scale): initialise the layer
+with gain 1, weights of std 1/sqrt(fan_in), which puts a tanh's pre-activations (or the
+logits) at the scale of the layer's input instead of several times it.
 
 Where the file already initialises that layer's weight (``nn.init.normal_(self.head.weight,
 std=1.0)``, or ``nn.init.normal_(layer.weight, std=3.0 / width**0.5)`` in a loop over the

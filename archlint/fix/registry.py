@@ -12,6 +12,7 @@ FIXERS: dict[str, str] = {
     "ARC403": "archlint.fix.branch_scale",
     "ARC201": "archlint.fix.norm_before_activation",
     "ARC205": "archlint.fix.init_gain",
+    "ARC409": "archlint.fix.init_gain",
     "ARC301": "archlint.fix.remove_activation",
     "ARC303": "archlint.fix.groupnorm",
 }

@@ -142,7 +142,10 @@ LEFT_TO_OFF_BY_DEFAULT = {("ARC101", "cnn-bn"): "ARC401", ("ARC103", "cnn-bn"): 
                           ("ARC104", "mlp-bn"): "ARC405", ("ARC104", "cnn-bn"): "ARC405",
                           # With every architecture's value recorded (revalue.py), CNNs with
                           # BatchNorm have enough of each class to decide ARC203's branch.
-                          ("ARC203", "cnn-bn"): "ARC407"}
+                          ("ARC203", "cnn-bn"): "ARC407",
+                          # Once ARC202 and ARC205 judged every model's measured output (their
+                          # ``find``, 2026-12-07), MLPs with BatchNorm had enough values to decide.
+                          ("ARC202", "mlp-bn"): "ARC408", ("ARC205", "mlp-bn"): "ARC409"}
 # Branches that meet the criterion and stay, with the reason. ARC303's is not tested by the
 # study (batch 128); ARC105 and ARC102 are off by default as a whole (ARC403, ARC406).
 KEPT_DESPITE_THE_CRITERION = {("ARC102", "mlp-bn"): "the whole rule is off by default (ARC406)",
@@ -162,7 +165,9 @@ TINY = 1e-12
 # run, which recorded a rule's value only where its check reported; revalue.py records them
 # for every architecture. ARC201's ``find`` reports the first feature above its threshold, not
 # the worst, so it has no one value to record.
-VALUE_FOUND_BY_MEASUREMENT = ("ARC101", "ARC102", "ARC203")
+# ARC202 and ARC205 got their ``find`` later (2026-12-07): the measured growth and output
+# std of every model, where the static check reported nothing.
+VALUE_FOUND_BY_MEASUREMENT = ("ARC101", "ARC102", "ARC203", "ARC202", "ARC205")
 
 # Options that make each rule report its value for every model it applies to (thresholds
 # past the end of the value's range, minimum sizes of 1), so the study sees every rule's
