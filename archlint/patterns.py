@@ -311,8 +311,9 @@ def is_batchnorm_mlp(graph: ArchGraph) -> bool:
 
 
 def nlc_threshold(graph: ArchGraph, options: dict) -> float:
-    """A rule's NLC threshold for this model: ``conv-threshold`` for models with
-    convolutions (the MLP band does not carry over to CNNs), else ``threshold``."""
+    """A rule's threshold for this model: ``conv-threshold`` for models with convolutions,
+    else ``threshold`` (the NLC band of MLPs does not carry over to CNNs, and the validation
+    study calibrated some rules per family)."""
     return float(options["conv-threshold"] if has_kind(graph, OpKind.CONV) else options["threshold"])
 
 

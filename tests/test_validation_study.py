@@ -213,6 +213,41 @@ def test_calibration_prefers_precision_and_finds_no_power_where_there_is_none():
     assert analyze.recall_at_precision(noise, [i % 2 == 0 for i in range(20)], +1) is None
 
 
+def test_a_family_gets_its_own_threshold_only_where_the_global_one_fails_there():
+    """analyze.calibrate, for a rule with a threshold per family: a family whose precision at
+    the global threshold already meets the goal keeps it; one where it falls short gets its
+    own (here higher) threshold."""
+    import analyze
+
+    code = "ARC205"
+    assert code in config.PER_FAMILY_RULES
+
+    def rec(i, family, value):
+        return {"id": f"{family}{i}", "spec": {"family": family, "norm": "none"},
+                "archlint": {"values": {code: [{"measured": value}]}}}
+
+    # CNNs: all bad from 2 up, half bad below 0.4: the global claim holds among them.
+    cnns = [rec(i, "cnn", 2.0 + i) for i in range(20)] + [rec(20 + i, "cnn", 0.1 + 0.01 * i) for i in range(24)]
+    cnn_bad = [True] * 20 + [i % 2 == 0 for i in range(24)]
+    # MLPs: half bad between 1.2 and 2.2, all bad from 3.5 up.
+    mlps = [rec(i, "mlp", 1.2 + 0.05 * i) for i in range(20)] + [rec(20 + i, "mlp", 3.5 + i) for i in range(15)]
+    mlp_bad = [i % 2 == 0 for i in range(20)] + [True] * 15
+    records = cnns + mlps
+    bad = {r["id"]: b for r, b in zip(records, cnn_bad + mlp_bad)}
+    cal = analyze.calibrate(records, bad)[code]
+    glob = cal["global"]["threshold"]
+
+    def precision_at(recs, labels, t):
+        return analyze._counts([(r["archlint"]["values"][code][0]["measured"], b) for r, b in zip(recs, labels)], t, +1)["precision"]
+
+    # The CNN family has enough of each class (32 bad, 12 good) for a threshold of its own,
+    # and keeps the global one, which is precise there; the MLPs' is higher.
+    assert precision_at(cnns, cnn_bad, glob) >= config.GOALS["precision"] > precision_at(mlps, mlp_bad, glob)
+    assert "cnn" not in cal["branches"] and analyze.threshold_for(cnns[0], code, {code: cal}) == glob
+    mlp = cal["branches"]["mlp"]["threshold"]
+    assert mlp > glob and precision_at(mlps, mlp_bad, mlp) >= config.GOALS["precision"]
+
+
 def test_second_seed_label_and_the_verdict_per_branch_and_width():
     """The outcome noise as a verdict (the second seed's label against the first's, both
     against the first seed's group cut) and the verdict per family branch and width."""

@@ -235,3 +235,49 @@ def test_gpt_style_models_captured_eagerly_are_measured():
         (model,) = result.models
         assert model.graph.traced_with == "eager"
         assert model.measured is not None and model.measured.status == "ok" and model.measured.output_nlc > 0
+
+
+# Two heads of the same output std (about 1.3): above ARC205's threshold for CNNs, under the
+# one for models without convolutions (the validation study calibrated one per family).
+OUTPUT_STD_PER_FAMILY = """
+import torch.nn as nn
+
+
+class HeadMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 256), nn.LayerNorm(256), nn.GELU())
+        self.head = nn.Linear(256, 10)
+        nn.init.normal_(self.head.weight, std=0.125)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class HeadCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.GroupNorm(1, 64), nn.GELU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(64, 10)
+        nn.init.normal_(self.head.weight, std=0.6)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+"""
+
+
+def test_the_output_scale_threshold_is_the_models_family(tmp_path):
+    from archlint.rule import get
+
+    path = tmp_path / "heads.py"
+    path.write_text(OUTPUT_STD_PER_FAMILY)
+    options = get("ARC205").options
+    (f,) = check_file(path, Settings(select=("ARC205",))).findings
+    assert f.model == "HeadCNN" and f.threshold == options["conv-max-std"] < f.measured < options["max-std"]
+    # The MLP's std is within its own threshold, and reported under a lower one.
+    lower = {"output-scale": {"max-std": options["conv-max-std"]}}
+    found = check_file(path, Settings(select=("ARC205",), rule_options=lower)).findings
+    assert {x.model for x in found} == {"HeadCNN", "HeadMLP"}
+    (mlp,) = [x for x in found if x.model == "HeadMLP"]
+    assert options["conv-max-std"] < mlp.measured < options["max-std"]

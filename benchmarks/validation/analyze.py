@@ -339,7 +339,8 @@ def auc(values: list[float], bad: list[bool], direction: int) -> float | None:
 
 
 def calibrate(records: list[dict], bad: dict[str, bool], objective=recall_at_precision) -> dict:
-    """Per rule: a global threshold and per-branch ones where the branch has enough data."""
+    """Per rule: a global threshold and per-branch ones where the branch has enough data and
+    the global threshold misses the precision goal there (config.PER_FAMILY_RULES)."""
     out = {}
     for code, direction in config.RULE_DIRECTION.items():
         vals = [rule_value(r, code) for r in records]
@@ -350,6 +351,10 @@ def calibrate(records: list[dict], bad: dict[str, bool], objective=recall_at_pre
         for br in families:
             idx = [i for i, r in enumerate(records) if r["spec"]["family"] == br and vals[i] is not None]
             nbad = sum(ys[i] for i in idx)
+            if glob is not None:
+                there = _counts([(vals[i], ys[i]) for i in idx], glob["threshold"], direction)
+                if there["precision"] is not None and there["precision"] >= config.GOALS["precision"]:
+                    continue  # the global claim holds in this family: it keeps it
             if nbad >= config.MIN_GROUP and len(idx) - nbad >= config.MIN_GROUP:
                 found = objective([vals[i] for i in idx], [ys[i] for i in idx], direction)
                 # A branch with enough data and no threshold has no predictive power there:
@@ -427,10 +432,10 @@ THRESHOLD_OPTION = {
     "ARC104": "threshold",
     "ARC105": "threshold",
     "ARC201": "threshold",
-    "ARC202": "threshold",
+    "ARC202": {"mlp": "threshold", "cnn": "conv-threshold"},
     "ARC203": {"mlp": "threshold", "cnn": "conv-threshold"},
     "ARC204": "threshold",
-    "ARC205": "max-std",
+    "ARC205": {"mlp": "max-std", "cnn": "conv-max-std"},
 }
 # Rules whose value the study records but whose default verdict it cannot test: ARC303 judges
 # batches under ``warn-below`` (32), and every architecture trains at config.BATCH_SIZE (128).
