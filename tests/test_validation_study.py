@@ -213,6 +213,17 @@ def test_calibration_prefers_precision_and_finds_no_power_where_there_is_none():
     assert analyze.recall_at_precision(noise, [i % 2 == 0 for i in range(20)], +1) is None
 
 
+def test_the_permissive_options_open_every_calibrated_threshold():
+    """Each option a calibrated threshold ships as (per family too) is opened by
+    config.PERMISSIVE_OPTIONS, so that a run records the rule's value for every model, CNNs
+    included, not only those beyond today's default."""
+    import analyze
+
+    for code, option in analyze.THRESHOLD_OPTION.items():
+        names = set(option.values()) if isinstance(option, dict) else {option}
+        assert names <= set(config.PERMISSIVE_OPTIONS[code]), code
+
+
 def test_a_family_gets_its_own_threshold_only_where_the_global_one_fails_there():
     """analyze.calibrate, for a rule with a threshold per family: a family whose precision at
     the global threshold already meets the goal keeps it; one where it falls short gets its

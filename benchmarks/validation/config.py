@@ -187,10 +187,10 @@ PERMISSIVE_OPTIONS = {
     "ARC104": {"threshold": TINY},
     "ARC105": {"threshold": TINY},
     "ARC201": {"threshold": -1.0, "min-layers": 1},
-    "ARC202": {"threshold": TINY},
+    "ARC202": {"threshold": TINY, "conv-threshold": TINY},
     "ARC203": {"threshold": math.inf, "conv-threshold": math.inf},
     "ARC204": {"threshold": -1.0},
-    "ARC205": {"max-std": -1.0},
+    "ARC205": {"max-std": -1.0, "conv-max-std": -1.0},
     "ARC303": {"warn-below": 10**9, "threshold": TINY},
 }
 
