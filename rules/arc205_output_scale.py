@@ -5,10 +5,11 @@ Predicts the standard deviation of the model's output (logits) over units and in
 reports it above ``max-std`` (``conv-max-std`` for models with convolutions). Also reports
 an output whose neuron bias (the share of its RMS that does not depend on the input) is
 above ``max-neuron-bias`` when the output layer itself adds that constant: its input is not
-collapsed (a collapse upstream is ARC201). The verification pass measures both. Where the predictor does not follow the model (max
-pooling, attention) or predicted a std within the limit, the measured std every model gets
-is judged alone (its threshold was calibrated on measured values; the neuron bias's limit
-was not, so it is judged only where it is predicted).
+collapsed (a collapse upstream is ARC201). The verification pass measures both. Where the
+predictor does not follow the model (max pooling, attention) or predicted a std within the
+limit, the measured std every model gets is judged alone (its threshold was calibrated on
+measured values; the neuron bias's limit was not, so it is judged only where it is
+predicted).
 
 MLPs with BatchNorm are left to ARC409 (off by default): in the validation study their
 output std did not rank their outcomes (docs/validation.md).
@@ -72,18 +73,18 @@ def check(graph, options, context):
 
 
 def find(graph, report, options, context):
-    """From the measurement: an output std above ``max-std`` where the predictor does not
-    follow the model (max pooling, attention) or predicted one under it. The threshold was
-    calibrated on the measured std (the validation study); the neuron bias's limit was not,
-    so it is judged only where it is predicted."""
+    """From the measurement: an output std above the model's limit (``max_std``) where the
+    predictor does not follow the model (max pooling, attention) or predicted one under it.
+    The limit was calibrated on the measured std (the validation study); the neuron bias's
+    was not, so it is judged only where it is predicted."""
     if patterns.is_batchnorm_mlp(graph):
         return []
     return output_scale_measured(graph, report, options, CODE)
 
 
 def output_scale(graph, options, code):
-    """The finding of a predicted output std above ``max-std``, else of a constant the output
-    layer adds (ARC205, and ARC409 for MLPs with BatchNorm)."""
+    """The finding of a predicted output std above the model's limit (``max_std``), else of a
+    constant the output layer adds (ARC205, and ARC409 for MLPs with BatchNorm)."""
     if graph.output is None or not patterns.sources(graph):
         return []
     std = evidence.predicted_std(graph, graph.output)
@@ -97,7 +98,7 @@ def output_scale(graph, options, code):
 
 
 def output_scale_measured(graph, report, options, code):
-    """The finding of a measured output std above ``max-std`` (``find``)."""
+    """The finding of a measured output std above the model's limit (``find``)."""
     if graph.output is None or not patterns.sources(graph):
         return []
     out = evidence.measured(report, graph.output)
