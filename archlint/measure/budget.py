@@ -119,13 +119,19 @@ class Fit:
     given_up: list[str] = field(default_factory=list)
     # The rows of each batch (the batch size asked for, unless step 5 made it smaller).
     batch_size: int = 0
+    # Seconds of the budget left when the choice was made: tracing, preparing the inputs and
+    # timing forward passes spend the same budget, so a full measurement estimated under the
+    # budget may still not fit what is left.
+    left: float = 0.0
 
     @property
     def note(self) -> str | None:
         if not self.given_up:
             return None
         return (f"{', '.join(self.given_up)} to fit the measurement budget of {self.budget:g} s "
-                f"(the full measurement would take about {_seconds(self.full_estimate)} s; raise it with --measure-budget)")
+                f"(the full measurement would take about {_seconds(self.full_estimate)} s, and "
+                f"{_seconds(max(self.left, 0.0))} s of the budget were left after tracing and timing the model; "
+                f"raise it with --measure-budget)")
 
 
 def _cost(batches: int, probes: int, population: int, fused: bool, fresh: bool, segments: int,
@@ -323,7 +329,7 @@ def fit(run: Any, args: tuple, batch_dims: list[int], *, batch_size: int, probes
         given_up.append("no population (eval) value")
     rows = n if b == batches else b * size
     full = (full_forward if full_forward is not None else per_rows(batch)) * full_passes
-    return Fit(budget, rows, p, p + extra, bool(pop), forward, estimate, full, given_up, size)
+    return Fit(budget, rows, p, p + extra, bool(pop), forward, estimate, full, given_up, size, left=left())
 
 
 def _held_at_once(graph: Any, args: tuple, batch_dims: list[int], rows: int) -> float:
