@@ -44,8 +44,10 @@ by archlint's processes against given back once 256 MiB of it are free (see heap
 ``--part cotangents``: the output alone by reverse-mode probes (archlint.measure.cotangents)
 against forward-mode probes, with the probes each took (see cotangent_probes). ``--part
 screening``: archlint check's screening measurement the same two ways (see screening).
+``--part budget``: how long a measurement of all statistics takes against its time budget,
+at budgets below the full measurement's cost, and what it gave up (see within_budget).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening|batchnorm] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening|batchnorm|budget] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from torch import nn
 from torch.func import jacrev, vmap
 
 import archlint.measure.plan as measure_plan
-from archlint.measure import measure
+from archlint.measure import MeasureError, measure
 from archlint.trace import trace
 from archlint.worker import keep_freed_memory
 
@@ -576,10 +578,40 @@ def screening(names: list[str], repeats: int) -> None:
               f"| {med['forward'] / f:.2f}x ({reports['forward'].probes}) |", flush=True)
 
 
+def within_budget(names: list[str]) -> None:
+    """measure() with a time budget of 0.4, 0.6 and 0.8 times what the full measurement took
+    in the same process: the wall time it took against the budget (the budget is met on an
+    estimate: forward passes timed first, times what each route costs in forward passes,
+    measure.budget), and what it gave up to fit."""
+    import time
+
+    print("| shape | full measurement (s) | budget (s) | took (s) | took / budget | probes | given up |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        measure(model, x, graph=graph)  # warm-up
+        start = time.perf_counter()
+        measure(model, x, graph=graph)
+        full = time.perf_counter() - start
+        for share in (0.4, 0.6, 0.8):
+            budget = round(full * share, 2)
+            start = time.perf_counter()
+            try:
+                report = measure(model, x, graph=graph, budget=budget)
+            except MeasureError as exc:
+                print(f"| {name} | {full:.2f} | {budget:g} | - | - | - | not measured: {exc} |", flush=True)
+                continue
+            took = time.perf_counter() - start
+            given_up = report.budget_note.split(" to fit ")[0] if report.budget_note else "nothing"
+            pop = f" + {report.population_probes}" if report.population_probes is not None else ""
+            print(f"| {name} | {full:.2f} | {budget:g} | {took:.2f} | {took / budget:.2f} | {report.probes}{pop} | {given_up} |",
+                  flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks", "heap",
-                                           "cotangents", "screening", "batchnorm"), default="suite",
+                                           "cotangents", "screening", "batchnorm", "budget"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
@@ -588,7 +620,8 @@ def main() -> int:
                              "on write against copied up front; chunks: node statistics a chunk of rows at a time "
                              "against the whole node at once; heap: the heap's top kept against given back; cotangents: the "
                              "output alone by reverse-mode probes against forward-mode ones; screening: archlint check's screening "
-                             "measurement the same two ways; batchnorm: archlint's batch-norm statistics against PyTorch's kernel")
+                             "measurement the same two ways; batchnorm: archlint's batch-norm statistics against PyTorch's kernel; "
+                             "budget: the time a measurement takes against its budget")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -596,7 +629,8 @@ def main() -> int:
     if args.allocator == "archlint":
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
-    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents", "screening", "batchnorm"):
+    if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents", "screening", "batchnorm",
+                     "budget"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -619,6 +653,8 @@ def main() -> int:
             screening(names, args.repeats or REPEATS)
         elif args.part == "batchnorm":
             batch_norm_statistics(names, args.repeats or REPEATS)
+        elif args.part == "budget":
+            within_budget(names)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0
