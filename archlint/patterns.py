@@ -310,11 +310,11 @@ def is_batchnorm_mlp(graph: ArchGraph) -> bool:
     return has_batchnorm(graph) and not has_kind(graph, OpKind.CONV)
 
 
-def nlc_threshold(graph: ArchGraph, options: dict) -> float:
-    """A rule's threshold for this model: ``conv-threshold`` for models with convolutions,
-    else ``threshold`` (the NLC band of MLPs does not carry over to CNNs, and the validation
-    study calibrated some rules per family)."""
-    return float(options["conv-threshold"] if has_kind(graph, OpKind.CONV) else options["threshold"])
+def family_threshold(graph: ArchGraph, options: dict, name: str = "threshold") -> float:
+    """A rule's threshold option ``name`` for this model's family: ``conv-<name>`` for models
+    with convolutions, else ``name`` (the NLC band of MLPs does not carry over to CNNs, and the
+    validation study calibrated some rules per family)."""
+    return float(options[f"conv-{name}"] if has_kind(graph, OpKind.CONV) else options[name])
 
 
 def prediction_margin(graph: ArchGraph) -> float:

@@ -83,7 +83,7 @@ def output_nlc(graph, options, code):
     with BatchNorm)."""
     if graph.output is None or not patterns.sources(graph):
         return []
-    threshold = patterns.nlc_threshold(graph, options)
+    threshold = patterns.family_threshold(graph, options)
     predicted = evidence.predicted_nlc(graph, graph.output)
     unpredicted = evidence.predicted(graph, graph.output) is None
     if not unpredicted and (predicted is None or predicted <= threshold * patterns.prediction_margin(graph)):
@@ -101,7 +101,7 @@ def find(graph, report, options, context):
     on the measured value (the validation study), so the measured value decides."""
     if patterns.is_batchnorm_cnn(graph) or graph.output is None or not patterns.sources(graph):
         return []
-    finding = _finding(graph, CODE, patterns.nlc_threshold(graph, options),
+    finding = _finding(graph, CODE, patterns.family_threshold(graph, options),
                        predicted=evidence.predicted_nlc(graph, graph.output))
     verdict = confirm(finding, report, options)
     return [replace(finding, measured=verdict.measured)] if verdict.confirmed else []

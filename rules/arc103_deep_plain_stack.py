@@ -95,7 +95,7 @@ def check(graph, options, context):
 def plain_stacks(graph, options, code):
     """The findings of plain runs whose NLC is above the model's threshold (ARC103, and
     ARC402 for CNNs with BatchNorm)."""
-    threshold = patterns.nlc_threshold(graph, options)
+    threshold = patterns.family_threshold(graph, options)
     findings = []
     for run in patterns.plain_runs(graph):
         if len(run.layers) < int(options["min-layers"]):

@@ -98,7 +98,7 @@ def exploding(graph, options, code):
     sources = patterns.sources(graph)
     if graph.output is None or not sources:
         return []
-    threshold = patterns.nlc_threshold(graph, options)
+    threshold = patterns.family_threshold(graph, options)
     growth = _rms_ratio(_predicted_rms, graph, graph.output, sources)
     if growth is None or growth <= threshold:
         return []
@@ -112,7 +112,7 @@ def exploding_measured(graph, report, options, code):
     sources = patterns.sources(graph)
     if graph.output is None or not sources or patterns.has_token_inputs(graph):
         return []
-    finding = _finding(graph, code, sources, patterns.nlc_threshold(graph, options),
+    finding = _finding(graph, code, sources, patterns.family_threshold(graph, options),
                        predicted=_rms_ratio(_predicted_rms, graph, graph.output, sources))
     verdict = confirm(finding, report, options)
     # No measured growth (a NaN or overflowed output): ARC206 reports non-finite outputs.

@@ -112,7 +112,7 @@ def vanishing(graph, options, code):
     sources = patterns.sources(graph)
     if graph.output is None or not sources:
         return []
-    threshold = patterns.nlc_threshold(graph, options)
+    threshold = patterns.family_threshold(graph, options)
     features = _features(graph)
     decay = _predicted_decay(graph, sources, features)
     if decay is None or decay >= threshold:
@@ -125,7 +125,7 @@ def vanishing_measured(graph, report, options, code):
     sources = patterns.sources(graph)
     if graph.output is None or not sources:
         return []
-    finding = _finding(graph, code, sources, _features(graph), patterns.nlc_threshold(graph, options))
+    finding = _finding(graph, code, sources, _features(graph), patterns.family_threshold(graph, options))
     verdict = confirm(finding, report, options)
     if not verdict.confirmed:
         return []

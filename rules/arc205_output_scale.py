@@ -56,7 +56,6 @@ Calibrated on 309 architectures of the validation study: precision 0.93, recall 
 from __future__ import annotations
 
 from archlint import evidence, patterns
-from archlint.graph import OpKind
 from archlint.rule import at_node, Verdict
 
 CODE = "ARC205"
@@ -73,22 +72,22 @@ def check(graph, options, context):
 
 
 def find(graph, report, options, context):
-    """From the measurement: an output std above the model's limit (``max_std``) where the
-    predictor does not follow the model (max pooling, attention) or predicted one under it.
-    The limit was calibrated on the measured std (the validation study); the neuron bias's
-    was not, so it is judged only where it is predicted."""
+    """From the measurement: an output std above the model's limit (``max-std``, or
+    ``conv-max-std`` for CNNs) where the predictor does not follow the model (max pooling,
+    attention) or predicted one under it. The limit was calibrated on the measured std (the
+    validation study); the neuron bias's was not, so it is judged only where it is predicted."""
     if patterns.is_batchnorm_mlp(graph):
         return []
     return output_scale_measured(graph, report, options, CODE)
 
 
 def output_scale(graph, options, code):
-    """The finding of a predicted output std above the model's limit (``max_std``), else of a
-    constant the output layer adds (ARC205, and ARC409 for MLPs with BatchNorm)."""
+    """The finding of a predicted output std above the model's limit, else of a constant the
+    output layer adds (ARC205, and ARC409 for MLPs with BatchNorm)."""
     if graph.output is None or not patterns.sources(graph):
         return []
     std = evidence.predicted_std(graph, graph.output)
-    if std is not None and std > max_std(graph, options):
+    if std is not None and std > patterns.family_threshold(graph, options, "max-std"):
         return [_std_finding(graph, code, options, predicted=std)]
     nb = evidence.predicted(graph, graph.output)
     before = evidence.predicted(graph, patterns.head_input(graph))
@@ -102,14 +101,9 @@ def output_scale_measured(graph, report, options, code):
     if graph.output is None or not patterns.sources(graph):
         return []
     out = evidence.measured(report, graph.output)
-    if out is None or out.std is None or out.std <= max_std(graph, options):
+    if out is None or out.std is None or out.std <= patterns.family_threshold(graph, options, "max-std"):
         return []
     return [_std_finding(graph, code, options, measured=out.std, predicted=evidence.predicted_std(graph, graph.output))]
-
-
-def max_std(graph, options) -> float:
-    """``conv-max-std`` for models with convolutions, else ``max-std`` (the study's families)."""
-    return float(options["conv-max-std"] if patterns.has_kind(graph, OpKind.CONV) else options["max-std"])
 
 
 def _added_by_output_layer(output, head_input, options) -> bool:
@@ -125,7 +119,7 @@ def _std_finding(graph, code, options, **fields):
     return at_node(graph, graph[graph.output],
         code=code,
         message=f"{graph.name}'s outputs have std {{value}} at initialisation",
-        threshold=max_std(graph, options),
+        threshold=patterns.family_threshold(graph, options, "max-std"),
         explanation="large logits saturate the softmax: the first losses are huge and the gradients come from a few samples",
         fix="initialise the output layer small (std 1/sqrt(fan_in) or less, or zeros) with a zero bias",
         data={"kind": "std"},
