@@ -46,8 +46,10 @@ against forward-mode probes, with the probes each took (see cotangent_probes). `
 screening``: archlint check's screening measurement the same two ways (see screening).
 ``--part budget``: how long a measurement of all statistics takes against its time budget,
 at budgets below the full measurement's cost, and what it gave up (see within_budget).
+``--part statistics``: each node's statistics by matrix-vector products against reductions
+alone (see node_statistics).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening|batchnorm|budget] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening|batchnorm|budget|statistics] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -458,6 +460,72 @@ def row_chunks(names: list[str], repeats: int) -> None:
               f"| {med['chunks', 'all']:.3f} / {med['whole', 'all']:.3f} |", flush=True)
 
 
+def node_statistics(names: list[str], repeats: int) -> None:
+    """Each node's mean, row distances and sign counts by matrix-vector products
+    (archlint.measure.runner._node_stats) against reductions alone, the way before them
+    (``_node_stats_by_reductions``), per shape (see ``alternated``), with the largest
+    relative difference between the two reports' node values."""
+    import dataclasses
+
+    import archlint.measure.runner as runner
+
+    products = runner._node_stats
+
+    def switch(stats):
+        return lambda: setattr(runner, "_node_stats", stats)
+
+    print("| shape | output only: products / reductions (CPU s) | all statistics: products / reductions (CPU s) "
+          "| largest relative difference of a node value |")
+    print("|---|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        reports = {}
+        for label, stats in (("products", products), ("reductions", _node_stats_by_reductions)):
+            runner._node_stats = stats
+            reports[label] = measure(model, x, graph=graph)
+        med = alternated(model, x, graph, {"products": switch(products), "reductions": switch(_node_stats_by_reductions)},
+                         repeats)
+        runner._node_stats = products
+        worst = 0.0
+        for node, ours in reports["products"].nodes.items():
+            theirs = dataclasses.asdict(reports["reductions"].nodes[node])
+            for key, value in dataclasses.asdict(ours).items():
+                if not (isinstance(value, float) and isinstance(theirs[key], float)):
+                    continue
+                # Relative to the node's scale: a mean near zero differs in its last digits.
+                scale = abs(theirs["rms"] or 0.0) if key == "mean" else abs(theirs[key])
+                if scale > 0:
+                    worst = max(worst, abs(value - theirs[key]) / scale)
+        print(f"| {name} | {med['products', 'output']:.3f} / {med['reductions', 'output']:.3f} "
+              f"| {med['products', 'all']:.3f} / {med['reductions', 'all']:.3f} | {worst:.1e} |", flush=True)
+
+
+def _node_stats_by_reductions(p, tangent, bd, n, signs, bn_input):
+    """archlint.measure.runner._node_stats as of 4afc491, before the matrix-vector products: the
+    column mean by a reduction, every row centred, signs counted by summing a boolean mask."""
+    import archlint.measure.runner as runner
+
+    flat = p.movedim(bd, 0).reshape(n, -1)
+    m = flat.mean(0)
+    rows = n if flat.device.type != "cpu" else max(1, runner.ROW_CHUNK_BYTES // max(1, flat.shape[1] * flat.element_size()))
+    distances, pos = [], None
+    for lo in range(0, n, rows):
+        part = flat[lo:lo + rows]
+        distances.append(torch.linalg.vector_norm(part - m, dim=1))
+        if signs:
+            count = (part > 0).sum(0, dtype=torch.int32)
+            pos = count if pos is None else pos + count
+    stats = {"m": m, "b": torch.cat(distances).square()}
+    stats.update(runner._tangent_term(tangent, bd))
+    if signs:
+        stats["pos"] = pos
+    if bn_input and bd == 0 and p.dim() >= 2:
+        mean, var = runner.batch_statistics(p)
+        count = p.numel() // p.shape[1]
+        stats["chan_mean"], stats["chan_var"] = mean, var * (count / max(count - 1, 1))
+    return stats
+
+
 def batch_norm_statistics(names: list[str], repeats: int) -> None:
     """Train-mode batch norm's statistics by row reductions (archlint.measure.overrides.
     _row_statistics) against PyTorch's kernel, native_batch_norm, which computes them (and
@@ -611,7 +679,7 @@ def within_budget(names: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks", "heap",
-                                           "cotangents", "screening", "batchnorm", "budget"), default="suite",
+                                           "cotangents", "screening", "batchnorm", "budget", "statistics"), default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
@@ -621,7 +689,8 @@ def main() -> int:
                              "against the whole node at once; heap: the heap's top kept against given back; cotangents: the "
                              "output alone by reverse-mode probes against forward-mode ones; screening: archlint check's screening "
                              "measurement the same two ways; batchnorm: archlint's batch-norm statistics against PyTorch's kernel; "
-                             "budget: the time a measurement takes against its budget")
+                             "budget: the time a measurement takes against its budget; statistics: node statistics by "
+                             "matrix-vector products against reductions alone")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -630,7 +699,7 @@ def main() -> int:
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
     if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents", "screening", "batchnorm",
-                     "budget"):
+                     "budget", "statistics"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -655,6 +724,8 @@ def main() -> int:
             batch_norm_statistics(names, args.repeats or REPEATS)
         elif args.part == "budget":
             within_budget(names)
+        elif args.part == "statistics":
+            node_statistics(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0

@@ -295,6 +295,20 @@ def test_node_statistics_taken_a_chunk_of_rows_at_a_time_are_those_of_the_whole_
     assert torch.allclose(stats["a"].double(), tangent.movedim(1, 0).reshape(10, -1).double().square().sum(1), rtol=1e-5)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_row_distances_keep_float32_precision_when_the_mean_dwarfs_the_spread(offset):
+    """Each row's squared distance from the mean comes from ||x||^2 - 2 x.m + ||m||^2 where
+    that cannot cancel; with a mean a thousand times the spread (neuron bias near 1) it would
+    lose every digit, so those rows are centred first. Both against float64."""
+    from archlint.measure import runner
+
+    g = torch.Generator().manual_seed(1)
+    p = torch.randn(64, 300, generator=g) + offset * torch.rand(300, generator=g)
+    stats = runner._node_stats(p, None, 0, 64, signs=False, bn_input=False)
+    rows = p.double()
+    assert torch.allclose(stats["b"].double(), (rows - rows.mean(0)).square().sum(1), rtol=1e-4, atol=0)
+
+
 def test_segment_nlc_matches_exact_reference_of_the_sub_network():
     model = mlp(6, 64, nn.Tanh, sigma_w2=4.0)
     x = gaussian(128, 16)
