@@ -47,9 +47,10 @@ screening``: archlint check's screening measurement the same two ways (see scree
 ``--part budget``: how long a measurement of all statistics takes against its time budget,
 at budgets below the full measurement's cost, and what it gave up (see within_budget).
 ``--part statistics``: each node's statistics by matrix-vector products against reductions
-alone (see node_statistics).
+alone (see node_statistics). ``--part paired``: a deflated output's population value from the
+batch's exact part against its own backward pass (see paired_population).
 
-    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening|batchnorm|budget|statistics] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
+    python benchmarks/bench_cost.py [--part suite|1|2|profile|rules|rows|replay|state|chunks|heap|cotangents|screening|batchnorm|budget|statistics|paired] [--shapes a,b,...] [--repeats 3] [--allocator archlint|default]
 """
 
 from __future__ import annotations
@@ -460,6 +461,29 @@ def row_chunks(names: list[str], repeats: int) -> None:
               f"| {med['chunks', 'all']:.3f} / {med['whole', 'all']:.3f} |", flush=True)
 
 
+def paired_population(names: list[str], repeats: int) -> None:
+    """A deflated output's riding population value from the batch's exact part, its probes
+    paired with the batch probes (archlint.measure.deflate.project_paired), against its own
+    direction and backward pass (deflate.PAIRED off), per shape (see ``alternated``), with
+    the output's population NLC of each."""
+    import archlint.measure.deflate as deflate
+
+    print("| shape | all statistics: paired / own pass (CPU s) | population NLC: paired / own pass |")
+    print("|---|---|---|")
+    for name in names:
+        _, model, x, graph = built(name)
+        values = {}
+        for flag in (True, False):
+            deflate.PAIRED = flag
+            report = measure(model, x, graph=graph)
+            values[flag] = f"{report.output_nlc_population:.4f} ± {report.output_nlc_population_se:.4f}"
+        med = alternated(model, x, graph, {"paired": lambda: setattr(deflate, "PAIRED", True),
+                                           "own": lambda: setattr(deflate, "PAIRED", False)}, repeats)
+        deflate.PAIRED = True
+        print(f"| {name} | {med['paired', 'all']:.3f} / {med['own', 'all']:.3f} | {values[True]} / {values[False]} |",
+              flush=True)
+
+
 def node_statistics(names: list[str], repeats: int) -> None:
     """Each node's mean, row distances and sign counts by matrix-vector products
     (archlint.measure.runner._node_stats) against reductions alone, the way before them
@@ -679,7 +703,8 @@ def within_budget(names: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=("suite", "1", "2", "profile", "rules", "rows", "replay", "state", "chunks", "heap",
-                                           "cotangents", "screening", "batchnorm", "budget", "statistics"), default="suite",
+                                           "cotangents", "screening", "batchnorm", "budget", "statistics", "paired"),
+                        default="suite",
                         help="suite (default): every shape; 1, 2: the ResNet-18 studies; profile: where the "
                              "output-only measurement's time goes, per shape; rules: archlint's layer-norm, "
                              "softmax and LSTM tangent rules against PyTorch's; rows: nodes that keep their input's rows "
@@ -690,7 +715,8 @@ def main() -> int:
                              "output alone by reverse-mode probes against forward-mode ones; screening: archlint check's screening "
                              "measurement the same two ways; batchnorm: archlint's batch-norm statistics against PyTorch's kernel; "
                              "budget: the time a measurement takes against its budget; statistics: node statistics by "
-                             "matrix-vector products against reductions alone")
+                             "matrix-vector products against reductions alone; paired: a deflated output's population part from the "
+                             "batch's against its own backward pass")
     parser.add_argument("--shapes", default=",".join(shapes()), help="the suite's shapes, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help=f"default: {SUITE_REPEATS} (suite), {REPEATS} (part 1)")
     parser.add_argument("--allocator", choices=("archlint", "default"), default="archlint")
@@ -699,7 +725,7 @@ def main() -> int:
         keep_freed_memory()
     print(f"allocator: {args.allocator}\n")
     if args.part in ("suite", "profile", "rows", "replay", "state", "chunks", "heap", "cotangents", "screening", "batchnorm",
-                     "budget", "statistics"):
+                     "budget", "statistics", "paired"):
         names = args.shapes.split(",")
         unknown = sorted(set(names) - set(shapes()))
         if unknown:
@@ -726,6 +752,8 @@ def main() -> int:
             within_budget(names)
         elif args.part == "statistics":
             node_statistics(names, args.repeats or REPEATS)
+        elif args.part == "paired":
+            paired_population(names, args.repeats or REPEATS)
         else:
             suite(names, args.repeats or SUITE_REPEATS)
         return 0

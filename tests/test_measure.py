@@ -499,6 +499,31 @@ def test_deflated_batch_and_population_values_agree_with_many_probes(monkeypatch
             assert ours == pytest.approx(reference, rel=0.02), (value, batch)
 
 
+def test_a_riding_population_value_takes_the_batchs_exact_part_and_no_backward_pass_of_its_own(monkeypatch):
+    """One batch of a BatchNorm CNN: the population probes share the batch probes'
+    directions, so the population's part along the shared output direction comes from the
+    batch's exact part (deflate.project_paired): one backward pass instead of two. Asking
+    for more population probes than there are batch probes to pair them with takes the
+    population's own pass, as before."""
+    from archlint.measure import deflate
+    from archlint.measure.runner import _Recorded
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    model, x = common_mode(cnn, 16), gaussian(128, 3, 8, 8)
+    backward, paired = [], []
+    numerator, project_paired = _Recorded.numerator, deflate.project_paired
+    monkeypatch.setattr(_Recorded, "numerator", lambda self, *a, **k: backward.append(a[1]) or numerator(self, *a, **k))
+    monkeypatch.setattr(deflate, "project_paired", lambda *a: paired.append(1) or project_paired(*a))
+    report = measure(model, x)
+    assert _deflated(report) and report.population_probes == 1
+    assert backward == [False] and paired == [1]  # the batch rule's backward pass alone
+    backward.clear(), paired.clear()
+    report = measure(model, x, population_probes=3)
+    assert _deflated(report) and backward == [False, True] and paired == []
+
+
 def test_batch_norm_in_a_reverse_pass_has_the_batch_or_the_population_rule():
     # One forward, two backward passes: the batch rule (PyTorch's train-mode gradient), then
     # the population rule (the batch's statistics as constants: eval-mode batch norm's).

@@ -22,6 +22,14 @@ second moment is the sample's, runner._mixed). The probes' spread then measures 
 rest's noise, and plan asks for probes by it. With batch statistics rows interact; each
 row's cotangent gets a random sign, so that the other rows' contributions through the batch
 statistics add up to their expectation.
+
+The population value that rides along in the main pass (plan._fusable) takes its part along v
+from the batch's: its probes share the batch probes' input directions, and the difference
+the two batch-norm rules make along v is estimated from those pairs (project_paired), which
+saves a backward pass (the thin residual CNN: one of its two, about a ninth of the
+measurement). Where more population probes are asked for than there are batch probes to
+pair them with, or its noise will ask for more, the population keeps its own direction and
+backward pass, over the same recorded forward pass.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ from archlint import memory
 # much as one or two (the thin residual CNN: forward and backward 3.0x a plain forward
 # pass, one probe about 2.2x; a depth-20 MLP: 2.0x).
 MIN_SAVED_PROBES = 3
+# Whether a riding population value takes its part along v from the batch's (project_paired;
+# benchmarks turn it off to set it beside the population's own backward pass).
+PAIRED = True
 # Output units per row up to which the runner keeps the output's tangents for this (their
 # second moment's eigenvectors cost units^3). A wide output has many directions and little
 # probe noise to begin with.
@@ -99,6 +110,24 @@ def project(acc, deflation: Deflation) -> None:
     """The accumulated output's tangent terms ("a") with the part along the direction exact
     (its kept tangents, "t", are of the same rows and batches as the deflation's)."""
     acc.a = [e[None] + _rest(t, deflation.direction) for t, e in zip(acc.t, deflation.exact)]
+
+
+def project_paired(acc, batch, deflation: Deflation) -> None:
+    """The accumulated population output's tangent terms, its part along the direction of
+    the batch's ``deflation`` taken from there: the batch's exact part, plus the difference
+    between each population probe's part along v and that of the batch probe whose input
+    directions it shares (runner._pass_once pairs them), plus its rest:
+
+        a_i = v^T M_i v + (v . t_i)^2 - (v . t'_i)^2 + ||t_i||^2 - (v . t_i)^2
+            = v^T M_i v + ||t_i||^2 - (v . t'_i)^2,
+
+    t the population probe's tangent and t' the batch probe's. Unbiased for any fixed v
+    (E (v . t)^2 = v^T Mpop_i v), and the difference is small where batch statistics change
+    little between the two rules (the population rides along only where every channel has
+    many values: plan._fusable). It saves the population's own backward pass."""
+    v = deflation.direction
+    acc.a = [e[None] + t.square().sum(-1) - (paired[:t.shape[0]] @ v).square()
+             for t, paired, e in zip(acc.t, batch.t, deflation.exact)]
 
 
 def find(runner, directions: list[tuple[torch.Tensor, bool]], seed: int) -> list[Deflation]:

@@ -150,11 +150,17 @@ class _Plan:
             if runner.keep_tangent and needed - self.probes >= deflate.MIN_SAVED_PROBES:
                 out = main.accs[graph.output]
                 v = deflate.direction(out.t)
-                after = max(self.probes, _probes_needed(_probe_noise(deflate.left_to_probes(out, v)), PROBE_SE))
+                left = _probe_noise(deflate.left_to_probes(out, v))
+                after = max(self.probes, _probes_needed(left, PROBE_SE))
                 if needed - after >= deflate.MIN_SAVED_PROBES:
+                    # The population riding along takes its part along v from the batch's where each
+                    # of its probes shares a batch probe's directions and no more will be needed
+                    # (deflate.project_paired); else its own direction, in the same forward pass.
+                    paired = (fused and deflate.PAIRED and pop_probes <= self.probes
+                              and self._population_probes(left) <= pop_probes)
                     try:
-                        # With the population riding along, its direction shares the forward pass.
-                        directions = [(v, False)] + ([(deflate.direction(pop.accs[graph.output].t), True)] if fused else [])
+                        directions = [(v, False)] + ([(deflate.direction(pop.accs[graph.output].t), True)]
+                                                     if fused and not paired else [])
                         deflated, *rest = deflate.find(runner, directions, self.seed + 700)
                         pop_deflated = rest[0] if rest else None
                     except Exception as exc:  # an optimisation: the probes measure without it
@@ -162,7 +168,9 @@ class _Plan:
                         notes.append(f"probes not deflated (the reverse-mode pass failed: {failure(exc)})")
                     else:
                         deflate.project(out, deflated)
-                        if pop_deflated is not None:
+                        if paired:
+                            deflate.project_paired(pop.accs[graph.output], out, deflated)
+                        elif pop_deflated is not None:
                             deflate.project(pop.accs[graph.output], pop_deflated)
                         notes.append("the output's numerator along the direction its rows share computed exactly by "
                                      "a reverse-mode pass, the probes estimating the rest (measure.deflate)")
@@ -171,7 +179,7 @@ class _Plan:
             if probes > self.max_probes:
                 notes.append(_capped(self.max_probes, probes))
                 probes = max(self.probes, self.max_probes)
-            needed_pop = max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE))) if fused else 0
+            needed_pop = self._population_probes(per_probe) if fused else 0
             if probes > self.probes or needed_pop > pop_probes:
                 extra = runner.run_pass(probes - self.probes + needed_pop - pop_probes, want=every, seed=self.seed + 500,
                                         eval_from=probes - self.probes if fused else None, tangent_only=True)
@@ -196,7 +204,7 @@ class _Plan:
                 measure_mode.replay = None
                 _populate(batch_bns, bn_nodes, main)
                 _configure(run.root, train_norms - {id(m) for m in batch_bns}, tracking)
-                pop_probes = max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)))
+                pop_probes = self._population_probes(per_probe)
                 pop = runner.run_pass(pop_probes, want=every, pool_names=starts, seed=self.seed + 1000)
                 if deflated is not None:
                     try:
@@ -211,6 +219,11 @@ class _Plan:
         result = _Result(self, run, mode, main, pop, segs, pop_segs, notes + runner.notes, runner.sources)
         result.probes, result.population_probes = probes, pop_probes
         return result
+
+    def _population_probes(self, per_probe: float | None) -> int:
+        """Population probes per row for the output's probe noise ``per_probe`` (relative, of
+        one probe per row): at least the minimum asked for, at most the budget's."""
+        return max(self.population_probes, min(self.max_probes, _probes_needed(per_probe, POPULATION_PROBE_SE)))
 
     def _by_cotangents(self, runner: _Runner, fused: bool, notes: list[str]):
         """The output's NLC by reverse-mode probes (measure.cotangents), the other wanted nodes'

@@ -341,6 +341,14 @@ class _Runner:
         for _ in range(probes):
             perms.append(torch.randperm(self.n, generator=generator).to(self.run.device))
             rotations.append([_random_rotation(hi - lo, generator) for lo, hi in self.groups])
+        # The population probes take the directions of the batch probes, in order (as many
+        # as there are): a deflated output's population part along its shared direction is
+        # then the batch's exact part plus the difference the two rules make along the same
+        # directions (measure.deflate.project_paired), which is small where they are alike.
+        first = self.eval_from
+        if first:
+            for k in range(first, min(probes, 2 * first)):
+                perms[k], rotations[k] = perms[k - first], rotations[k - first]
         means = {s: pools[s].mean(0) for s in sources}
         bds = {s: self._source_batch_dim(s) for s in sources}
         accs: dict[str, _NodeAcc] = {}
