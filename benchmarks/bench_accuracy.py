@@ -8,6 +8,7 @@ Models without batch dependence: BatchNorm models are in eval mode with populate
 
     python benchmarks/bench_accuracy.py [--device cuda]
     python benchmarks/bench_accuracy.py --seeds 16   # the thin CNN's output alone, three ways
+    python benchmarks/bench_accuracy.py --population-seeds 8   # a riding population value
 
 ``--seeds N``: the thin residual CNN's output NLC alone over N seeds, against the exact value:
 by reverse-mode probes (archlint's default for the output alone, measure.cotangents), by
@@ -124,13 +125,51 @@ def deflation_over_seeds(seeds: int) -> None:
     cotangents.ENABLED, deflate.MIN_SAVED_PROBES = True, saved
 
 
+def population_over_seeds(seeds: int) -> None:
+    """The population value of the train-mode residual CNN (its population probes ride in the
+    main pass, paired with the batch probes) over many seeds, at the output and four inner
+    nodes, against the exact NLC of the same model in eval mode populated from the sample."""
+    import statistics
+
+    pictures = samples()[1]
+    torch.manual_seed(9)
+    populated = small_resnet()
+    populate_bn(populated, pictures, N)
+    reference = measure(populated, pictures)
+    targets = intermediate(reference) + [reference.output]
+    exact = exact_nlc(populated, pictures, reference.sources[0], targets)
+    torch.manual_seed(9)
+    trained = small_resnet()
+    errors: dict[str, list[float]] = {t: [] for t in targets}
+    within: dict[str, int] = {t: 0 for t in targets}
+    for seed in range(seeds):
+        report = measure(trained, pictures, seed=seed)
+        for t in targets:
+            s = report.nodes[t]
+            errors[t].append(s.nlc_population / exact[t] - 1)
+            within[t] += abs(s.nlc_population - exact[t]) <= 2 * s.nlc_population_se
+    print(f"residual CNN, train mode, population value; {seeds} seeds")
+    print("| node | exact NLC | mean signed error | standard deviation | largest \\|error\\| | within 2 se |")
+    print("|---|---|---|---|---|---|")
+    for t in targets:
+        e = errors[t]
+        label = "output" if t == reference.output else t
+        print(f"| {label} | {exact[t]:.4f} | {100 * statistics.mean(e):+.2f}% | {100 * statistics.stdev(e):.2f}% | "
+              f"{100 * max(map(abs, e)):.2f}% | {within[t]} of {seeds} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, help="only the thin CNN's output alone, three ways, over this many seeds")
+    parser.add_argument("--population-seeds", type=int,
+                        help="only the train-mode residual CNN's population value, over this many seeds")
     args = parser.parse_args()
     if args.seeds:
         deflation_over_seeds(args.seeds)
+        return 0
+    if args.population_seeds:
+        population_over_seeds(args.population_seeds)
         return 0
     device = args.device
     rows = []
