@@ -253,8 +253,14 @@ def rule_value(rec: dict, code: str, *, judged_only: bool = True) -> float | Non
     return max(vals) if config.RULE_DIRECTION[code] > 0 else min(vals)
 
 
+def run_part(rec: dict) -> str:
+    """Which archlint judged the architecture during the run (config.EXTENSION_FROM): "first"
+    (before the study's thresholds) or "extension" (the thresholds of the first 640)."""
+    return "first" if rec["spec"]["index"] < config.EXTENSION_FROM else "extension"
+
+
 def default_fires(rec: dict, code: str | None = None) -> bool:
-    """archlint as it is: a warning-level finding (not dismissed) of ``code`` (any code). A
+    """archlint as it was during the run (run_part says which): a warning-level finding (not dismissed) of ``code`` (any code). A
     finding of a rule on a family branch it has since left to an off-by-default rule
     (config.LEFT_TO_OFF_BY_DEFAULT; results computed before the change still have it) does
     not count: the default selection no longer reports it."""
@@ -589,6 +595,9 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
         "protocol": records[0]["protocol"] if records else None,
     }
 
+    # archlint's findings during the run: before the study on the first part only.
+    first_ev = [r for r in ev_recs if run_part(r) == "first"]
+
     def evaluate(bad: dict[str, bool]) -> dict:
         cal = calibrate(cal_recs, bad)
         kept = combine(cal_recs, bad, cal)
@@ -597,14 +606,14 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
         f1_cal = calibrate(cal_recs, bad, objective=best_threshold)
         out = {
             "calibrated": confusion(calibrated, truth),
-            "default": confusion([default_fires(r) for r in ev_recs], truth),
+            "default": confusion([default_fires(r) for r in first_ev], [bad[r["id"]] for r in first_ev]),
             "f1_objective": confusion([any(calibrated_fires(r, c, f1_cal) for c in config.RULE_DIRECTION)
                                        for r in ev_recs], truth),
             "combined_rules": kept,
             "thresholds": cal,
             "per_rule": {
                 code: {"calibrated": confusion([calibrated_fires(r, code, cal) for r in ev_recs], truth),
-                       "default": confusion([default_fires(r, code) for r in ev_recs], truth)}
+                       "default": confusion([default_fires(r, code) for r in first_ev], [bad[r["id"]] for r in first_ev])}
                 for code in config.RULE_DIRECTION
             },
         }
@@ -624,6 +633,7 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
     defaults = summary["shipped"]["defaults"]
     summary["shipped_by_cell"] = by_cell(records, primary,
                                          lambda r: any(shipped_fires(r, c, defaults) for c in on_by_default(defaults)))
+    summary["fresh"] = fresh(records, primary)
     summary["label_reproducibility"] = label_reproducibility(records, config.BAD_RULE)
     summary["batchnorm_cnn_power_by_width"] = power_by_width(records, primary)
     summary["sensitivity"] = {}
@@ -639,6 +649,24 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
     return summary
 
 
+def fresh(records: list[dict], bad: dict[str, bool]) -> dict | None:
+    """archlint with the thresholds of the first 640 (its findings during the run) on the
+    architectures trained after the extension, which none of those thresholds had seen: both
+    halves, each half, and per family branch and width. None before the extension has results."""
+    ext = [r for r in records if run_part(r) == "extension"]
+    if not ext:
+        return None
+
+    def on(recs):
+        return confusion([default_fires(r) for r in recs], [bad[r["id"]] for r in recs])
+
+    return {"all": on(ext), **{h: on([r for r in ext if half(r["id"]) == h]) for h in ("calibration", "evaluation")},
+            "per_rule": {c: confusion([default_fires(r, c) for r in ext], [bad[r["id"]] for r in ext])
+                         for c in sorted({f["code"] for r in ext for f in r["archlint"]["findings"]})
+                         if not c.startswith("ARC9")},
+            "by_cell": by_cell(ext, bad, default_fires)}
+
+
 def _calibration_summary(records, failed, cal_recs, primary) -> dict:
     cal = calibrate(cal_recs, primary)
     kept = combine(cal_recs, primary, cal)
@@ -651,7 +679,8 @@ def _calibration_summary(records, failed, cal_recs, primary) -> dict:
         "thresholds": cal, "combined_rules": kept,
         "in_sample": {
             "calibrated": confusion([any(calibrated_fires(r, c, cal) for c in kept) for r in cal_recs], truth),
-            "default": confusion([default_fires(r) for r in cal_recs], truth),
+            "default": confusion([default_fires(r) for r in cal_recs if run_part(r) == "first"],
+                                 [primary[r["id"]] for r in cal_recs if run_part(r) == "first"]),
         },
         "branch_power": branch_power(cal_recs, primary),
     }
@@ -743,7 +772,7 @@ def markdown(summary: dict) -> str:
             "| verdict | precision | recall | tp/flagged/bad |",
             "|---|---|---|---|",
             f"| any rule, calibrated thresholds | {_pr(summary['evaluation'])} |",
-            f"| archlint's findings during the run (its thresholds before the study) | {_pr(summary['evaluation_default_thresholds'])} |",
+            f"| archlint's findings during the run of the first {config.EXTENSION_FROM} (its thresholds before the study) | {_pr(summary['evaluation_default_thresholds'])} |",
             f"| archlint's defaults after the study, simulated on the recorded values (below; recheck.md runs them) | {_pr(summary['shipped']['evaluation'])} |",
             f"| any rule, thresholds of the committed F1 objective | {_pr(summary['evaluation_f1_objective'])} |",
         ]
@@ -751,6 +780,19 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {code} calibrated | {_pr(c['calibrated'])} |")
             lines.append(f"| {code} before the study | {_pr(c['default'])} |")
         combined = summary["evaluation"]["combined_rules"]
+        if summary.get("fresh"):
+            fr = summary["fresh"]
+            lines += ["", f"## archlint with the first {config.EXTENSION_FROM}'s thresholds, on architectures it had never seen", "",
+                      f"The {fr['all']['n']} architectures from index {config.EXTENSION_FROM} on were trained after "
+                      "the extension, with archlint as it shipped then (thresholds calibrated on the first "
+                      f"{config.EXTENSION_FROM}'s calibration half); its findings during the run are its verdict. "
+                      "Both halves are new to those thresholds.", "",
+                      "| architectures | precision | recall | tp/flagged/bad |", "|---|---|---|---|",
+                      f"| all {fr['all']['n']} | {_pr(fr['all'])} |",
+                      f"| of the calibration half | {_pr(fr['calibration'])} |",
+                      f"| of the evaluation half | {_pr(fr['evaluation'])} |"]
+            lines += [f"| {code} alone | {_pr(c)} |" for code, c in fr["per_rule"].items()]
+            lines += ["", "Per family branch and per family and width:", "", *by_cell_table(fr["by_cell"])]
         sh = summary["shipped"]
         lines += ["", "## archlint's defaults after the study", "",
                   "Each rule's option set to its calibrated threshold (3 significant digits; per family where the rule "
@@ -838,7 +880,8 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict], bad: dict[str, bool], path: Path) -> None:
+def plot(records: list[dict], warned_by, path: Path) -> None:
+    """NLC at initialisation against the best test error, coloured by ``warned_by(rec)``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -850,7 +893,7 @@ def plot(records: list[dict], bad: dict[str, bool], path: Path) -> None:
         for family, marker in (("mlp", "o"), ("cnn", "^")):
             for warned, colour in ((False, "tab:blue"), (True, "tab:red")):
                 pts = [(_f(r["archlint"]["stats"]["nlc"]), best_error(r)) for r in records
-                       if r["spec"]["dataset"] == ds and r["spec"]["family"] == family and default_fires(r) == warned]
+                       if r["spec"]["dataset"] == ds and r["spec"]["family"] == family and warned_by(r) == warned]
                 pts = [(x, y if math.isfinite(y) else 1.0) for x, y in pts if x is not None and x > 0]
                 if pts:
                     xs, ys = zip(*pts)
@@ -861,7 +904,7 @@ def plot(records: list[dict], bad: dict[str, bool], path: Path) -> None:
         ax.set_xlabel("measured NLC at initialisation")
         ax.set_ylabel("best test error (diverged = 1)")
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{ds} (colour: archlint's verdict with default thresholds; grey: NLC 1-3)", fontsize=9)
+        ax.set_title(f"{ds} (colour: archlint's verdict, defaults after the study; grey: NLC 1-3)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -886,11 +929,14 @@ def main(argv=None) -> int:
     (args.out_dir / f"{stem}.md").write_text(markdown(summary))
     if args.calibration_only:
         cal = [r for r in records if half(r["id"]) == "calibration"]
-        plot(cal, labels(records, config.BAD_RULE), args.out_dir / "calibration_nlc_vs_error.png")
+        plot(cal, lambda r: any(calibrated_fires(r, c, summary["thresholds"]) for c in summary["combined_rules"]),
+             args.out_dir / "calibration_nlc_vs_error.png")
         print(f"{summary['n_usable']} usable; calibration half n={summary['n_calibration']}; wrote {args.out_dir}/"
               f"{stem}.json, {stem}.md, calibration_nlc_vs_error.png", file=sys.stderr)
         return 0
-    plot(records, labels(records, config.BAD_RULE), args.out_dir / "nlc_vs_error.png")
+    defaults = summary["shipped"]["defaults"]
+    plot(records, lambda r: any(shipped_fires(r, c, defaults) for c in on_by_default(defaults)),
+         args.out_dir / "nlc_vs_error.png")
     ev = summary["evaluation"]
     print(f"{summary['n_usable']} usable ({summary['n_failed']} failed); evaluation half n={ev['n']} bad={ev['bad']} "
           f"precision={ev['precision']} recall={ev['recall']}; wrote {args.out_dir}/summary.json, summary.md, nlc_vs_error.png",
