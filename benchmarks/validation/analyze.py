@@ -266,9 +266,9 @@ def run_part(rec: dict) -> str:
 
 def default_fires(rec: dict, code: str | None = None) -> bool:
     """archlint as it was during the run (run_part says which): a warning-level finding (not
-    dismissed) of ``code`` (any code). A finding of a rule on a family branch it has since left to an off-by-default rule
-    (config.LEFT_TO_OFF_BY_DEFAULT; results computed before the change still have it) does
-    not count: the default selection no longer reports it."""
+    dismissed) of ``code`` (any code). A finding of a rule on a family branch it has since
+    left to an off-by-default rule (config.LEFT_TO_OFF_BY_DEFAULT; results computed before
+    the change still have it) does not count: the default selection no longer reports it."""
     return any((code is None or f["code"] == code) and not f["code"].startswith("ARC9")
                and f["status"] != "dismissed" and f["severity"] in ("warning", "error")
                and (f["code"], branch(rec)) not in config.LEFT_TO_OFF_BY_DEFAULT
