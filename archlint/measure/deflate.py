@@ -23,13 +23,13 @@ rest's noise, and plan asks for probes by it. With batch statistics rows interac
 row's cotangent gets a random sign, so that the other rows' contributions through the batch
 statistics add up to their expectation.
 
-The population value that rides along in the main pass (plan._fusable) takes its part along v
-from the batch's: its probes share the batch probes' input directions, and the difference
+The population value that rides along in the main pass (plan._fusable) takes its part along
+v from the batch's: its probes share the batch probes' input directions, and the difference
 the two batch-norm rules make along v is estimated from those pairs (project_paired), which
-saves a backward pass (the thin residual CNN: one of its two, all statistics 3.08 -> 2.63
-s: ``python benchmarks/bench_cost.py --part paired``). Where more population probes are asked for than there are batch probes to
-pair them with, or its noise will ask for more, the population keeps its own direction and
-backward pass, over the same recorded forward pass.
+saves a backward pass (the thin residual CNN: one of its two, all statistics 3.08 -> 2.63 s:
+``python benchmarks/bench_cost.py --part paired``). Where more population probes are asked
+for than there are batch probes to pair them with, or its noise will ask for more, the
+population keeps its own direction and backward pass, over the same recorded forward pass.
 """
 
 from __future__ import annotations
