@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlint.graph import ArchGraph, OpKind, Span
+from archlint.patterns import TARGET_NLC
 from archlint.state import preserved_state
 
 __all__ = ["Interpolated", "ActivationChange", "Normalized", "NormalizeError", "normalize", "layer_nlc"]
@@ -520,7 +521,7 @@ def normalize(
     model: nn.Module,
     inputs: Any = None,
     *,
-    target: float = 2.0,
+    target: float = TARGET_NLC,
     tolerance: float = 0.03,
     max_steps: int = 8,
     samples: int = DEFAULT_SAMPLES,

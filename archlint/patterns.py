@@ -335,6 +335,9 @@ def prediction_margin(graph: ArchGraph) -> float:
 # The NLC of ReLU on a zero-mean Gaussian, sqrt(pi / (pi - 1)): the per-layer NLC of a
 # BN-ReLU layer (digest §2.1), the common case of a deep stack.
 BN_RELU_NLC = math.sqrt(math.pi / (math.pi - 1))
+# The NLC that normalisation and ARC103's fix aim at: the middle of the band of about 1-3 in
+# which the guide's networks generalise best (digest §3, NLC-RANGE).
+TARGET_NLC = 2.0
 
 
 def worth_measuring(layers: int, threshold: float) -> bool:

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from archlint.patterns import TARGET_NLC
+
 _MODEL_HELP = "Build the model with this expression (or statements assigning `model`), evaluated in the file's namespace. Replaces discovery."
 _INPUTS_HELP = "Forward arguments: an expression (or tuple) evaluated with `torch` and `model` in scope; its rows are the sample."
 
@@ -66,7 +68,7 @@ def _where(span: Any) -> str:
 
 @click.command("normalize")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=str))
-@click.option("--target", type=click.FloatRange(min=1.0), default=2.0, show_default=True, help="The NLC the normalised model should have at initialisation.")
+@click.option("--target", type=click.FloatRange(min=1.0), default=TARGET_NLC, show_default=True, help="The NLC the normalised model should have at initialisation.")
 @click.option("--model", "model_expr", metavar="EXPR", help=_MODEL_HELP)
 @click.option("--inputs", "inputs_expr", metavar="EXPR", help=_INPUTS_HELP)
 @click.option("--input-shape", metavar="C,H,W", help="Per-sample input shape (batch added), e.g. 3,32,32.")

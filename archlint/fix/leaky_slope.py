@@ -6,9 +6,11 @@ a LeakyReLU of slope a has the layer NLC
     c(a)^2 = 1 / (1 - (1 - a)^2 / (pi (1 + a^2)))        (ReLU, a = 0: 1.211)
 
 and a plain stack of L such layers about c^L. The slope is chosen so that the stack lands
-halfway between 1 and the rule's threshold (2 for the default 3): the measured per-layer
-NLC is rescaled by the ratio the formula predicts, so the stack's own deviation from it
-carries over. Every ``nn.ReLU``/``nn.LeakyReLU`` of the stack is rewritten where it is
+halfway between 1 and the rule's threshold, and no higher than patterns.TARGET_NLC (2, the
+middle of the guide's band; the calibrated thresholds are above the band, and the stack's
+NLC bounds the model's, which ARC101 judges at a lower threshold than ARC103): the measured
+per-layer NLC is rescaled by the ratio the formula predicts, so the stack's own deviation
+from it carries over. Every ``nn.ReLU``/``nn.LeakyReLU`` of the stack is rewritten where it is
 constructed (``nn.ReLU()`` in a loop becomes ``nn.LeakyReLU(0.49)`` for all the layers the
 loop builds); a stack with a functional ``relu`` or another activation gets no fix. Adding
 skip connections is the better remedy, but it is not a mechanical edit.
@@ -62,7 +64,7 @@ def propose(ctx: FixContext) -> Proposal | None:
     if len(slopes) != 1:
         return None
     current = layer_nlc(slopes.pop())
-    target = 1 + (f.threshold - 1) / 2
+    target = min(1 + (f.threshold - 1) / 2, patterns.TARGET_NLC)
     per_layer = current * (target / value) ** (1 / layers)
     slope = slope_for(per_layer)
     if slope is None:
