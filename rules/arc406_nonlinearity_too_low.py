@@ -11,16 +11,19 @@ initialisation says little about their depth. Off by default; select it with
 ``--extend-select ARC406``. It was ARC102 (the old code still selects and suppresses it).
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md),
-with every architecture's value recorded, found no predictive power in it: in its
-calibration half it applies to 165 architectures, 122 of them bad (a base rate of 0.74),
-and its best threshold (1.09) flags 16 bad and 1 good, a precision of 0.94 whose lower 95%
-bound (0.73) is not above that base rate; over all of them, a lower NLC ranked the outcome
-below chance (AUC 0.41). Plain deep networks train badly in that study whatever their NLC:
-the rule's own condition carries the information, not its value. (On the held-out half the
-same threshold flags 10 bad and 1 good of 156, 91 bad; the decision was the calibration
-half's, by the committed criterion.) Before the 43 values the run had not recorded (models
-the prediction cannot follow, 38 of them bad) were added, the same threshold had passed
-(base rate 0.70), and the rule shipped on by default as ARC102.
+with every architecture's value recorded, found its evidence inconsistent. In the
+calibration half of all 1280 architectures (605) it applies to 313, 224 of them bad (a base
+rate of 0.72); its best threshold there (1.18) flags 43 bad and 7 good, a precision of 0.86
+whose lower 95% bound (0.74) is barely above that base rate, and over all of them a lower
+NLC ranks the outcome at chance (AUC 0.47). The first 640's calibration half alone had no
+such threshold (its best, 1.09, flagged 16 bad and 1 good: a lower bound of 0.73 against a
+base rate of 0.74), the second's has one (1.18). A rule or family branch changes status only
+where both parts of the study agree (docs/validation.md). Plain deep networks train badly in
+that study whatever their NLC: the rule's own condition carries most of the information, not
+its value. (On the 675 held out, the default 1.09 flags 20 bad and 3 good of the 335 it
+applies to, 206 bad.) Before the 43 values the run had not recorded (models the prediction
+cannot follow, 38 of them bad) were added to the first 640, the threshold 1.09 had passed
+there (base rate 0.70), and the rule shipped on by default as ARC102.
 
 ## Why is this bad?
 A network with NLC near 1 computes a nearly linear function of its input: its depth buys

@@ -7,11 +7,12 @@ those with BatchNorm and no convolutions. Off by default; select it with
 ``--extend-select ARC408``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no predictive power in this family: in its calibration half (309 architectures), with
-every architecture's measured value recorded, the output/input RMS ratio of MLPs with
-BatchNorm ranked their outcomes at AUC 0.47 over 55 architectures (20 bad; 0.5 is chance),
-and no threshold reached the study's precision goal of 0.85. BatchNorm resets the signal's
-scale in every layer, so the ratio is the output layer's scale alone (ARC409's value).
+found no predictive power in this family: in the calibration half of all 1280 architectures
+(605), with every architecture's measured value recorded, the output/input RMS ratio of MLPs
+with BatchNorm ranked their outcomes at AUC 0.46 over 107 architectures (31 bad; 0.5 is
+chance), and no threshold reached the study's precision goal of 0.85, in each part of the
+study alone as in both together. BatchNorm resets the signal's scale in every layer, so the
+ratio is the output layer's scale alone (ARC409's value).
 
 ## Why is this bad?
 As ARC202's finding: a signal that grows layer after layer overflows, saturates and makes the

@@ -322,7 +322,8 @@ def test_activation_on_logits_in_forward_is_removed(tmp_path, forward, fixed):
     path = tmp_path / "net.py"
     source = FUNCTIONAL.replace("        return F.relu(self.fc2(x))  # logits\n", forward)
     path.write_text(source)
-    (f,) = check_file(path, Settings(fixes=True)).findings
+    # ARC301 alone: at PyTorch's default init, ARC203 also reports this MLP's fading signal.
+    (f,) = check_file(path, Settings(fixes=True, select=("ARC301",))).findings
     assert f.code == "ARC301" and f.autofix.verified, f.autofix
     _, new, _ = apply.fixed_text(path, [f.autofix])
     expected = source.replace(forward, fixed)

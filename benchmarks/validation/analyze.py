@@ -17,7 +17,9 @@ Works on partial results: every number says how many architectures it rests on.
    family where it has at least config.MIN_GROUP bad and good architectures; a rule without
    such a threshold shows no predictive power. The calibrated verdict combines the rules
    kept. Per family branch (mlp / cnn x with / without BatchNorm), the rule's ranking power
-   (AUC) is the evidence for leaving a branch to an off-by-default rule.
+   (AUC) is the evidence for leaving a branch to an off-by-default rule; a rule or branch
+   changes status only where each part of the run (run_part) gives the same verdict alone
+   (verdicts_by_part).
 4. Evaluation half: precision and recall (Wilson intervals) of "any warning-level finding"
    against "bad": archlint as it is (default thresholds, its findings from check_file),
    with the calibrated thresholds, and with the committed F1 objective's thresholds; per
@@ -52,13 +54,12 @@ BRANCH_NAMES = ("mlp-nobn", "mlp-bn", "cnn-nobn", "cnn-bn")
 # Loading
 
 
-def load(path: Path, *, found_values: bool = True, parts: tuple[str, ...] = ("first",)) -> tuple[list[dict], list[dict]]:
+def load(path: Path, *, found_values: bool = True,
+         parts: tuple[str, ...] = ("first", "extension")) -> tuple[list[dict], list[dict]]:
     """(usable records, records that failed) of the run's ``parts`` (run_part): by default
-    the first 640, on which the thresholds archlint ships were calibrated; the extension's
-    are read with ``parts=("first", "extension")`` (the fresh test, and the calibration on
-    every architecture, which is not shipped yet). With ``found_values``, the values that
-    revalue.py recorded beside the results (values.jsonl, where it exists) are added where
-    the run recorded none (with_found_values)."""
+    all of them, on which the thresholds archlint ships are calibrated. With
+    ``found_values``, the values that revalue.py recorded beside the results (values.jsonl,
+    where it exists) are added where the run recorded none (with_found_values)."""
     good, failed = [], []
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -451,9 +452,6 @@ THRESHOLD_OPTION = {
 # Rules whose value the study records but whose default verdict it cannot test: ARC303 judges
 # batches under ``warn-below`` (32), and every architecture trains at config.BATCH_SIZE (128).
 NOT_TESTED = {"ARC303": f"the study trains at batch {config.BATCH_SIZE}; the rule judges batches under 32"}
-# A rule without a calibrated threshold (no predictive power) leaves the default selection for
-# this off-by-default successor, which keeps its check and options.
-DEMOTED_TO = {"ARC105": "ARC403", "ARC102": "ARC406"}
 
 
 def shipped(value: float) -> float:
@@ -467,10 +465,10 @@ def shipped_defaults(cal: dict) -> dict:
     out: dict = {}
     for code, option in THRESHOLD_OPTION.items():
         c = cal[code]
-        if c["global"] is None:
-            # No predictive power: off by default under DEMOTED_TO's code (None, as on a
+        if c["global"] is None or code in config.DEMOTED_RULES:
+            # Off by default under its successor's code (config.DEMOTED_RULES; None, as on a
             # --quick run's two dozen architectures, is for a human to decide; a test checks).
-            out[code] = {"demoted_to": DEMOTED_TO.get(code), "options": {}}
+            out[code] = {"demoted_to": config.DEMOTED_RULES.get(code), "options": {}}
             continue
         if isinstance(option, dict):
             # None: no power in that family, which then needs an ARC4xx successor (as above).
@@ -583,8 +581,7 @@ def predictors(rec: dict) -> dict[str, float | None]:
 # The analysis
 
 
-def analyze(records: list[dict], failed: list[dict], calibration_only: bool = False,
-            every: list[dict] | None = None) -> dict:
+def analyze(records: list[dict], failed: list[dict], calibration_only: bool = False) -> dict:
     """The summary. ``calibration_only``: an interim look while the run is incomplete, from
     the calibration half alone (its thresholds, their in-sample precision and recall, the
     ranking power per branch, the rank correlations): the evaluation half is read once, at
@@ -639,11 +636,8 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
     defaults = summary["shipped"]["defaults"]
     summary["shipped_by_cell"] = by_cell(records, primary,
                                          lambda r: any(shipped_fires(r, c, defaults) for c in on_by_default(defaults)))
-    if every:
-        # Both parts, labelled together (each group's reference over all of them).
-        every_bad = labels(every, config.BAD_RULE)
-        summary["fresh"] = fresh(every, every_bad)
-        summary["recalibrated"] = recalibrated(every, every_bad)
+    summary["verdicts_by_part"] = verdicts_by_part(records, primary)
+    summary["fresh"] = fresh(records, primary)
     summary["label_reproducibility"] = label_reproducibility(records, config.BAD_RULE)
     summary["batchnorm_cnn_power_by_width"] = power_by_width(records, primary)
     summary["sensitivity"] = {}
@@ -677,17 +671,24 @@ def fresh(records: list[dict], bad: dict[str, bool]) -> dict | None:
             "by_cell": by_cell(ext, bad, default_fires)}
 
 
-def recalibrated(records: list[dict], bad: dict[str, bool]) -> dict:
-    """The same calibration on every architecture's calibration half, evaluated on every
-    architecture's evaluation half (simulated on the recorded values): what the rules would
-    ship. Not shipped yet: it also moves which branches show power (branches_without_power)."""
-    cal_recs = [r for r in records if half(r["id"]) == "calibration"]
-    ev_recs = [r for r in records if half(r["id"]) == "evaluation"]
-    cal = calibrate(cal_recs, bad)
-    power = branch_power(cal_recs, bad)
-    return {"n_calibration": len(cal_recs), "n_evaluation": len(ev_recs), "thresholds": cal,
-            "shipped": evaluate_defaults(cal_recs, ev_recs, bad, cal),
-            "without_power": branches_without_power(power), "branch_power": power}
+def verdicts_by_part(records: list[dict], bad: dict[str, bool]) -> dict:
+    """The committed criterion on each part's calibration half alone (run_part): the rules
+    with a global threshold at the precision goal, the family branches with one, and the
+    branches without predictive power (branches_without_power). A rule or branch changes
+    status (on or off by default) only where both parts agree (config.py: "Status changes")."""
+    out = {}
+    for part in ("first", "extension"):
+        cal_recs = [r for r in records if run_part(r) == part and half(r["id"]) == "calibration"]
+        if not cal_recs:
+            continue
+        thresholds = calibrate(cal_recs, bad)
+        power = branch_power(cal_recs, bad)
+        out[part] = {"n": len(cal_recs),
+                     "rules_with_threshold": sorted(c for c, t in thresholds.items() if t["global"] is not None),
+                     "branches_with_threshold": sorted([c, br] for c, per in power.items()
+                                                       for br, b in per.items() if b["threshold"] is not None),
+                     "branches_without_power": sorted(list(cb) for cb in branches_without_power(power))}
+    return out
 
 
 def _calibration_summary(records, failed, cal_recs, primary) -> dict:
@@ -765,7 +766,7 @@ def markdown(summary: dict) -> str:
         lines = [
             "# Validation study, interim: the calibration half",
             "",
-            f"{summary['n_usable']} of the first run's {config.EXTENSION_FROM} architectures done ({summary['n_failed']} failed); "
+            f"{summary['n_usable']} of {config.N_ARCHITECTURES} architectures done ({summary['n_failed']} failed); "
             f"this looks at the {summary['n_calibration']} of the calibration half only, {summary['bad_calibration']} "
             f"of them bad {label}. The evaluation half is read once, when the run is complete.",
             "",
@@ -816,26 +817,16 @@ def markdown(summary: dict) -> str:
                       f"| of the evaluation half | {_pr(fr['evaluation'])} |"]
             lines += [f"| {code} alone | {_pr(c)} |" for code, c in fr["per_rule"].items()]
             lines += ["", "Per family branch and per family and width:", "", *by_cell_table(fr["by_cell"])]
-        if summary.get("recalibrated"):
-            rc = summary["recalibrated"]
-            lines += ["", f"## Calibrated again on all {rc['n_calibration'] + rc['n_evaluation']} architectures (not shipped yet)", "",
-                      f"The same calibration on the {rc['n_calibration']} architectures of both parts' calibration half, "
-                      f"the defaults it gives simulated on the {rc['n_evaluation']} of their evaluation half.", "",
-                      "| rule | options | calibration half: precision | recall | tp/flagged/bad | "
-                      "evaluation half: precision | recall | tp/flagged/bad |", "|---|---|---|---|---|---|---|---|",
-                      f"| any | - | {_pr(rc['shipped']['calibration'])} | {_pr(rc['shipped']['evaluation'])} |"]
-            for code, d in rc["shipped"]["defaults"].items():
-                if not d["options"]:
-                    lines.append(f"| {code} | off by default as {d['demoted_to']} | - | - | - | - | - | - |")
-                    continue
-                opts = ", ".join(f"{k} = {v:g}" for k, v in d["options"].items())
-                per = rc["shipped"]["per_rule"][code]
-                lines.append(f"| {code} | {opts} | {_pr(per['calibration'])} | {_pr(per['evaluation'])} |")
-            marked = sorted(rc["without_power"])
-            lines += ["", "Branches without power by the committed criterion on all of them: "
-                      + (", ".join(f"{c} {b}" for c, b in marked) or "none") + "; decided today: "
-                      + ", ".join(f"{c} {b}" for c, b in sorted({*config.LEFT_TO_OFF_BY_DEFAULT, *config.KEPT_DESPITE_THE_CRITERION}))
-                      + "."]
+        if summary.get("verdicts_by_part"):
+            lines += ["", "## Which rules and branches each part shows power in (calibration halves)", "",
+                      "The committed criterion on each part's calibration half alone. A rule or family branch changes "
+                      "status (on or off by default) only where both parts agree (config.py: \"Status changes\").", "",
+                      "| part | n | rules with a threshold | branches with a threshold | branches without power |",
+                      "|---|---|---|---|---|"]
+            for part, v in summary["verdicts_by_part"].items():
+                lines.append(f"| {part} | {v['n']} | {', '.join(v['rules_with_threshold'])} | "
+                             + ", ".join(f"{c} {b}" for c, b in v["branches_with_threshold"]) + " | "
+                             + ", ".join(f"{c} {b}" for c, b in v["branches_without_power"]) + " |")
         sh = summary["shipped"]
         lines += ["", "## archlint's defaults after the study", "",
                   "Each rule's option set to its calibrated threshold (3 significant digits; per family where the rule "
@@ -965,9 +956,7 @@ def main(argv=None) -> int:
     if not args.results.exists():
         ap.error(f"{args.results}: no results file (run run.py first)")
     records, failed = load(args.results)
-    every, _ = load(args.results, parts=("first", "extension"))
-    summary = analyze(records, failed, calibration_only=args.calibration_only,
-                      every=every if len(every) > len(records) else None)
+    summary = analyze(records, failed, calibration_only=args.calibration_only)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "summary_calibration" if args.calibration_only else "summary"
     (args.out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
