@@ -428,3 +428,18 @@ def test_values_found_by_measurement_are_recorded_and_added_where_the_run_has_no
     assert analyze.rule_value(merged[0], "ARC203") == 0.5  # the run's value stays
     assert analyze.rule_value(merged[1], "ARC203") == pytest.approx(entry["measured"])
     assert analyze.rule_value(merged[1], "ARC104") is None  # only the rules whose find judges one value
+
+
+def test_default_init_check_trains_and_judges_one_mlp_as_the_study_does(tmp_path):
+    """default_init.py's one MLP: archlint's ARC203 verdict at its default threshold, the
+    rule's value whatever the threshold, and the study's training at every rate of its grid
+    judged by the cut it is given."""
+    import default_init
+
+    from archlint.rule import get
+
+    row = default_init.one("digits", 2, 64, "pytorch-default", tmp_path, {("digits", "mlp"): 0.5})
+    assert row["reported"] == (row["arc203"] < get("ARC203").options["threshold"])
+    assert row["lr"] in config.LEARNING_RATES and 0 < row["test_error"] < 0.5 and row["bad"] is False
+    he = default_init.one("digits", 2, 64, "he", tmp_path, {("digits", "mlp"): 0.0})
+    assert he["arc203"] > row["arc203"] and he["bad"] is True  # a cut of 0: every outcome is bad
