@@ -32,7 +32,8 @@ def test_generator_population_meets_the_protocol():
     assert counts["residual"] >= 100 and counts["batchnorm"] >= 100
     assert counts["deep residual BN CNN (>= 16 layers)"] >= 30
     assert {s["activation"] for s in specs} == set(generate.ACTIVATIONS)
-    assert {s["gain"] for s in specs} == {"cold", "standard", "hot"}
+    assert {s["gain"] for s in specs[:config.DEFAULT_INIT_FROM]} == {"cold", "standard", "hot"}
+    assert {s["gain"] for s in specs[config.DEFAULT_INIT_FROM:]} == {"default"}
     depths = [generate.layer_count(s) for s in specs]
     assert min(depths) == 2 and max(depths) == 50
     # Ids are unique and stable: the same index gives the same spec whatever the total.
@@ -43,7 +44,7 @@ def test_generator_population_meets_the_protocol():
 def test_generated_sources_are_plain_pytorch_and_build_deterministically():
     import torch
 
-    for index in (0, 9, 14):  # an MLP, a deep residual BN CNN, a BN MLP
+    for index in (0, 9, 14, config.DEFAULT_INIT_FROM):  # an MLP, a deep residual BN CNN, a BN MLP, default init
         spec = generate.architecture(index)
         src = generate.source(spec)
         assert "archlint" not in src.replace("benchmarks/validation", "")

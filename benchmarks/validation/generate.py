@@ -9,8 +9,10 @@ about:
   Linear/Conv layers before the output layer), width;
 - activations ReLU, LeakyReLU, tanh, sigmoid, GELU, SELU and the custom elementwise Snake
   (x + sin(x)^2, Ziyin et al. 2020);
-- weights N(0, (g * gain / fan_in)) with the activation's standard gain and g = 0.5 (cold),
-  1 (standard) or 2 (hot), zero biases;
+- weights N(0, (g * gain)^2 / fan_in) with the activation's standard gain and g = 0.5
+  (cold), 1 (standard) or 2 (hot), zero biases; from index config.DEFAULT_INIT_FROM on,
+  PyTorch's default init instead ("default": the layers as nn.Linear / nn.ConvNd construct
+  them, weight variance 1/(3 fan_in) and uniform biases);
 - no normalisation, BatchNorm, or LayerNorm (GroupNorm with one group for CNNs: the layer
   norm of a feature map);
 - plain chains (Linear/Conv, norm, activation) or pre-activation residual blocks
@@ -90,6 +92,9 @@ def architecture(index: int, seed: int = config.GENERATOR_SEED) -> dict:
         skip = bool(rng.random() < 0.35) and depth >= 3
         activation = _choice(rng, tuple(ACT_WEIGHTS), tuple(ACT_WEIGHTS.values()))
     gain = _choice(rng, tuple(GAINS), (0.25, 0.5, 0.25))
+    if index >= config.DEFAULT_INIT_FROM:
+        # Drawn all the same, so that every other choice is distributed as before.
+        gain = "default"
     widths = MLP_WIDTHS if family == "mlp" else CNN_WIDTHS
     widths = widths if depth <= WIDE_DEPTH else widths[:-1]
     if family == "cnn" and dataset == "digits":
@@ -188,7 +193,7 @@ def source(spec: dict) -> str:
     """The model file of ``spec``: ``Net()`` builds it."""
     family, width = spec["family"], spec["width"]
     act_src, std_gain = ACTIVATIONS[spec["activation"]]
-    g = GAINS[spec["gain"]] * std_gain
+    g = None if spec["gain"] == "default" else GAINS[spec["gain"]] * std_gain
     shape = input_shape(spec)
     nd = len(shape) - 1  # 0 for MLPs, 1 or 2 for CNNs
     conv = {1: "nn.Conv1d", 2: "nn.Conv2d"}.get(nd)
@@ -196,9 +201,8 @@ def source(spec: dict) -> str:
                 ("max", 2): "nn.MaxPool2d", ("avg", 2): "nn.AvgPool2d"}
 
     def layer(c_in: int, c_out: int) -> str:
-        if family == "mlp":
-            return f"init_(nn.Linear({c_in}, {c_out}), {g!r})"
-        return f"init_({conv}({c_in}, {c_out}, 3, padding=1), {g!r})"
+        built = f"nn.Linear({c_in}, {c_out})" if family == "mlp" else f"{conv}({c_in}, {c_out}, 3, padding=1)"
+        return built if g is None else f"init_({built}, {g!r})"
 
     def norm() -> list[str]:
         if spec["norm"] == "batch":
