@@ -314,8 +314,9 @@ def test_second_seed_label_and_the_verdict_per_branch_and_width():
 
 def test_findings_during_the_run_are_judged_per_archlint_that_made_them():
     """The first 640 were judged during the run by archlint before the study, the extension by
-    archlint with the first 640's thresholds: the "before the study" row counts only the
-    first, and the fresh verdict only the extension (and is absent without it)."""
+    archlint with the first 640's thresholds, the default-init part by those of all 1280: the
+    "before the study" row counts only the first, and each fresh verdict only its part (and is
+    absent without it)."""
     import analyze
 
     warning = [{"code": "ARC101", "severity": "warning", "status": "confirmed"}]
@@ -329,12 +330,15 @@ def test_findings_during_the_run_are_judged_per_archlint_that_made_them():
     first = [rec(i, e, w) for i, (e, w) in enumerate([(0.10, False), (0.11, False), (0.5, True), (0.6, False)])]
     ext = [rec(config.EXTENSION_FROM + i, e, w) for i, (e, w) in
            enumerate([(0.10, True), (0.12, False), (0.7, True), (0.8, True), (0.9, False)])]
-    bad = analyze.labels(first + ext, config.BAD_RULE)
-    assert [analyze.run_part(r) for r in (first[0], ext[0])] == ["first", "extension"]
+    third = [rec(config.DEFAULT_INIT_FROM + i, e, w) for i, (e, w) in enumerate([(0.3, True), (0.2, True)])]
+    bad = analyze.labels(first + ext + third, config.BAD_RULE)
+    assert [analyze.run_part(r) for r in (first[0], ext[0], third[0])] == ["first", "extension", "default-init"]
     assert analyze.fresh(first, bad) is None
-    got = analyze.fresh(first + ext, bad)["all"]
+    got = analyze.fresh(first + ext + third, bad)["all"]
     assert (got["n"], got["tp"], got["fp"], got["fn"]) == (5, 2, 1, 1)
     assert analyze.fresh(first + ext, bad)["per_rule"]["ARC101"]["flagged"] == 3
+    got = analyze.fresh(first + ext + third, bad, "default-init")["all"]
+    assert (got["n"], got["flagged"]) == (2, 2)
 
 
 def test_ranking_power_of_batchnorm_cnns_per_width():

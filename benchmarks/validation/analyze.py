@@ -55,7 +55,7 @@ BRANCH_NAMES = ("mlp-nobn", "mlp-bn", "cnn-nobn", "cnn-bn")
 
 
 def load(path: Path, *, found_values: bool = True,
-         parts: tuple[str, ...] = ("first", "extension")) -> tuple[list[dict], list[dict]]:
+         parts: tuple[str, ...] = ("first", "extension", "default-init")) -> tuple[list[dict], list[dict]]:
     """(usable records, records that failed) of the run's ``parts`` (run_part): by default
     all of them, on which the thresholds archlint ships are calibrated. With
     ``found_values``, the values that revalue.py recorded beside the results (values.jsonl,
@@ -259,10 +259,20 @@ def rule_value(rec: dict, code: str, *, judged_only: bool = True) -> float | Non
     return max(vals) if config.RULE_DIRECTION[code] > 0 else min(vals)
 
 
+# The parts of the run, in the order they were trained (run_part), and the archlint whose
+# findings during the run judged each (its thresholds then).
+PARTS = {"first": "archlint before the study",
+         "extension": "the thresholds of the first 640",
+         "default-init": "the thresholds of all 1280"}
+
+
 def run_part(rec: dict) -> str:
-    """Which archlint judged the architecture during the run (config.EXTENSION_FROM): "first"
-    (before the study's thresholds) or "extension" (the thresholds of the first 640)."""
-    return "first" if rec["spec"]["index"] < config.EXTENSION_FROM else "extension"
+    """The part of the run the architecture belongs to (config.EXTENSION_FROM,
+    config.DEFAULT_INIT_FROM), which says which archlint judged it during the run (PARTS)."""
+    index = rec["spec"]["index"]
+    if index < config.EXTENSION_FROM:
+        return "first"
+    return "extension" if index < config.DEFAULT_INIT_FROM else "default-init"
 
 
 def default_fires(rec: dict, code: str | None = None) -> bool:
@@ -637,7 +647,7 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
     summary["shipped_by_cell"] = by_cell(records, primary,
                                          lambda r: any(shipped_fires(r, c, defaults) for c in on_by_default(defaults)))
     summary["verdicts_by_part"] = verdicts_by_part(records, primary)
-    summary["fresh"] = fresh(records, primary)
+    summary["fresh"] = {part: found for part in ("extension", "default-init") if (found := fresh(records, primary, part))}
     summary["label_reproducibility"] = label_reproducibility(records, config.BAD_RULE)
     summary["batchnorm_cnn_power_by_width"] = power_by_width(records, primary)
     summary["sensitivity"] = {}
@@ -653,11 +663,11 @@ def analyze(records: list[dict], failed: list[dict], calibration_only: bool = Fa
     return summary
 
 
-def fresh(records: list[dict], bad: dict[str, bool]) -> dict | None:
-    """archlint with the thresholds of the first 640 (its findings during the run) on the
-    architectures trained after the extension, which none of those thresholds had seen: both
-    halves, each half, and per family branch and width. None before the extension has results."""
-    ext = [r for r in records if run_part(r) == "extension"]
+def fresh(records: list[dict], bad: dict[str, bool], part: str = "extension") -> dict | None:
+    """archlint as it shipped when ``part`` was trained (its findings during the run, PARTS) on
+    that part's architectures, which none of its thresholds had seen: both halves, each half,
+    and per family branch and width. None before the part has results."""
+    ext = [r for r in records if run_part(r) == part]
     if not ext:
         return None
 
@@ -675,7 +685,9 @@ def verdicts_by_part(records: list[dict], bad: dict[str, bool]) -> dict:
     """The committed criterion on each part's calibration half alone (run_part): the rules
     with a global threshold at the precision goal, the family branches with one, and the
     branches without predictive power (branches_without_power). A rule or branch changes
-    status (on or off by default) only where both parts agree (config.py: "Status changes")."""
+    status (on or off by default) only where both parts agree (config.py: "Status changes").
+    The parts of the study's random population only: the default-init part is another
+    population by design (config.DEFAULT_INIT_FROM)."""
     out = {}
     for part in ("first", "extension"):
         cal_recs = [r for r in records if run_part(r) == part and half(r["id"]) == "calibration"]
@@ -804,13 +816,12 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {code} calibrated | {_pr(c['calibrated'])} |")
             lines.append(f"| {code} before the study | {_pr(c['default'])} |")
         combined = summary["evaluation"]["combined_rules"]
-        if summary.get("fresh"):
-            fr = summary["fresh"]
-            lines += ["", f"## archlint with the first {config.EXTENSION_FROM}'s thresholds, on architectures it had never seen", "",
-                      f"The {fr['all']['n']} architectures from index {config.EXTENSION_FROM} on were trained after "
-                      "the extension, with archlint as it shipped then (thresholds calibrated on the first "
-                      f"{config.EXTENSION_FROM}'s calibration half); its findings during the run are its verdict. "
-                      "Both halves are new to those thresholds.", "",
+        for part, fr in (summary.get("fresh") or {}).items():
+            first_index = config.EXTENSION_FROM if part == "extension" else config.DEFAULT_INIT_FROM
+            lines += ["", f"## archlint with {PARTS[part]}, on architectures it had never seen ({part})", "",
+                      f"The {fr['all']['n']} architectures from index {first_index} on were trained with archlint as it "
+                      f"shipped then ({PARTS[part]}); its findings during the run are its verdict. Both halves are new "
+                      "to those thresholds.", "",
                       "| architectures | precision | recall | tp/flagged/bad |", "|---|---|---|---|",
                       f"| all {fr['all']['n']} | {_pr(fr['all'])} |",
                       f"| of the calibration half | {_pr(fr['calibration'])} |",
