@@ -6,16 +6,17 @@ and then measured) for the models ARC101 leaves alone: those with convolutions a
 BatchNorm. Off by default; select it with ``--extend-select ARC401``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no consistent predictive power in this family. In the calibration half of all 1280
-architectures (605), the output NLC of CNNs with BatchNorm ranked their outcomes at AUC 0.48
-over 139 architectures (95 bad; 0.5 is chance). The study's two parts disagree: in the first
-640's calibration half no threshold reached the precision goal of 0.85 (AUC 0.41 over 68
-architectures), in the second's one did (12.9; AUC 0.55 over 71). A rule or family branch
-changes status only where both parts of the study agree (docs/validation.md). Every
-architecture above such a threshold is a plain network: no residual CNN with BatchNorm in
-the study measures above 5.5, so the study says nothing about the residual networks this
-rule would report in practice, and plain stacks are ARC402's. MLPs with BatchNorm, which
-ARC101 still judges: AUC 0.69 over 107 architectures (31 bad).
+found no consistent predictive power in this family. In the calibration half of all 1600
+architectures (768), the output NLC of CNNs with BatchNorm ranked their outcomes at AUC 0.49
+over 179 architectures (116 bad; 0.5 is chance). The study's two random parts disagree: in
+the first 640's calibration half no threshold reached the precision goal of 0.85 (AUC 0.41
+over 68 architectures), in the second's one did (12.9; AUC 0.52 over 71); the default-init
+part's has none (AUC 0.50 over 40). A rule or family branch changes status only where both
+parts of the study's random population agree (docs/validation.md). Every architecture above
+such a threshold is a plain network: no residual CNN with BatchNorm in the study measures
+above 5.5, so the study says nothing about the residual networks this rule would report in
+practice, and plain stacks are ARC402's. MLPs with BatchNorm, which ARC101 still judges: AUC
+0.67 over 139 architectures (36 bad).
 
 Public CIFAR-10 results agree: in kuangliu/pytorch-cifar, ResNet50 (NLC 119 at
 initialisation), DPN92 (219) and RegNetY_400MF (127) reach 93.6-95.2% test accuracy, better

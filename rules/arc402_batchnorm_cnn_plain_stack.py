@@ -6,15 +6,13 @@ ARC103's check (a run of nonlinear layers without a skip connection whose NLC is
 convolutions and BatchNorm. Off by default; select it with ``--extend-select ARC402``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found its evidence in this family inconsistent. In the calibration half of all 1280
-architectures (605), the NLC of the plain stacks of CNNs with BatchNorm ranked their
-outcomes at AUC 0.62 over 122 architectures (82 bad; 0.5 is chance), and a threshold of 1.72
-reached the precision goal of 0.85; in the first 640's calibration half alone none did (AUC
-0.58 over 57 architectures), in the second's one did (1.76). A rule or family branch changes
-status only where both parts of the study agree (docs/validation.md). A threshold of 1.72 is
-below the NLC of any run of three BN-ReLU layers (1.211^3 = 1.78): it would report nearly
-every CNN with BatchNorm that has a plain stack, so the rule's condition, not its value,
-would carry what it says.
+found its evidence in this family inconsistent. In the calibration half of all 1600
+architectures (768), the NLC of the plain stacks of CNNs with BatchNorm ranked their
+outcomes at AUC 0.63 over 158 architectures (101 bad; 0.5 is chance), and a threshold of
+11.4 reached the precision goal of 0.85; in the first 640's calibration half alone none did
+(AUC 0.58 over 57 architectures), in the second's one did (1.76), in the default-init part's
+none (AUC 0.67 over 36). A rule or family branch changes status only where both parts of the
+study's random population agree (docs/validation.md).
 
 The public CIFAR-10 results that ARC401's documentation cites point the same way.
 

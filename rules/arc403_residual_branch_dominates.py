@@ -12,13 +12,13 @@ default; select it with ``--extend-select ARC403``. It was ARC105 (the old code 
 and suppresses it).
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no predictive power in it: in the calibration half of all 1280 architectures (605), no
+found no predictive power in it: in the calibration half of all 1600 architectures (768), no
 threshold on the worst block's NLC reached the study's precision goal of 0.85 above the base
-rate (195 architectures, 101 bad), nor in either part of the study alone. Per family, the
-block NLC ranked outcomes below chance with BatchNorm (AUC 0.19 over 32 MLPs, 0.32 over 73
-CNNs) and in CNNs without it (0.17 over 46); only in MLPs without BatchNorm did it rank them
-(AUC 0.82 over 44, 13 bad, with a threshold of 1.15 at the precision goal in both parts), a
-family a rule of its own could judge (not built yet).
+rate (247 architectures, 129 bad), nor in any part of the study alone. Per family, the block
+NLC ranked outcomes below chance with BatchNorm (AUC 0.16 over 38 MLPs, 0.37 over 96 CNNs)
+and in CNNs without it (0.35 over 58); only in MLPs without BatchNorm did it rank them (AUC
+0.70 over 55, 20 bad, with a threshold of 1.15 at the precision goal in both parts of the
+random population), a family a rule of its own could judge (not built yet).
 
 ## Why is this bad?
 A skip connection helps only when it carries a comparable share of the signal: the branch's

@@ -6,12 +6,12 @@ ARC104's check (each activation whose layer NLC, predicted and then measured, is
 select it with ``--extend-select ARC405``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no predictive power in these families: in the calibration half of all 1280
-architectures (605), the worst layer NLC ranked the outcomes of MLPs with BatchNorm at AUC
-0.31 over 107 architectures (31 bad; 0.5 is chance) and of CNNs with BatchNorm at AUC 0.43
-over 139 architectures (95 bad), and no threshold reached the study's precision goal of 0.85
-in either, in each part of the study alone as in both together. BatchNorm sets every pre-
-activation's scale, and its trained gains move the operating point.
+found no predictive power in these families: in the calibration half of all 1600
+architectures (768), the worst layer NLC ranked the outcomes of MLPs with BatchNorm at AUC
+0.36 over 139 architectures (36 bad; 0.5 is chance) and of CNNs with BatchNorm at AUC 0.41
+over 179 architectures (116 bad), and no threshold reached the study's precision goal of
+0.85 in either, in each part of the study alone as in all together. BatchNorm sets every
+pre-activation's scale, and its trained gains move the operating point.
 
 ## Why is this bad?
 As ARC104's finding: saturated, mostly-off or folding units make every layer more

@@ -12,16 +12,17 @@ initialisation says little about their depth. Off by default; select it with
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md),
 with every architecture's value recorded, found its evidence inconsistent. In the
-calibration half of all 1280 architectures (605) it applies to 313, 224 of them bad (a base
-rate of 0.72); its best threshold there (1.18) flags 43 bad and 7 good, a precision of 0.86
-whose lower 95% bound (0.74) is barely above that base rate, and over all of them a lower
-NLC ranks the outcome at chance (AUC 0.47). The first 640's calibration half alone had no
+calibration half of all 1600 architectures (768) it applies to 401, 280 of them bad (a base
+rate of 0.70); its best threshold there (1.08) flags 31 bad and 5 good, a precision of 0.86
+whose lower 95% bound (0.71) is barely above that base rate, and over all of them a lower
+NLC ranks the outcome at chance (AUC 0.52). The first 640's calibration half alone had no
 such threshold (its best, 1.09, flagged 16 bad and 1 good: a lower bound of 0.73 against a
-base rate of 0.74), the second's has one (1.18). A rule or family branch changes status only
-where both parts of the study agree (docs/validation.md). Plain deep networks train badly in
+base rate of 0.74), the second's has one (1.18), and so has the default-init part's (1.44,
+AUC 0.71 over 88). A rule or family branch changes status only where both parts of the
+study's random population agree (docs/validation.md). Plain deep networks train badly in
 that study whatever their NLC: the rule's own condition carries most of the information, not
-its value. (On the 675 held out, the default 1.09 flags 20 bad and 3 good of the 335 it
-applies to, 206 bad.) Before the 43 values the run had not recorded (models the prediction
+its value. (On the 832 held out, the default 1.09 flags 30 bad and 6 good of the 423 it
+applies to, 281 bad.) Before the 43 values the run had not recorded (models the prediction
 cannot follow, 38 of them bad) were added to the first 640, the threshold 1.09 had passed
 there (base rate 0.70), and the rule shipped on by default as ARC102.
 

@@ -7,14 +7,17 @@ the input's, predicted and then measured, or found by the measurement alone, bel
 Off by default; select it with ``--extend-select ARC407``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no predictive power in this family: in the calibration half of all 1280 architectures
-(605), with every architecture's value recorded, the features/input ratio of CNNs with
-BatchNorm ranked their outcomes at AUC 0.46 over 139 architectures (95 bad; 0.5 is chance),
-and no threshold reached the study's precision goal of 0.85, in each part of the study alone
-as in both together. Why is not established: BatchNorm sets every layer's scale, so the
-ratio of such a CNN's features is lowered mostly by its pooling, not by a signal fading
-layer after layer. (SENet18 of kuangliu/pytorch-cifar, a well-known CIFAR-10 architecture,
-measures 0.094 at initialisation.)
+found no consistent predictive power in this family: in the calibration half of all 1600
+architectures (768), with every architecture's value recorded, the features/input ratio of
+CNNs with BatchNorm ranked their outcomes at AUC 0.51 over 179 architectures (116 bad; 0.5
+is chance). Neither part of the study's random population has a threshold at the precision
+goal of 0.85 there (AUC 0.45 and 0.47); the default-init part has one (0.154, AUC 0.67 over
+40), and so do all of them pooled (0.067). A rule or family branch changes status only where
+both parts of the study's random population agree (docs/validation.md). Why is not
+established: BatchNorm sets every layer's scale, so the ratio of such a CNN's features is
+lowered mostly by its pooling, not by a signal fading layer after layer. (SENet18 of
+kuangliu/pytorch-cifar, a well-known CIFAR-10 architecture, measures 0.094 at
+initialisation.)
 
 ## Why is this bad?
 As ARC203's finding: a signal that fades away leaves an output that does not depend on the

@@ -7,11 +7,11 @@ those with BatchNorm and no convolutions. Off by default; select it with
 ``--extend-select ARC408``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no predictive power in this family: in the calibration half of all 1280 architectures
-(605), with every architecture's measured value recorded, the output/input RMS ratio of MLPs
-with BatchNorm ranked their outcomes at AUC 0.46 over 107 architectures (31 bad; 0.5 is
+found no predictive power in this family: in the calibration half of all 1600 architectures
+(768), with every architecture's measured value recorded, the output/input RMS ratio of MLPs
+with BatchNorm ranked their outcomes at AUC 0.51 over 139 architectures (36 bad; 0.5 is
 chance), and no threshold reached the study's precision goal of 0.85, in each part of the
-study alone as in both together. BatchNorm resets the signal's scale in every layer, so the
+study alone as in all together. BatchNorm resets the signal's scale in every layer, so the
 ratio is the output layer's scale alone (ARC409's value).
 
 ## Why is this bad?

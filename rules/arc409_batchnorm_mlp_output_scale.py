@@ -7,12 +7,12 @@ measurement alone) for the models ARC205 leaves alone: those with BatchNorm and 
 convolutions. Off by default; select it with ``--extend-select ARC409``.
 
 Off by default because the validation study (benchmarks/validation, docs/validation.md)
-found no predictive power in this family: in the calibration half of all 1280 architectures
-(605), with every architecture's measured value recorded, the output std of MLPs with
-BatchNorm ranked their outcomes at AUC 0.46 over 107 architectures (31 bad; 0.5 is chance),
+found no predictive power in this family: in the calibration half of all 1600 architectures
+(768), with every architecture's measured value recorded, the output std of MLPs with
+BatchNorm ranked their outcomes at AUC 0.50 over 139 architectures (36 bad; 0.5 is chance),
 and no threshold reached the study's precision goal of 0.85, in each part of the study alone
-as in both together. Of those whose output std was above 5 (the threshold before the study),
-8 trained badly and 15 did not. Why is not established.
+as in all together. Of those whose output std was above 5 (the threshold before the study),
+10 trained badly and 17 did not. Why is not established.
 
 ## Why is this bad?
 As ARC205's finding: large logits saturate the softmax at the first steps; in MLPs with

@@ -141,7 +141,7 @@ def test_diff_of_a_clean_file_is_empty_and_exits_0(tmp_path):
 
 
 def test_a_fix_whose_verification_fails_is_not_applied(tmp_path):
-    """BatchNorm before the ReLUs removes ARC201's collapse but makes the 12-layer plain
+    """BatchNorm before the ReLUs removes ARC201's collapse but makes the 20-layer plain
     stack too nonlinear (ARC103): the check of the edited copy says so, and the fix stays a
     suggestion."""
     original = FIXTURES / "ARC201" / "bad_default_init_relu.py"
@@ -322,8 +322,7 @@ def test_activation_on_logits_in_forward_is_removed(tmp_path, forward, fixed):
     path = tmp_path / "net.py"
     source = FUNCTIONAL.replace("        return F.relu(self.fc2(x))  # logits\n", forward)
     path.write_text(source)
-    # ARC301 alone: at PyTorch's default init, ARC203 also reports this MLP's fading signal.
-    (f,) = check_file(path, Settings(fixes=True, select=("ARC301",))).findings
+    (f,) = check_file(path, Settings(fixes=True)).findings
     assert f.code == "ARC301" and f.autofix.verified, f.autofix
     _, new, _ = apply.fixed_text(path, [f.autofix])
     expected = source.replace(forward, fixed)
