@@ -40,9 +40,9 @@ def sleepy(x, per_row):
 
 HOT_MLP = '''
 class {name}(nn.Module):
-    """10 Linear-tanh layers with weight variance 9/fan_in: ARC103 and ARC104."""
+    """12 Linear-tanh layers with weight variance 9/fan_in: ARC103 and ARC104."""
 
-    def __init__(self, width=32, depth=10):
+    def __init__(self, width=32, depth=12):
         super().__init__()
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         for layer in self.layers:

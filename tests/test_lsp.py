@@ -126,7 +126,7 @@ async def test_static_first_then_verified_close_cache_and_settings(client: Langu
     assert codes(static) == ["ARC103"] and codes(verified) == ["ARC103"]
     assert static.version == verified.version == 1
     first, second = static.diagnostics[0], verified.diagnostics[0]
-    assert first.data == {"phase": "static", "status": "predicted", "predicted": pytest.approx(9.68, abs=0.01), "measured": None}
+    assert first.data == {"phase": "static", "status": "predicted", "predicted": pytest.approx(30.57, abs=0.01), "measured": None}
     assert second.data["phase"] == "verified" and second.data["status"] == "confirmed" and second.data["measured"] > 3
     # The verified pass asked for fixes (the static one does not): ARC103's is verified.
     assert set(second.data) == {"phase", "status", "predicted", "measured", "fix"}
@@ -175,10 +175,10 @@ async def test_newest_save_wins(client: LanguageClient, tmp_path: Path):
     # Opening starts a run; two quick saves supersede it and then each other.
     uri = open_doc(client, model)
     seen = 0
-    save(client, model, BAD_STACK.replace("depth=12", "depth=10"), 2)
-    save(client, model, BAD_STACK.replace("depth=12", "depth=14"), 3)
+    save(client, model, BAD_STACK.replace("depth=18", "depth=19"), 2)
+    save(client, model, BAD_STACK.replace("depth=18", "depth=20"), 3)
     (latest,) = await publishes(client, uri, seen)
-    assert latest.version == 3 and "14 Linear" in latest.diagnostics[0].message
+    assert latest.version == 3 and "20 Linear" in latest.diagnostics[0].message
     # The earlier runs were cancelled: give them time to publish if they were still alive.
     await asyncio.sleep(1.0)
     assert [p for p in client.published[seen:] if p.uri == uri] == [latest]
