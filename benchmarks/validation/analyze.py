@@ -54,10 +54,8 @@ BRANCH_NAMES = ("mlp-nobn", "mlp-bn", "cnn-nobn", "cnn-bn")
 # Loading
 
 
-def load(path: Path, *, found_values: bool = True,
-         parts: tuple[str, ...] = ("first", "extension", "default-init")) -> tuple[list[dict], list[dict]]:
-    """(usable records, records that failed) of the run's ``parts`` (run_part): by default
-    all of them, on which the thresholds archlint ships are calibrated. With
+def load(path: Path, *, found_values: bool = True) -> tuple[list[dict], list[dict]]:
+    """(usable records, records that failed) of every part of the run (run_part). With
     ``found_values``, the values that revalue.py recorded beside the results (values.jsonl,
     where it exists) are added where the run recorded none (with_found_values)."""
     good, failed = [], []
@@ -68,8 +66,6 @@ def load(path: Path, *, found_values: bool = True,
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by an interruption
-        if "spec" in rec and run_part(rec) not in parts:
-            continue
         (failed if "error" in rec or not rec.get("train") else good).append(rec)
     values = path.with_name("values.jsonl")
     if found_values:
