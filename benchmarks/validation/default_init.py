@@ -1,22 +1,22 @@
 """Shallow MLPs at PyTorch's default init under the study's protocol: does ARC203's finding on
-them (its MLP threshold, 0.176, reports their fading signal) come with a bad outcome?
+them (its MLP threshold reports their fading signal) come with a bad outcome?
 
-The study's population has no model at PyTorch's default init (weights uniform with variance
-1/(3 fan_in), biases uniform in +-1/sqrt(fan_in)): its coldest init keeps half of He's std,
-the default 0.41 of it. This trains ReLU MLPs of 2-4 hidden layers at that default init and,
-beside each, the same MLP He-initialised, with run.py's protocol (both datasets, the rate
-grid, 200 steps of SGD, seed 0), and judges each outcome by the study's label: the cut of
-its dataset and family over the 1280 architectures of results.jsonl. Descriptive: nothing
-here changes a threshold (those come from the calibration half alone).
+The study's random population has no model at PyTorch's default init (weights uniform with
+variance 1/(3 fan_in), biases uniform in +-1/sqrt(fan_in)): its coldest init keeps half of
+He's std, the default 0.41 of it (the study's default-init part was added after this check).
+This trains ReLU MLPs of 2-4 hidden layers at that default init and, beside each, the same
+MLP He-initialised, with run.py's protocol (both datasets, the rate grid, 200 steps of SGD,
+seed 0), and judges each outcome by the study's label: the cut of its dataset and family
+over the architectures of results.jsonl. Descriptive: nothing here changes a threshold
+(those come from the calibration half alone).
 
-    python benchmarks/validation/default_init.py          # -> default_init.md (about 2 min)
+    python benchmarks/validation/default_init.py          # -> default_init.md (about 1 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 import sys
 import tempfile
 from pathlib import Path
@@ -56,40 +56,22 @@ class Net(nn.Module):
 
 
 def one(dataset: str, depth: int, width: int, init: str, workdir: Path, cuts: dict) -> dict:
-    from archlint.config import Settings
-    from archlint.engine import check_file
-
     info = config.DATASETS[dataset]
     spec = {"dataset": dataset, "family": "mlp", "id": f"{dataset}-{init}-{depth}x{width}"}
-    path = workdir / f"{spec['id'].replace('-', '_')}.py"
-    path.write_text(SOURCE.format(features=info["mlp_shape"][0], width=width, depth=depth, classes=info["classes"],
-                                  he=init == "he"))
-    inputs = workdir / f"inputs_{dataset}.pt"
-    if not inputs.exists():
-        torch.save(run.measurement_batch(spec), inputs)
-    settings = Settings(model="Net()", inputs=f"torch.load({str(inputs)!r})", device="cpu",
-                        batch_size=config.BATCH_SIZE, seed=config.MEASURE_SEED)
-    # ARC203 with the default threshold: does archlint report it?
-    found = [f for f in check_file(path, settings).findings if f.code == "ARC203" and f.status != "dismissed"]
-    # Its value whatever the threshold (the permissive option the study records it with).
-    permissive = replace(settings, select=("ARC203",),
-                         rule_options={"vanishing-signal": config.PERMISSIVE_OPTIONS["ARC203"]})
-    valued = [f for f in check_file(path, permissive).findings if f.code == "ARC203"]
-    value = valued[0].measured if valued and valued[0].measured is not None else (valued[0].predicted if valued else None)
-    model = settings_model(path)
-    best = run.train_all(model, spec, config.STEPS[dataset], config.MEASURE_SEED, "cpu", "vmap")["best"]
+    source = SOURCE.format(features=info["mlp_shape"][0], width=width, depth=depth, classes=info["classes"],
+                           he=init == "he")
+    # As run.py judges the study's architectures: the default findings (does archlint report
+    # ARC203?) and the rule's value whatever the threshold, from the same graph.
+    record, result, batch = run.default_findings(spec, "cpu", workdir, source=source)
+    graph = run.analysed_graph(result)
+    values, _, _ = run.rule_values(graph, batch, "cpu")
+    value = analyze.rule_value({"archlint": {"values": values}}, "ARC203", judged_only=False)
+    # The model archlint built (right after seeding; archlint leaves its state as it was).
+    best = run.train_all(graph.model, spec, config.STEPS[dataset], config.MEASURE_SEED, "cpu", "vmap")["best"]
     error = best["test_error"] if not best["diverged_all"] else math.inf
     return {"dataset": dataset, "depth": depth, "width": width, "init": init, "arc203": value,
-            "reported": bool(found), "test_error": error, "lr": best["lr"],
-            "bad": analyze.is_bad(error, cuts[(dataset, "mlp")])}
-
-
-def settings_model(path: Path):
-    """The model as archlint builds it: the file's ``Net()`` right after seeding."""
-    namespace: dict = {}
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
-    torch.manual_seed(config.MEASURE_SEED)
-    return namespace["Net"]()
+            "reported": any(f["code"] == "ARC203" and f["status"] != "dismissed" for f in record["findings"]),
+            "test_error": error, "lr": best["lr"], "bad": analyze.is_bad(error, cuts[(dataset, "mlp")])}
 
 
 def main(argv=None) -> int:

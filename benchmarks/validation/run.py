@@ -118,15 +118,15 @@ def _num(v):
     return v if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
 
 
-def default_findings(spec: dict, device: str, workdir: Path):
+def default_findings(spec: dict, device: str, workdir: Path, source: str | None = None):
     """archlint's findings with its default settings, as a user gets them: the model written
-    to a file, the inputs a batch of real training rows. Returns (record, check_file's
-    result, the batch)."""
+    to a file (``source``, by default the spec's generated one), the inputs a batch of real
+    training rows. Returns (record, check_file's result, the batch)."""
     from archlint.config import Settings
     from archlint.engine import check_file
 
     path = workdir / f"{spec['id'].replace('-', '_')}.py"
-    path.write_text(generate.source(spec))
+    path.write_text(generate.source(spec) if source is None else source)
     inputs_path = workdir / f"inputs_{spec['dataset']}_{spec['family']}.pt"
     batch = measurement_batch(spec)
     if not inputs_path.exists():
